@@ -1,0 +1,382 @@
+"""The typed configuration: defaults, YAML merge (defaults ∘ scale ∘ variant ∘ overrides), validation.
+
+One flat dataclass holds every knob, so that a papermill parameter, a `-p key=value` override and a YAML key are
+the same name. Values derived from others (the cross-attention width, the effective batch) are properties, never
+configured twice.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+PACKAGED_TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PARAMS_DIR = PROJECT_ROOT / "params"
+
+
+class ConfigError(ValueError):
+    """A bad configuration: the message names the file or key, the value, and what would be valid."""
+
+
+# Keys whose value must be one of a fixed set.
+CHOICES: dict[str, tuple] = {
+    "beta_schedule": ("linear", "scaled_linear", "cosine"),
+    "prediction_type": ("epsilon", "v_prediction"),
+    "mixed_precision": ("auto", "no", "fp16", "bf16"),
+    "dataset": ("synthsign", "folder", "manifest"),
+    "split_mode": ("signer_disjoint", "random"),
+    "temporal_layer": ("attention", "conv"),
+}
+
+# Keys with numeric ranges: (low, high, low_inclusive, high_inclusive). None means unbounded.
+RANGES: dict[str, tuple] = {
+    "image_size": (8, None, True, True),
+    "num_frames": (1, None, True, True),
+    "model_channels": (4, None, True, True),
+    "num_res_blocks": (1, None, True, True),
+    "num_heads": (1, None, True, True),
+    "max_text_length": (4, None, True, True),
+    "text_encoder_lr": (0.0, None, False, True),
+    "num_train_timesteps": (2, None, True, True),
+    "cond_drop_prob": (0.0, 1.0, True, True),
+    "num_inference_steps": (1, None, True, True),
+    "guidance_scale": (0.0, None, True, True),
+    "eta": (0.0, 1.0, True, True),
+    "batch_size": (1, None, True, True),
+    "num_epochs": (1, None, True, True),
+    "max_steps": (1, None, True, True),
+    "learning_rate": (0.0, None, False, True),
+    "weight_decay": (0.0, None, True, True),
+    "warmup_steps": (0, None, True, True),
+    "gradient_accumulation_steps": (1, None, True, True),
+    "max_grad_norm": (0.0, None, False, True),
+    "ema_decay": (0.0, 1.0, True, False),
+    "ema_update_every": (1, None, True, True),
+    "save_every": (1, None, True, True),
+    "keep_checkpoints": (1, None, True, True),
+    "log_every": (1, None, True, True),
+    "sample_every": (1, None, True, True),
+    "train_ratio": (0.0, 1.0, False, False),
+    "num_workers": (0, None, True, True),
+    "synthsign_num_clips": (2, None, True, True),
+    "synthsign_num_signers": (2, None, True, True),
+    "val_max_clips": (1, None, True, True),
+    "val_num_timesteps": (1, None, True, True),
+    "eval_num_clips": (1, None, True, True),
+}
+
+
+@dataclass
+class Config:
+    # --- identity (filled by the loader; free text a user may set) ---
+    variant: str = "baseline"
+    scale: str = "tiny"
+    description: str = ""
+    # --- video and denoiser ---
+    image_size: int = 64
+    num_frames: int = 16
+    model_channels: int = 64
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 4])
+    num_res_blocks: int = 2
+    attention_resolutions: list[int] = field(default_factory=lambda: [16, 8])
+    num_heads: int = 4
+    temporal_layer: str = "attention"
+    gradient_checkpointing: bool = False
+    # --- text encoder ---
+    text_encoder: str = PACKAGED_TEXT_ENCODER
+    max_text_length: int = 77
+    freeze_text_encoder: bool = True
+    text_encoder_trainable_layers: Union[str, int] = "all"
+    text_encoder_lr: float = 1e-5
+    # --- diffusion ---
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"
+    prediction_type: str = "epsilon"
+    cond_drop_prob: float = 0.1
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
+    eta: float = 0.0
+    # --- optimisation ---
+    batch_size: int = 2
+    num_epochs: int = 150
+    max_steps: Optional[int] = None
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_steps: int = 500
+    gradient_accumulation_steps: int = 8
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "auto"
+    # --- EMA ---
+    use_ema: bool = True
+    ema_decay: float = 0.9999
+    ema_update_every: int = 10
+    ema_warmup: bool = True
+    # --- bookkeeping ---
+    save_every: int = 5
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    sample_every: int = 500
+    sample_prompts: list[str] = field(
+        default_factory=lambda: ["hello my name is anna", "where is the train station", "thank you very much"]
+    )
+    seed: int = 0
+    resume_from: Optional[str] = None
+    # --- data ---
+    dataset: str = "synthsign"
+    data_dir: Optional[str] = None
+    manifest: Optional[str] = None
+    split_mode: str = "signer_disjoint"
+    train_ratio: float = 0.9
+    split_seed: int = 0
+    num_workers: int = 0
+    synthsign_num_clips: int = 400
+    synthsign_num_signers: int = 8
+    # --- validation and evaluation ---
+    val_max_clips: int = 16
+    val_num_timesteps: int = 4
+    eval_num_clips: int = 8
+
+    # ---------------------------------------------------------------- derived values
+    @property
+    def effective_batch_size(self) -> int:
+        return self.batch_size * self.gradient_accumulation_steps
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.variant}-seed{self.seed}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def replace(self, **changes: Any) -> "Config":
+        return from_dict({**self.to_dict(), **changes})
+
+
+FIELD_TYPES = {f.name: f.type for f in fields(Config)}
+_HINTS = typing.get_type_hints(Config)
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    """Check (and gently coerce: int -> float, '1e-4' from the command line) one value against its field type."""
+    hint = _HINTS[key]
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    where = f"{source}: " if source else ""
+    if origin is Union:  # Optional[X] or Union[str, int]
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce_simple(key, value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{where}key '{key}' has value {value!r}; expected {_type_name(hint)}")
+    return _coerce_simple(key, value, hint, where)
+
+
+def _coerce_simple(key: str, value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    bad = ConfigError(f"{where}key '{key}' has value {value!r} of type {type(value).__name__}; expected {_type_name(hint)}")
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise bad
+        return [_coerce_simple(key, v, item, where) for v in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if hint is float:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # YAML reads "5e-5" as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    raise bad
+
+
+def _check_range(cfg: Config, source: str) -> None:
+    where = f"{source}: " if source else ""
+    for key, allowed in CHOICES.items():
+        value = getattr(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{where}key '{key}' has value {value!r}; allowed values: {', '.join(allowed)}")
+    for key, (lo, hi, lo_inc, hi_inc) in RANGES.items():
+        value = getattr(cfg, key)
+        if value is None:
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where}key '{key}' has value {value!r}; it must be a finite number")
+        ok_lo = lo is None or (value >= lo if lo_inc else value > lo)
+        ok_hi = hi is None or (value <= hi if hi_inc else value < hi)
+        if not (ok_lo and ok_hi):
+            lo_s = "-inf" if lo is None else f"{lo}"
+            hi_s = "inf" if hi is None else f"{hi}"
+            interval = f"{'[' if lo_inc else '('}{lo_s}, {hi_s}{']' if hi_inc else ')'}"
+            raise ConfigError(f"{where}key '{key}' has value {value!r}; allowed range: {interval}")
+    tl = cfg.text_encoder_trainable_layers
+    if isinstance(tl, str) and tl != "all" or isinstance(tl, int) and tl < 1:
+        raise ConfigError(
+            f"{where}key 'text_encoder_trainable_layers' has value {tl!r}; allowed values: 'all' or a positive integer"
+        )
+    if not cfg.channel_mult or any(m < 1 for m in cfg.channel_mult):
+        raise ConfigError(f"{where}key 'channel_mult' has value {cfg.channel_mult!r}; expected a non-empty list of positive integers")
+    levels = len(cfg.channel_mult) - 1
+    if cfg.image_size % (2**levels):
+        raise ConfigError(
+            f"{where}key 'image_size' has value {cfg.image_size}; it must be divisible by 2**(len(channel_mult)-1) = {2**levels}"
+        )
+    for key in ("model_channels",):
+        ch = getattr(cfg, key)
+        if any((ch * m) % cfg.num_heads for m in cfg.channel_mult) or ch % 4:
+            raise ConfigError(
+                f"{where}key '{key}' has value {ch}; every model_channels*channel_mult must be divisible by num_heads "
+                f"({cfg.num_heads}) and model_channels by 4 (group norm)"
+            )
+    if cfg.dataset in ("folder",) and not cfg.data_dir:
+        raise ConfigError(f"{where}dataset 'folder' needs key 'data_dir' (a folder of <id>.gif + <id>.txt pairs)")
+    if cfg.dataset == "manifest" and not cfg.manifest:
+        raise ConfigError(f"{where}dataset 'manifest' needs key 'manifest' (a CSV/TSV with video, caption and signer columns)")
+
+
+def _check_keys(data: dict, source: str) -> None:
+    where = f"{source}: " if source else ""
+    for key in data:
+        if key not in FIELD_TYPES:
+            close = difflib.get_close_matches(str(key), list(FIELD_TYPES), n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else "; see t2s/config.py for the valid keys"
+            raise ConfigError(f"{where}unknown key '{key}'{hint}")
+
+
+def from_dict(data: dict, source: str = "") -> Config:
+    """Build and validate a Config from a complete or partial dict (missing keys take their defaults)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source or 'config'}: expected a mapping of key: value, got {type(data).__name__}")
+    _check_keys(data, source)
+    values = {k: _coerce(k, v, source) for k, v in data.items()}
+    cfg = Config(**values)
+    _check_range(cfg, source)
+    return cfg
+
+
+def read_yaml(path: Path) -> dict:
+    """Read one params file; a YAML error names the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{line}: not valid YAML: {exc.problem}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of key: value at the top level, got {type(data).__name__}")
+    _check_keys(data, str(path))
+    for k, v in data.items():
+        _coerce(k, v, str(path))
+    return data
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key=value` from the command line; the value is read as YAML (numbers, booleans, lists), never as code."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def available(kind: str, params_dir: Path = PARAMS_DIR) -> list[str]:
+    folder = Path(params_dir) / ("scales" if kind == "scale" else "")
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def resolve_params_file(name: str, kind: str, params_dir: Path = PARAMS_DIR) -> Path:
+    """A variant or scale given by name (params/<name>.yaml, params/scales/<name>.yaml) or as a path."""
+    candidate = Path(name)
+    if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+        return candidate
+    folder = Path(params_dir) / ("scales" if kind == "scale" else "")
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        names = available(kind, params_dir)
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"unknown {kind} '{name}' (no file {path}); available: {', '.join(names) or 'none'}{hint}")
+    return path
+
+
+def load_config(
+    variant: Optional[str] = "baseline",
+    scale: Optional[str] = "tiny",
+    overrides: Optional[Union[dict, list[str]]] = None,
+    params_dir: Path = PARAMS_DIR,
+) -> Config:
+    """defaults ∘ scale file ∘ variant file ∘ overrides, validated; every error names its source."""
+    merged: dict[str, Any] = {}
+    if scale:
+        merged.update(read_yaml(resolve_params_file(scale, "scale", params_dir)))
+        merged["scale"] = Path(scale).stem
+    if variant:
+        merged.update(read_yaml(resolve_params_file(variant, "variant", params_dir)))
+        merged["variant"] = Path(variant).stem
+    if overrides:
+        items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides)
+        over = dict(items)
+        _check_keys(over, "override")
+        for k, v in over.items():
+            _coerce(k, v, "override")
+        merged.update(over)
+    return from_dict(merged, source="config")
+
+
+def load_config_file(path: Union[str, Path]) -> Config:
+    """A resolved config.json (as a run directory holds) or a YAML file with every key to change."""
+    path = Path(path)
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read config: {exc}") from None
+        return from_dict(data, source=str(path))
+    return from_dict(read_yaml(path), source=str(path))
