@@ -33,7 +33,6 @@ CHOICES: dict[str, tuple] = {
     "mixed_precision": ("auto", "no", "fp16", "bf16"),
     "dataset": ("synthsign", "folder", "manifest"),
     "split_mode": ("signer_disjoint", "random"),
-    "temporal_layer": ("attention", "conv"),
 }
 
 # Keys with numeric ranges: (low, high, low_inclusive, high_inclusive). None means unbounded.
@@ -88,7 +87,6 @@ class Config:
     num_res_blocks: int = 2
     attention_resolutions: list[int] = field(default_factory=lambda: [16, 8])
     num_heads: int = 4
-    temporal_layer: str = "attention"
     gradient_checkpointing: bool = False
     # --- text encoder ---
     text_encoder: str = PACKAGED_TEXT_ENCODER

@@ -1,0 +1,248 @@
+"""The video denoiser: a space-time factorized 3D UNet with cross-attention to the caption's token states.
+
+Video tensors are `(batch, channels, frames, height, width)`. Spatial layers see frames folded into the batch
+(`'b c f h w -> (b f) c h w'`); temporal layers see pixels folded into the batch (`'b c f h w -> (b h w) f c'`).
+The model knows nothing of noise schedules (diffusers' habit): it maps (noisy clip, timestep, text) to a prediction.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (batch,) timesteps -> (batch, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(32, channels // 4), channels, eps=1e-6)
+
+
+def zero(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class Attention(nn.Module):
+    """Multi-head attention through F.scaled_dot_product_attention. x (N, L, C), context (N, S, Cc) or None."""
+
+    def __init__(self, dim: int, heads: int, context_dim: Optional[int] = None):
+        super().__init__()
+        self.heads = heads
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_kv = nn.Linear(context_dim or dim, 2 * dim, bias=False)
+        self.to_out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None):
+        q = self.to_q(x)
+        k, v = self.to_kv(x if context is None else context).chunk(2, dim=-1)
+        q, k, v = (rearrange(a, "n l (h d) -> n h l d", h=self.heads) for a in (q, k, v))
+        attn_mask = None if mask is None else mask[:, None, None, :]  # (N, 1, 1, S): True = attend
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.to_out(rearrange(out, "n h l d -> n l (h d)"))
+
+
+class ResBlock(nn.Module):
+    """Spatial conv block with timestep conditioning, then a temporal conv across frames (zero-initialized)."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int):
+        super().__init__()
+        self.norm1 = group_norm(in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * out_ch)
+        self.norm2 = group_norm(out_ch)
+        self.conv2 = zero(nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        self.temporal_norm = group_norm(out_ch)
+        self.temporal_conv = zero(nn.Conv1d(out_ch, out_ch, 3, padding=1))
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, frames: int) -> torch.Tensor:
+        # x: (b f) c h w ; emb: (b f) e
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        x = self.skip(x) + self.conv2(F.silu(h))
+        hw = x.shape[-2:]
+        t = rearrange(self.temporal_norm(x), "(b f) c h w -> (b h w) c f", f=frames)
+        t = self.temporal_conv(F.silu(t))
+        return x + rearrange(t, "(b h w) c f -> (b f) c h w", h=hw[0], w=hw[1])
+
+
+class SpaceTimeTransformer(nn.Module):
+    """Spatial self-attention, cross-attention to the caption, temporal self-attention, feed-forward."""
+
+    def __init__(self, ch: int, heads: int, context_dim: int, max_frames: int = 64, temporal: bool = True):
+        super().__init__()
+        self.norm_in = group_norm(ch)
+        self.proj_in = nn.Linear(ch, ch)
+        self.norm1, self.self_attn = nn.LayerNorm(ch), Attention(ch, heads)
+        self.norm2, self.cross_attn = nn.LayerNorm(ch), Attention(ch, heads, context_dim)
+        self.temporal = temporal
+        if temporal:
+            self.frame_pos = nn.Parameter(torch.zeros(max_frames, ch))
+            self.norm3, self.temporal_attn = nn.LayerNorm(ch), Attention(ch, heads)
+            zero(self.temporal_attn.to_out)
+        self.norm4 = nn.LayerNorm(ch)
+        self.ff = nn.Sequential(nn.Linear(ch, 4 * ch), nn.GELU(), nn.Linear(4 * ch, ch))
+        self.proj_out = zero(nn.Linear(ch, ch))
+
+    def forward(self, x, context, context_mask, frames: int):
+        # x: (b f) c h w ; context: (b f) s d
+        h, w = x.shape[-2:]
+        y = self.proj_in(rearrange(self.norm_in(x), "n c h w -> n (h w) c"))
+        y = y + self.self_attn(self.norm1(y))
+        y = y + self.cross_attn(self.norm2(y), context, context_mask)
+        if self.temporal:
+            tokens = y.shape[1]
+            y = rearrange(y, "(b f) l c -> (b l) f c", f=frames)
+            y = y + self.temporal_attn(self.norm3(y + self.frame_pos[:frames]))
+            y = rearrange(y, "(b l) f c -> (b f) l c", l=tokens)
+        y = y + self.ff(self.norm4(y))
+        return x + rearrange(self.proj_out(y), "n (h w) c -> n c h w", h=h, w=w)
+
+
+class Downsample(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class Level(nn.Module):
+    """The blocks of one resolution: res blocks, each optionally followed by a space-time transformer."""
+
+    def __init__(self, chans: list[tuple[int, int]], emb_dim: int, attn: bool, heads: int, context_dim: int, max_frames: int):
+        super().__init__()
+        self.res = nn.ModuleList(ResBlock(i, o, emb_dim) for i, o in chans)
+        self.attn = nn.ModuleList(
+            SpaceTimeTransformer(o, heads, context_dim, max_frames) if attn else nn.Identity() for _, o in chans
+        )
+
+
+class VideoUNet(nn.Module):
+    """(noisy clip (b, c, f, h, w), timesteps (b,), text states (b, s, d), text mask (b, s)) -> (b, c, f, h, w)."""
+
+    def __init__(
+        self,
+        context_dim: int,
+        image_size: int = 64,
+        in_channels: int = 3,
+        model_channels: int = 64,
+        channel_mult: tuple[int, ...] = (1, 2, 4),
+        num_res_blocks: int = 2,
+        attention_resolutions: tuple[int, ...] = (16, 8),
+        num_heads: int = 4,
+        max_frames: int = 64,
+        gradient_checkpointing: bool = False,
+    ):
+        super().__init__()
+        self.gradient_checkpointing = gradient_checkpointing
+        emb_dim = 4 * model_channels
+        self.model_channels = model_channels
+        self.time_mlp = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.stem = nn.Conv2d(in_channels, model_channels, 3, padding=1)
+
+        chans = [model_channels * m for m in channel_mult]
+        self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
+        skips, ch, res = [model_channels], model_channels, image_size
+        for i, out in enumerate(chans):
+            pairs = []
+            for _ in range(num_res_blocks):
+                pairs.append((ch, out))
+                ch = out
+                skips.append(ch)
+            self.down.append(Level(pairs, emb_dim, res in attention_resolutions, num_heads, context_dim, max_frames))
+            if i < len(chans) - 1:
+                self.downsample.append(Downsample(ch))
+                skips.append(ch)
+                res //= 2
+        self.mid = Level([(ch, ch), (ch, ch)], emb_dim, True, num_heads, context_dim, max_frames)
+        self.mid.attn[1] = nn.Identity()  # res - attn - res
+        self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
+        for i, out in reversed(list(enumerate(chans))):
+            pairs = []
+            for _ in range(num_res_blocks + 1):
+                pairs.append((ch + skips.pop(), out))
+                ch = out
+            self.up.append(Level(pairs, emb_dim, res in attention_resolutions, num_heads, context_dim, max_frames))
+            if i > 0:
+                self.upsample.append(Upsample(ch))
+                res *= 2
+        self.out = nn.Sequential(group_norm(ch), nn.SiLU(), zero(nn.Conv2d(ch, in_channels, 3, padding=1)))
+
+    def _block(self, fn, *args):
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
+    def _level(self, level: Level, x, emb, ctx, mask, frames, skips=None, push=None):
+        for res, attn in zip(level.res, level.attn):
+            if skips is not None:
+                x = torch.cat([x, skips.pop()], dim=1)
+            x = self._block(res, x, emb, frames)
+            if not isinstance(attn, nn.Identity):
+                x = self._block(attn, x, ctx, mask, frames)
+            if push is not None:
+                push.append(x)
+        return x
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, context_mask: Optional[torch.Tensor] = None):
+        b, _, frames, h, w = x.shape
+        if timesteps.ndim == 0:
+            timesteps = timesteps.expand(b)
+        emb = self.time_mlp(timestep_embedding(timesteps, self.model_channels).to(x.dtype))
+        emb = emb.repeat_interleave(frames, dim=0)  # (b f) e
+        ctx = context.repeat_interleave(frames, dim=0)  # (b f) s d
+        mask = None if context_mask is None else context_mask.repeat_interleave(frames, dim=0)
+
+        x = self.stem(rearrange(x, "b c f h w -> (b f) c h w"))
+        skips = [x]
+        for i, level in enumerate(self.down):
+            x = self._level(level, x, emb, ctx, mask, frames, push=skips)
+            if i < len(self.downsample):
+                x = self.downsample[i](x)
+                skips.append(x)
+        x = self._level(self.mid, x, emb, ctx, mask, frames)
+        for i, level in enumerate(self.up):
+            x = self._level(level, x, emb, ctx, mask, frames, skips=skips)
+            if i < len(self.upsample):
+                x = self.upsample[i](x)
+        x = self.out(x)
+        return rearrange(x, "(b f) c h w -> b c f h w", f=frames)
+
+
+def build_denoiser(cfg, context_dim: int) -> VideoUNet:
+    """The denoiser for a Config; the cross-attention width is the text encoder's hidden size (derived)."""
+    return VideoUNet(
+        context_dim=context_dim,
+        image_size=cfg.image_size,
+        model_channels=cfg.model_channels,
+        channel_mult=tuple(cfg.channel_mult),
+        num_res_blocks=cfg.num_res_blocks,
+        attention_resolutions=tuple(cfg.attention_resolutions),
+        num_heads=cfg.num_heads,
+        max_frames=max(64, cfg.num_frames),
+        gradient_checkpointing=cfg.gradient_checkpointing,
+    )

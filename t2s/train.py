@@ -1,0 +1,690 @@
+"""The training loop and the run directory it writes.
+
+Read top to bottom: setup (data, text encoder, denoiser, optimizer, schedule, EMA), resume, the loop (one
+optimizer step = `gradient_accumulation_steps` micro-batches), validation, checkpoints, samples, the summary.
+accelerate places the models, runs mixed precision and accumulates gradients; the loop itself stays visible.
+
+Reproducibility: the shuffle order of epoch e comes from (seed, e); noise, timesteps and caption dropout come from
+one generator whose state is checkpointed; an epoch holds exactly `steps_per_epoch * accumulation` micro-batches;
+so an interrupted run resumed from its checkpoint follows the same trajectory as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import platform
+import random
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from .config import PROJECT_ROOT, Config, ConfigError, from_dict
+from .diffusion import build_sample_scheduler, build_train_scheduler, diffusion_loss, sample
+from .ema import EMA
+from .model import build_denoiser
+from .rundir import (
+    MEMORY_COLUMNS, TRAINING_COLUMNS, VALIDATION_COLUMNS, RunDir, append_rows, atomic_write_bytes, atomic_write_json,
+    read_json, truncate_rows_after,
+)
+from .text import build_text_encoder
+
+# Keys that may differ between a checkpoint's config and the config that resumes it (they do not change the math).
+RESUMABLE_CHANGES = {
+    "max_steps", "num_epochs", "resume_from", "log_every", "sample_every", "save_every", "keep_checkpoints",
+    "num_workers", "sample_prompts", "description", "eval_num_clips", "val_max_clips",
+}
+VAL_NOISE_SEED = 20240611  # fixed noise for the held-out loss: identical across variants and seeds
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run stopped and its last good checkpoint is intact."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict
+    status: str
+
+
+def now() -> str:
+    return _dt.datetime.now().isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------------------------- small helpers
+class EpochSampler(Sampler):
+    """Indices of one epoch: a permutation from (seed, epoch), cut to `length` samples, starting at `start`."""
+
+    def __init__(self, n: int, seed: int, epoch: int, length: int, start: int = 0, shuffle: bool = True):
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(n, generator=g) if shuffle else torch.arange(n)
+        self.indices = order[:length][start:].tolist()
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+def resolve_mixed_precision(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "no"
+
+
+def git_commit() -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def package_versions() -> dict:
+    from importlib import metadata
+
+    names = ["torch", "diffusers", "transformers", "accelerate", "numpy", "papermill", "plotly", "pandas", "lpips"]
+    out = {}
+    for n in names:
+        try:
+            out[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            out[n] = None
+    return out
+
+
+def memory_gb(device: torch.device) -> dict:
+    import psutil
+
+    rss = psutil.Process().memory_info().rss / 1e9
+    if device.type == "cuda":
+        return {
+            "allocated_gb": torch.cuda.memory_allocated(device) / 1e9,
+            "reserved_gb": torch.cuda.memory_reserved(device) / 1e9,
+            "peak_gb": torch.cuda.max_memory_allocated(device) / 1e9,
+            "rss_gb": rss,
+        }
+    return {"allocated_gb": rss, "reserved_gb": rss, "peak_gb": rss, "rss_gb": rss}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "python": list(random.getstate()[1]),
+        "python_pos": random.getstate()[2],
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate((3, tuple(state["python"]), state["python_pos"]))
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def clip_to_uint8(clip: torch.Tensor) -> np.ndarray:
+    """(c, f, h, w) in [-1, 1] -> (f, h, w, c) uint8."""
+    x = ((clip.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(1, 2, 3, 0).numpy()
+
+
+def write_gif(path: Path, clip: torch.Tensor, fps: int = 8) -> Path:
+    """Write a (c, f, h, w) clip in [-1, 1] as a looping GIF, atomically."""
+    import io
+
+    from PIL import Image
+
+    frames = [Image.fromarray(f) for f in clip_to_uint8(clip)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+def list_checkpoints(run: RunDir) -> list[dict]:
+    """[{file, step, epoch}] from checkpoints/index.json, oldest first."""
+    index = read_json(run.checkpoints / "index.json", []) or []
+    return [e for e in index if (run.checkpoints / e["file"]).exists()]
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load with weights_only=True: tensors and plain containers only, never arbitrary pickled objects."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        raise RuntimeError(
+            f"checkpoint {path} could not be loaded safely ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+            f"t2s loads checkpoints with weights_only=True and refuses anything that needs arbitrary unpickling"
+        ) from None
+
+
+def save_checkpoint(run: RunDir, name: str, state: dict, keep: int) -> Path:
+    import io
+
+    path = run.checkpoints / name
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+    index = [e for e in list_checkpoints(run) if e["file"] != name]
+    index.append({"file": name, "step": state["step"], "epoch": state["epoch"]})
+    index.sort(key=lambda e: e["step"])
+    for old in index[:-keep]:
+        (run.checkpoints / old["file"]).unlink(missing_ok=True)
+    atomic_write_json(run.checkpoints / "index.json", index[-keep:])
+    return path
+
+
+def check_resumable(saved: dict, cfg: Config, where: Path) -> None:
+    diffs = [
+        f"{k}: checkpoint {saved.get(k)!r}, now {v!r}"
+        for k, v in cfg.to_dict().items()
+        if k not in RESUMABLE_CHANGES and saved.get(k) != v
+    ]
+    if diffs:
+        raise ConfigError(
+            f"cannot resume from {where}: its config does not match ({'; '.join(diffs)}). "
+            f"Only these keys may change on resume: {', '.join(sorted(RESUMABLE_CHANGES))}"
+        )
+
+
+# --------------------------------------------------------------------------------------------- the run
+class Trainer:
+    """Holds one run's objects; `fit()` is the loop. Built by `train()`; tests drive it directly too."""
+
+    def __init__(self, cfg: Config, run_dir: Union[str, Path], progress: bool = True, cpu: bool = False):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        from .data import build_datasets
+
+        self.cfg, self.run, self.progress = cfg, RunDir(run_dir), progress
+        self.accelerator = Accelerator(
+            mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            cpu=cpu,
+        )
+        self.device = self.accelerator.device
+        set_seed(cfg.seed)
+
+        # data
+        self.train_set, self.val_set, self.split = build_datasets(cfg)
+        micro_per_epoch = len(self.train_set) // cfg.batch_size
+        self.steps_per_epoch = micro_per_epoch // cfg.gradient_accumulation_steps
+        if self.steps_per_epoch < 1:
+            raise ConfigError(
+                f"the training split has {len(self.train_set)} clips: fewer than one optimizer step of "
+                f"batch_size {cfg.batch_size} x gradient_accumulation_steps {cfg.gradient_accumulation_steps}"
+            )
+        self.total_steps = cfg.num_epochs * self.steps_per_epoch
+        if cfg.max_steps:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+
+        # models: the cross-attention width is the text encoder's hidden size
+        self.text = build_text_encoder(cfg)
+        self.denoiser = build_denoiser(cfg, self.text.hidden_size)
+        self.noise_schedule = build_train_scheduler(cfg)
+
+        # optimizer: denoiser (no weight decay on biases and norms), text encoder at its own rate when trainable
+        decay = [p for p in self.denoiser.parameters() if p.ndim >= 2]
+        no_decay = [p for p in self.denoiser.parameters() if p.ndim < 2]
+        groups = [
+            {"params": decay, "lr": cfg.learning_rate, "weight_decay": cfg.weight_decay, "name": "denoiser"},
+            {"params": no_decay, "lr": cfg.learning_rate, "weight_decay": 0.0, "name": "denoiser_no_decay"},
+        ]
+        text_params = self.text.trainable_parameters()
+        if text_params:
+            groups.append({"params": text_params, "lr": cfg.text_encoder_lr, "weight_decay": cfg.weight_decay, "name": "text_encoder"})
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=self.device.type == "cuda")
+        from diffusers.optimization import get_cosine_schedule_with_warmup
+
+        self.lr_schedule = get_cosine_schedule_with_warmup(
+            self.optimizer, num_warmup_steps=min(cfg.warmup_steps, self.total_steps), num_training_steps=self.total_steps
+        )
+        self.denoiser, self.text, self.optimizer = self.accelerator.prepare(self.denoiser, self.text, self.optimizer)
+        self.model = self.accelerator.unwrap_model(self.denoiser)
+        self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_update_every, cfg.ema_warmup) if cfg.use_ema else None
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.drop_generator = torch.Generator().manual_seed(cfg.seed + 1)
+        self.step, self.epoch, self.micro = 0, 0, 0  # optimizer steps done; current epoch; micro-batches done in it
+        self.train_seconds = 0.0
+        self.writer = None
+
+    # ------------------------------------------------------------------ parameter counts
+    def parameter_counts(self) -> dict:
+        text = self.accelerator.unwrap_model(self.text)
+        n_den = sum(p.numel() for p in self.model.parameters())
+        n_text = sum(p.numel() for p in text.model.parameters())
+        n_train = sum(p.numel() for p in text.trainable_parameters())
+        return {"denoiser": n_den, "text_encoder": n_text, "text_encoder_trainable": n_train, "total": n_den + n_text}
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        text = self.accelerator.unwrap_model(self.text)
+        scaler = self.accelerator.scaler
+        return {
+            "model": self.model.state_dict(),
+            "text_encoder": text.model.state_dict() if not self.cfg.freeze_text_encoder else None,
+            "ema": self.ema.state_dict() if self.ema else None,
+            "optimizer": self.optimizer.state_dict(),
+            "lr_schedule": self.lr_schedule.state_dict(),
+            "grad_scaler": scaler.state_dict() if scaler is not None else None,
+            "step": self.step,
+            "epoch": self.epoch,
+            "micro": self.micro,
+            "train_seconds": self.train_seconds,
+            "generator": self.generator.get_state(),
+            "drop_generator": self.drop_generator.get_state(),
+            "rng": rng_state(),
+            "config": self.cfg.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        if state.get("text_encoder") is not None:
+            self.accelerator.unwrap_model(self.text).model.load_state_dict(state["text_encoder"])
+        if self.ema and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_schedule.load_state_dict(state["lr_schedule"])
+        if self.accelerator.scaler is not None and state.get("grad_scaler"):
+            self.accelerator.scaler.load_state_dict(state["grad_scaler"])
+        self.step, self.epoch, self.micro = state["step"], state["epoch"], state["micro"]
+        self.train_seconds = state.get("train_seconds", 0.0)
+        self.generator.set_state(state["generator"])
+        self.drop_generator.set_state(state["drop_generator"])
+        set_rng_state(state["rng"])
+
+    def resume(self, path: Path) -> None:
+        state = load_checkpoint(path)
+        check_resumable(state["config"], self.cfg, path)
+        self.load_state_dict(state)
+        for csv_path in (self.run.training_csv, self.run.validation_csv, self.run.memory_csv):
+            truncate_rows_after(csv_path, self.step)
+        print(f"Resumed from {path} at optimizer step {self.step} (epoch {self.epoch + 1}).")
+
+    def checkpoint(self, name: Optional[str] = None) -> Path:
+        name = name or f"epoch_{self.epoch}.pt"
+        return save_checkpoint(self.run, name, self.state_dict(), self.cfg.keep_checkpoints)
+
+    def checkpoint_if_new(self) -> None:
+        """A checkpoint for the current step unless one exists: epoch_N.pt at an epoch's end, else step_S.pt."""
+        ckpts = list_checkpoints(self.run)
+        if not ckpts or ckpts[-1]["step"] != self.step:
+            self.checkpoint(f"epoch_{self.epoch}.pt" if self.micro == 0 else f"step_{self.step}.pt")
+
+    # ------------------------------------------------------------------ text conditioning
+    def condition(self, captions: list[str], drop: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token states for captions; with `drop`, each caption is replaced by the null caption with cond_drop_prob."""
+        if drop and self.cfg.cond_drop_prob > 0:
+            keep = torch.rand(len(captions), generator=self.drop_generator) >= self.cfg.cond_drop_prob
+            captions = [c if k else "" for c, k in zip(captions, keep.tolist())]
+        return self.accelerator.unwrap_model(self.text).encode(captions)
+
+    # ------------------------------------------------------------------ validation: fixed timesteps, fixed noise
+    @torch.no_grad()
+    def held_out_loss(self) -> float:
+        cfg = self.cfg
+        n = min(len(self.val_set), cfg.val_max_clips)
+        T = cfg.num_train_timesteps
+        timesteps = [int((k + 0.5) * T / cfg.val_num_timesteps) for k in range(cfg.val_num_timesteps)]
+        g = torch.Generator().manual_seed(VAL_NOISE_SEED)
+        was_training = self.denoiser.training
+        self.denoiser.eval()
+        total, count = 0.0, 0
+        bs = max(1, min(16, 2 * cfg.batch_size))
+        for start in range(0, n, bs):
+            items = [self.val_set[i] for i in range(start, min(n, start + bs))]
+            clips = torch.stack([it[0] for it in items]).to(self.device)
+            ctx, mask = self.condition([it[1] for it in items], drop=False)
+            for t in timesteps:
+                noise = torch.randn(clips.shape, generator=g).to(self.device)
+                tt = torch.full((clips.shape[0],), t, device=self.device, dtype=torch.long)
+                with self.accelerator.autocast():
+                    loss = diffusion_loss(self.model, self.noise_schedule, clips, noise, tt, ctx, mask)
+                total += loss.item() * clips.shape[0]
+                count += clips.shape[0]
+        self.denoiser.train(was_training)
+        return total / count
+
+    def validate(self) -> dict:
+        raw = self.held_out_loss()
+        ema = None
+        if self.ema:
+            with self.ema.swapped():
+                ema = self.held_out_loss()
+        row = {"epoch": self.epoch, "step": self.step, "val_loss_raw": raw, "val_loss_ema": ema, "timestamp": now()}
+        append_rows(self.run.validation_csv, VALIDATION_COLUMNS, [row])
+        if self.writer:
+            self.writer.add_scalar("val/loss_raw", raw, self.step)
+            if ema is not None:
+                self.writer.add_scalar("val/loss_ema", ema, self.step)
+        return row
+
+    # ------------------------------------------------------------------ samples
+    @torch.no_grad()
+    def samples(self) -> list[dict]:
+        cfg = self.cfg
+        weights = "ema" if self.ema else "raw"
+        was_training = self.denoiser.training
+        self.denoiser.eval()
+        from contextlib import nullcontext
+
+        with self.ema.swapped() if self.ema else nullcontext():
+            clips = generate_clips(self.model, self.accelerator.unwrap_model(self.text), cfg, cfg.sample_prompts, seed=0, device=self.device)
+        self.denoiser.train(was_training)
+        index_path = self.run.samples / "samples.json"
+        index = [e for e in (read_json(index_path, []) or []) if e.get("step") != self.step]
+        new = []
+        for i, (prompt, clip) in enumerate(zip(cfg.sample_prompts, clips)):
+            name = f"step{self.step:06d}_{i}.gif"
+            write_gif(self.run.samples / name, clip)
+            new.append({"file": name, "prompt": prompt, "step": self.step, "weights": weights})
+            if self.writer:
+                self.writer.add_images(f"samples/{i}", (clip.permute(1, 0, 2, 3).float().cpu() + 1) / 2, self.step)
+        atomic_write_json(index_path, index + new)
+        return new
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, stop_after: Optional[int] = None) -> dict:
+        cfg, acc = self.cfg, self.accelerator
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm.auto import tqdm
+
+        self.writer = SummaryWriter(str(self.run.tensorboard), purge_step=self.step if self.step else None)
+        micro_per_epoch = self.steps_per_epoch * cfg.gradient_accumulation_steps
+        if self.step == 0 and not self.run.validation_csv.exists():
+            self.validate()  # the step-0 held-out loss, the reference the curve is read against
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress, desc=cfg.run_name, unit="step")
+        pending: list[dict] = []  # per-step device tensors, read every log_every steps (no sync inside a step)
+        window_start, window_steps = time.perf_counter(), 0
+        stopped = False
+        self.denoiser.train()
+        while self.step < self.total_steps and not stopped:
+            sampler = EpochSampler(len(self.train_set), cfg.seed, self.epoch, micro_per_epoch * cfg.batch_size, self.micro * cfg.batch_size)
+            loader = DataLoader(
+                self.train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                pin_memory=self.device.type == "cuda", persistent_workers=False, drop_last=True,
+            )
+            step_loss = torch.zeros((), device=self.device)
+            t0 = time.perf_counter()
+            for clips, captions, _signers in loader:
+                clips = clips.to(self.device, non_blocking=True)
+                with acc.accumulate(self.denoiser):
+                    context, mask = self.condition(list(captions), drop=True)
+                    noise = torch.randn(clips.shape, generator=self.generator, device=self.device)
+                    t = torch.randint(0, cfg.num_train_timesteps, (clips.shape[0],), generator=self.generator, device=self.device)
+                    with acc.autocast():
+                        loss = diffusion_loss(self.denoiser, self.noise_schedule, clips, noise, t, context, mask)
+                    acc.backward(loss)
+                    step_loss += loss.detach() / cfg.gradient_accumulation_steps
+                    grad_norm = None
+                    if acc.sync_gradients:
+                        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+                        grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                self.micro += 1
+                if not acc.sync_gradients:
+                    continue
+                # ---- one optimizer step done
+                lr = self.lr_schedule.get_last_lr()[0]
+                self.lr_schedule.step()
+                self.step += 1
+                ema_decay = None
+                if self.ema and self.ema.update(self.step):
+                    ema_decay = self.ema.last_decay
+                pending.append({"epoch": self.epoch, "step": self.step, "loss": step_loss.clone(), "lr": lr,
+                                "grad_norm": grad_norm.detach() if torch.is_tensor(grad_norm) else grad_norm,
+                                "ema_decay": ema_decay})
+                step_loss.zero_()
+                window_steps += 1
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step >= self.total_steps:
+                    self.train_seconds += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    self.flush_logs(pending, time.perf_counter() - window_start, window_steps, bar)
+                    pending, window_start, window_steps = [], time.perf_counter(), 0
+                if self.step % cfg.sample_every == 0:
+                    self.samples()
+                if self.step >= self.total_steps or (stop_after is not None and self.step >= stop_after):
+                    stopped = self.step < self.total_steps
+                    break
+            self.train_seconds += time.perf_counter() - t0
+            self.flush_logs(pending, time.perf_counter() - window_start, window_steps, bar)
+            pending, window_start, window_steps = [], time.perf_counter(), 0
+            if self.micro >= micro_per_epoch:  # a whole epoch done
+                self.epoch, self.micro = self.epoch + 1, 0
+                self.validate()
+                if self.epoch % cfg.save_every == 0:
+                    self.checkpoint(f"epoch_{self.epoch}.pt")
+            if stopped or self.step >= self.total_steps:
+                self.checkpoint_if_new()
+        bar.close()
+        if stopped:
+            self.writer.close()
+            return {"stopped_at": self.step}
+        final_val = self.validate() if self._last_val_step() != self.step else self._last_val_row()
+        if self.step % cfg.sample_every:
+            self.samples()
+        self.writer.close()
+        return final_val
+
+    def _last_val_row(self) -> dict:
+        import csv
+
+        with open(self.run.validation_csv, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        row = rows[-1]
+        return {k: (float(v) if v not in ("", None) and k != "timestamp" else (None if v == "" else v)) for k, v in row.items()}
+
+    def _last_val_step(self) -> int:
+        try:
+            return int(self._last_val_row()["step"])
+        except (OSError, IndexError, KeyError):
+            return -1
+
+    def flush_logs(self, pending: list[dict], seconds: float, steps: int, bar) -> None:
+        """Read the per-step losses (one host-device sync per log window), check them, write CSV/TensorBoard rows."""
+        if not pending:
+            return
+        losses = torch.stack([p["loss"] for p in pending]).float().cpu().tolist()
+        norms = [float(p["grad_norm"]) if p["grad_norm"] is not None else None for p in pending]
+        for p, value in zip(pending, losses):
+            if not math.isfinite(value):
+                good = list_checkpoints(self.run)
+                where = f"the last good checkpoint, {self.run.checkpoints / good[-1]['file']}, is intact" if good else "no checkpoint had been written yet"
+                raise NonFiniteLossError(
+                    f"the training loss became {value} at optimizer step {p['step']} (epoch {p['epoch'] + 1}); the run "
+                    f"stopped and {where}. Try a lower learning_rate, mixed_precision 'no' or a smaller max_grad_norm."
+                )
+        step_time = seconds / max(1, steps)
+        clips_per_s = self.cfg.effective_batch_size / step_time if step_time > 0 else None
+        mem = memory_gb(self.device)
+        rows = []
+        stamp = now()
+        for p, value, norm in zip(pending, losses, norms):
+            rows.append({**p, "loss": value, "grad_norm": norm, "step_time_s": step_time, "clips_per_s": clips_per_s,
+                         "peak_memory_gb": mem["peak_gb"], "timestamp": stamp})
+            self.writer.add_scalar("train/loss", value, p["step"])
+            self.writer.add_scalar("train/lr", p["lr"], p["step"])
+            if norm is not None:
+                self.writer.add_scalar("train/grad_norm", norm, p["step"])
+            if p["ema_decay"] is not None:
+                self.writer.add_scalar("train/ema_decay", p["ema_decay"], p["step"])
+        self.writer.add_scalar("perf/clips_per_s", clips_per_s or 0.0, pending[-1]["step"])
+        self.writer.add_scalar("perf/peak_memory_gb", mem["peak_gb"], pending[-1]["step"])
+        append_rows(self.run.training_csv, TRAINING_COLUMNS, rows)
+        append_rows(self.run.memory_csv, MEMORY_COLUMNS, [{"step": pending[-1]["step"], "device": str(self.device), **mem, "timestamp": stamp}])
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{pending[-1]['lr']:.2e}", clips_s=f"{clips_per_s or 0:.1f}")
+
+
+# --------------------------------------------------------------------------------------------- sampling helper
+@torch.no_grad()
+def generate_clips(denoiser, text, cfg: Config, prompts: list[str], seed: int = 0, device=None,
+                   num_inference_steps: Optional[int] = None, guidance_scale: Optional[float] = None) -> torch.Tensor:
+    """Clips (n, c, f, h, w) in [-1, 1] for prompts; noise from `seed`, so the same seed gives the same clips."""
+    device = device or next(denoiser.parameters()).device
+    ctx, mask = text.encode(list(prompts))
+    null_ctx, null_mask = text.null(len(prompts))
+    g = torch.Generator().manual_seed(seed)
+    shape = (len(prompts), 3, cfg.num_frames, cfg.image_size, cfg.image_size)
+    return sample(
+        denoiser, build_sample_scheduler(cfg), ctx, mask, null_ctx, null_mask, shape,
+        num_inference_steps or cfg.num_inference_steps,
+        cfg.guidance_scale if guidance_scale is None else guidance_scale, cfg.eta, generator=g,
+    )
+
+
+# --------------------------------------------------------------------------------------------- public API
+def _summary(trainer: Trainer, final_val: dict) -> dict:
+    import pandas as pd
+
+    df = pd.read_csv(trainer.run.training_csv)
+    mem = pd.read_csv(trainer.run.memory_csv) if trainer.run.memory_csv.exists() else None
+    val = pd.read_csv(trainer.run.validation_csv)
+    hours = trainer.train_seconds / 3600
+    steps = int(df["step"].max())
+    return {
+        "steps": steps,
+        "epochs": trainer.epoch + (trainer.micro > 0),
+        "final_loss": float(df["loss"].iloc[-1]),
+        "min_loss": float(df["loss"].min()),
+        "mean_loss": float(df["loss"].mean()),
+        "train_time_hours": hours,
+        "peak_memory_gb": float(mem["peak_gb"].max()) if mem is not None else None,
+        "mean_memory_gb": float(mem["allocated_gb"].mean()) if mem is not None else None,
+        "clips_per_s": steps * trainer.cfg.effective_batch_size / trainer.train_seconds if trainer.train_seconds else None,
+        "val_loss_step0": float(val["val_loss_raw"].iloc[0]),
+        "val_loss_raw": final_val["val_loss_raw"],
+        "val_loss_ema": final_val["val_loss_ema"] if trainer.cfg.use_ema else None,
+        "num_parameters_millions": trainer.parameter_counts()["denoiser"] / 1e6,
+    }
+
+
+def find_resume_point(run: RunDir, cfg: Config) -> Optional[Path]:
+    """An explicit resume_from (a checkpoint file or a run directory), else the latest checkpoint of an unfinished run."""
+    if cfg.resume_from:
+        src = Path(cfg.resume_from)
+        if src.is_dir():
+            ckpts = list_checkpoints(RunDir(src))
+            if not ckpts:
+                raise ConfigError(f"key 'resume_from' is {cfg.resume_from!r}: that run directory has no checkpoint")
+            return RunDir(src).checkpoints / ckpts[-1]["file"]
+        if not src.is_file():
+            raise ConfigError(f"key 'resume_from' is {cfg.resume_from!r}: no such checkpoint file or run directory")
+        return src
+    status = run.status
+    if status == "finished":
+        raise ConfigError(
+            f"{run.root} already holds a finished run; pick another run directory, remove it, or set "
+            f"resume_from to continue it (e.g. with a larger max_steps)"
+        )
+    ckpts = list_checkpoints(run)
+    return run.checkpoints / ckpts[-1]["file"] if ckpts else None
+
+
+def train(config: Config, run_dir: Union[str, Path], progress: bool = True, stop_after: Optional[int] = None) -> RunResult:
+    """Train one variant into `run_dir`; an unfinished run there is resumed from its latest checkpoint.
+
+    `stop_after` ends the run after that many optimizer steps with a resumable checkpoint (status "interrupted"),
+    as a pre-emption would; `train` again resumes it.
+    """
+    if not isinstance(config, Config):
+        config = from_dict(dict(config))
+    run = RunDir(run_dir)
+    run.make()
+    resume_path = find_resume_point(run, config)
+    atomic_write_json(run.config, config.to_dict())
+    meta = run.read_metadata()
+    trainer = Trainer(config, run_dir, progress=progress)
+    run.update_metadata(
+        status="running", error=None,
+        start_time=meta.get("start_time") or now(), end_time=None, resumed_from=str(resume_path) if resume_path else None,
+        git_commit=git_commit(), host=platform.node(), device_name=device_name(trainer.device),
+        torch_version=torch.__version__, cuda_version=torch.version.cuda, packages=package_versions(),
+        parameters=trainer.parameter_counts(), split=trainer.split, steps_per_epoch=trainer.steps_per_epoch,
+        total_steps=trainer.total_steps, effective_batch_size=config.effective_batch_size,
+        world_size=trainer.accelerator.num_processes, mixed_precision=trainer.accelerator.mixed_precision,
+    )
+    if resume_path:
+        trainer.resume(resume_path)
+    try:
+        final_val = trainer.fit(stop_after=stop_after)
+    except BaseException as exc:
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        run.update_metadata(status=status, error=f"{type(exc).__name__}: {exc}", end_time=now())
+        raise
+    if "stopped_at" in final_val:
+        run.update_metadata(status="interrupted", error=None, end_time=now())
+        return RunResult(run.root, {}, "interrupted")
+    summary = _summary(trainer, final_val)
+    atomic_write_json(run.summary, summary)
+    run.update_metadata(status="finished", end_time=now())
+    return RunResult(run.root, summary, "finished")
+
+
+def load_run_models(run_dir: Union[str, Path], weights: str = "ema", device: Optional[str] = None):
+    """(config, denoiser, text encoder) of a run's latest checkpoint, with the EMA or raw weights in the denoiser."""
+    from .config import load_config_file
+    from .text import TextEncoder
+
+    run = RunDir(run_dir)
+    if not run.config.exists():
+        raise FileNotFoundError(f"{run.root} is not a run directory (no config.json)")
+    cfg = load_config_file(run.config)
+    ckpts = list_checkpoints(run)
+    if not ckpts:
+        raise FileNotFoundError(f"{run.checkpoints} holds no checkpoint to generate from")
+    state = load_checkpoint(run.checkpoints / ckpts[-1]["file"])
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    text = TextEncoder(cfg.text_encoder, cfg.max_text_length, True)
+    if state.get("text_encoder") is not None:
+        text.model.load_state_dict(state["text_encoder"])
+    denoiser = build_denoiser(cfg, text.hidden_size)
+    denoiser.load_state_dict(state["model"])
+    if weights == "ema":
+        if not state.get("ema"):
+            raise ValueError(f"{run.root} was trained without EMA (use_ema false): use weights='raw'")
+        with torch.no_grad():
+            for p, s in zip(denoiser.parameters(), state["ema"]["shadow"]):
+                p.copy_(s)
+    elif weights != "raw":
+        raise ValueError(f"weights must be 'ema' or 'raw', not {weights!r}")
+    return cfg, denoiser.to(dev).eval(), text.to(dev).eval()
+
+
+def generate(run_dir: Union[str, Path], prompts: list[str], weights: str = "ema", seed: int = 0,
+             out_dir: Optional[Union[str, Path]] = None, num_inference_steps: Optional[int] = None,
+             guidance_scale: Optional[float] = None, device: Optional[str] = None) -> list[dict]:
+    """Sample clips for prompts from a run; writes GIFs to out_dir (default <run_dir>/generated/)."""
+    cfg, denoiser, text = load_run_models(run_dir, weights, device)
+    clips = generate_clips(denoiser, text, cfg, prompts, seed, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+    out = Path(out_dir) if out_dir else Path(run_dir) / "generated"
+    results = []
+    for i, (prompt, clip) in enumerate(zip(prompts, clips)):
+        path = write_gif(out / f"{weights}_seed{seed}_{i:03d}.gif", clip)
+        results.append({"prompt": prompt, "gif_path": path, "clip": clip.cpu()})
+    atomic_write_json(out / f"{weights}_seed{seed}.json", [{"prompt": r["prompt"], "file": r["gif_path"].name} for r in results])
+    return results
