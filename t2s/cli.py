@@ -1,0 +1,193 @@
+"""The command line: `python -m t2s {ablate, run, report, generate, doctor}`.
+
+Every command validates its input before any work starts and prints an error that names the file, key or value.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .config import PROJECT_ROOT, ConfigError, available, load_config
+
+EXECUTED = PROJECT_ROOT / "executed"
+REPORTS = PROJECT_ROOT / "reports"
+DEFAULT_VARIANTS = ["baseline", "text_finetuned", "no_ema"]
+
+
+def _overrides(args) -> list[str]:
+    over = list(args.param or [])
+    if getattr(args, "epochs", None):
+        over.append(f"num_epochs={args.epochs}")
+    if getattr(args, "data_dir", None):
+        over.append(f"data_dir={args.data_dir}")
+    return over
+
+
+def cmd_run(args) -> int:
+    """One variant, one seed, trained in this process into executed/<study>/<variant>-seed<k>/."""
+    from .train import train
+
+    cfg = load_config(args.variant, args.scale, _overrides(args) + [f"seed={args.seed}"])
+    run_dir = Path(args.executed_dir) / args.study / cfg.run_name
+    if args.notebook:
+        from .ablate import run_study
+
+        result = run_study(args.study, variants=[args.variant], seeds=[args.seed], scale=args.scale,
+                           overrides=_overrides(args), force=args.force, executed_dir=args.executed_dir,
+                           build_report=False)
+        return 0 if not getattr(result, "failed", None) else 1
+    result = train(cfg, run_dir, progress=True)
+    print(f"{result.status}: {result.run_dir}")
+    return 0
+
+
+def cmd_ablate(args) -> int:
+    from .ablate import run_study
+
+    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
+    result = run_study(
+        args.study, variants=args.variants, seeds=args.seeds, scale=args.scale, overrides=_overrides(args),
+        force=args.force, gpus=gpus, executed_dir=args.executed_dir, reports_dir=args.reports_dir,
+    )
+    return 1 if getattr(result, "failed", None) else 0
+
+
+def cmd_report(args) -> int:
+    from .ablate import build_report
+
+    path = build_report(args.study, executed_dir=args.executed_dir, reports_dir=args.reports_dir)
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from .train import generate
+
+    results = generate(args.run_dir, args.prompts, weights=args.weights, seed=args.seed, out_dir=args.out,
+                       num_inference_steps=args.steps, guidance_scale=args.guidance)
+    for r in results:
+        print(f"{r['gif_path']}  <- {r['prompt']!r}")
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    """What the setup test did, better: params, data, text encoder, metric weights, devices. Exit 1 on a problem."""
+    import torch
+
+    problems = 0
+
+    def report(ok: bool, what: str, detail: str = "") -> None:
+        nonlocal problems
+        problems += not ok
+        print(f"  [{'ok' if ok else 'FAIL'}] {what}{': ' + detail if detail else ''}")
+
+    print("params")
+    for scale in available("scale"):
+        for variant in available("variant"):
+            try:
+                load_config(variant, scale)
+                report(True, f"{variant} @ {scale}")
+            except ConfigError as exc:
+                report(False, f"{variant} @ {scale}", str(exc))
+    print("data")
+    try:
+        from .data import build_datasets
+
+        cfg = load_config("baseline", args.scale, _overrides(args))
+        train_set, val_set, split = build_datasets(cfg)
+        report(True, f"{cfg.dataset}", f"{len(train_set)} train / {len(val_set)} validation clips, "
+               f"{split.get('num_skipped', 0)} skipped, split {split.get('mode')}")
+    except Exception as exc:  # the doctor reports, it does not crash
+        report(False, "dataset", f"{type(exc).__name__}: {exc}")
+    print("text encoder")
+    try:
+        from .text import TextEncoder
+
+        cfg = load_config("baseline", args.scale, _overrides(args))
+        enc = TextEncoder(cfg.text_encoder, cfg.max_text_length, True)
+        states, _ = enc.encode(["hello"])
+        report(True, cfg.text_encoder, f"hidden size {enc.hidden_size}, loaded offline")
+    except Exception as exc:
+        report(False, "text encoder", f"{type(exc).__name__}: {exc}")
+    print("metric weights (optional: a missing one makes that metric null with this reason)")
+    try:
+        from . import metrics
+
+        for name, status in metrics.weights_status().items():
+            print(f"  [{'ok' if status == 'ok' else 'missing'}] {name}: {status}")
+    except (ImportError, AttributeError) as exc:
+        print(f"  [missing] metrics: {exc}")
+    print("devices")
+    print(f"  torch {torch.__version__}, CUDA build {torch.version.cuda}, CUDA available: {torch.cuda.is_available()}")
+    for i in range(torch.cuda.device_count()):
+        p = torch.cuda.get_device_properties(i)
+        print(f"  cuda:{i} {p.name} {p.total_memory / 2**30:.1f} GiB")
+    import os
+
+    print(f"  CPU cores: {os.cpu_count()}, torch threads: {torch.get_num_threads()}")
+    print("all checks passed" if not problems else f"{problems} problem(s) found")
+    return 1 if problems else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m t2s", description="t2s: text-to-sign video diffusion ablations")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp, study=True):
+        sp.add_argument("--scale", default="tiny", help=f"params/scales/<name>.yaml (default tiny)")
+        sp.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+        sp.add_argument("--epochs", type=int, help="override num_epochs")
+        sp.add_argument("--data-dir", help="override data_dir")
+        sp.add_argument("--executed-dir", default=str(EXECUTED), help="where runs go (default executed/)")
+        if study:
+            sp.add_argument("--study", default="default", help="study name: executed/<study>/, reports/<study>.html")
+
+    sp = sub.add_parser("ablate", help="run variants x seeds through the training notebook, then build the report")
+    common(sp)
+    sp.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, help="params/<name>.yaml (default: the three)")
+    sp.add_argument("--seeds", nargs="+", type=int, default=[0])
+    sp.add_argument("--gpus", help="comma-separated GPU ids: one run per GPU at a time (default: sequential)")
+    sp.add_argument("--force", action="store_true", help="rerun finished runs")
+    sp.add_argument("--reports-dir", default=str(REPORTS))
+    sp.set_defaults(func=cmd_ablate)
+
+    sp = sub.add_parser("run", help="train one variant into executed/<study>/<variant>-seed<k>/")
+    common(sp)
+    sp.add_argument("--variant", default="baseline")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--notebook", action="store_true", help="run through the papermill training notebook")
+    sp.add_argument("--force", action="store_true", help="with --notebook: rerun a finished run")
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("report", help="build reports/<study>.html from executed/<study>/")
+    sp.add_argument("--study", default="default")
+    sp.add_argument("--executed-dir", default=str(EXECUTED))
+    sp.add_argument("--reports-dir", default=str(REPORTS))
+    sp.set_defaults(func=cmd_report)
+
+    sp = sub.add_parser("generate", help="sample GIFs from a run for given prompts")
+    sp.add_argument("run_dir")
+    sp.add_argument("prompts", nargs="+")
+    sp.add_argument("--weights", choices=["ema", "raw"], default="ema")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--steps", type=int, help="DDIM steps (default: the run's num_inference_steps)")
+    sp.add_argument("--guidance", type=float, help="guidance scale (default: the run's)")
+    sp.add_argument("--out", help="output folder (default <run_dir>/generated)")
+    sp.set_defaults(func=cmd_generate)
+
+    sp = sub.add_parser("doctor", help="check params, data, text encoder, metric weights and devices")
+    common(sp, study=False)
+    sp.set_defaults(func=cmd_doctor)
+    return p
+
+
+def main(argv=None) -> int:
+    from .data import DataError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,442 @@
+"""Tests for t2s.metrics: every fixture (clips, weights files, images) is made here; nothing is downloaded."""
+import io
+import math
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from scipy import signal
+from torch import nn
+
+from t2s import metrics
+from t2s.metrics import (
+    I3D,
+    compute_fvd,
+    compute_lpips,
+    count_parameters,
+    dtw,
+    dtw_joint_error,
+    feature_statistics,
+    find_hands,
+    frechet_distance,
+    hand_detection_rate,
+    i3d_features,
+    load_i3d,
+    load_lpips,
+    motion_magnitude,
+    psnr,
+    ssim,
+    temporal_consistency,
+)
+
+HAND_COLORS = {"left": (255, 0, 200), "right": (0, 200, 255)}
+
+
+def random_clips(*shape, seed=0):
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """No test may reach the network: any urlopen call fails loudly."""
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled in tests")
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+
+
+# --- Fréchet distance ---------------------------------------------------------------------------------------
+
+def test_frechet_distance_of_diagonal_gaussians_matches_closed_form():
+    rng = np.random.default_rng(0)
+    mu1, mu2 = rng.normal(size=5), rng.normal(size=5)
+    s1, s2 = rng.uniform(0.1, 3, size=5), rng.uniform(0.1, 3, size=5)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum(s1 + s2 - 2 * np.sqrt(s1 * s2))
+    assert frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2)) == pytest.approx(expected, rel=1e-9)
+
+
+def _psd_sqrt(a):
+    w, v = np.linalg.eigh(a)
+    return v @ np.diag(np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def test_frechet_distance_of_full_covariances_matches_eigendecomposition():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(6, 6)), rng.normal(size=(6, 6))
+    sigma1, sigma2 = a @ a.T + 0.1 * np.eye(6), b @ b.T + 0.1 * np.eye(6)
+    mu1, mu2 = rng.normal(size=6), rng.normal(size=6)
+    # Tr sqrt(S1 S2) = Tr sqrt(S1^1/2 S2 S1^1/2), a symmetric PSD matrix: eigh only, no sqrtm.
+    r1 = _psd_sqrt(sigma1)
+    tr_covmean = np.trace(_psd_sqrt(r1 @ sigma2 @ r1))
+    expected = np.sum((mu1 - mu2) ** 2) + np.trace(sigma1 + sigma2) - 2 * tr_covmean
+    assert frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(expected, rel=1e-8)
+
+
+def test_frechet_distance_of_identical_statistics_is_zero_even_when_singular():
+    features = np.random.default_rng(2).normal(size=(3, 10))  # 3 samples in 10-d: rank-2 covariance
+    mu, sigma = feature_statistics(features)
+    assert abs(frechet_distance(mu, sigma, mu, sigma)) < 1e-6
+    assert frechet_distance(mu, sigma, mu + 1.0, sigma) == pytest.approx(10.0, abs=1e-5)
+
+
+def test_feature_statistics_are_unbiased_float64_and_need_two_samples():
+    x = torch.tensor([[1.0, 2.0], [3.0, 6.0]])
+    mu, sigma = feature_statistics(x)
+    assert mu.dtype == np.float64 and np.allclose(mu, [2.0, 4.0])
+    assert np.allclose(sigma, [[2.0, 4.0], [4.0, 8.0]])
+    with pytest.raises(ValueError):
+        feature_statistics(x[:1])
+
+
+# --- I3D / FVD --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def i3d_weights(tmp_path_factory):
+    """A random I3D state dict with He-initialised convs (default init makes all features nearly equal)."""
+    torch.manual_seed(0)
+    model = I3D()
+    for module in model.modules():
+        if isinstance(module, nn.Conv3d):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    path = tmp_path_factory.mktemp("i3d") / "i3d.pt"
+    torch.save(model.state_dict(), path)
+    return path, model.state_dict()
+
+
+@pytest.fixture(scope="module")
+def i3d_model(i3d_weights):
+    model, status = load_i3d(i3d_weights[0], allow_download=False)
+    assert model is not None, status
+    return model
+
+
+def test_load_i3d_from_argument_loads_every_tensor(i3d_weights, i3d_model):
+    path, state = i3d_weights
+    assert not i3d_model.training
+    loaded = i3d_model.state_dict()
+    assert loaded.keys() == state.keys()
+    assert all(torch.equal(loaded[k], state[k]) for k in state)
+
+
+def test_load_i3d_from_env_var(i3d_weights, monkeypatch):
+    monkeypatch.setenv("T2S_I3D_WEIGHTS", str(i3d_weights[0]))
+    model, status = load_i3d(allow_download=False)
+    assert model is not None and status.startswith("ok") and str(i3d_weights[0]) in status
+
+
+def test_i3d_features_of_short_small_clips_are_400d(i3d_model):
+    features = i3d_features(random_clips(2, 3, 8, 32, 32), i3d_model)  # looped to 9 frames, resized to 224
+    assert features.shape == (2, 400) and torch.isfinite(features).all()
+    assert not torch.allclose(features[0], features[1])
+
+
+def test_i3d_preprocess_loops_short_clips_and_resizes():
+    clips = torch.arange(4.0).view(1, 1, 4, 1, 1).expand(1, 3, 4, 2, 2) / 4
+    out = metrics._i3d_preprocess(clips)
+    assert out.shape == (1, 3, 9, 224, 224)
+    assert out[0, 0, :, 0, 0].tolist() == [v / 4 for v in [0, 1, 2, 3, 0, 1, 2, 3, 0]]
+
+
+def test_fvd_is_zero_for_identical_sets_and_positive_for_different(i3d_model):
+    fake, real = random_clips(2, 3, 9, 32, 32, seed=1), random_clips(2, 3, 9, 32, 32, seed=2)
+    assert abs(compute_fvd(fake, fake, i3d_model)) < 1e-4
+    assert compute_fvd(fake, real, i3d_model) > 1e-3
+
+
+def test_load_i3d_rejects_mismatched_state_dict(i3d_weights, tmp_path):
+    state = dict(i3d_weights[1])
+    del state["logits.conv3d.bias"]
+    bad = tmp_path / "bad.pt"
+    torch.save(state, bad)
+    model, status = load_i3d(bad, allow_download=False)
+    assert model is None and "does not match" in status and "logits.conv3d.bias" in status
+
+
+def test_load_i3d_rejects_a_file_that_is_not_a_state_dict(tmp_path):
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"not a checkpoint")
+    model, status = load_i3d(bad, allow_download=False)
+    assert model is None and str(bad) in status
+
+
+def test_load_i3d_missing_file_gives_reason(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("T2S_I3D_WEIGHTS", raising=False)
+    model, status = load_i3d(tmp_path / "absent.pt")
+    assert model is None and "absent.pt" in status and "T2S_I3D_WEIGHTS" in status
+    model, status = load_i3d()  # default cache path; the download is refused by the no_network fixture
+    assert model is None
+    assert "I3D weights not found" in status and metrics.I3D_WEIGHTS_URL in status
+    assert "network disabled" in status
+    assert not (tmp_path / ".cache" / "t2s" / "i3d_kinetics400.pt").exists()
+
+
+def test_load_i3d_downloads_into_the_cache(i3d_weights, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("T2S_I3D_WEIGHTS", raising=False)
+    payload = i3d_weights[0].read_bytes()
+    urls = []
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: urls.append(url) or io.BytesIO(payload))
+    model, status = load_i3d()
+    assert model is not None, status
+    assert urls == [metrics.I3D_WEIGHTS_URL]
+    assert (tmp_path / ".cache" / "t2s" / "i3d_kinetics400.pt").read_bytes() == payload
+
+
+# --- LPIPS -------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def alexnet_file(tmp_path_factory):
+    torch.manual_seed(0)
+    backbone = torchvision.models.alexnet()
+    path = tmp_path_factory.mktemp("lpips") / "alexnet-owt-7be5be79.pth"
+    torch.save(backbone.state_dict(), path)
+    return path, backbone
+
+
+def test_load_lpips_copies_backbone_from_file(alexnet_file):
+    path, backbone = alexnet_file
+    model, status = load_lpips("alex", weights_dir=path.parent)
+    assert model is not None, status
+    lpips_state = model.state_dict()
+    for name, tensor in backbone.features.state_dict().items():  # e.g. "10.bias" lives in net.slice5
+        index = int(name.split(".")[0])
+        slice_number = 1 + sum(index >= start for start in (2, 5, 8, 10))
+        assert torch.equal(lpips_state[f"net.slice{slice_number}.{name}"], tensor), name
+
+
+def test_load_lpips_from_env_var_and_hub_cache(alexnet_file, tmp_path, monkeypatch):
+    path, _ = alexnet_file
+    monkeypatch.setenv("T2S_LPIPS_BACKBONE", str(path))
+    model, status = load_lpips("alex")
+    assert model is not None and str(path) in status
+    monkeypatch.delenv("T2S_LPIPS_BACKBONE")
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / path.name).write_bytes(path.read_bytes())
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    model, status = load_lpips("alex")
+    assert model is not None and str(tmp_path / "checkpoints") in status
+
+
+def test_load_lpips_missing_backbone_gives_reason(tmp_path, monkeypatch):
+    monkeypatch.delenv("T2S_LPIPS_BACKBONE", raising=False)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    model, status = load_lpips("alex")
+    assert model is None
+    assert "T2S_LPIPS_BACKBONE" in status and str(tmp_path / "checkpoints" / "alexnet-owt-7be5be79.pth") in status
+
+
+def test_load_lpips_rejects_wrong_backbone(tmp_path):
+    wrong = tmp_path / "alexnet-owt-7be5be79.pth"
+    torch.save(torchvision.models.squeezenet1_1().state_dict(), wrong)
+    model, status = load_lpips("alex", weights_dir=wrong)
+    assert model is None and "does not match" in status
+
+
+def test_lpips_is_zero_for_identical_clips_and_positive_for_different(alexnet_file):
+    model, status = load_lpips("alex", weights_dir=alexnet_file[0])
+    assert model is not None, status
+    fake, real = random_clips(2, 3, 3, 32, 32, seed=3), random_clips(2, 3, 3, 32, 32, seed=4)
+    assert compute_lpips(fake, fake, model) == pytest.approx(0.0, abs=1e-7)
+    assert compute_lpips(fake, real, model) > 1e-4
+    assert compute_lpips(fake[..., :16, :16], real[..., :16, :16], model) > 1e-4  # upsampled to 32 px
+
+
+# --- SSIM / PSNR -------------------------------------------------------------------------------------------
+
+def test_ssim_of_identical_clips_is_one():
+    clips = random_clips(2, 3, 4, 16, 16)
+    assert ssim(clips, clips) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_ssim_of_flat_frames_with_constant_shift_matches_formula():
+    a, d = 0.4, 0.1  # in [0, 1] units
+    fake = torch.full((1, 3, 2, 16, 16), 2 * a - 1)
+    real = torch.full((1, 3, 2, 16, 16), 2 * (a + d) - 1)
+    c1 = 0.01**2
+    expected = (2 * a * (a + d) + c1) / (a**2 + (a + d) ** 2 + c1)  # variances are 0: the contrast term is 1
+    assert ssim(fake, real) == pytest.approx(expected, rel=1e-6)
+
+
+def _ssim_numpy(x, y, size=11, sigma=1.5):
+    """Independent SSIM of two (C, H, W) arrays in [0, 1] with scipy's valid correlation."""
+    g = np.exp(-((np.arange(size) - (size - 1) / 2) ** 2) / (2 * sigma**2))
+    window = np.outer(g, g) / np.outer(g, g).sum()
+    values = []
+    for xc, yc in zip(x, y):
+        f = lambda im: signal.correlate2d(im, window, mode="valid")  # noqa: E731
+        mx, my = f(xc), f(yc)
+        vx, vy, cxy = f(xc * xc) - mx**2, f(yc * yc) - my**2, f(xc * yc) - mx * my
+        c1, c2 = 0.01**2, 0.03**2
+        values.append(((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2)))
+    return np.mean(values)
+
+
+@pytest.mark.parametrize("size", [20, 8])  # 8 < window: clipped to an 8x8 window
+def test_ssim_matches_independent_numpy_implementation(size):
+    fake, real = random_clips(1, 3, 2, size, size, seed=5), random_clips(1, 3, 2, size, size, seed=6)
+    real = (0.7 * fake + 0.3 * real).clamp(-1, 1)
+    unit = lambda t, f: ((t[0, :, f].double().numpy() + 1) / 2)  # noqa: E731
+    expected = np.mean([_ssim_numpy(unit(fake, f), unit(real, f), size=min(11, size)) for f in range(2)])
+    assert ssim(fake, real) == pytest.approx(expected, rel=1e-9)
+    assert ssim(fake, real) < 0.99
+
+
+def test_psnr_of_constant_offset_matches_formula():
+    d = 0.05  # in [0, 1] units, i.e. 2d in [-1, 1]
+    fake = torch.full((2, 3, 3, 8, 8), -0.2)
+    assert psnr(fake, fake + 2 * d) == pytest.approx(10 * math.log10(1 / d**2), rel=1e-6)
+
+
+def test_psnr_of_identical_frames_is_capped_at_100_db():
+    clips = random_clips(1, 3, 2, 8, 8)
+    assert psnr(clips, clips) == 100.0
+    other = clips.clone()
+    other[:, :, 1] = (other[:, :, 1] + 0.2).clamp(-1, 1)  # frame 0 identical, frame 1 not
+    assert psnr(clips, other) == pytest.approx((100.0 + psnr(clips[:, :, 1:], other[:, :, 1:])) / 2)
+
+
+def test_paired_metrics_reject_mismatched_shapes():
+    with pytest.raises(ValueError):
+        ssim(random_clips(1, 3, 2, 8, 8), random_clips(1, 3, 3, 8, 8))
+
+
+# --- temporal statistics -----------------------------------------------------------------------------------
+
+def test_frozen_clip_has_consistency_one_and_no_motion():
+    frame = random_clips(2, 3, 1, 8, 8)
+    frozen = frame.expand(2, 3, 5, 8, 8)
+    assert temporal_consistency(frozen) == pytest.approx(1.0, abs=1e-12)
+    assert motion_magnitude(frozen) == 0.0
+    black = torch.full((1, 3, 4, 8, 8), -1.0)
+    assert temporal_consistency(black) == 1.0
+
+
+def test_motion_and_consistency_of_a_flicker():
+    clips = torch.full((1, 3, 3, 4, 4), -1.0)
+    clips[:, :, 1] = 0.0  # black, mid-grey, black: every step moves by 0.5 in [0, 1] units
+    assert motion_magnitude(clips) == pytest.approx(0.5)
+    assert temporal_consistency(clips) == pytest.approx(0.0)  # black vs non-black: orthogonal by convention
+    moving = random_clips(1, 3, 4, 8, 8)
+    assert 0 < temporal_consistency(moving) < 1
+
+
+def test_temporal_metrics_need_two_frames():
+    with pytest.raises(ValueError):
+        motion_magnitude(random_clips(1, 3, 1, 4, 4))
+
+
+# --- sign fidelity -----------------------------------------------------------------------------------------
+
+def _disc_frame(size, centers, radius=4):
+    frame = np.full((size, size, 3), 30, np.uint8)
+    rows, cols = np.mgrid[:size, :size]
+    for name, (x, y) in centers.items():
+        frame[(cols - x) ** 2 + (rows - y) ** 2 <= radius**2] = HAND_COLORS[name]
+    return frame
+
+
+def test_find_hands_returns_exact_disc_centroids_and_nan_when_absent():
+    frames = np.stack([
+        _disc_frame(40, {"left": (10, 12), "right": (30, 25)}),
+        _disc_frame(40, {"right": (20, 33)}),
+    ])
+    frames[0, 2, 38] = HAND_COLORS["left"]  # a stray pixel must not pull the centroid
+    keypoints, found = find_hands(frames, HAND_COLORS)
+    assert keypoints.shape == (2, 2, 2) and keypoints.dtype == np.float32
+    assert found.tolist() == [[True, True], [False, True]]
+    np.testing.assert_allclose(keypoints[0], [[10, 12], [30, 25]], atol=1e-5)
+    np.testing.assert_allclose(keypoints[1, 1], [20, 33], atol=1e-5)
+    assert np.isnan(keypoints[1, 0]).all()
+    assert hand_detection_rate(found) == 0.75
+
+
+def test_find_hands_tolerance_and_minimum_size():
+    frame = _disc_frame(20, {"left": (10, 10)}, radius=0)  # one pixel only
+    _, found = find_hands(frame[None], HAND_COLORS)
+    assert not found[0, 0]
+    shaded = _disc_frame(20, {"left": (10, 10)}, radius=3)
+    shaded[shaded[..., 0] == 255] = (225, 20, 180)  # distance ~40 from the hand colour
+    assert find_hands(shaded[None], HAND_COLORS, tolerance=60)[1][0, 0]
+    assert not find_hands(shaded[None], HAND_COLORS, tolerance=30)[1][0, 0]
+
+
+@pytest.mark.parametrize("signer, image_size", [(0, 64), (1, 32)])
+def test_find_hands_recovers_synthsign_keypoints(signer, image_size):
+    synthsign = pytest.importorskip("t2s.synthsign")
+    colors = getattr(synthsign, "HAND_COLORS", HAND_COLORS)
+    frames, truth = synthsign.render_clip("hello world", signer, 8, image_size, signer)
+    keypoints, found = find_hands(frames, colors)
+    truth = np.asarray(truth, np.float64)
+    visible = np.isfinite(truth).all(-1)
+    assert found[visible].mean() > 0.9
+    both = visible & found
+    assert both.any()
+    assert np.abs(keypoints[both] - truth[both]).max() <= 1.0
+
+
+def euclid(p, q):
+    return float(np.linalg.norm(np.asarray(p, float) - np.asarray(q, float)))
+
+
+def test_dtw_of_identical_and_time_stretched_sequences_is_zero():
+    seq = [0.0, 1.0, 3.0, 2.0]
+    assert dtw(seq, seq, euclid) == 0.0
+    assert dtw(seq, [0.0, 0.0, 1.0, 3.0, 3.0, 3.0, 2.0], euclid) == 0.0
+
+
+def test_dtw_of_constant_offset_is_the_offset():
+    seq = np.array([[0.0, 0.0], [1.0, 2.0], [3.0, 1.0]])
+    assert dtw(seq, seq + [3.0, 4.0], euclid) == pytest.approx(5.0)
+
+
+def test_dtw_small_example_by_hand():
+    # a = [0, 2], b = [0, 1, 2], |.|: cost rows [0 1 2], [2 1 0]; best path (0,0),(0,1)|(1,1),(1,2)
+    # accumulated: D = [[0, 1, 3], [2, 1, 1]] -> total 1 over 3 pairs; by reference length 1 / 2.
+    assert dtw([0.0, 2.0], [0.0, 1.0, 2.0], euclid) == pytest.approx(1 / 3)
+    assert dtw([0.0, 2.0], [0.0, 1.0, 2.0], euclid, normalize="reference") == pytest.approx(1 / 2)
+    # a = [0, 5], b = [1]: both a items align to b: (1 + 4) / 2
+    assert dtw([0.0, 5.0], [1.0], euclid) == pytest.approx(2.5)
+
+
+def test_dtw_joint_error_normalises_and_skips_missing_hands():
+    gt = np.array([[[10, 10], [50, 10]], [[12, 10], [52, 10]], [[14, 10], [54, 10]]], np.float32)
+    assert dtw_joint_error(gt, gt, body_size=64) == 0.0
+    assert dtw_joint_error(gt + [0, 8], gt, body_size=64) == pytest.approx(8 / 64)
+    pred = gt + [0, 8]
+    pred[1, 0] = np.nan  # left hand missing in frame 1: that frame is scored on the right hand only
+    assert dtw_joint_error(pred, gt, body_size=64) == pytest.approx(8 / 64)
+    pred = np.concatenate([pred, np.full((2, 2, 2), np.nan, np.float32)])  # hand-less frames are skipped
+    assert dtw_joint_error(pred, gt, body_size=64) == pytest.approx(8 / 64)
+    assert dtw_joint_error(np.full((3, 2, 2), np.nan), gt, body_size=64) is None
+
+
+def test_dtw_joint_error_penalises_frames_sharing_no_hand():
+    left_only = np.array([[[10, 10], [np.nan, np.nan]]])
+    right_only = np.array([[[np.nan, np.nan], [10, 10]]])
+    assert dtw_joint_error(left_only, right_only, body_size=10, unmatched_cost=1.0) == 1.0
+
+
+# --- cost helpers ------------------------------------------------------------------------------------------
+
+def test_count_parameters():
+    layer = nn.Linear(3, 4)
+    assert count_parameters(layer) == 16
+    layer.bias.requires_grad_(False)
+    assert count_parameters(layer, trainable_only=True) == 12
+    assert count_parameters(I3D()) == 12_697_264  # Carreira & Zisserman report ~12M for I3D
+
+
+def test_frechet_distance_retries_with_eps_offset_when_sqrtm_fails(monkeypatch):
+    real_sqrtm, calls = metrics.linalg.sqrtm, []
+
+    def first_call_fails(a):
+        calls.append(a)
+        return np.full_like(a, np.nan) if len(calls) == 1 else real_sqrtm(a)
+
+    monkeypatch.setattr(metrics.linalg, "sqrtm", first_call_fails)
+    s1, s2, eps = np.array([1.0, 0.0]), np.array([4.0, 0.0]), 1e-6
+    expected = np.sum(s1 + s2 - 2 * np.sqrt((s1 + eps) * (s2 + eps)))
+    assert frechet_distance(np.zeros(2), np.diag(s1), np.zeros(2), np.diag(s2), eps=eps) == pytest.approx(expected)
+    assert len(calls) == 2 and np.allclose(calls[1], np.diag((s1 + eps) * (s2 + eps)))

@@ -1,0 +1,157 @@
+"""The SynthSign renderer: determinism, vocabulary, signers, glove colours and exact hand keypoints."""
+import itertools
+
+import numpy as np
+import pytest
+
+from t2s import synthsign as ss
+from t2s.config import Config
+
+PROMPTS = Config().sample_prompts
+CAPTIONS = PROMPTS + ["please help me", "zebra quantum banana", "", "Hello, where IS anna?!", "work work work work work"]
+
+
+def hand_masks(frame: np.ndarray) -> dict[str, np.ndarray]:
+    """Boolean (H, W) masks of the exact glove colours in an RGB uint8 frame."""
+    return {hand: np.all(frame == np.array(colour, dtype=np.uint8), axis=-1) for hand, colour in ss.HAND_COLORS.items()}
+
+
+def centroid(mask: np.ndarray) -> np.ndarray:
+    rows, cols = np.nonzero(mask)
+    return np.array([cols.mean(), rows.mean()])
+
+
+def test_hand_colors_are_the_documented_gloves():
+    assert ss.HAND_COLORS == {"left": (255, 0, 200), "right": (0, 200, 255)}
+
+
+@pytest.mark.parametrize("signer", range(12))
+def test_no_drawn_colour_other_than_the_gloves_is_near_a_glove(signer):
+    frames, _ = ss.render_clip("hello my name is anna", signer, 8, 64, seed=signer)
+    colours = {tuple(c) for c in np.unique(frames.reshape(-1, 3), axis=0)}
+    gloves = set(ss.HAND_COLORS.values())
+    assert gloves <= colours  # both hands visible somewhere
+    for colour in colours - gloves:
+        for glove in gloves:
+            assert ss.color_distance(colour, glove) >= ss.MIN_COLOR_DISTANCE, (colour, glove)
+    for colour in ss.signer_appearance(signer).colors():
+        assert min(ss.color_distance(colour, g) for g in gloves) >= 120
+
+
+def test_vocabulary_has_at_least_30_glosses_and_every_prompt_word():
+    assert len(ss.VOCABULARY) >= 30
+    for prompt in PROMPTS:
+        for word in ss.tokenize(prompt):
+            assert word in ss.VOCABULARY, word
+    for word in ("hello", "my", "name", "is", "where", "train", "station", "thank", "you", "very", "much", "please", "help"):
+        assert word in ss.VOCABULARY
+
+
+def test_every_gloss_has_its_own_definition_and_trajectory():
+    glosses = list(ss.VOCABULARY.values())
+    assert len(set(glosses)) == len(glosses)
+    for gloss in glosses:
+        assert gloss.path in ss.PATHS and gloss.anchor in ss.ANCHORS and gloss.hands in ss.HANDEDNESS
+        assert set(gloss.shapes) <= set(ss.SHAPES)
+    trajectories = {w: ss.hand_trajectory(w, 0, 16, 64, seed=0) for w in ss.VOCABULARY}
+    for a, b in itertools.combinations(ss.VOCABULARY, 2):
+        (kp_a, shapes_a), (kp_b, shapes_b) = trajectories[a], trajectories[b]
+        assert not np.array_equal(kp_a, kp_b) or shapes_a != shapes_b, (a, b)
+
+
+def test_render_is_deterministic_from_the_seed():
+    a_frames, a_kp = ss.render_clip("thank you very much", 3, 12, 48, seed=7)
+    b_frames, b_kp = ss.render_clip("thank you very much", 3, 12, 48, seed=7)
+    c_frames, c_kp = ss.render_clip("thank you very much", 3, 12, 48, seed=8)
+    assert np.array_equal(a_frames, b_frames) and np.array_equal(a_kp, b_kp)
+    assert not np.array_equal(a_kp, c_kp)  # the seed jitters the motion...
+    assert np.abs(a_kp - c_kp).mean() < 6.0  # ...but only a little
+
+
+@pytest.mark.parametrize("num_frames,image_size", [(1, 8), (8, 32), (12, 48), (16, 64), (5, 17)])
+def test_render_shapes_and_types(num_frames, image_size):
+    frames, keypoints = ss.render_clip("where is the train station", 1, num_frames, image_size)
+    assert frames.shape == (num_frames, image_size, image_size, 3) and frames.dtype == np.uint8
+    assert keypoints.shape == (num_frames, 2, 2) and keypoints.dtype == np.float32
+
+
+@pytest.mark.parametrize("image_size", [8, 16, 32, 48, 64])
+def test_keypoints_are_the_centroids_of_the_glove_pixels_in_every_frame(image_size):
+    e, stamps = ss.hand_stamps(image_size)
+    for caption, signer in itertools.product(CAPTIONS, range(0, 10, 3)):
+        frames, keypoints = ss.render_clip(caption, signer, 10, image_size, seed=signer + 11)
+        _, shapes = ss.hand_trajectory(caption, signer, 10, image_size, seed=signer + 11)
+        for f, frame in enumerate(frames):
+            masks = hand_masks(frame)
+            for h, hand in enumerate(ss.HANDS):
+                assert masks[hand].any(), (caption, signer, f, hand)
+                # fully drawn: not clipped by the border, not hidden by anything
+                assert masks[hand].sum() == stamps[shapes[f][h]].sum()
+                assert np.abs(centroid(masks[hand]) - keypoints[f, h]).max() < 1e-6, (caption, signer, f, hand)
+
+
+def test_hands_stay_in_their_half_and_inside_the_frame():
+    for caption, signer in itertools.product(CAPTIONS, range(8)):
+        keypoints, _ = ss.hand_trajectory(caption, signer, 16, 32, seed=signer)
+        bounds = ss.hand_bounds(32)
+        for h, hand in enumerate(ss.HANDS):
+            x_min, x_max, y_min, y_max = bounds[hand]
+            assert (keypoints[:, h, 0] >= x_min).all() and (keypoints[:, h, 0] <= x_max).all()
+            assert (keypoints[:, h, 1] >= y_min).all() and (keypoints[:, h, 1] <= y_max).all()
+        e, _ = ss.hand_stamps(32)
+        assert (keypoints[:, 0, 0] + e < keypoints[:, 1, 0] - e).all()  # left pixels strictly left of right pixels
+
+
+def test_at_least_8_signers_differ_in_appearance():
+    looks = [ss.signer_appearance(s) for s in range(8)]
+    for field in ("background", "skin", "shirt"):
+        assert len({getattr(look, field) for look in looks}) == 8, field
+    proportions = {(round(l.head_radius, 4), round(l.shoulder_half_width, 4), round(l.upper_arm, 4)) for l in looks}
+    assert len(proportions) == 8
+    bodies = [ss.render_clip("", s, 1, 32)[0][0] for s in range(8)]
+    for a, b in itertools.combinations(range(8), 2):
+        assert (bodies[a] != bodies[b]).any(axis=-1).mean() > 0.3, (a, b)  # most pixels differ
+
+
+def test_signer_changes_appearance_and_body_relative_motion_but_not_the_gloves():
+    a_frames, a_kp = ss.render_clip("hello my name is anna", 0, 8, 64)
+    b_frames, b_kp = ss.render_clip("hello my name is anna", 5, 8, 64)
+    assert not np.array_equal(a_frames, b_frames)
+    assert np.abs(a_kp - b_kp).max() > 0  # proportions change where the hands go
+    assert all(hand_masks(a_frames[0])[h].any() and hand_masks(b_frames[0])[h].any() for h in ss.HANDS)
+
+
+def test_different_captions_give_different_motion():
+    trajectories = [ss.hand_trajectory(p, 2, 16, 64, seed=0)[0] for p in PROMPTS + ["please help", "good morning"]]
+    for a, b in itertools.combinations(trajectories, 2):
+        assert np.linalg.norm(a - b, axis=-1).mean() > 2.0  # pixels, averaged over frames and hands
+
+
+def test_unknown_words_map_deterministically_to_a_valid_fallback_gloss():
+    gloss = ss.gloss_for("zebra")
+    assert gloss == ss.gloss_for("ZEBRA") and "zebra" not in ss.VOCABULARY
+    assert gloss.path in ss.PATHS and gloss.anchor in ss.ANCHORS and gloss.hands in ss.HANDEDNESS
+    fallbacks = {ss.gloss_for(w) for w in ("zebra", "quantum", "banana", "xylophone", "kettle", "orbit")}
+    assert len(fallbacks) > 1
+    a, _ = ss.render_clip("zebra quantum", 0, 8, 32)
+    b, _ = ss.render_clip("zebra quantum", 0, 8, 32)
+    assert np.array_equal(a, b)
+
+
+def test_tokenize_lowercases_and_splits_on_punctuation():
+    assert ss.tokenize("Hello, my NAME is Anna!") == ["hello", "my", "name", "is", "anna"]
+    assert ss.tokenize("  ") == []
+
+
+def test_random_captions_are_2_to_5_vocabulary_glosses():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        words = ss.random_caption(rng).split()
+        assert 2 <= len(words) <= 5 and all(w in ss.VOCABULARY for w in words)
+
+
+def test_signer_names_round_trip():
+    assert ss.signer_name(3) == "signer03" and ss.signer_index("signer03") == 3
+    assert ss.signer_index(ss.signer_name(123)) == 123
+    with pytest.raises(ValueError, match="not of the form 'signer<number>'"):
+        ss.signer_index("alice")
