@@ -55,6 +55,7 @@ def sample(
     eta: float = 0.0,
     generator: Optional[torch.Generator] = None,
     progress: Optional[Callable] = None,
+    initial_noise: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """DDIM sampling with classifier-free guidance: eps = eps_null + s * (eps_text - eps_null).
 
@@ -68,7 +69,9 @@ def sample(
     null_context, null_mask = pad_to(null_context, null_mask, length)
     both_ctx = torch.cat([null_context, context])
     both_mask = torch.cat([null_mask, mask])
-    x = torch.randn(shape, generator=generator, device="cpu" if generator is None else generator.device).to(device)
+    if initial_noise is None:
+        initial_noise = torch.randn(shape, generator=generator, device="cpu" if generator is None else generator.device)
+    x = initial_noise.to(device)
     scheduler.set_timesteps(num_inference_steps, device=device)
     steps = scheduler.timesteps
     for t in progress(steps) if progress else steps:

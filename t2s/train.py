@@ -544,16 +544,18 @@ class Trainer:
 @torch.no_grad()
 def generate_clips(denoiser, text, cfg: Config, prompts: list[str], seed: int = 0, device=None,
                    num_inference_steps: Optional[int] = None, guidance_scale: Optional[float] = None) -> torch.Tensor:
-    """Clips (n, c, f, h, w) in [-1, 1] for prompts; noise from `seed`, so the same seed gives the same clips."""
+    """Clips (n, c, f, h, w) in [-1, 1] for prompts. The i-th clip starts from noise seeded `seed + i`, so a
+    prompt at the same position and seed gives the same clip whatever else is in the batch."""
     device = device or next(denoiser.parameters()).device
     ctx, mask = text.encode(list(prompts))
     null_ctx, null_mask = text.null(len(prompts))
-    g = torch.Generator().manual_seed(seed)
-    shape = (len(prompts), 3, cfg.num_frames, cfg.image_size, cfg.image_size)
+    clip_shape = (3, cfg.num_frames, cfg.image_size, cfg.image_size)
+    noise = torch.stack([torch.randn(clip_shape, generator=torch.Generator().manual_seed(seed + i)) for i in range(len(prompts))])
     return sample(
-        denoiser, build_sample_scheduler(cfg), ctx, mask, null_ctx, null_mask, shape,
+        denoiser, build_sample_scheduler(cfg), ctx, mask, null_ctx, null_mask, noise.shape,
         num_inference_steps or cfg.num_inference_steps,
-        cfg.guidance_scale if guidance_scale is None else guidance_scale, cfg.eta, generator=g,
+        cfg.guidance_scale if guidance_scale is None else guidance_scale, cfg.eta,
+        generator=torch.Generator().manual_seed(seed), initial_noise=noise,
     )
 
 

