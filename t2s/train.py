@@ -181,19 +181,45 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def save_checkpoint(run: RunDir, name: str, state: dict, keep: int) -> Path:
+    """Write atomically with its SHA-256 in checkpoints/index.json; then prune to the newest `keep`."""
+    import hashlib
     import io
 
     path = run.checkpoints / name
     buf = io.BytesIO()
     torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
     index = [e for e in list_checkpoints(run) if e["file"] != name]
-    index.append({"file": name, "step": state["step"], "epoch": state["epoch"]})
+    index.append({"file": name, "step": state["step"], "epoch": state["epoch"], "sha256": hashlib.sha256(data).hexdigest()})
     index.sort(key=lambda e: e["step"])
+    atomic_write_json(run.checkpoints / "index.json", index[-keep:])
     for old in index[:-keep]:
         (run.checkpoints / old["file"]).unlink(missing_ok=True)
-    atomic_write_json(run.checkpoints / "index.json", index[-keep:])
     return path
+
+
+def load_verified(run: RunDir, entry: dict) -> dict:
+    """Load one indexed checkpoint after checking its SHA-256 (a truncated or altered file fails here)."""
+    import hashlib
+
+    path = run.checkpoints / entry["file"]
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if entry.get("sha256") and digest != entry["sha256"]:
+        raise RuntimeError(f"checkpoint {path} is corrupt or truncated (SHA-256 {digest[:12]}…, expected {entry['sha256'][:12]}…)")
+    return load_checkpoint(path)
+
+
+def latest_good_checkpoint(run: RunDir) -> Optional[tuple[Path, dict]]:
+    """The newest checkpoint that verifies and loads; a bad one is skipped with a warning naming it."""
+    import warnings
+
+    for entry in reversed(list_checkpoints(run)):
+        try:
+            return run.checkpoints / entry["file"], load_verified(run, entry)
+        except (OSError, RuntimeError) as exc:
+            warnings.warn(f"{exc}; falling back to the previous checkpoint", RuntimeWarning, stacklevel=2)
+    return None
 
 
 def check_resumable(saved: dict, cfg: Config, where: Path) -> None:
@@ -270,6 +296,9 @@ class Trainer:
         self.step, self.epoch, self.micro = 0, 0, 0  # optimizer steps done; current epoch; micro-batches done in it
         self.train_seconds = 0.0
         self.writer = None
+        self.stop_requested: Optional[str] = None  # the signal's name once SIGINT/SIGTERM arrived
+        self.oom_hook = None  # tests: a callable(trainer) -> bool that injects an out-of-memory error
+        self.oom_events: list[dict] = []
 
     # ------------------------------------------------------------------ parameter counts
     def parameter_counts(self) -> dict:
@@ -316,9 +345,13 @@ class Trainer:
         self.drop_generator.set_state(state["drop_generator"])
         set_rng_state(state["rng"])
 
-    def resume(self, path: Path) -> None:
-        state = load_checkpoint(path)
-        check_resumable(state["config"], self.cfg, path)
+    def resume(self, path: Path, state: Optional[dict] = None) -> None:
+        state = state if state is not None else load_checkpoint(path)
+        saved = state["config"]
+        same_effective = saved["batch_size"] * saved["gradient_accumulation_steps"] == self.cfg.effective_batch_size
+        if same_effective and saved["batch_size"] != self.cfg.batch_size:  # an out-of-memory fallback happened
+            self.set_micro_batch(saved["batch_size"], saved["gradient_accumulation_steps"])
+        check_resumable(saved, self.cfg, path)
         self.load_state_dict(state)
         for csv_path in (self.run.training_csv, self.run.validation_csv, self.run.memory_csv):
             truncate_rows_after(csv_path, self.step)
@@ -407,21 +440,111 @@ class Trainer:
         return new
 
     # ------------------------------------------------------------------ the loop
-    def fit(self, stop_after: Optional[int] = None) -> dict:
+    def micro_step(self, clips: torch.Tensor, captions: list[str], step_loss: torch.Tensor):
+        """Forward + backward of one micro-batch (b c f h w); at an accumulation boundary, clip and step."""
         cfg, acc = self.cfg, self.accelerator
+        if self.oom_hook is not None and self.oom_hook(self):
+            raise torch.OutOfMemoryError("injected out-of-memory error (test hook)")
+        grad_norm = None
+        with acc.accumulate(self.denoiser):
+            context, mask = self.condition(captions, drop=True)
+            noise = torch.randn(clips.shape, generator=self.generator, device=self.device)
+            t = torch.randint(0, cfg.num_train_timesteps, (clips.shape[0],), generator=self.generator, device=self.device)
+            with acc.autocast():
+                loss = diffusion_loss(self.denoiser, self.noise_schedule, clips, noise, t, context, mask)
+            acc.backward(loss)
+            step_loss += loss.detach() / cfg.gradient_accumulation_steps
+            if acc.sync_gradients:
+                params = [p for g in self.optimizer.param_groups for p in g["params"]]
+                grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def halve_micro_batch(self, error: BaseException) -> None:
+        """Out of memory: halve the micro-batch, double accumulation (same effective batch), redo the current step."""
+        cfg = self.cfg
+        if cfg.batch_size == 1:
+            raise RuntimeError(
+                f"out of memory at optimizer step {self.step + 1} with batch_size 1 ({error}). Try fewer frames "
+                f"(-p num_frames=8), a smaller image_size, -p gradient_checkpointing=true, or mixed_precision bf16/fp16."
+            ) from error
+        gas = cfg.gradient_accumulation_steps
+        self.micro -= self.micro % gas  # micro-batches of the unfinished optimizer step: discarded, then redone
+        for p in list(self.model.parameters()) + self.accelerator.unwrap_model(self.text).trainable_parameters():
+            p.grad = None
+        self.set_micro_batch(cfg.batch_size // 2, gas * 2)
+        event = {"step": self.step, "batch_size": self.cfg.batch_size,
+                 "gradient_accumulation_steps": self.cfg.gradient_accumulation_steps, "error": str(error).splitlines()[0]}
+        self.oom_events.append(event)
+        self.run.update_metadata(oom_fallbacks=self.oom_events)
+        atomic_write_json(self.run.config, self.cfg.to_dict())
+        print(f"Out of memory at optimizer step {self.step + 1}: continuing with batch_size {self.cfg.batch_size} x "
+              f"gradient_accumulation_steps {self.cfg.gradient_accumulation_steps} (same effective batch "
+              f"{self.cfg.effective_batch_size}).")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def set_micro_batch(self, batch_size: int, accumulation: int) -> None:
+        """Change micro-batch and accumulation keeping their product (the effective batch) and the position."""
+        cfg = self.cfg
+        assert batch_size * accumulation == cfg.effective_batch_size
+        self.micro = self.micro * cfg.batch_size // batch_size
+        self.cfg = cfg.replace(batch_size=batch_size, gradient_accumulation_steps=accumulation)
+        self.accelerator.gradient_accumulation_steps = accumulation
+        self.accelerator.step = 0
+
+    def _install_signal_handlers(self):
+        """SIGINT/SIGTERM: finish the current optimizer step, write a checkpoint, stop. A second signal aborts."""
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def request_stop(signum, _frame):
+            if self.stop_requested:
+                raise KeyboardInterrupt
+            self.stop_requested = signal.Signals(signum).name
+            print(f"\n{self.stop_requested} received: finishing optimizer step {self.step + 1}, then writing a checkpoint.")
+
+        return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def fit(self, stop_after: Optional[int] = None) -> dict:
         from torch.utils.tensorboard import SummaryWriter
         from tqdm.auto import tqdm
 
         self.writer = SummaryWriter(str(self.run.tensorboard), purge_step=self.step if self.step else None)
-        micro_per_epoch = self.steps_per_epoch * cfg.gradient_accumulation_steps
         if self.step == 0 and not self.run.validation_csv.exists():
             self.validate()  # the step-0 held-out loss, the reference the curve is read against
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress, desc=cfg.run_name, unit="step")
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress, desc=self.cfg.run_name, unit="step")
+        old_handlers = self._install_signal_handlers()
+        try:
+            stopped = self._loop(bar, stop_after)
+        finally:
+            import signal
+
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
+            bar.close()
+        if stopped:
+            self.writer.close()
+            return {"stopped_at": self.step, "signal": self.stop_requested}
+        final_val = self.validate() if self._last_val_step() != self.step else self._last_val_row()
+        if self.step % self.cfg.sample_every:
+            self.samples()
+        self.writer.close()
+        return final_val
+
+    def _loop(self, bar, stop_after: Optional[int]) -> bool:
+        """Epochs of micro-batches until total_steps; True when stopped early (stop_after or a signal)."""
         pending: list[dict] = []  # per-step device tensors, read every log_every steps (no sync inside a step)
         window_start, window_steps = time.perf_counter(), 0
         stopped = False
         self.denoiser.train()
         while self.step < self.total_steps and not stopped:
+            cfg, acc = self.cfg, self.accelerator  # the micro-batch may change on out-of-memory
+            micro_per_epoch = self.steps_per_epoch * cfg.gradient_accumulation_steps
             sampler = EpochSampler(len(self.train_set), cfg.seed, self.epoch, micro_per_epoch * cfg.batch_size, self.micro * cfg.batch_size)
             loader = DataLoader(
                 self.train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
@@ -429,22 +552,14 @@ class Trainer:
             )
             step_loss = torch.zeros((), device=self.device)
             t0 = time.perf_counter()
+            oom = None
             for clips, captions, _signers in loader:
                 clips = clips.to(self.device, non_blocking=True)
-                with acc.accumulate(self.denoiser):
-                    context, mask = self.condition(list(captions), drop=True)
-                    noise = torch.randn(clips.shape, generator=self.generator, device=self.device)
-                    t = torch.randint(0, cfg.num_train_timesteps, (clips.shape[0],), generator=self.generator, device=self.device)
-                    with acc.autocast():
-                        loss = diffusion_loss(self.denoiser, self.noise_schedule, clips, noise, t, context, mask)
-                    acc.backward(loss)
-                    step_loss += loss.detach() / cfg.gradient_accumulation_steps
-                    grad_norm = None
-                    if acc.sync_gradients:
-                        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-                        grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
-                    self.optimizer.step()
-                    self.optimizer.zero_grad(set_to_none=True)
+                try:
+                    grad_norm = self.micro_step(clips, list(captions), step_loss)
+                except torch.OutOfMemoryError as exc:
+                    oom = exc
+                    break
                 self.micro += 1
                 if not acc.sync_gradients:
                     continue
@@ -468,12 +583,15 @@ class Trainer:
                     pending, window_start, window_steps = [], time.perf_counter(), 0
                 if self.step % cfg.sample_every == 0:
                     self.samples()
-                if self.step >= self.total_steps or (stop_after is not None and self.step >= stop_after):
+                if self.step >= self.total_steps or (stop_after is not None and self.step >= stop_after) or self.stop_requested:
                     stopped = self.step < self.total_steps
                     break
             self.train_seconds += time.perf_counter() - t0
             self.flush_logs(pending, time.perf_counter() - window_start, window_steps, bar)
             pending, window_start, window_steps = [], time.perf_counter(), 0
+            if oom is not None:
+                self.halve_micro_batch(oom)
+                continue
             if self.micro >= micro_per_epoch:  # a whole epoch done
                 self.epoch, self.micro = self.epoch + 1, 0
                 self.validate()
@@ -481,15 +599,7 @@ class Trainer:
                     self.checkpoint(f"epoch_{self.epoch}.pt")
             if stopped or self.step >= self.total_steps:
                 self.checkpoint_if_new()
-        bar.close()
-        if stopped:
-            self.writer.close()
-            return {"stopped_at": self.step}
-        final_val = self.validate() if self._last_val_step() != self.step else self._last_val_row()
-        if self.step % cfg.sample_every:
-            self.samples()
-        self.writer.close()
-        return final_val
+        return stopped
 
     def _last_val_row(self) -> dict:
         import csv
@@ -585,26 +695,30 @@ def _summary(trainer: Trainer, final_val: dict) -> dict:
     }
 
 
-def find_resume_point(run: RunDir, cfg: Config) -> Optional[Path]:
-    """An explicit resume_from (a checkpoint file or a run directory), else the latest checkpoint of an unfinished run."""
+def find_resume_point(run: RunDir, cfg: Config) -> Optional[tuple[Path, Optional[dict]]]:
+    """(checkpoint path, its state or None) to resume from: an explicit resume_from (a checkpoint file or a run
+    directory), else the latest good checkpoint of an unfinished run in run_dir; None to start fresh."""
     if cfg.resume_from:
         src = Path(cfg.resume_from)
         if src.is_dir():
-            ckpts = list_checkpoints(RunDir(src))
-            if not ckpts:
-                raise ConfigError(f"key 'resume_from' is {cfg.resume_from!r}: that run directory has no checkpoint")
-            return RunDir(src).checkpoints / ckpts[-1]["file"]
+            found = latest_good_checkpoint(RunDir(src))
+            if not found:
+                raise ConfigError(f"key 'resume_from' is {cfg.resume_from!r}: that run directory has no usable checkpoint")
+            return found
         if not src.is_file():
             raise ConfigError(f"key 'resume_from' is {cfg.resume_from!r}: no such checkpoint file or run directory")
-        return src
-    status = run.status
-    if status == "finished":
+        return src, None
+    if run.status == "finished":
         raise ConfigError(
             f"{run.root} already holds a finished run; pick another run directory, remove it, or set "
             f"resume_from to continue it (e.g. with a larger max_steps)"
         )
-    ckpts = list_checkpoints(run)
-    return run.checkpoints / ckpts[-1]["file"] if ckpts else None
+    if list_checkpoints(run):
+        found = latest_good_checkpoint(run)
+        if not found:
+            raise RuntimeError(f"every checkpoint in {run.checkpoints} is corrupt; move the folder away to start afresh")
+        return found
+    return None
 
 
 def train(config: Config, run_dir: Union[str, Path], progress: bool = True, stop_after: Optional[int] = None) -> RunResult:
@@ -617,7 +731,8 @@ def train(config: Config, run_dir: Union[str, Path], progress: bool = True, stop
         config = from_dict(dict(config))
     run = RunDir(run_dir)
     run.make()
-    resume_path = find_resume_point(run, config)
+    resume = find_resume_point(run, config)
+    resume_path = resume[0] if resume else None
     atomic_write_json(run.config, config.to_dict())
     meta = run.read_metadata()
     trainer = Trainer(config, run_dir, progress=progress)
@@ -630,8 +745,8 @@ def train(config: Config, run_dir: Union[str, Path], progress: bool = True, stop
         total_steps=trainer.total_steps, effective_batch_size=config.effective_batch_size,
         world_size=trainer.accelerator.num_processes, mixed_precision=trainer.accelerator.mixed_precision,
     )
-    if resume_path:
-        trainer.resume(resume_path)
+    if resume:
+        trainer.resume(*resume)
     try:
         final_val = trainer.fit(stop_after=stop_after)
     except BaseException as exc:
@@ -639,7 +754,10 @@ def train(config: Config, run_dir: Union[str, Path], progress: bool = True, stop
         run.update_metadata(status=status, error=f"{type(exc).__name__}: {exc}", end_time=now())
         raise
     if "stopped_at" in final_val:
-        run.update_metadata(status="interrupted", error=None, end_time=now())
+        why = f"{final_val['signal']} received" if final_val.get("signal") else "stopped on request"
+        run.update_metadata(status="interrupted", error=why, end_time=now())
+        print(f"{why}: checkpoint written at optimizer step {final_val['stopped_at']} in {run.checkpoints}; "
+              f"run the same command again to resume.")
         return RunResult(run.root, {}, "interrupted")
     summary = _summary(trainer, final_val)
     atomic_write_json(run.summary, summary)
@@ -656,10 +774,10 @@ def load_run_models(run_dir: Union[str, Path], weights: str = "ema", device: Opt
     if not run.config.exists():
         raise FileNotFoundError(f"{run.root} is not a run directory (no config.json)")
     cfg = load_config_file(run.config)
-    ckpts = list_checkpoints(run)
-    if not ckpts:
-        raise FileNotFoundError(f"{run.checkpoints} holds no checkpoint to generate from")
-    state = load_checkpoint(run.checkpoints / ckpts[-1]["file"])
+    found = latest_good_checkpoint(run)
+    if not found:
+        raise FileNotFoundError(f"{run.checkpoints} holds no usable checkpoint to generate from")
+    state = found[1]
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     text = TextEncoder(cfg.text_encoder, cfg.max_text_length, True)
     if state.get("text_encoder") is not None:

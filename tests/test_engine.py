@@ -255,3 +255,115 @@ def test_generate_writes_gifs_from_a_run(baseline_run, tmp_path):
     torch.testing.assert_close(again[0]["clip"], results[0]["clip"], atol=1e-4, rtol=0)  # same seed, same clip
     raw = t2s.generate(baseline_run.run_dir, ["thank you very much"], weights="raw", out_dir=tmp_path / "c", seed=3)
     assert (raw[0]["clip"] - results[0]["clip"]).abs().max() > 1e-3  # the EMA weights are really used
+
+
+# ----------------------------------------------------------------------------------------- reliability
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(synth_dir, tmp_path):
+    cfg = micro(synth_dir, max_steps=12, save_every=1, keep_checkpoints=3)
+    t2s.train(cfg, tmp_path / "run", progress=False, stop_after=11)
+    run = RunDir(tmp_path / "run")
+    ckpts = list_checkpoints(run)
+    assert [c["file"] for c in ckpts] == ["epoch_1.pt", "step_11.pt"] and all(c["sha256"] for c in ckpts)
+    latest = run.checkpoints / "step_11.pt"
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])  # truncated, as by a crash mid-copy
+    with pytest.warns(RuntimeWarning, match=r"step_11.pt is corrupt or truncated"):
+        result = t2s.train(cfg, tmp_path / "run", progress=False)
+    assert result.status == "finished" and result.summary["steps"] == 12
+    rows = read_csv(run.training_csv)
+    assert [int(r["step"]) for r in rows] == list(range(1, 13))  # steps 11 redone once, no duplicated rows
+
+
+def test_sigterm_finishes_the_step_checkpoints_and_resumes(synth_dir, tmp_path):
+    import signal
+
+    cfg = micro(synth_dir, max_steps=10, log_every=1)
+    straight = t2s.train(cfg, tmp_path / "straight", progress=False)
+    trainer_cls = Trainer
+    original = trainer_cls.micro_step
+
+    def send_sigterm_at_step_4(self, *args):
+        out = original(self, *args)
+        if self.step == 3 and self.accelerator.sync_gradients:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives inside optimizer step 4
+        return out
+
+    trainer_cls.micro_step = send_sigterm_at_step_4
+    try:
+        first = t2s.train(cfg, tmp_path / "killed", progress=False)
+    finally:
+        trainer_cls.micro_step = original
+    assert first.status == "interrupted"
+    meta = json.loads(RunDir(tmp_path / "killed").metadata.read_text())
+    assert meta["status"] == "interrupted" and "SIGTERM" in meta["error"]
+    assert list_checkpoints(RunDir(tmp_path / "killed"))[-1]["step"] == 4
+    second = t2s.train(cfg, tmp_path / "killed", progress=False)
+    wa, wb = weights(straight.run_dir), weights(second.run_dir)
+    for key in wa["model"]:
+        torch.testing.assert_close(wb["model"][key], wa["model"][key], rtol=1e-5, atol=1e-6)
+
+
+def test_out_of_memory_halves_the_micro_batch_and_keeps_the_effective_batch(synth_dir, tmp_path):
+    cfg = micro(synth_dir, batch_size=4, gradient_accumulation_steps=1, max_steps=6, num_epochs=3)
+    trainer = Trainer(cfg, tmp_path / "oom", progress=False)
+    RunDir(tmp_path / "oom").make()
+    fired = []
+
+    def hook(tr):  # one injected out-of-memory error at the first micro-batch of optimizer step 3
+        if tr.step == 2 and not fired:
+            fired.append(tr.step)
+            return True
+        return False
+
+    trainer.oom_hook = hook
+    trainer.fit()
+    assert trainer.step == 6
+    assert (trainer.cfg.batch_size, trainer.cfg.gradient_accumulation_steps) == (2, 2)
+    assert trainer.cfg.effective_batch_size == cfg.effective_batch_size
+    meta = json.loads(RunDir(tmp_path / "oom").metadata.read_text())
+    assert meta["oom_fallbacks"][0]["batch_size"] == 2 and meta["oom_fallbacks"][0]["step"] == 2
+    assert [int(r["step"]) for r in read_csv(RunDir(tmp_path / "oom").training_csv)] == list(range(1, 7))
+
+    one = Trainer(micro(synth_dir, batch_size=1, gradient_accumulation_steps=2), tmp_path / "oom1", progress=False)
+    RunDir(tmp_path / "oom1").make()
+    one.oom_hook = lambda tr: True
+    with pytest.raises(RuntimeError, match="batch_size 1.*gradient_checkpointing"):
+        one.fit()
+
+
+def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(synth_dir, tmp_path, monkeypatch):
+    from t2s import rundir
+
+    cfg = micro(synth_dir, max_steps=12, save_every=1)
+    t2s.train(cfg, tmp_path / "run", progress=False, stop_after=10)  # epoch_1.pt written
+    run = RunDir(tmp_path / "run")
+    good = (run.checkpoints / "epoch_1.pt").read_bytes()
+    real_fdopen = rundir.os.fdopen
+
+    class FullDisk:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def write(self, data):  # the disk fills up on the big write (the checkpoint), not on small JSON files
+            if len(data) > 100_000:
+                raise OSError(28, "No space left on device")
+            return self.fh.write(data)
+
+        def flush(self):
+            self.fh.flush()
+
+        def fileno(self):
+            return self.fh.fileno()
+
+    monkeypatch.setattr(rundir.os, "fdopen", lambda fd, mode: FullDisk(real_fdopen(fd, mode)))
+    with pytest.raises(OSError, match=r"could not write .*step_12.pt \(No space left on device\)"):
+        t2s.train(cfg, tmp_path / "run", progress=False)
+    monkeypatch.undo()
+    assert (run.checkpoints / "epoch_1.pt").read_bytes() == good
+    assert load_checkpoint(run.checkpoints / "epoch_1.pt")["step"] == 10
+    assert not [p for p in run.checkpoints.iterdir() if p.name.endswith(".tmp")]
