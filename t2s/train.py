@@ -747,6 +747,9 @@ def train(config: Config, run_dir: Union[str, Path], progress: bool = True, stop
     )
     if resume:
         trainer.resume(*resume)
+    else:  # a fresh start (perhaps after a crash before the first checkpoint): no rows from an earlier attempt
+        for csv_path in (run.training_csv, run.validation_csv, run.memory_csv):
+            csv_path.unlink(missing_ok=True)
     try:
         final_val = trainer.fit(stop_after=stop_after)
     except BaseException as exc:

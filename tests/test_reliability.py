@@ -1,0 +1,76 @@
+"""The reliability suite: a micro run killed (SIGKILL, no warning) at random steps, resumed each time, ends with
+exactly the weights of an uninterrupted run of the same seed."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import t2s
+from t2s.config import load_config
+from t2s.train import RunDir, latest_good_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+OVERRIDES = {"max_steps": 30, "num_epochs": 5, "save_every": 1, "log_every": 1, "keep_checkpoints": 2}
+
+
+def logged_steps(run_dir: Path) -> int:
+    path = RunDir(run_dir).training_csv
+    if not path.exists():
+        return 0
+    with open(path, newline="", encoding="utf-8") as fh:
+        return len(list(csv.DictReader(fh)))
+
+
+def launch(run_dir: Path, synth_dir: str) -> subprocess.Popen:
+    code = (
+        "import sys, t2s; cfg = t2s.load_config('baseline', 'micro', dict(data_dir=sys.argv[2], **%r)); "
+        "t2s.train(cfg, sys.argv[1], progress=False)" % OVERRIDES
+    )
+    return subprocess.Popen([sys.executable, "-c", code, str(run_dir), synth_dir], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_killed_at_random_steps_resumes_to_the_uninterrupted_weights(tmp_path):
+    synth_dir = str(tmp_path / "synthsign")
+    cfg = load_config("baseline", "micro", {"data_dir": synth_dir, **OVERRIDES})
+    reference = t2s.train(cfg, tmp_path / "straight", progress=False)
+
+    rng = random.Random(1234)
+    kill_after = sorted(rng.sample(range(2, 29), 5))  # five kill points, in logged optimizer steps
+    run_dir = tmp_path / "killed"
+    kills = 0
+    for target in kill_after:
+        proc = launch(run_dir, synth_dir)
+        deadline = time.time() + 180
+        while logged_steps(run_dir) < target and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        assert proc.returncode in (-signal.SIGKILL, 0), proc.stderr.read()
+    assert kills >= 5, f"only {kills} of the runs were killed before they finished"
+    final = launch(run_dir, synth_dir)
+    assert final.wait(timeout=300) == 0, final.stderr.read()
+
+    meta = json.loads(RunDir(run_dir).metadata.read_text())
+    assert meta["status"] == "finished"
+    _, a = latest_good_checkpoint(RunDir(tmp_path / "straight"))
+    _, b = latest_good_checkpoint(RunDir(run_dir))
+    assert a["step"] == b["step"] == 30
+    for key in a["model"]:
+        torch.testing.assert_close(b["model"][key], a["model"][key], rtol=1e-5, atol=1e-6)
+    for sa, sb in zip(a["ema"]["shadow"], b["ema"]["shadow"]):
+        torch.testing.assert_close(sb, sa, rtol=1e-5, atol=1e-6)
+    with open(RunDir(run_dir).training_csv, newline="", encoding="utf-8") as fh:
+        assert [int(r["step"]) for r in csv.DictReader(fh)] == list(range(1, 31))
