@@ -36,7 +36,7 @@ def cmd_run(args) -> int:
         result = run_study(args.study, variants=[args.variant], seeds=[args.seed], scale=args.scale,
                            overrides=_overrides(args), force=args.force, executed_dir=args.executed_dir,
                            build_report=False)
-        return 0 if not getattr(result, "failed", None) else 1
+        return 0 if result.ok else 1
     result = train(cfg, run_dir, progress=True)
     print(f"{result.status}: {result.run_dir}")
     return 0
@@ -50,7 +50,7 @@ def cmd_ablate(args) -> int:
         args.study, variants=args.variants, seeds=args.seeds, scale=args.scale, overrides=_overrides(args),
         force=args.force, gpus=gpus, executed_dir=args.executed_dir, reports_dir=args.reports_dir,
     )
-    return 1 if getattr(result, "failed", None) else 0
+    return 0 if result.ok else 1
 
 
 def cmd_report(args) -> int:

@@ -1,0 +1,160 @@
+"""Make run directories in the real on-disk format (config/metadata/summary JSON, logs CSVs, GIF samples),
+filled with made-up numbers, so the report can be tested without training anything.
+
+    executed = make_study(tmp_path, "demo", variants=("baseline", "text_finetuned"), seeds=(0, 1))
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Optional, Sequence
+
+import imageio.v3 as iio
+import numpy as np
+import pandas as pd
+
+from t2s.config import ConfigError, load_config
+
+PROMPTS = ("hello my name is anna", "where is the train station")
+EVAL_METRICS = ("fvd", "lpips", "ssim", "psnr", "temporal_consistency", "temporal_consistency_real", "motion_magnitude",
+                "motion_magnitude_real", "dtw_error", "dtw_error_shuffled", "hand_detection_rate", "inference_time_ms",
+                "inference_memory_gb")
+START = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)
+
+
+def _write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
+
+
+def _config(variant: str, seed: int) -> dict:
+    try:
+        return load_config(variant, "tiny", {"seed": seed}).to_dict()
+    except ConfigError:  # a variant with no params file: the baseline under another name
+        return {**load_config("baseline", "tiny", {"seed": seed}).to_dict(), "variant": variant}
+
+
+def write_gif(path: Path, seed: int = 0, frames: int = 4, size: int = 8) -> None:
+    rng = np.random.default_rng(seed)
+    clip = (rng.random((frames, size, size, 3)) * 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, clip, extension=".gif", duration=100, loop=0)
+
+
+def make_run(
+    study_dir: Path,
+    variant: str = "baseline",
+    seed: int = 0,
+    *,
+    status: str = "finished",
+    steps: int = 100,
+    log_every: int = 10,
+    loss_shift: float = 0.0,
+    evaluation: bool = True,
+    eval_status: Optional[dict] = None,
+    prompts: Sequence[str] = PROMPTS,
+    error: Optional[str] = None,
+    notebook: bool = True,
+) -> Path:
+    """One run folder `<study_dir>/<variant>-seed<seed>/` (and its executed notebook next to it)."""
+    config = _config(variant, seed)
+    use_ema = config["use_ema"]
+    run_dir = Path(study_dir) / f"{variant}-seed{seed}"
+    rng = np.random.default_rng(1000 * seed + len(variant))
+    logged = np.arange(log_every, steps + 1, log_every)
+
+    def stamp(step) -> str:
+        return (START + timedelta(seconds=float(step))).isoformat()
+
+    loss = 0.9 * np.exp(-logged / 40) + 0.1 + loss_shift + rng.normal(0, 0.01, len(logged))
+    ema_decay = np.minimum(0.999, 1 - 1 / (1 + logged / 10)) if use_ema else np.full(len(logged), np.nan)
+    training = pd.DataFrame({
+        "epoch": logged // 50, "step": logged, "loss": loss, "lr": 1e-3 * np.minimum(1, logged / 20),
+        "grad_norm": rng.random(len(logged)), "ema_decay": ema_decay, "step_time_s": 0.1,
+        "clips_per_s": 40 + rng.normal(0, 1, len(logged)), "peak_memory_gb": 0.0, "timestamp": [stamp(s) for s in logged],
+    })
+    val_steps = np.arange(steps // 2, steps + 1, steps // 2)
+    val_raw = 0.3 + loss_shift + 0.02 * seed - val_steps / 10000
+    validation = pd.DataFrame({
+        "epoch": val_steps // 50, "step": val_steps, "val_loss_raw": val_raw,
+        "val_loss_ema": val_raw - 0.01 if use_ema else np.nan, "timestamp": [stamp(s) for s in val_steps],
+    })
+    memory = pd.DataFrame({
+        "step": logged, "device": "cpu", "allocated_gb": 0.0, "reserved_gb": 0.0, "peak_gb": 0.0,
+        "rss_gb": 1.0 + logged / 1000, "timestamp": [stamp(s) for s in logged],
+    })
+    logs = run_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    training.to_csv(logs / "training_metrics.csv", index=False)
+    validation.to_csv(logs / "validation_metrics.csv", index=False)
+    memory.to_csv(logs / "gpu_memory.csv", index=False)
+
+    _write_json(run_dir / "config.json", config)
+    _write_json(run_dir / "metadata.json", {
+        "status": status, "error": error, "start_time": stamp(0), "end_time": stamp(steps), "git_commit": "abc1234",
+        "host": "testhost", "device_name": "cpu", "torch_version": "2.14.1", "cuda_version": None,
+        "packages": {"torch": "2.14.1", "numpy": "2.4.6"},
+        "parameters": {"denoiser": 1_000_000, "text_encoder": 22_000_000,
+                       "text_encoder_trainable": 0 if config["freeze_text_encoder"] else 22_000_000, "total": 23_000_000},
+        "split": {"mode": "signer_disjoint", "train_clips": 200, "val_clips": 40, "train_signers": 6, "val_signers": 2,
+                  "num_skipped": 0, "skipped_files": []},
+        "effective_batch_size": 4, "world_size": 1,
+    })
+    if status == "finished":
+        _write_json(run_dir / "summary.json", {
+            "steps": int(steps), "epochs": int(steps // 50), "final_loss": float(loss[-1]), "min_loss": float(loss.min()),
+            "mean_loss": float(loss.mean()), "train_time_hours": 0.01 + 0.001 * seed, "peak_memory_gb": 0.0,
+            "mean_memory_gb": 0.0, "clips_per_s": float(training["clips_per_s"].mean()),
+            "val_loss_step0": 1.0, "val_loss_raw": float(val_raw[-1]),
+            "val_loss_ema": float(val_raw[-1] - 0.01) if use_ema else None, "num_parameters_millions": 23.0,
+        })
+    if evaluation and status == "finished":
+        rows = []
+        for weights in (["raw", "ema"] if use_ema else ["raw"]):
+            row = {"model_name": run_dir.name, "config_name": variant, "weights": weights}
+            for i, metric in enumerate(EVAL_METRICS):
+                reason = (eval_status or {}).get(metric, "ok")
+                row[metric] = (10.0 + i + loss_shift + 0.1 * seed - (0.5 if weights == "ema" else 0)) if reason == "ok" else None
+                row[f"{metric}_status"] = reason
+            row.update({"val_loss": float(val_raw[-1]), "num_parameters_millions": 23.0, "num_clips": 8,
+                        "timestamp": stamp(steps)})
+            rows.append(row)
+        pd.DataFrame(rows).to_csv(logs / "evaluation_metrics.csv", index=False)
+        _write_json(logs / "evaluation_metrics.json", rows)
+
+    entries = []
+    for sample_step in (steps // 2, steps):
+        for i, prompt in enumerate(prompts):
+            for weights in (["raw", "ema"] if use_ema else ["raw"]):
+                name = f"step{sample_step:06d}_{i}_{weights}.gif"
+                write_gif(run_dir / "samples" / name, seed=sample_step + i)
+                entries.append({"file": name, "prompt": prompt, "step": int(sample_step), "weights": weights})
+    _write_json(run_dir / "samples" / "samples.json", entries)
+    if notebook:
+        run_dir.with_suffix(".ipynb").write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4,
+                                                             "nbformat_minor": 5}), encoding="utf-8")
+    return run_dir
+
+
+def make_study(
+    root: Path,
+    study: str = "demo",
+    variants: Sequence[str] = ("baseline", "text_finetuned"),
+    seeds: Sequence[int] = (0, 1),
+    plan: bool = True,
+    shifts: Optional[dict] = None,
+    **run_options,
+) -> Path:
+    """An executed/ folder holding one study of variants × seeds, all finished; returns the executed/ folder."""
+    executed = Path(root) / "executed"
+    study_dir = executed / study
+    study_dir.mkdir(parents=True, exist_ok=True)
+    shifts = shifts or {"baseline": 0.0, "text_finetuned": -0.05, "no_ema": 0.04}
+    for variant in variants:
+        for seed in seeds:
+            make_run(study_dir, variant, seed, loss_shift=shifts.get(variant, 0.0), **run_options)
+    if plan:
+        _write_json(study_dir / "study.json", {"study": study, "variants": list(variants), "seeds": list(seeds),
+                                               "scale": "tiny", "overrides": {}})
+    return executed

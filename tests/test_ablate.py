@@ -1,0 +1,272 @@
+"""Study orchestration: validation before any run, skip / force / resume, failure recording, GPU slots, and the
+train notebook against the training contract (with a stand-in train() that writes a factory run)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+import yaml
+from papermill.exceptions import PapermillExecutionError
+
+from runfactory import make_run
+from t2s import ablate
+from t2s.config import ConfigError, PROJECT_ROOT
+
+TESTS = Path(__file__).resolve().parent
+
+
+class FakePapermill:
+    """Stands in for papermill.execute_notebook: records each call and writes what train.ipynb would leave."""
+
+    def __init__(self, fail: dict | None = None):
+        self.calls = []
+        self.fail = fail or {}  # variant -> the PapermillExecutionError its notebook raises
+        self.lock = threading.Lock()
+
+    def __call__(self, input_path, output_path, parameters=None, **kwargs):
+        with self.lock:
+            self.calls.append({"input": Path(input_path), "output": Path(output_path), "parameters": parameters, **kwargs})
+        output = Path(output_path)
+        output.write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+        if Path(input_path) == ablate.ANALYSIS_NOTEBOOK:
+            return
+        if parameters["variant"] in self.fail:
+            make_run(output.parent, parameters["variant"], parameters["seed"], status="running", notebook=False)
+            raise self.fail[parameters["variant"]]
+        make_run(output.parent, parameters["variant"], parameters["seed"], notebook=False)
+
+    def runs(self) -> list:
+        return [c["output"].stem for c in self.calls if c["input"] == ablate.TRAIN_NOTEBOOK]
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    fake = FakePapermill()
+    monkeypatch.setattr(papermill, "execute_notebook", fake)
+    return fake
+
+
+def study_args(tmp_path, **kwargs) -> dict:
+    return {"executed_dir": tmp_path / "executed", "reports_dir": tmp_path / "reports", "build_report": False,
+            "log": lambda line: None, **kwargs}
+
+
+# ----------------------------------------------------------------------------------------------- validation first
+@pytest.mark.parametrize("overrides, named", [
+    (["learning_rat=1e-3"], "learning_rat"),  # a typo in a key
+    ({"batch_size": 0}, "batch_size"),  # a value out of range
+    (["use_ema=maybe"], "use_ema"),  # a value of the wrong type
+])
+def test_a_bad_override_fails_before_any_run(tmp_path, fake, overrides, named):
+    with pytest.raises(ConfigError, match=named):
+        ablate.run_study("s", overrides=overrides, **study_args(tmp_path))
+    assert fake.calls == []
+    assert not (tmp_path / "executed" / "s").exists()
+
+
+def test_a_bad_variant_fails_before_any_run(tmp_path, fake):
+    with pytest.raises(ConfigError, match="no_emma"):
+        ablate.run_study("s", variants=("baseline", "no_emma"), **study_args(tmp_path))
+    assert fake.calls == []
+
+
+def test_a_bad_study_name_is_refused(tmp_path, fake):
+    with pytest.raises(ConfigError, match="study name"):
+        ablate.run_study("../elsewhere", **study_args(tmp_path))
+    assert fake.calls == []
+
+
+# ----------------------------------------------------------------------------------------------- running
+def test_every_variant_and_seed_runs_the_train_notebook(tmp_path, fake):
+    result = ablate.run_study("s", seeds=(0, 1), epochs=2, overrides=["learning_rate=3e-4"], **study_args(tmp_path))
+    assert fake.runs() == ["baseline-seed0", "baseline-seed1", "text_finetuned-seed0", "text_finetuned-seed1",
+                           "no_ema-seed0", "no_ema-seed1"]
+    call = fake.calls[1]
+    assert call["output"] == tmp_path / "executed" / "s" / "baseline-seed1.ipynb"
+    assert call["parameters"] == {"variant": "baseline", "scale": "tiny", "study": "s", "seed": 1,
+                                  "overrides": {"learning_rate": 3e-4, "num_epochs": 2},
+                                  "executed_dir": str(tmp_path / "executed"), "params_dir": None}
+    assert (call["kernel_name"], call["progress_bar"], call["cwd"]) == ("python3", False, str(PROJECT_ROOT))
+    assert [r.status for r in result.runs] == ["finished"] * 6 and result.ok
+    plan = json.loads((tmp_path / "executed" / "s" / "study.json").read_text())
+    assert (plan["variants"], plan["seeds"]) == (["baseline", "text_finetuned", "no_ema"], [0, 1])
+
+
+def test_finished_runs_are_skipped(tmp_path, fake):
+    make_run(tmp_path / "executed" / "s", "baseline", 0)
+    lines = []
+    result = ablate.run_study("s", **study_args(tmp_path, log=lines.append))
+    assert fake.runs() == ["text_finetuned-seed0", "no_ema-seed0"]
+    assert [r.status for r in result.runs] == ["skipped", "finished", "finished"]
+    assert "[1/3] baseline-seed0: skipped (already finished; force reruns it)" in lines
+
+
+def test_force_moves_the_old_run_aside_and_runs_again(tmp_path, fake):
+    old = make_run(tmp_path / "executed" / "s", "baseline", 0)
+    (old / "marker.txt").write_text("the old run")
+    result = ablate.run_study("s", variants=("baseline",), force=True, **study_args(tmp_path))
+    assert fake.runs() == ["baseline-seed0"] and result.runs[0].status == "finished"
+    (moved,) = [p for p in (tmp_path / "executed" / "s" / ".trash").iterdir() if p.is_dir()]
+    assert moved.name.startswith("baseline-seed0-")
+    assert (moved / "marker.txt").read_text() == "the old run"  # moved whole, not deleted
+    assert (moved / "summary.json").is_file() and moved.with_suffix(".ipynb").is_file()
+    assert not (old / "marker.txt").exists()
+
+
+def test_an_interrupted_run_is_run_again_in_place(tmp_path, fake):
+    run = make_run(tmp_path / "executed" / "s", "baseline", 0, status="interrupted")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "epoch_2.pt").write_bytes(b"checkpoint")
+    lines = []
+    ablate.run_study("s", variants=("baseline",), **study_args(tmp_path, log=lines.append))
+    assert fake.runs() == ["baseline-seed0"]
+    assert (run / "checkpoints" / "epoch_2.pt").is_file()  # left for train() to resume from
+    assert not (tmp_path / "executed" / "s" / ".trash").exists()
+    assert any("was interrupted; train() resumes it" in line for line in lines)
+
+
+def test_a_failing_run_is_recorded_and_the_others_still_run(tmp_path, monkeypatch):
+    error = PapermillExecutionError(cell_index=5, exec_count=4, source="result = train(config, run_dir)",
+                                    ename="ValueError", evalue="loss is NaN",
+                                    traceback=["\x1b[0;31mValueError\x1b[0m: loss is NaN", "  File train.py, line 3"])
+    fake = FakePapermill(fail={"text_finetuned": error})
+    monkeypatch.setattr(papermill, "execute_notebook", fake)
+    lines = []
+    result = ablate.run_study("s", **study_args(tmp_path, log=lines.append))
+
+    assert fake.runs() == ["baseline-seed0", "text_finetuned-seed0", "no_ema-seed0"]
+    assert [r.status for r in result.runs] == ["finished", "failed", "finished"]
+    assert [r.name for r in result.failed] == ["text_finetuned-seed0"] and not result.ok
+    failures = json.loads((tmp_path / "executed" / "s" / "failures.json").read_text())
+    entry = failures["text_finetuned-seed0"]
+    assert (entry["ename"], entry["evalue"], entry["cell_index"]) == ("ValueError", "loss is NaN", 5)
+    assert entry["traceback"] == "ValueError: loss is NaN\n  File train.py, line 3"  # colour codes stripped
+    assert entry["cell_source"] == "result = train(config, run_dir)"
+    metadata = json.loads((tmp_path / "executed" / "s" / "text_finetuned-seed0" / "metadata.json").read_text())
+    assert metadata["status"] == "failed" and metadata["notebook_error"]["evalue"] == "loss is NaN"
+    assert any("text_finetuned-seed0: failed after" in line and "ValueError: loss is NaN (cell 5" in line
+               for line in lines)
+
+    # a rerun that succeeds takes the run off the failure list
+    fake.fail.clear()
+    ablate.run_study("s", **study_args(tmp_path))
+    assert json.loads((tmp_path / "executed" / "s" / "failures.json").read_text()) == {}
+
+
+def test_gpus_get_one_papermill_process_each(tmp_path, monkeypatch):
+    running, peak, seen = [0], [0], []
+    lock = threading.Lock()
+
+    def fake_run(command, env, capture_output, text):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            seen.append((env["CUDA_VISIBLE_DEVICES"], command))
+        time.sleep(0.2)
+        parameters = yaml.safe_load(command[command.index("-y") + 1])
+        make_run(Path(command[4]).parent, parameters["variant"], parameters["seed"])
+        with lock:
+            running[0] -= 1
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(ablate.subprocess, "run", fake_run)
+    result = ablate.run_study("g", seeds=(0, 1), gpus="0,1", **study_args(tmp_path))
+    assert [r.status for r in result.runs] == ["finished"] * 6
+    assert peak[0] == 2  # both GPUs busy at once, never more than one run per GPU
+    assert {gpu for gpu, _ in seen} == {"0", "1"}
+    command = seen[0][1]
+    assert command[1:4] == ["-m", "papermill", str(ablate.TRAIN_NOTEBOOK)]
+    assert command[command.index("-k") + 1] == "python3" and command[command.index("--cwd") + 1] == str(PROJECT_ROOT)
+
+
+def test_a_failing_gpu_run_reports_the_cell_error_from_its_notebook(tmp_path, monkeypatch):
+    def fake_run(command, env, capture_output, text):
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("train()")])
+        nb.cells[1].outputs = [nbformat.v4.new_output("error", ename="RuntimeError", evalue="CUDA out of memory",
+                                                      traceback=["Traceback ...", "RuntimeError: CUDA out of memory"])]
+        nbformat.write(nb, command[4])
+        return subprocess.CompletedProcess(command, 1, "", "papermill.exceptions.PapermillExecutionError")
+
+    monkeypatch.setattr(ablate.subprocess, "run", fake_run)
+    result = ablate.run_study("g", variants=("baseline",), gpus=["3"], **study_args(tmp_path))
+    assert result.runs[0].status == "failed"
+    entry = json.loads((tmp_path / "executed" / "g" / "failures.json").read_text())["baseline-seed0"]
+    assert (entry["ename"], entry["evalue"], entry["cell_index"]) == ("RuntimeError", "CUDA out of memory", 1)
+    assert entry["traceback"].endswith("RuntimeError: CUDA out of memory")
+
+
+def test_a_failing_report_is_recorded_not_raised(tmp_path, monkeypatch):
+    fake = FakePapermill()
+
+    def execute(input_path, output_path, parameters=None, **kwargs):
+        if Path(input_path) == ablate.ANALYSIS_NOTEBOOK:
+            raise PapermillExecutionError(3, 2, "report.show(...)", "KeyError", "'loss'", ["KeyError: 'loss'"])
+        return fake(input_path, output_path, parameters, **kwargs)
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute)
+    result = ablate.run_study("r", variants=("baseline",), **study_args(tmp_path, build_report=True))
+    assert result.runs[0].status == "finished" and result.report is None
+    assert "cell 3: KeyError: 'loss'" in result.report_error
+
+
+# ----------------------------------------------------------------------------------------------- the train notebook
+def test_train_notebook_parameters_cell_holds_every_default():
+    nb = nbformat.read(str(ablate.TRAIN_NOTEBOOK), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code[0].metadata.get("tags") == ["parameters"]
+    defaults: dict = {}
+    exec(code[0].source, defaults)
+    assert {k: defaults[k] for k in ("variant", "scale", "study", "seed", "overrides", "executed_dir", "params_dir")} \
+        == {"variant": "baseline", "scale": "tiny", "study": "default", "seed": 0, "overrides": {},
+            "executed_dir": "executed", "params_dir": None}
+
+
+FAKE_TRAIN = '''
+import json, sys, types
+from pathlib import Path
+sys.path[:0] = [{root!r}, {tests!r}]
+import runfactory
+
+def train(config, run_dir, progress=True):
+    """Stand-in for t2s.train.train: writes a finished run in the contract's format."""
+    run_dir = Path(run_dir)
+    runfactory.make_run(run_dir.parent, config.variant, config.seed, prompts=["<b>bold</b> caption"], notebook=False)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return types.SimpleNamespace(run_dir=run_dir, summary=summary, status="finished")
+
+module = types.ModuleType("t2s.train")
+module.train = train
+sys.modules["t2s.train"] = module
+'''
+
+
+def test_train_notebook_runs_against_the_training_contract(tmp_path, monkeypatch):
+    """A real kernel runs notebooks/train.ipynb; IPython's startup folder swaps in a stand-in train()."""
+    startup = tmp_path / "ipython" / "profile_default" / "startup"
+    startup.mkdir(parents=True)
+    (startup / "00-fake-train.py").write_text(textwrap.dedent(FAKE_TRAIN.format(root=str(PROJECT_ROOT),
+                                                                                tests=str(TESTS))))
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    output = tmp_path / "executed" / "s" / "no_ema-seed3.ipynb"
+    output.parent.mkdir(parents=True)
+    papermill.execute_notebook(str(ablate.TRAIN_NOTEBOOK), str(output), kernel_name="python3", progress_bar=False,
+                               cwd=str(PROJECT_ROOT), parameters={"variant": "no_ema", "seed": 3, "study": "s",
+                                                                  "executed_dir": str(tmp_path / "executed"),
+                                                                  "overrides": {"num_epochs": 1}})
+    assert json.loads((tmp_path / "executed" / "s" / "no_ema-seed3" / "config.json").read_text())["seed"] == 3
+    nb = nbformat.read(str(output), as_version=4)
+    outputs = [o for c in nb.cells for o in c.get("outputs", [])]
+    html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "status: finished" in text
+    assert "plotly.js v" in html  # embedded once, for the figures after it
+    assert sum("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs) == 2  # loss, validation
+    assert "data:image/gif;base64," in html and "&lt;b&gt;bold&lt;/b&gt; caption" in html
+    assert "final_loss" in html and "use_ema" in html  # the summary and config tables

@@ -1,0 +1,344 @@
+"""The report: statistics, tables and files, partial / empty / failed studies, escaping, and the exported HTML.
+
+Run folders come from tests/runfactory.py (real file formats, made-up numbers); nothing is trained here.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from runfactory import make_run, make_study
+from t2s import report
+from t2s.config import PROJECT_ROOT
+
+XSS = "<img src=x onerror=alert(1)>"
+
+
+# ----------------------------------------------------------------------------------------------- statistics
+def test_mean_ci_is_the_student_t_interval():
+    values = [1.0, 1.4, 0.9, 1.3]
+    half = stats.t.ppf(0.975, df=3) * np.std(values, ddof=1) / math.sqrt(4)
+    estimate = report.mean_ci(values)
+    assert estimate.n == 4
+    assert estimate.mean == pytest.approx(1.15)
+    assert estimate.low == pytest.approx(1.15 - half)
+    assert estimate.high == pytest.approx(1.15 + half)
+    assert report.format_estimate(estimate) == f"1.15 ± {half:.2g}"
+
+
+def test_one_seed_gives_a_mean_and_no_interval():
+    estimate = report.mean_ci([0.25])
+    assert (estimate.mean, estimate.n, estimate.has_interval) == (0.25, 1, False)
+    assert math.isnan(estimate.low) and math.isnan(estimate.high)
+    assert report.format_estimate(estimate) == "0.25 (n=1, no interval)"
+
+
+def test_missing_values_are_left_out_of_the_mean():
+    estimate = report.mean_ci([1.0, None, float("nan"), 3.0])
+    assert (estimate.mean, estimate.n) == (2.0, 2)
+    assert report.format_estimate(report.mean_ci([None])) == "—"
+
+
+def test_welch_difference_matches_the_welch_satterthwaite_interval():
+    a, b = np.array([0.30, 0.32, 0.31, 0.35]), np.array([0.20, 0.22, 0.19])
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = stats.t.ppf(0.975, df) * math.sqrt(va + vb)
+    d = report.welch_difference(a, b)
+    assert d.diff == pytest.approx(a.mean() - b.mean())
+    assert d.low == pytest.approx(a.mean() - b.mean() - half)
+    assert d.high == pytest.approx(a.mean() - b.mean() + half)
+    assert d.significant is True
+    assert "(Welch, n=4 vs 3; significant)" in report.format_difference(d)
+
+
+def test_an_interval_spanning_zero_is_not_significant():
+    d = report.welch_difference([0.30, 0.40, 0.20], [0.31, 0.25, 0.38])
+    assert d.low < 0 < d.high
+    assert d.significant is False
+    assert "spans zero: not significant" in report.format_difference(d)
+
+
+def test_a_single_seed_gives_no_difference_interval():
+    d = report.welch_difference([0.3], [0.2, 0.25])
+    assert d.diff == pytest.approx(0.075)
+    assert d.significant is None
+    assert "a single seed gives no interval" in report.format_difference(d)
+
+
+def test_paired_difference_uses_the_per_run_differences():
+    d = report.paired_difference([1.0, 2.0, 3.5], [0.5, 1.0, 3.0])
+    expected = report.mean_ci([0.5, 1.0, 0.5])
+    assert (d.diff, d.low, d.high, d.n_a) == (expected.mean, expected.low, expected.high, 3)
+
+
+# ----------------------------------------------------------------------------------------------- loading and tables
+@pytest.fixture
+def two_by_two(tmp_path):
+    """baseline and text_finetuned, seeds 0 and 1, with evaluation metrics (FVD unavailable)."""
+    executed = make_study(tmp_path, "demo", eval_status={"fvd": "I3D weights not found: set T2S_I3D_WEIGHTS=..."})
+    return report.load_study("demo", executed)
+
+
+def test_load_study_finds_every_run_in_variant_order(two_by_two):
+    assert [r.name for r in two_by_two.runs] == ["baseline-seed0", "baseline-seed1", "text_finetuned-seed0",
+                                                 "text_finetuned-seed1"]
+    assert all(r.finished for r in two_by_two.runs)
+    assert not two_by_two.is_partial
+    run = two_by_two.runs[0]
+    assert run.deployed_weights == "ema"
+    assert list(run.training.columns[:3]) == ["epoch", "step", "loss"]
+    assert run.samples and run.summary["steps"] == 100
+
+
+def test_a_resumed_run_keeps_the_latest_row_per_step(tmp_path):
+    run_dir = make_run(tmp_path / "executed" / "s", "baseline", 0)
+    path = run_dir / "logs" / "training_metrics.csv"
+    frame = pd.read_csv(path)
+    repeated = frame.tail(3).assign(loss=99.0)  # the steps after the last checkpoint, logged again after resuming
+    pd.concat([frame, repeated]).to_csv(path, index=False)
+    training = report.load_run(run_dir).training
+    assert training["step"].is_unique
+    assert (training.tail(3)["loss"] == 99.0).all()
+
+
+def test_comparison_table_gives_mean_and_interval_per_variant(two_by_two, tmp_path):
+    table = report.comparison_table(two_by_two)
+    assert list(table.columns) == ["baseline", "text_finetuned"]
+    assert table.loc["seeds (n)", "baseline"] == "2"
+    val = [json.loads((r.folder / "summary.json").read_text())["val_loss_ema"] for r in two_by_two.runs_of("baseline")]
+    expected = report.format_estimate(report.mean_ci(val))
+    assert table.loc["validation loss (deployed weights) ↓", "baseline"] == expected
+    for row in ["final training loss ↓", "minimum training loss ↓", "training time (h) ↓", "peak memory (GB) ↓",
+                "throughput (clips/s) ↑", "parameters (M)", "validation loss, raw weights ↓",
+                "validation loss, EMA weights ↓", "LPIPS ↓", "SSIM ↑", "hand detection rate ↑"]:
+        assert "±" in table.loc[row, "baseline"], row
+    assert "FVD ↓" not in table.index  # null in every run: listed as unavailable instead
+    assert "DTW hand error, shuffled captions (control)" in table.index  # a reference: no arrow
+    assert not [row for row in table.index if "num_clips" in row or "num clips" in row]  # a count, not a metric
+
+    paths = report.write_comparison_table(two_by_two, tmp_path / "reports")
+    assert paths["csv"] == tmp_path / "reports" / "demo" / "comparison_table.csv"
+    written = pd.read_csv(paths["csv"])
+    row = written[(written["variant"] == "baseline") & (written["metric"] == "val_loss")].iloc[0]
+    assert row["mean"] == pytest.approx(np.mean(val)) and row["n"] == 2
+    assert row["ci_low"] < row["mean"] < row["ci_high"]
+    markdown = paths["md"].read_text()
+    assert "| metric | baseline | text_finetuned |" in markdown
+    assert f"| validation loss (deployed weights) ↓ | {expected} |" in markdown
+
+
+def test_a_single_seed_is_said_to_give_no_interval(tmp_path):
+    study = report.load_study("one", make_study(tmp_path, "one", seeds=(0,)))
+    table = report.comparison_table(study)
+    assert table.loc["validation loss (deployed weights) ↓", "baseline"].endswith("(n=1, no interval)")
+    answer = report.findings(study)[0].answer
+    assert answer.startswith("Indicative only") and "a single seed gives no interval" in answer
+
+
+def test_variants_without_ema_are_judged_on_their_raw_weights(tmp_path):
+    study = report.load_study("s", make_study(tmp_path, "s", variants=("baseline", "no_ema"), seeds=(0,)))
+    values = study.values.set_index("variant")
+    no_ema = study.runs_of("no_ema")[0]
+    assert no_ema.deployed_weights == "raw"
+    assert values.loc["no_ema", "val_loss"] == no_ema.summary["val_loss_raw"]
+    assert values.loc["baseline", "val_loss"] == study.runs_of("baseline")[0].summary["val_loss_ema"]
+    assert math.isnan(values.loc["no_ema", "val_loss_ema"])
+
+
+# ----------------------------------------------------------------------------------------------- findings
+def test_findings_call_a_clear_difference_significant(tmp_path):
+    shifts = {"baseline": 0.0, "text_finetuned": -0.1, "no_ema": 0.1}
+    executed = make_study(tmp_path, "clear", variants=("baseline", "text_finetuned", "no_ema"), seeds=(0, 1, 2),
+                          shifts=shifts, evaluation=False)
+    # the factory's val loss grows by 0.02 per seed in every variant: the variant shift dominates at 3 seeds
+    encoder, ema, best = report.findings(report.load_study("clear", executed))
+    assert encoder.answer.startswith("Yes: unfreezing the text encoder helps (significant)")
+    assert ema.answer.startswith("Across variants: Yes: EMA helps (significant)")
+    assert "Within baseline runs: Yes: EMA helps (significant)" in ema.answer
+    assert best.answer.startswith("By the primary metric (validation loss (deployed weights)), text_finetuned is best")
+    assert "a clear win (significant)" in best.answer
+
+
+def test_findings_without_a_variant_say_they_cannot_answer(two_by_two):
+    encoder, ema, best = report.findings(two_by_two)
+    assert ema.answer.startswith("Across variants: cannot answer, no finished run of no_ema.")
+    assert "Within baseline runs: Yes: EMA helps (significant)" in ema.answer  # EMA vs raw needs no other variant
+    # two seeds whose spread (0.02) is as large as the shift (0.05) leave the interval spanning zero
+    assert encoder.answer.startswith("Not shown: unfreezing the text encoder helps on average, but the 95% interval")
+    assert {"comparison", "metric", "difference", "95% interval", "verdict"} <= set(encoder.table.columns)
+    assert "LPIPS ↓" in set(encoder.table["metric"])  # evaluation metrics are compared too
+
+
+# ----------------------------------------------------------------------------------------------- partial, empty, failed
+def test_a_partial_study_is_said_so(tmp_path):
+    executed = make_study(tmp_path, "part", variants=("baseline", "text_finetuned", "no_ema"), seeds=(0,))
+    for path in (executed / "part").glob("no_ema-seed0*"):
+        path.rename(path.with_name("gone-" + path.name)) if path.is_file() else __import__("shutil").rmtree(path)
+    study = report.load_study("part", executed)
+    assert study.is_partial and study.missing == ["no_ema-seed0"]
+    overview = report.overview_html(study, tmp_path / "reports")
+    assert "This is a partial study" in overview
+    assert "Variant no_ema has no finished run." in overview
+    assert "Runs not started (no folder, no notebook): no_ema-seed0." in overview
+    assert "partial study" in report.findings_html(study)
+
+
+@pytest.mark.parametrize("make_folder", [False, True])
+def test_an_empty_study_gives_a_report_that_says_so(tmp_path, make_folder):
+    if make_folder:
+        (tmp_path / "executed" / "empty").mkdir(parents=True)
+    study = report.load_study("empty", tmp_path / "executed")
+    assert study.runs == [] and study.finished_runs == []
+    assert "No finished run" in report.overview_html(study, tmp_path / "reports")
+    assert report.comparison_table(study) is None
+    assert report.write_comparison_table(study, tmp_path / "reports") == {}
+    for figure in (report.loss_figure, report.validation_figure, report.schedule_figure, report.memory_figure,
+                   report.throughput_figure, report.metric_bars_figure, report.change_figure, report.samples_html):
+        assert figure(study) is None
+    assert "nothing to conclude" in report.findings_html(study)
+    report.provenance_html(study, tmp_path / "reports")
+
+
+def test_a_failed_run_is_listed_with_its_notebook(tmp_path):
+    executed = make_study(tmp_path, "f", variants=("baseline",), seeds=(0,))
+    make_run(executed / "f", "no_ema", 0, status="failed", error="RuntimeError: CUDA out of memory")
+    # a run whose notebook failed before train() wrote anything: only failures.json and the notebook know
+    (executed / "f" / "text_finetuned-seed0.ipynb").write_text("{}")
+    (executed / "f" / "failures.json").write_text(json.dumps({"text_finetuned-seed0": {
+        "ename": "ImportError", "evalue": "no module named t2s.train", "traceback": "..."}}))
+    study = report.load_study("f", executed)
+    status = {r.name: r.status for r in study.runs}
+    assert status == {"baseline-seed0": "finished", "text_finetuned-seed0": "failed", "no_ema-seed0": "failed"}
+    overview = report.overview_html(study, tmp_path / "reports")
+    assert "Run no_ema-seed0: failed (../executed/f/no_ema-seed0.ipynb): RuntimeError: CUDA out of memory" in overview
+    assert ("Run text_finetuned-seed0: failed (../executed/f/text_finetuned-seed0.ipynb): ImportError: no module "
+            "named t2s.train") in overview
+    assert "partial study" in overview
+
+
+def test_an_unreadable_file_is_reported_not_raised(tmp_path):
+    executed = make_study(tmp_path, "u", variants=("baseline",), seeds=(0, 1))
+    (executed / "u" / "baseline-seed1" / "summary.json").write_text('{"steps": 10, "final_lo')  # cut off mid-write
+    (executed / "u" / "baseline-seed0" / "samples" / "samples.json").write_text('{"not": "a list"}')
+    study = report.load_study("u", executed)
+    overview = report.overview_html(study, tmp_path / "reports")
+    assert "Could not read a file of baseline-seed1: summary.json: unreadable" in overview
+    assert "Could not read a file of baseline-seed0: samples.json: expected a JSON list, found dict" in overview
+    assert study.values.set_index("run").loc["baseline-seed0", "final_loss"] > 0
+    assert math.isnan(study.values.set_index("run").loc["baseline-seed1", "final_loss"])
+
+
+# ----------------------------------------------------------------------------------------------- figures, samples, provenance
+def test_loss_figure_has_a_line_and_a_seed_band_per_variant(two_by_two):
+    fig = report.loss_figure(two_by_two)
+    lines = [t for t in fig.data if t.showlegend is not False]
+    assert [t.name for t in lines] == ["baseline (n=2)", "text_finetuned (n=2)"]
+    assert sum(t.fill == "tonexty" for t in fig.data) == 2
+    smoothed = report.smooth(two_by_two.runs[0].training.set_index("step")["loss"], 0.6)
+    assert len(lines[0].y) == len(smoothed)
+
+
+def test_every_figure_is_built_from_the_factory_study(two_by_two):
+    for build in (report.validation_figure, report.schedule_figure, report.memory_figure, report.throughput_figure,
+                  report.metric_bars_figure, report.change_figure):
+        fig = build(two_by_two)
+        assert fig is not None and fig.data, build.__name__
+    change = report.change_vs_baseline(two_by_two)
+    val = change[change["metric"] == "val_loss"].iloc[0]
+    values = two_by_two.values.groupby("variant")["val_loss"].mean()
+    assert val["percent"] == pytest.approx((values["text_finetuned"] - values["baseline"]) / values["baseline"] * 100)
+
+
+def test_sample_captions_are_escaped(tmp_path):
+    executed = make_study(tmp_path, "x", seeds=(0,), prompts=(XSS, "thank you"))
+    study = report.load_study("x", executed)
+    for page in (report.samples_html(study), report.run_samples_html(study.runs[0])):
+        assert "&lt;img src=x onerror=alert(1)&gt;" in page
+        assert XSS not in page
+        assert page.count("data:image/gif;base64,") >= 2
+
+
+def test_unavailable_metrics_give_their_reason(two_by_two):
+    table = report.unavailable_metrics(two_by_two)
+    assert table.to_dict("records") == [{
+        "metric": "fvd", "weights": "ema, raw", "reason": "I3D weights not found: set T2S_I3D_WEIGHTS=...",
+        "runs": "baseline-seed0, baseline-seed1, text_finetuned-seed0, text_finetuned-seed1"}]
+
+
+def test_provenance_shows_config_differences_and_relative_links(two_by_two, tmp_path):
+    differences = report.config_differences(two_by_two)
+    assert differences.to_dict("records") == [
+        {"variant": "text_finetuned", "key": "freeze_text_encoder", "baseline value": "True", "value": "False"}]
+    page = report.provenance_html(two_by_two, tmp_path / "reports")
+    assert 'href="../executed/demo/baseline-seed0.ipynb"' in page
+    assert "abc1234" in page and "I3D weights not found" in page
+    assert str(tmp_path) not in page
+
+
+# ----------------------------------------------------------------------------------------------- the analysis notebook
+def _run_cells_in_process(notebook, parameters: dict) -> dict:
+    """Execute a notebook's code cells here (no kernel), parameters cell replaced: a quick top-to-bottom check."""
+    nb = nbformat.read(str(notebook), as_version=4)
+    namespace: dict = {}
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        if "parameters" in cell.metadata.get("tags", []):
+            exec(cell.source, namespace)
+            namespace.update(parameters)
+            continue
+        exec(cell.source, namespace)
+    return namespace
+
+
+@pytest.mark.parametrize("kind", ["empty", "partial"])
+def test_analysis_notebook_runs_top_to_bottom_on_odd_studies(tmp_path, monkeypatch, kind, capsys):
+    monkeypatch.chdir(tmp_path)  # the notebook chdirs to the project root; monkeypatch restores ours
+    executed = tmp_path / "executed"
+    if kind == "partial":
+        make_study(tmp_path, "odd", variants=("baseline",), seeds=(0,))
+        (executed / "odd" / "study.json").write_text(json.dumps({"variants": ["baseline", "no_ema"], "seeds": [0]}))
+    namespace = _run_cells_in_process(report.PROJECT_ROOT / "notebooks" / "analysis.ipynb",
+                                      {"study": "odd", "executed_dir": str(executed), "reports_dir": str(tmp_path / "r")})
+    assert namespace["results"].name == "odd"
+    shown = capsys.readouterr().out
+    assert "Traceback" not in shown
+    assert (tmp_path / "r" / "odd" / "comparison_table.md").exists() == (kind == "partial")
+
+
+def test_exported_report_is_self_contained_and_escaped(tmp_path):
+    """The expensive one: papermill runs notebooks/analysis.ipynb in a kernel, nbconvert exports it."""
+    from t2s.ablate import build_report
+
+    executed = make_study(tmp_path, "demo", variants=("baseline", "text_finetuned", "no_ema"), seeds=(0, 1),
+                          prompts=(XSS, "thank you"), eval_status={"fvd": "I3D weights not found"})
+    make_run(executed / "demo", "no_ema", 2, status="failed", error="ValueError: boom")
+    html_path = build_report("demo", executed, tmp_path / "reports", log=lambda line: None)
+
+    assert html_path == tmp_path / "reports" / "demo.html"
+    page = html_path.read_text(encoding="utf-8")
+    assert not re.search(r"<script[^>]*\bsrc\s*=", page), "every script must be inline (offline)"
+    assert not re.search(r"<link[^>]*\bhref\s*=\s*[\"']https?:", page)
+    for absolute in ("/work/", "/root/", str(tmp_path), str(PROJECT_ROOT)):
+        assert absolute not in page, absolute
+    assert len(re.findall(r"\* plotly\.js v\d", page)) == 1, "plotly.js embedded exactly once"
+    assert page.count('class="plotly-graph-div"') == 7
+    assert page.count("data:image/gif;base64,") == 6  # 2 prompts × 3 variants
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page and XSS not in page
+    assert "report.show(" not in page and "executed_dir =" not in page  # no code
+    assert "widget-view" not in page and "jupyter-widgets" not in page
+    assert "Pick a variant" not in page and "Run this cell in JupyterLab" not in page  # cells tagged interactive
+    assert "Run no_ema-seed2: failed (../executed/demo/no_ema-seed2.ipynb): ValueError: boom" in page
+    assert "Does unfreezing the text encoder help?" in page and "Which configuration is best?" in page
+    assert "I3D weights not found" in page
+    assert (tmp_path / "reports" / "demo" / "comparison_table.csv").is_file()
+    executed_nb = nbformat.read(str(executed / "demo" / "analysis.ipynb"), as_version=4)
+    assert not [o for c in executed_nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
