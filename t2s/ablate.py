@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import traceback
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -123,7 +124,7 @@ class StudyResult:
 
     @property
     def failed(self) -> list:
-        return [r for r in self.runs if r.status not in ("finished", "skipped")]
+        return [r for r in self.runs if r.status not in ("finished", "skipped", "locked")]
 
     @property
     def ok(self) -> bool:
@@ -286,6 +287,30 @@ def execute_on_gpu(plan: RunPlan, gpu: str) -> None:
         raise NotebookFailed(_error(plan, "PapermillFailed", f"papermill exited with code {process.returncode}", tail))
 
 
+def lock_path(plan: RunPlan) -> Path:
+    return plan.run_dir.parent / ".locks" / f"{plan.name}.lock"
+
+
+@contextmanager
+def run_lock(plan: RunPlan):
+    """An exclusive, non-blocking lock per run (fcntl.flock; released by the OS if the process dies): two ablate
+    calls on the same study never write the same run directory at once. Yields whether the lock was taken."""
+    import fcntl
+
+    path = lock_path(plan)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _run_one(plan: RunPlan, gpu: Optional[str], failures: FailureLog) -> RunOutcome:
     failures.clear(plan.name)
     started = time.monotonic()
@@ -343,6 +368,7 @@ def run_study(
 
     outcomes: dict = {}
     todo = []
+    forced = {p.name for p in plans} if force else set()
     for i, plan in enumerate(plans, 1):
         status = run_status(plan.run_dir)
         if status == "finished" and not force:
@@ -359,6 +385,17 @@ def run_study(
         todo.append((i, plan))
 
     def run(i: int, plan: RunPlan, gpu: Optional[str]) -> RunOutcome:
+        with run_lock(plan) as held:
+            if not held:
+                log(f"[{i}/{len(plans)}] {plan.name}: skipped: another ablate of this study is running it "
+                    f"(lock {_shown(lock_path(plan))})")
+                return RunOutcome(plan.name, plan.variant, plan.seed, "locked", plan.notebook)
+            if run_status(plan.run_dir) == "finished" and plan.name not in forced:
+                log(f"[{i}/{len(plans)}] {plan.name}: skipped (finished meanwhile by another ablate)")
+                return RunOutcome(plan.name, plan.variant, plan.seed, "skipped", plan.notebook)
+            return run_unlocked(i, plan, gpu)
+
+    def run_unlocked(i: int, plan: RunPlan, gpu: Optional[str]) -> RunOutcome:
         on = f" on GPU {gpu}" if gpu is not None else ""
         log(f"[{i}/{len(plans)}] {plan.name}: started{on} at {datetime.now():%H:%M:%S}")
         outcome = _run_one(plan, gpu, failures)

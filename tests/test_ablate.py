@@ -270,3 +270,37 @@ def test_train_notebook_runs_against_the_training_contract(tmp_path, monkeypatch
     assert sum("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs) == 2  # loss, validation
     assert "data:image/gif;base64," in html and "&lt;b&gt;bold&lt;/b&gt; caption" in html
     assert "final_loss" in html and "use_ema" in html  # the summary and config tables
+
+
+# ----------------------------------------------------------------------------------------------- concurrency
+def test_a_run_locked_by_another_ablate_is_skipped_not_written(tmp_path, fake):
+    """Two ablate calls on one study never write the same run directory at once: the lock is per run."""
+    import fcntl
+    import multiprocessing
+
+    lock = tmp_path / "executed" / "c" / ".locks" / "baseline-seed0.lock"
+    lock.parent.mkdir(parents=True)
+    ready, release = multiprocessing.Event(), multiprocessing.Event()
+
+    def hold():  # another process, as a second `python -m t2s ablate` would be
+        with open(lock, "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            ready.set()
+            release.wait(30)
+
+    other = multiprocessing.get_context("fork").Process(target=hold)
+    other.start()
+    try:
+        assert ready.wait(30)
+        lines = []
+        result = ablate.run_study("c", variants=("baseline", "no_ema"), **{**study_args(tmp_path), "log": lines.append})
+    finally:
+        release.set()
+        other.join(30)
+    status = {r.name: r.status for r in result.runs}
+    assert status == {"baseline-seed0": "locked", "no_ema-seed0": "finished"}
+    assert [Path(c["output"]).name for c in fake.calls] == ["no_ema-seed0.ipynb"]
+    assert any("another ablate of this study is running it" in line for line in lines)
+    assert result.ok  # a run left to the other ablate is not a failure of this one
+    again = ablate.run_study("c", variants=("baseline",), **study_args(tmp_path))  # lock released: it runs now
+    assert [r.status for r in again.runs] == ["finished"]
