@@ -15,7 +15,6 @@ code, to reports/<study>.html: self-contained (plotly.js and the GIFs embedded),
 """
 from __future__ import annotations
 
-import json
 import os
 import queue
 import re
@@ -41,6 +40,7 @@ from nbconvert.preprocessors import TagRemovePreprocessor
 from papermill.exceptions import PapermillExecutionError
 
 from t2s.config import PARAMS_DIR, PROJECT_ROOT, ConfigError, load_config, parse_override
+from t2s.rundir import atomic_write_json, read_json
 
 TRAIN_NOTEBOOK = PROJECT_ROOT / "notebooks" / "train.ipynb"
 ANALYSIS_NOTEBOOK = PROJECT_ROOT / "notebooks" / "analysis.ipynb"
@@ -70,20 +70,6 @@ def _shown(path: Path) -> str:
     """A path as a person reads it: relative to the project root when inside it."""
     path = Path(path).resolve()
     return path.relative_to(PROJECT_ROOT).as_posix() if path.is_relative_to(PROJECT_ROOT) else str(path)
-
-
-def _write_json(path: Path, data) -> None:
-    """Write through a temporary file and rename, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _read_json(path: Path, default):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return default
 
 
 def check_study_name(study: str) -> str:
@@ -180,16 +166,16 @@ def plan_study(study: str, variants: Sequence[str], seeds: Sequence[int], scale:
 
 def run_status(run_dir: Path) -> Optional[str]:
     """The status in a run's metadata.json, None when there is none."""
-    return _read_json(Path(run_dir) / "metadata.json", {}).get("status")
+    return read_json(Path(run_dir) / "metadata.json", {}).get("status")
 
 
 def _update_study_file(study_dir: Path, study: str, plans: list, scale: str, overrides: dict) -> None:
     """study.json: the variants and seeds asked for (merged with earlier calls), so a report can tell what is missing."""
     path = study_dir / "study.json"
-    old = _read_json(path, {})
+    old = read_json(path, {})
     variants = list(dict.fromkeys(old.get("variants", []) + [p.name.rsplit("-seed", 1)[0] for p in plans]))
     seeds = sorted(set(old.get("seeds", [])) | {p.seed for p in plans})
-    _write_json(path, {"study": study, "variants": variants, "seeds": seeds, "scale": scale,
+    atomic_write_json(path, {"study": study, "variants": variants, "seeds": seeds, "scale": scale,
                        "overrides": overrides, "updated": _now()})
 
 
@@ -218,10 +204,10 @@ class FailureLog:
 
     def _update(self, change: Callable[[dict], None]) -> None:
         with self.lock:
-            failures = _read_json(self.path, {})
+            failures = read_json(self.path, {})
             change(failures)
             if failures or self.path.exists():
-                _write_json(self.path, failures)
+                atomic_write_json(self.path, failures)
 
     def clear(self, name: str) -> None:
         self._update(lambda failures: failures.pop(name, None))
@@ -229,13 +215,13 @@ class FailureLog:
     def record(self, plan: RunPlan, error: dict) -> None:
         self._update(lambda failures: failures.__setitem__(plan.name, error))
         metadata_path = plan.run_dir / "metadata.json"
-        metadata = _read_json(metadata_path, None)
+        metadata = read_json(metadata_path, None)
         if isinstance(metadata, dict):  # train() got as far as writing metadata: note the notebook's error there too
             metadata["notebook_error"] = error
             if metadata.get("status") in (None, "running"):  # the kernel died under train(): it could not say so
                 metadata["status"] = "failed"
                 metadata["error"] = metadata.get("error") or f"{error['ename']}: {error['evalue']}"
-            _write_json(metadata_path, metadata)
+            atomic_write_json(metadata_path, metadata)
 
 
 def _error(plan: RunPlan, ename: str, evalue: str, traceback_text: str, cell_index=None, cell_source=None) -> dict:

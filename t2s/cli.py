@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp, study=True):
-        sp.add_argument("--scale", default="tiny", help=f"params/scales/<name>.yaml (default tiny)")
+        sp.add_argument("--scale", default="tiny", help="params/scales/<name>.yaml (default tiny)")
         sp.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
         sp.add_argument("--epochs", type=int, help="override num_epochs")
         sp.add_argument("--data-dir", help="override data_dir")

@@ -63,7 +63,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(_jsonable(data), indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    atomic_write_bytes(path, (json.dumps(_jsonable(data), indent=2, sort_keys=True, default=str) + "\n").encode("utf-8"))
 
 
 def read_json(path: Path, default: Any = None) -> Any:
