@@ -1,4 +1,4 @@
-"""The command line: `python -m t2s {ablate, run, report, generate, doctor}`.
+"""The command line: `python -m t2s {ablate, run, report, generate, evaluate, bench, doctor}`.
 
 Every command validates its input before any work starts and prints an error that names the file, key or value.
 """
@@ -71,6 +71,31 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    """FVD, LPIPS, SSIM/PSNR, temporal metrics, sign fidelity and cost of a finished run, raw and EMA weights."""
+    from .evaluate import evaluate_run
+
+    rows = evaluate_run(args.run_dir, num_clips=args.num_clips, weights=args.weights, device=args.device,
+                        num_inference_steps=args.steps)
+    shown = ("fvd", "lpips", "ssim", "psnr", "dtw_error", "dtw_error_shuffled", "hand_detection_rate", "val_loss",
+             "inference_time_ms")
+    for row in rows:
+        print(f"{row['model_name']} [{row['weights']}]")
+        for key in shown:
+            value = row.get(key)
+            why = row.get(f"{key}_status")
+            text = f"{value:.4g}" if isinstance(value, float) else str(value)
+            print(f"  {key:22s} {text}" + (f"   ({why})" if value is None and why else ""))
+    print(f"written: {Path(args.run_dir) / 'logs' / 'evaluation_metrics.csv'} and .json")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from . import bench
+
+    return bench.run_from_args(args)
+
+
 def cmd_doctor(args) -> int:
     """What the setup test did, better: params, data, text encoder, metric weights, devices. Exit 1 on a problem."""
     import torch
@@ -115,7 +140,7 @@ def cmd_doctor(args) -> int:
         from . import metrics
 
         for name, status in metrics.weights_status().items():
-            print(f"  [{'ok' if status == 'ok' else 'missing'}] {name}: {status}")
+            print(f"  [{'ok' if status.startswith('ok') else 'missing'}] {name}: {status}")
     except (ImportError, AttributeError) as exc:
         print(f"  [missing] metrics: {exc}")
     print("devices")
@@ -175,6 +200,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--guidance", type=float, help="guidance scale (default: the run's)")
     sp.add_argument("--out", help="output folder (default <run_dir>/generated)")
     sp.set_defaults(func=cmd_generate)
+
+    sp = sub.add_parser("evaluate", help="evaluate a finished run (raw and EMA weights) into logs/evaluation_metrics.*")
+    sp.add_argument("run_dir")
+    sp.add_argument("--num-clips", type=int, help="validation clips to generate (default: the run's eval_num_clips)")
+    sp.add_argument("--weights", nargs="+", choices=["raw", "ema"], help="default: raw, and ema when the run has it")
+    sp.add_argument("--steps", type=int, help="DDIM steps (default: the run's num_inference_steps)")
+    sp.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser("bench", help="benchmark the training step, sampling, FLOP utilization, and diffusers' UNet3D")
+    try:
+        from . import bench
+
+        bench.add_arguments(sp)
+    except (ImportError, AttributeError):
+        pass
+    sp.set_defaults(func=cmd_bench)
 
     sp = sub.add_parser("doctor", help="check params, data, text encoder, metric weights and devices")
     common(sp, study=False)

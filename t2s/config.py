@@ -97,7 +97,8 @@ class Config:
     # --- diffusion ---
     num_train_timesteps: int = 1000
     beta_schedule: str = "linear"
-    prediction_type: str = "epsilon"
+    prediction_type: str = "v_prediction"
+    zero_terminal_snr: bool = True
     cond_drop_prob: float = 0.1
     num_inference_steps: int = 50
     guidance_scale: float = 7.5
@@ -262,6 +263,11 @@ def _check_range(cfg: Config, source: str) -> None:
                 f"{where}key '{key}' has value {ch}; every model_channels*channel_mult must be divisible by num_heads "
                 f"({cfg.num_heads}) and model_channels by 4 (group norm)"
             )
+    if cfg.zero_terminal_snr and cfg.prediction_type == "epsilon":
+        raise ConfigError(
+            f"{where}key 'prediction_type' is 'epsilon' but zero_terminal_snr is true: at the last timestep the clip is "
+            f"pure noise, so epsilon-prediction cannot recover it. Use prediction_type: v_prediction, or zero_terminal_snr: false"
+        )
     if cfg.dataset in ("folder",) and not cfg.data_dir:
         raise ConfigError(f"{where}dataset 'folder' needs key 'data_dir' (a folder of <id>.gif + <id>.txt pairs)")
     if cfg.dataset == "manifest" and not cfg.manifest:

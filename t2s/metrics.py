@@ -589,3 +589,37 @@ def dtw_joint_error(pred_kp, gt_kp, body_size: float, unmatched_cost: float = 1.
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (shared tensors counted once); only those with requires_grad if trainable_only."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Weights status (for `python -m t2s doctor`)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def weights_status() -> dict[str, str]:
+    """Whether the pretrained networks of FVD and LPIPS can be loaded, without downloading anything.
+
+    Returns {"I3D (FVD)": ..., "AlexNet (LPIPS)": ...}, each "ok: <path>" when the weights file is found and
+    loads into the network, else the reason and how to provide the file (the loaders' own messages). The same
+    lookup as ``load_i3d`` / ``load_lpips`` (environment variables, then the cache folders).
+    """
+    status = {}
+    try:
+        model, message = load_i3d(allow_download=False)
+        if model is not None:
+            message = "ok: " + message.split(" from ", 1)[-1]
+        elif "download disabled" in message:
+            message += " (or set T2S_ALLOW_DOWNLOAD=1 to let `evaluate` download it)"
+    except Exception as error:  # the doctor reports, it does not crash
+        message = f"I3D could not be checked ({type(error).__name__}: {error})"
+    status["I3D (FVD)"] = message
+    try:
+        model, message = load_lpips("alex")
+        if model is not None:
+            message = "ok: " + message.split(" from ", 1)[-1]
+    except ImportError as error:
+        message = f"the lpips package is not installed ({error}): pip install lpips"
+    except Exception as error:
+        message = f"LPIPS could not be checked ({type(error).__name__}: {error})"
+    status["AlexNet (LPIPS)"] = message
+    return status

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from .config import PROJECT_ROOT, Config, ConfigError, from_dict
-from .diffusion import build_sample_scheduler, build_train_scheduler, diffusion_loss, sample
+from .diffusion import VAL_NOISE_SEED, build_sample_scheduler, build_train_scheduler, diffusion_loss, held_out_loss, sample  # noqa: F401
 from .ema import EMA
 from .model import build_denoiser
 from .rundir import (
@@ -40,7 +40,6 @@ RESUMABLE_CHANGES = {
     "max_steps", "num_epochs", "resume_from", "log_every", "sample_every", "save_every", "keep_checkpoints",
     "num_workers", "sample_prompts", "description", "eval_num_clips", "val_max_clips",
 }
-VAL_NOISE_SEED = 20240611  # fixed noise for the held-out loss: identical across variants and seeds
 
 
 class NonFiniteLossError(RuntimeError):
@@ -376,30 +375,11 @@ class Trainer:
         return self.accelerator.unwrap_model(self.text).encode(captions)
 
     # ------------------------------------------------------------------ validation: fixed timesteps, fixed noise
-    @torch.no_grad()
     def held_out_loss(self) -> float:
-        cfg = self.cfg
-        n = min(len(self.val_set), cfg.val_max_clips)
-        T = cfg.num_train_timesteps
-        timesteps = [int((k + 0.5) * T / cfg.val_num_timesteps) for k in range(cfg.val_num_timesteps)]
-        g = torch.Generator().manual_seed(VAL_NOISE_SEED)
-        was_training = self.denoiser.training
-        self.denoiser.eval()
-        total, count = 0.0, 0
-        bs = max(1, min(16, 2 * cfg.batch_size))
-        for start in range(0, n, bs):
-            items = [self.val_set[i] for i in range(start, min(n, start + bs))]
-            clips = torch.stack([it[0] for it in items]).to(self.device)
-            ctx, mask = self.condition([it[1] for it in items], drop=False)
-            for t in timesteps:
-                noise = torch.randn(clips.shape, generator=g).to(self.device)
-                tt = torch.full((clips.shape[0],), t, device=self.device, dtype=torch.long)
-                with self.accelerator.autocast():
-                    loss = diffusion_loss(self.model, self.noise_schedule, clips, noise, tt, ctx, mask)
-                total += loss.item() * clips.shape[0]
-                count += clips.shape[0]
-        self.denoiser.train(was_training)
-        return total / count
+        """The fixed-timestep, fixed-noise validation loss (diffusion.held_out_loss) of the weights in the model now."""
+        text = self.accelerator.unwrap_model(self.text)
+        return held_out_loss(self.model, text, self.noise_schedule, self.val_set, self.cfg, self.device,
+                             autocast=self.accelerator.autocast)
 
     def validate(self) -> dict:
         raw = self.held_out_loss()

@@ -1,0 +1,487 @@
+"""Evaluation of a run: sample clips for held-out captions and compare them with the real clips of those captions.
+
+    rows = evaluate_run("executed/mystudy/baseline-seed0")   # one row per weight set: raw, and ema when use_ema
+
+What is evaluated
+-----------------
+* The evaluation set: the first `num_clips` (default `cfg.eval_num_clips`) decodable clips of the run's validation
+  split, in split order; clip i is sampled with seed i (`generate_clips(..., seed=i)`, one clip per call), so every
+  run, variant and weight set sees the same captions and the same initial noise.
+* Weight sets: the latest checkpoint's raw weights and, when the run kept an EMA (`use_ema`), its EMA weights.
+* Metrics of the generated clips against the real clips of the same captions (`compare_clips`, all math from
+  `t2s.metrics`): FVD (I3D logits; FVD of 8 clips is strongly biased and comparable only at equal `num_clips`),
+  LPIPS / SSIM / PSNR (frame by frame, averaged over frames and clips), temporal consistency and motion magnitude
+  of the generated clips and, for reference, of the real ones (`*_real`).
+* Held-out diffusion loss (`held_out_loss`): the training engine's fixed-timestep, fixed-noise validation loss
+  on the first `val_max_clips` validation clips, for each weight set (column `val_loss`).
+* Sign fidelity (synthsign only: a dataset with ground-truth keypoints): hands are found in every generated frame
+  by colour (`metrics.find_hands` with `synthsign.HAND_COLORS`); `dtw_error` is the DTW mean joint error
+  (`metrics.dtw_joint_error`) against the caption's ground-truth hand track, with coordinates divided by the
+  image size (the body-size normalisation: 1.0 = one image width), averaged over the clips in which a hand was
+  found at all (a clip without any hand has no DTW; `hand_detection_rate`, the fraction of (frame, hand) slots
+  with a hand found, reports that). Control: `dtw_error_shuffled` is the same error with the pairs shuffled:
+  the clip generated for caption p(i) against the ground truth of caption i, where p is a derangement of the
+  evaluation clips (drawn with `SHUFFLE_SEED`, and pairing different captions where possible). It re-pairs the
+  clips already generated (no extra sampling: the same generated clips and the same ground-truth tracks, only
+  the pairing differs), so if the model follows its captions `dtw_error` < `dtw_error_shuffled`, and equal values
+  mean the metric (or the model) does not see the conditioning.
+* Cost: `inference_time_ms` is the mean wall-clock time to sample one clip (CUDA synchronised; after a one-step
+  warm-up), `inference_memory_gb` the peak during sampling (CUDA: `max_memory_allocated`; CPU: the process's
+  peak resident set size, reset before sampling on Linux through /proc/self/clear_refs, else sampled every
+  10 ms), `num_parameters_millions` the denoiser's parameters.
+
+A metric that cannot be computed is null (empty CSV cell, JSON null) and its `<metric>_status` column says why
+(e.g. how to provide the I3D or AlexNet weights); otherwise the status is "ok".
+
+Files (in the run directory)
+----------------------------
+* `logs/evaluation_metrics.csv`, `logs/evaluation_metrics.json`: the rows (`EVALUATION_COLUMNS`), one per weight
+  set; a weight set not evaluated this time keeps its previous row. Written atomically.
+* `tensorboard/`: the numbers as scalars `eval/<weights>/<metric>` at the checkpoint's step.
+* `evaluation/<weights>_<i>.gif` (generated), `evaluation/real_<i>.gif` (the reference clip), and
+  `evaluation/index.json`: [{prompt, file, weights ("raw" | "ema" | "real"), index, seed, signer}].
+
+Metric weights are looked up as `t2s.metrics.load_i3d` / `load_lpips` document (argument, environment variable,
+cache folder); nothing is downloaded unless the environment variable `T2S_ALLOW_DOWNLOAD=1` is set (I3D only).
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import math
+import os
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from . import metrics, synthsign
+from .config import Config
+from .diffusion import VAL_NOISE_SEED, held_out_loss  # noqa: F401 (re-exported: one definition, in diffusion.py)
+from .rundir import RunDir, atomic_write_bytes, atomic_write_json, read_json
+
+SHUFFLE_SEED = 0  # the derangement of captions for the dtw_error_shuffled control
+ALLOW_DOWNLOAD_ENV_VAR = "T2S_ALLOW_DOWNLOAD"
+STATUS_METRICS = ("fvd", "lpips", "ssim", "psnr", "dtw_error", "dtw_error_shuffled", "hand_detection_rate")
+EVALUATION_COLUMNS = [
+    "model_name", "config_name", "weights",
+    "fvd", "lpips", "ssim", "psnr",
+    "temporal_consistency", "temporal_consistency_real", "motion_magnitude", "motion_magnitude_real",
+    "dtw_error", "dtw_error_shuffled", "hand_detection_rate",
+    "val_loss", "inference_time_ms", "inference_memory_gb", "num_parameters_millions", "num_clips", "timestamp",
+] + [f"{m}_status" for m in STATUS_METRICS]
+NO_KEYPOINTS = "no ground-truth keypoints (synthsign only)"
+OK = "ok"
+
+
+# --------------------------------------------------------------------------------------------- comparing clips
+def shuffled_order(captions: Sequence[str], seed: int = SHUFFLE_SEED, tries: int = 1000) -> Optional[list[int]]:
+    """A derangement p of range(n) (p[i] != i) drawn from `seed`, with captions[p[i]] != captions[i] for every i
+    when such a permutation is found in `tries` draws; else a random cyclic shift (a derangement of indices in
+    which some captions may coincide). None when there are fewer than 2 distinct captions."""
+    n = len(captions)
+    if len(set(captions)) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    for _ in range(tries):
+        p = rng.permutation(n)
+        if all(captions[p[i]] != captions[i] for i in range(n)):
+            return [int(i) for i in p]
+    order = rng.permutation(n)
+    p = np.empty(n, dtype=np.int64)
+    p[order] = np.roll(order, -1)  # order[k] -> order[k + 1]
+    return [int(i) for i in p]
+
+
+def hand_tracks(clips: torch.Tensor) -> tuple[list[np.ndarray], np.ndarray]:
+    """Hands found in clips (B, 3, F, H, W) in [-1, 1]: keypoints [(F, 2, 2)] (NaN where missing), found (B, F, 2)."""
+    from .data import to_frames
+
+    tracks, found = [], []
+    for clip in clips:
+        kp, mask = metrics.find_hands(to_frames(clip), synthsign.HAND_COLORS)
+        tracks.append(kp)
+        found.append(mask)
+    return tracks, np.stack(found)
+
+
+def _mean_dtw(tracks: Sequence[np.ndarray], gt: Sequence[np.ndarray], body_size: float) -> tuple[Optional[float], str]:
+    errors = [metrics.dtw_joint_error(p, g, body_size) for p, g in zip(tracks, gt)]
+    errors = [e for e in errors if e is not None]
+    if not errors:
+        return None, "no hand found in any generated clip (see hand_detection_rate)"
+    return float(np.mean(errors)), OK
+
+
+def compare_clips(
+    generated: torch.Tensor,
+    real: torch.Tensor,
+    keypoints: Optional[Sequence[np.ndarray]] = None,
+    shuffled: Optional[torch.Tensor] = None,
+    i3d=None,
+    i3d_status: str = "no I3D model given",
+    lpips_model=None,
+    lpips_status: str = "no LPIPS model given",
+    real_i3d_features: Optional[torch.Tensor] = None,
+) -> dict:
+    """Every metric of `generated` clips against `real` clips of the same captions, with a status per metric.
+
+    generated, real: (B, 3, F, H, W) in [-1, 1], clip i of one is compared with clip i of the other.
+    keypoints: ground-truth hand tracks [(F, 2, 2)] of the real clips' captions (synthsign), or None.
+    shuffled: clips (B, 3, F, H, W) generated for other captions; row i is compared with keypoints[i]
+    (`dtw_error_shuffled`). i3d / lpips_model: loaded networks, or None with the reason in *_status.
+    real_i3d_features: the real clips' I3D features if already computed (saves a pass over the real clips).
+    Returns {metric: float | None, f"{metric}_status": "ok" | reason} for the metric columns of the CSV.
+    """
+    generated, real = generated.detach().float().cpu(), real.detach().float().cpu()
+    if generated.shape != real.shape:
+        raise ValueError(f"generated {tuple(generated.shape)} and real {tuple(real.shape)} clips differ in shape")
+    n = len(generated)
+    out: dict = {}
+
+    def put(metric: str, value, status: str = OK) -> None:
+        ok = value is not None and math.isfinite(value)
+        out[metric] = float(value) if ok else None
+        if metric in STATUS_METRICS:
+            out[f"{metric}_status"] = status if ok or status != OK else f"{metric} is not a finite number"
+
+    # FVD
+    if i3d is None:
+        put("fvd", None, i3d_status)
+    elif n < 2:
+        put("fvd", None, f"FVD needs at least 2 clips per set, got {n}")
+    else:
+        try:
+            fake_f = metrics.i3d_features(generated, i3d)
+            real_f = real_i3d_features if real_i3d_features is not None else metrics.i3d_features(real, i3d)
+            mu_f, sigma_f = metrics.feature_statistics(fake_f)
+            mu_r, sigma_r = metrics.feature_statistics(real_f)
+            put("fvd", metrics.frechet_distance(mu_f, sigma_f, mu_r, sigma_r))
+        except ValueError as exc:
+            put("fvd", None, f"FVD could not be computed: {exc}")
+    # paired pixel and perceptual metrics
+    if lpips_model is None:
+        put("lpips", None, lpips_status)
+    else:
+        put("lpips", metrics.compute_lpips(generated, real, lpips_model))
+    put("ssim", metrics.ssim(generated, real))
+    put("psnr", metrics.psnr(generated, real))
+    # temporal statistics (need 2 frames)
+    if generated.shape[2] >= 2:
+        put("temporal_consistency", metrics.temporal_consistency(generated))
+        put("temporal_consistency_real", metrics.temporal_consistency(real))
+        put("motion_magnitude", metrics.motion_magnitude(generated))
+        put("motion_magnitude_real", metrics.motion_magnitude(real))
+    else:
+        for m in ("temporal_consistency", "temporal_consistency_real", "motion_magnitude", "motion_magnitude_real"):
+            put(m, None)
+    # sign fidelity
+    if keypoints is None:
+        for m in ("dtw_error", "dtw_error_shuffled", "hand_detection_rate"):
+            put(m, None, NO_KEYPOINTS)
+        return out
+    if len(keypoints) != n:
+        raise ValueError(f"{len(keypoints)} keypoint tracks for {n} clips")
+    body_size = float(generated.shape[-1])  # the image size: errors are in image widths
+    tracks, found = hand_tracks(generated)
+    put("hand_detection_rate", metrics.hand_detection_rate(found))
+    put("dtw_error", *_mean_dtw(tracks, keypoints, body_size))
+    if shuffled is None:
+        put("dtw_error_shuffled", None, "no shuffled-caption clips (needs at least 2 evaluation clips with different captions)")
+    else:
+        shuffled_tracks, _ = hand_tracks(shuffled.detach().float().cpu())
+        put("dtw_error_shuffled", *_mean_dtw(shuffled_tracks, keypoints, body_size))
+    return out
+
+
+# --------------------------------------------------------------------------------------------- cost helpers
+def _vm_hwm_bytes() -> Optional[int]:
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+class PeakMemory:
+    """Peak memory (GB) of the block: CUDA max_memory_allocated, else the process's peak RSS (see module doc)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak_gb = device, None
+        self._thread, self._stop, self._max = None, threading.Event(), 0
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        self._hwm = False
+        try:
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+                fh.write("5")  # Linux: reset the peak RSS (VmHWM) to the current RSS
+            self._hwm = _vm_hwm_bytes() is not None
+        except OSError:
+            pass
+        if not self._hwm:
+            import psutil
+
+            process = psutil.Process()
+
+            def poll():
+                while not self._stop.is_set():
+                    self._max = max(self._max, process.memory_info().rss)
+                    self._stop.wait(0.01)
+
+            self._thread = threading.Thread(target=poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_gb = torch.cuda.max_memory_allocated(self.device) / 1e9
+        elif self._hwm:
+            self.peak_gb = (_vm_hwm_bytes() or 0) / 1e9
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak_gb = self._max / 1e9
+        return False
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# --------------------------------------------------------------------------------------------- files
+def _row_value(v):
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return ""
+    return repr(v) if isinstance(v, float) else v
+
+
+def write_rows(run: RunDir, rows: list[dict]) -> None:
+    """logs/evaluation_metrics.csv and .json, atomically, with exactly `EVALUATION_COLUMNS`."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=EVALUATION_COLUMNS, extrasaction="raise", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _row_value(row.get(k)) for k in EVALUATION_COLUMNS})
+    atomic_write_bytes(run.logs / "evaluation_metrics.csv", buf.getvalue().encode("utf-8"))
+    atomic_write_json(run.logs / "evaluation_metrics.json", [{k: row.get(k) for k in EVALUATION_COLUMNS} for row in rows])
+
+
+def _merge(old: list[dict], new: list[dict], key: str) -> list[dict]:
+    """Entries of `old` whose `key` is not among `new`'s, then `new` (a partial re-evaluation keeps the rest)."""
+    replaced = {e.get(key) for e in new}
+    return [e for e in old if isinstance(e, dict) and e.get(key) not in replaced] + new
+
+
+def _write_gifs(run: RunDir, entries: list[dict], clips: dict) -> None:
+    from .train import write_gif
+
+    folder = run.root / "evaluation"
+    for entry in entries:
+        write_gif(folder / entry["file"], clips[entry["file"]])
+    index_path = folder / "index.json"
+    index = _merge(read_json(index_path, []) or [], entries, "weights")
+    atomic_write_json(index_path, index)
+    keep = {e["file"] for e in index}
+    for stale in folder.glob("*.gif"):
+        if stale.name not in keep:
+            stale.unlink(missing_ok=True)
+
+
+def _log_tensorboard(run: RunDir, rows: list[dict], step: int) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run.tensorboard))
+    try:
+        for row in rows:
+            for key in EVALUATION_COLUMNS:
+                value = row.get(key)
+                if key in ("num_clips",) or key.endswith("_status") or isinstance(value, (str, bool)) or value is None:
+                    continue
+                writer.add_scalar(f"eval/{row['weights']}/{key}", float(value), step)
+    finally:
+        writer.close()
+
+
+# --------------------------------------------------------------------------------------------- the run
+def _load_metric_models(device, i3d_weights, lpips_weights):
+    allow = os.environ.get(ALLOW_DOWNLOAD_ENV_VAR) == "1"
+    i3d, i3d_status = metrics.load_i3d(i3d_weights, device=device, allow_download=allow)
+    if i3d is None and not allow and "download disabled" in i3d_status:
+        i3d_status += f" (or set {ALLOW_DOWNLOAD_ENV_VAR}=1 to let evaluation download it)"
+    try:
+        lpips_model, lpips_status = metrics.load_lpips("alex", weights_dir=lpips_weights, device=device)
+    except ImportError as exc:
+        lpips_model, lpips_status = None, f"the lpips package is not installed ({exc}): pip install lpips"
+    return i3d, i3d_status, lpips_model, lpips_status
+
+
+def _evaluation_set(val_set, n: int) -> tuple[list[int], torch.Tensor]:
+    """The first n decodable validation clips: (indices into val_set, real clips (n, 3, F, H, W) in [-1, 1])."""
+    from .data import to_clip
+
+    indices, clips = [], []
+    for i in range(len(val_set)):
+        if len(indices) == n:
+            break
+        try:
+            frames = val_set.frames(i)
+        except Exception as exc:  # decoders raise many types; skip the clip as training does
+            warnings.warn(f"evaluation skips validation clip {val_set.records[i].video}: {type(exc).__name__}: {exc}")
+            continue
+        indices.append(i)
+        clips.append(to_clip(np.asarray(frames)))
+    if not indices:
+        raise RuntimeError(f"none of the {len(val_set)} validation clips could be decoded")
+    return indices, torch.stack(clips)
+
+
+def _check_run(run_dir: Union[str, Path]) -> tuple[RunDir, Config, dict]:
+    """(run, config, the checkpoint's {file, step}) of a run directory, or a FileNotFoundError saying what is missing."""
+    from .config import load_config_file
+    from .train import latest_good_checkpoint, list_checkpoints
+
+    run = RunDir(run_dir)
+    if not run.root.is_dir():
+        raise FileNotFoundError(f"cannot evaluate {run.root}: no such directory")
+    if not run.config.is_file():
+        raise FileNotFoundError(f"cannot evaluate {run.root}: it is not a run directory (no config.json); "
+                                f"train a run into it first")
+    cfg = load_config_file(run.config)
+    if not list_checkpoints(run):
+        raise FileNotFoundError(f"cannot evaluate {run.root}: {run.checkpoints} holds no checkpoint "
+                                f"(the run has not saved one yet, or checkpoints/index.json is missing)")
+    found = latest_good_checkpoint(run)  # the one load_run_models will use
+    if found is None:
+        raise FileNotFoundError(f"cannot evaluate {run.root}: no checkpoint in {run.checkpoints} verifies and loads")
+    path, state = found
+    return run, cfg, {"file": path.name, "step": int(state["step"])}
+
+
+def evaluate_run(
+    run_dir: Union[str, Path],
+    num_clips: Optional[int] = None,
+    weights: Optional[Sequence[str]] = None,
+    device: Optional[str] = None,
+    progress: bool = True,
+    i3d_weights: Optional[Union[str, Path]] = None,
+    lpips_weights: Optional[Union[str, Path]] = None,
+    num_inference_steps: Optional[int] = None,
+) -> list[dict]:
+    """Evaluate a run's latest checkpoint (see the module docstring); returns the rows, one per weight set.
+
+    num_clips: evaluation clips (default cfg.eval_num_clips; fewer if the validation split is smaller).
+    weights: subset of ("raw", "ema") (default: raw, plus ema when the run kept an EMA).
+    i3d_weights / lpips_weights: files (or, for LPIPS, a folder) overriding the lookup of metrics.load_i3d/load_lpips.
+    num_inference_steps: sampling steps (default cfg.num_inference_steps).
+    """
+    from tqdm.auto import tqdm
+
+    from .data import build_datasets
+    from .diffusion import build_train_scheduler
+    from .train import generate_clips, load_run_models, resolve_mixed_precision
+
+    run, cfg, checkpoint = _check_run(run_dir)
+    if run.status not in (None, "finished"):
+        warnings.warn(f"{run.root} has status {run.status!r}: evaluating its latest checkpoint ({checkpoint['file']})")
+    if isinstance(weights, str):
+        weights = [weights]
+    weight_sets = list(dict.fromkeys(weights)) if weights is not None else (["raw", "ema"] if cfg.use_ema else ["raw"])
+    for w in weight_sets:
+        if w not in ("raw", "ema"):
+            raise ValueError(f"weights must be 'raw' or 'ema', not {w!r}")
+        if w == "ema" and not cfg.use_ema:
+            raise ValueError(f"{run.root} was trained without EMA (use_ema false): evaluate weights 'raw' only")
+    if not weight_sets:
+        raise ValueError("weights is empty: give 'raw' and/or 'ema'")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    steps = num_inference_steps or cfg.num_inference_steps
+    n_wanted = int(cfg.eval_num_clips if num_clips is None else num_clips)
+    if n_wanted < 1:
+        raise ValueError(f"num_clips must be positive, got {num_clips}")
+
+    # data: the evaluation set, its captions, ground truth and the shuffled-caption control
+    _, val_set, _ = build_datasets(cfg)
+    indices, real = _evaluation_set(val_set, n_wanted)
+    if len(indices) < n_wanted:
+        warnings.warn(f"the validation split has {len(indices)} usable clips; evaluating those instead of {n_wanted}")
+    captions = [val_set.item_info(i)[0] for i in indices]
+    signers = [val_set.item_info(i)[1] for i in indices]
+    keypoints = [val_set.keypoints(i) for i in indices] if val_set.has_keypoints else None
+    order = shuffled_order(captions) if keypoints is not None else None
+    n = len(indices)
+
+    i3d, i3d_status, lpips_model, lpips_status = _load_metric_models(dev, i3d_weights, lpips_weights)
+    real_features = metrics.i3d_features(real, i3d) if i3d is not None and n >= 2 else None
+    autocast = None
+    precision = resolve_mixed_precision(cfg.mixed_precision)
+    if dev.type == "cuda" and precision in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        autocast = lambda: torch.autocast("cuda", dtype=dtype)  # noqa: E731  (as training's validation ran)
+
+    bar = tqdm(total=n * len(weight_sets), disable=not progress, desc=f"evaluate {run.root.name}", unit="clip")
+    rows, gif_entries, gif_clips = [], [], {}
+    for i, (caption, signer) in enumerate(zip(captions, signers)):
+        name = f"real_{i:03d}.gif"
+        gif_entries.append({"prompt": caption, "file": name, "weights": "real", "index": i, "seed": None, "signer": signer})
+        gif_clips[name] = real[i]
+    try:
+        for w in weight_sets:
+            _, denoiser, text = load_run_models(run.root, w, str(dev))
+            bar.set_postfix(weights=w)
+            generate_clips(denoiser, text, cfg, captions[:1], seed=0, num_inference_steps=1)  # warm-up, untimed
+            generated, seconds = [], 0.0
+            with PeakMemory(dev) as peak:
+                for i, caption in enumerate(captions):  # one clip per call, clip i from seed i
+                    _sync(dev)
+                    t0 = time.perf_counter()
+                    clip = generate_clips(denoiser, text, cfg, [caption], seed=i, num_inference_steps=steps)
+                    _sync(dev)
+                    seconds += time.perf_counter() - t0
+                    generated.append(clip[0].float().cpu())
+                    bar.update(1)
+            generated = torch.stack(generated)  # (n, 3, F, H, W)
+            row = {
+                "model_name": run.root.name,
+                "config_name": cfg.variant,
+                "weights": w,
+                **compare_clips(
+                    generated, real, keypoints, generated[order] if order is not None else None,
+                    i3d, i3d_status, lpips_model, lpips_status, real_features,
+                ),
+                "val_loss": held_out_loss(denoiser, text, build_train_scheduler(cfg), val_set, cfg, dev, autocast),
+                "inference_time_ms": 1000.0 * seconds / n,
+                "inference_memory_gb": peak.peak_gb,
+                "num_parameters_millions": metrics.count_parameters(denoiser) / 1e6,
+                "num_clips": n,
+                "timestamp": _dt.datetime.now().isoformat(timespec="seconds"),
+            }
+            rows.append({k: row.get(k) for k in EVALUATION_COLUMNS})
+            for i, (caption, signer) in enumerate(zip(captions, signers)):
+                name = f"{w}_{i:03d}.gif"
+                gif_entries.append({"prompt": caption, "file": name, "weights": w, "index": i, "seed": i, "signer": signer})
+                gif_clips[name] = generated[i]
+            del denoiser, text
+    finally:
+        bar.close()
+
+    old = read_json(run.logs / "evaluation_metrics.json", []) or []
+    all_rows = _merge(old if isinstance(old, list) else [], rows, "weights")
+    all_rows.sort(key=lambda r: {"raw": 0, "ema": 1}.get(r.get("weights"), 2))
+    write_rows(run, all_rows)
+    _write_gifs(run, gif_entries, gif_clips)
+    _log_tensorboard(run, rows, checkpoint["step"])
+    return rows
