@@ -29,7 +29,7 @@ class ConfigError(ValueError):
 # Keys whose value must be one of a fixed set.
 CHOICES: dict[str, tuple] = {
     "beta_schedule": ("linear", "scaled_linear", "cosine"),
-    "prediction_type": ("epsilon", "v_prediction"),
+    "prediction_type": ("epsilon", "v_prediction", "sample"),
     "mixed_precision": ("auto", "no", "fp16", "bf16"),
     "dataset": ("synthsign", "folder", "manifest"),
     "split_mode": ("signer_disjoint", "random"),
@@ -263,7 +263,7 @@ def _check_range(cfg: Config, source: str) -> None:
                 f"{where}key '{key}' has value {ch}; every model_channels*channel_mult must be divisible by num_heads "
                 f"({cfg.num_heads}) and model_channels by 4 (group norm)"
             )
-    if cfg.zero_terminal_snr and cfg.prediction_type == "epsilon":
+    if cfg.zero_terminal_snr and cfg.prediction_type == "epsilon":  # v_prediction and sample are fine
         raise ConfigError(
             f"{where}key 'prediction_type' is 'epsilon' but zero_terminal_snr is true: at the last timestep the clip is "
             f"pure noise, so epsilon-prediction cannot recover it. Use prediction_type: v_prediction, or zero_terminal_snr: false"

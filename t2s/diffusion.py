@@ -35,9 +35,12 @@ def build_sample_scheduler(cfg) -> DDIMScheduler:
 
 
 def training_target(scheduler: DDPMScheduler, clean: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """What the denoiser should output for (clean, noise, t): epsilon, or v = alpha_t * eps - sigma_t * x0."""
-    if scheduler.config.prediction_type == "epsilon":
+    """What the denoiser should output for (clean, noise, t): epsilon, v = alpha_t * eps - sigma_t * x0, or x0."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
         return noise
+    if kind == "sample":
+        return clean
     return scheduler.get_velocity(clean, noise, t)
 
 

@@ -1,0 +1,99 @@
+"""The config: merge order, validation messages that name the key, file and line, and derived values."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from t2s.config import Config, ConfigError, from_dict, load_config, load_config_file, parse_override
+
+
+@pytest.fixture
+def params(tmp_path):
+    (tmp_path / "scales").mkdir()
+    (tmp_path / "scales" / "s.yaml").write_text("batch_size: 3\nlearning_rate: 1.0e-3\nnum_frames: 8\n")
+    (tmp_path / "v.yaml").write_text("learning_rate: 2.0e-4\nuse_ema: false\n")
+    return tmp_path
+
+
+def test_merge_order_is_defaults_scale_variant_overrides(params):
+    cfg = load_config("v", "s", {"num_frames": 4}, params_dir=params)
+    assert cfg.batch_size == 3  # scale
+    assert cfg.learning_rate == 2e-4  # variant beats scale
+    assert cfg.num_frames == 4  # override beats scale
+    assert cfg.use_ema is False and cfg.image_size == Config().image_size  # variant; default
+    assert (cfg.variant, cfg.scale) == ("v", "s")
+
+
+def test_every_shipped_variant_and_scale_validates():
+    for variant in ("baseline", "text_finetuned", "no_ema"):
+        for scale in ("micro", "tiny", "small", "full"):
+            load_config(variant, scale)
+    full = load_config("baseline", "full")
+    assert (full.image_size, full.num_frames, full.batch_size, full.gradient_accumulation_steps) == (64, 16, 2, 8)
+    assert (full.learning_rate, full.num_epochs, full.ema_decay) == (5e-5, 150, 0.9999)
+    assert full.effective_batch_size == 16
+    assert load_config("text_finetuned", "tiny").freeze_text_encoder is False
+    assert load_config("no_ema", "tiny").use_ema is False
+
+
+def test_an_unknown_key_names_the_closest_valid_one(params):
+    with pytest.raises(ConfigError, match=r"override: unknown key 'learning_rat'; did you mean 'learning_rate'\?"):
+        load_config("v", "s", ["learning_rat=1e-4"], params_dir=params)
+    (params / "typo.yaml").write_text("use_emma: true\n")
+    with pytest.raises(ConfigError, match=r"typo.yaml: unknown key 'use_emma'; did you mean 'use_ema'\?"):
+        load_config("typo", "s", params_dir=params)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("batch_size=1.5", r"key 'batch_size' has value 1.5 of type float; expected int"),
+    ("use_ema=yes please", r"key 'use_ema' has value 'yes please' of type str; expected bool"),
+    ("beta_schedule=cosinus", r"key 'beta_schedule' has value 'cosinus'; allowed values: linear, scaled_linear, cosine"),
+    ("ema_decay=1.0", r"key 'ema_decay' has value 1.0; allowed range: \[0.0, 1.0\)"),
+    ("cond_drop_prob=-0.1", r"key 'cond_drop_prob' has value -0.1; allowed range: \[0.0, 1.0\]"),
+    ("learning_rate=nan", r"key 'learning_rate' has value nan; it must be a finite number"),
+    ("text_encoder_trainable_layers=some", r"'text_encoder_trainable_layers' has value 'some'; allowed values: 'all' or a positive integer"),
+    ("image_size=30", r"key 'image_size' has value 30; it must be divisible by 2\*\*\(len\(channel_mult\)-1\) = 4"),
+    ("prediction_type=epsilon", r"'prediction_type' is 'epsilon' but zero_terminal_snr is true"),
+    ("dataset=folder", r"dataset 'folder' needs key 'data_dir'"),
+])
+def test_a_wrong_value_names_the_key_and_what_is_allowed(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("baseline", "tiny", [override])
+
+
+def test_overrides_are_read_as_yaml_never_as_code():
+    assert parse_override("channel_mult=[1, 2]") == ("channel_mult", [1, 2])
+    assert parse_override("learning_rate=3e-4") == ("learning_rate", "3e-4")  # YAML 1.1: a string, coerced later
+    assert load_config("baseline", "tiny", ["learning_rate=3e-4"]).learning_rate == 3e-4
+    key, value = parse_override("description=__import__('os').system('echo pwned')")
+    assert value == "__import__('os').system('echo pwned')"  # just text
+    with pytest.raises(ConfigError, match="not of the form key=value"):
+        parse_override("learning_rate")
+
+
+def test_a_params_file_that_is_not_yaml_names_the_file_and_line(params):
+    (params / "broken.yaml").write_text("batch_size: 2\nlearning_rate: [1, 2\nuse_ema: true\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml:.*line \d+, column \d+: not valid YAML"):
+        load_config("broken", "s", params_dir=params)
+    (params / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match=r"list.yaml: expected a mapping of key: value"):
+        load_config("list", "s", params_dir=params)
+
+
+def test_an_unknown_variant_or_scale_lists_the_available_ones(params):
+    with pytest.raises(ConfigError, match=r"unknown variant 'w' .*available: v"):
+        load_config("w", "s", params_dir=params)
+    with pytest.raises(ConfigError, match=r"unknown scale 'x' .*available: s"):
+        load_config("v", "x", params_dir=params)
+
+
+def test_the_resolved_config_round_trips_through_json(tmp_path):
+    cfg = load_config("text_finetuned", "tiny", {"seed": 3})
+    path = tmp_path / "config.json"
+    path.write_text(cfg.to_json())
+    again = load_config_file(path)
+    assert again == cfg and again.run_name == "text_finetuned-seed3"
+    assert json.loads(path.read_text())["freeze_text_encoder"] is False
+    with pytest.raises(ConfigError, match="unknown key 'bogus'"):
+        from_dict({**cfg.to_dict(), "bogus": 1})
