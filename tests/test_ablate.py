@@ -241,9 +241,16 @@ def train(config, run_dir, progress=True):
     summary = json.loads((run_dir / "summary.json").read_text())
     return types.SimpleNamespace(run_dir=run_dir, summary=summary, status="finished")
 
+def evaluate_run(run_dir, progress=True):
+    """Stand-in for t2s.evaluate.evaluate_run: the rows of logs/evaluation_metrics.json."""
+    return [{{"weights": "raw", "ssim": 0.25, "fvd": None, "fvd_status": "I3D weights not found"}}]
+
 module = types.ModuleType("t2s.train")
 module.train = train
 sys.modules["t2s.train"] = module
+evaluation = types.ModuleType("t2s.evaluate")
+evaluation.evaluate_run = evaluate_run
+sys.modules["t2s.evaluate"] = evaluation
 '''
 
 
@@ -270,6 +277,7 @@ def test_train_notebook_runs_against_the_training_contract(tmp_path, monkeypatch
     assert sum("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs) == 2  # loss, validation
     assert "data:image/gif;base64," in html and "&lt;b&gt;bold&lt;/b&gt; caption" in html
     assert "final_loss" in html and "use_ema" in html  # the summary and config tables
+    assert "I3D weights not found" in html and "0.25" in html  # the evaluation table, with the reason for a null
 
 
 # ----------------------------------------------------------------------------------------------- concurrency
