@@ -565,38 +565,12 @@ def warm_caches(text, datasets: list, extra_captions: tuple[str, ...] = ("",)) -
 
 
 # ============================================================================================ held-out loss
-@torch.no_grad()
 def held_out_loss(model: nn.Module, text, val_set, cfg: Config, device: torch.device,
                   autocast: Callable[[], Any] = nullcontext) -> float:
-    """The engine's held-out loss (Trainer.held_out_loss): the first `val_max_clips` validation clips, at
-    `val_num_timesteps` evenly spaced timesteps, with noise from the fixed VAL_NOISE_SEED generator, no caption
-    dropout, batches of min(16, 2 * batch_size); the clip-weighted mean of the diffusion loss."""
-    from .diffusion import build_train_scheduler, diffusion_loss
-    from .train import VAL_NOISE_SEED
+    """The engine's held-out loss (diffusion.held_out_loss, which the trainer's validation uses too)."""
+    from .diffusion import build_train_scheduler, held_out_loss as engine_held_out_loss
 
-    scheduler = build_train_scheduler(cfg)
-    n = min(len(val_set), cfg.val_max_clips)
-    T = cfg.num_train_timesteps
-    timesteps = [int((k + 0.5) * T / cfg.val_num_timesteps) for k in range(cfg.val_num_timesteps)]
-    g = torch.Generator().manual_seed(VAL_NOISE_SEED)
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    bs = max(1, min(16, 2 * cfg.batch_size))
-    for start in range(0, n, bs):
-        items = [val_set[i] for i in range(start, min(n, start + bs))]
-        clips = torch.stack([it[0] for it in items]).to(device)
-        ctx, mask = text.encode([it[1] for it in items])
-        ctx, mask = ctx.to(device), mask.to(device)
-        for t in timesteps:
-            noise = torch.randn(clips.shape, generator=g).to(device)
-            tt = torch.full((clips.shape[0],), t, device=device, dtype=torch.long)
-            with autocast():
-                loss = diffusion_loss(model, scheduler, clips, noise, tt, ctx, mask)
-            total += loss.item() * clips.shape[0]
-            count += clips.shape[0]
-    model.train(was_training)
-    return total / count
+    return engine_held_out_loss(model, text, build_train_scheduler(cfg), val_set, cfg, device, autocast=autocast)
 
 
 # ============================================================================================ sampling
