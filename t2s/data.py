@@ -223,8 +223,17 @@ def read_video(path: Path | str) -> np.ndarray:
 
 
 def load_clip(path: Path | str, num_frames: int, image_size: int) -> np.ndarray:
-    """A video as uint8 (num_frames, image_size, image_size, 3): sampled (looped if short), cropped, resized."""
-    return np.stack([square_resize(frame, image_size) for frame in _read_sampled(Path(path), num_frames)])
+    """A video as uint8 (num_frames, image_size, image_size, 3): sampled (looped if short), cropped, resized.
+    Any decoder failure comes out as UnusableFile(reason)."""
+    try:
+        frames = _read_sampled(Path(path), num_frames)
+        if not frames:
+            raise UnusableFile("no frames")
+        return np.stack([square_resize(frame, image_size) for frame in frames])
+    except UnusableFile:
+        raise
+    except Exception as exc:  # decoders raise many types (OSError, av.error.*, PIL's UnidentifiedImageError, ...)
+        raise UnusableFile(f"cannot decode video ({type(exc).__name__}: {exc})") from None
 
 
 def probe_video(path: Path) -> None:
