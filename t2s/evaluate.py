@@ -157,10 +157,10 @@ def compare_clips(
         put("fvd", None, f"FVD needs at least 2 clips per set, got {n}")
     else:
         try:
-            fake_f = metrics.i3d_features(generated, i3d)
-            real_f = real_i3d_features if real_i3d_features is not None else metrics.i3d_features(real, i3d)
-            mu_f, sigma_f = metrics.feature_statistics(fake_f)
-            mu_r, sigma_r = metrics.feature_statistics(real_f)
+            generated_features = metrics.i3d_features(generated, i3d)
+            real_features = real_i3d_features if real_i3d_features is not None else metrics.i3d_features(real, i3d)
+            mu_f, sigma_f = metrics.feature_statistics(generated_features)
+            mu_r, sigma_r = metrics.feature_statistics(real_features)
             put("fvd", metrics.frechet_distance(mu_f, sigma_f, mu_r, sigma_r))
         except ValueError as exc:
             put("fvd", None, f"FVD could not be computed: {exc}")
