@@ -744,9 +744,11 @@ def bench_model(name: str, build: Callable[[], nn.Module], cfg: Config, text, tr
         warm.append(harness.step(PhaseTimer(sync)))
     memory = PeakMemory(device)
     memory.reset()
-    timings = []
+    timings, runnable = [], [runnable_now()]
+    load_before = load_average()
     for i in range(steps):
         timings.append(harness.step(PhaseTimer(sync)))
+        runnable.append(runnable_now())
         log(f"  step {i + 1}/{steps}: {timings[-1].total * 1e3:.0f} ms")
     mem = memory.read()
     summary = summarize_steps(timings)
@@ -774,6 +776,8 @@ def bench_model(name: str, build: Callable[[], nn.Module], cfg: Config, text, tr
         "step": _mfu(flops, step_s, peak["flops_per_s"]),
         "forward_backward": _mfu(flops, fb_s, peak["flops_per_s"]),
         "final_train_loss": float(harness.last_loss) if harness.last_loss is not None else None,
+        # other work on the machine during the measured steps (this process's threads included in 'runnable')
+        "load_during": {"before": load_before, "after": load_average(), "runnable_samples": runnable},
     }
     if keep_model:
         result["_model"] = harness.model
@@ -1037,6 +1041,9 @@ def to_markdown(result: dict) -> str:
             ("matmul peak", lambda r: f"{_si(r['matmul_peak_flops_per_s'])} ({r['matmul_peak_dtype']})"),
             ("MFU (whole step)", lambda r: f"{100 * r['step']['mfu']:.1f}%"),
             ("MFU (forward+backward only)", lambda r: f"{100 * r['forward_backward']['mfu']:.1f}%"),
+            ("load average 1 min before / after the steps; runnable threads sampled",
+             lambda r: f"{_fmt((r['load_during']['before'] or [None])[0], '.2f')} / "
+                       f"{_fmt((r['load_during']['after'] or [None])[0], '.2f')}; {r['load_during']['runnable_samples']}"),
             ("EMA + data + text at config (amortized share)", lambda r: f"{100 * (r['amortized']['shares']['ema'] + r['amortized']['shares']['data'] + r['amortized']['shares']['text']):.2f}%"),
         ]
         for label, fn in rows:

@@ -25,7 +25,10 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(32, channels // 4), channels, eps=1e-6)
+    groups = min(32, channels // 4)
+    while channels % groups:  # e.g. 144 channels (96 + 48 at a skip concatenation): 24 groups, not 32
+        groups -= 1
+    return nn.GroupNorm(groups, channels, eps=1e-6)
 
 
 def zero(module: nn.Module) -> nn.Module:

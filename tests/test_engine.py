@@ -161,6 +161,8 @@ def test_denoiser_shapes_and_reference_scale_parameter_count():
     n = sum(p.numel() for p in model.parameters())
     print(f"reference-scale denoiser: {n / 1e6:.2f} M parameters")
     assert 5e6 < n < 1e8
+    for scale in ("small", "tiny"):  # every shipped scale builds (small concatenates 96 + 48 = 144 channels)
+        build_denoiser(load_config("baseline", scale), context_dim=384)
     small = build_denoiser(load_config("baseline", "micro"), context_dim=384)
     x = torch.randn(2, 3, 4, 16, 16)
     out = small(x, torch.tensor([1, 500]), torch.randn(2, 5, 384), torch.ones(2, 5, dtype=torch.bool))
