@@ -839,9 +839,20 @@ def _row(comparison: str, metric: Metric, d: Difference) -> dict:
         side = "better" if (d.diff < 0) == (metric.better == "lower") else "worse"
         called = {None: f"{side} (no interval)", False: "not significant", True: f"{side} (significant)"}[d.significant]
     sizes = f"{d.method}, n={d.n_a}" if d.method == "paired" else f"{d.method}, n={d.n_a} vs {d.n_b}"
+    if not math.isfinite(d.diff):
+        return {"comparison": comparison, "metric": metric.title, "difference": "unavailable", "95% interval": "—",
+                "test": sizes, "verdict": _no_values(comparison, d)}
     return {"comparison": comparison, "metric": metric.title, "difference": f"{d.diff:+.4g}",
             "95% interval": f"[{d.low:+.4g}, {d.high:+.4g}]" if d.has_interval else "none (a single seed)",
             "test": sizes, "verdict": called}
+
+
+def _no_values(comparison: str, d: Difference) -> str:
+    """Why a difference could not be computed: which side of 'a − b' has no values (see the unavailable metrics)."""
+    sides = [s.strip() for s in comparison.split("−")] if d.method != "paired" else []
+    if len(sides) == 2 and (d.n_a == 0) != (d.n_b == 0):
+        return f"cannot compare: no values for {sides[0] if d.n_a == 0 else sides[1]} (see the unavailable metrics)"
+    return "cannot compare: unavailable on both sides (see the unavailable metrics)"
 
 
 def _missing(study: Study, variants: Sequence[str]) -> list:

@@ -177,6 +177,25 @@ def test_findings_without_a_variant_say_they_cannot_answer(two_by_two):
     assert "LPIPS ↓" in set(encoder.table["metric"])  # evaluation metrics are compared too
 
 
+def test_a_metric_missing_on_both_sides_is_called_unavailable_not_nan(tmp_path):
+    """DTW computed for no_ema only: baseline vs text_finetuned cannot compare it, and says so instead of '+nan'."""
+    study_dir = tmp_path / "executed" / "mixed"
+    for variant in ("baseline", "text_finetuned", "no_ema"):
+        missing = {} if variant == "no_ema" else {"dtw_error": "no hands found in the generated clips"}
+        make_run(study_dir, variant, 0, eval_status=missing)
+    study = report.load_study("mixed", tmp_path / "executed")
+    encoder, ema, _ = report.findings(study)
+    dtw = [m.title for m in report.available_metrics(study) if m.key == "dtw_error"]
+    assert dtw, "the factory's DTW metric should be available in the no_ema run"
+    row = encoder.table.set_index("metric").loc[dtw[0]]
+    assert row["difference"] == "unavailable" and row["95% interval"] == "—"
+    assert row["verdict"] == "cannot compare: unavailable on both sides (see the unavailable metrics)"
+    one_sided = ema.table[(ema.table["comparison"] == "baseline − no_ema") & (ema.table["metric"] == dtw[0])].iloc[0]
+    assert one_sided["verdict"] == "cannot compare: no values for baseline (see the unavailable metrics)"
+    page = report.findings_html(study)
+    assert "nan" not in page.replace("nanoGPT", "")
+
+
 # ----------------------------------------------------------------------------------------------- partial, empty, failed
 def test_a_partial_study_is_said_so(tmp_path):
     executed = make_study(tmp_path, "part", variants=("baseline", "text_finetuned", "no_ema"), seeds=(0,))
