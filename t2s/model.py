@@ -57,7 +57,11 @@ class Attention(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """Spatial conv block with timestep conditioning, then a temporal conv across frames (zero-initialized)."""
+    """Spatial conv block with timestep conditioning, then a temporal conv across frames.
+
+    The temporal layers start at PyTorch's default initialization, not at zero: zero-initialized temporal layers (the
+    habit of models that inflate a pretrained image UNet) learn slowly from scratch, and tiny-scale samples then
+    changed signer partway through a clip."""
 
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int):
         super().__init__()
@@ -68,7 +72,7 @@ class ResBlock(nn.Module):
         self.conv2 = zero(nn.Conv2d(out_ch, out_ch, 3, padding=1))
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
         self.temporal_norm = group_norm(out_ch)
-        self.temporal_conv = zero(nn.Conv1d(out_ch, out_ch, 3, padding=1))
+        self.temporal_conv = nn.Conv1d(out_ch, out_ch, 3, padding=1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, frames: int) -> torch.Tensor:
         # x: (b f) c h w ; emb: (b f) e
@@ -95,7 +99,6 @@ class SpaceTimeTransformer(nn.Module):
         if temporal:
             self.frame_pos = nn.Parameter(torch.zeros(max_frames, ch))
             self.norm3, self.temporal_attn = nn.LayerNorm(ch), Attention(ch, heads)
-            zero(self.temporal_attn.to_out)
         self.norm4 = nn.LayerNorm(ch)
         self.ff = nn.Sequential(nn.Linear(ch, 4 * ch), nn.GELU(), nn.Linear(4 * ch, ch))
         self.proj_out = zero(nn.Linear(ch, ch))
