@@ -42,14 +42,59 @@ def cmd_run(args) -> int:
     return 0
 
 
+SLURM_OPTIONS = ("partition", "gpus_per_job", "time", "cpus_per_job", "mem", "sbatch")
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def slurm_options(args):
+    """The SlurmOptions of `ablate --executor slurm`; a Slurm option given with another executor is an error naming
+    it (and --gpus, --submitit-folder where they do not apply)."""
+    from .ablate import SlurmOptions, parse_mem_gb, parse_sbatch, parse_time_minutes
+
+    given = [name for name in SLURM_OPTIONS if getattr(args, name, None) not in (None, [])]
+    if args.executor != "slurm":
+        if given:
+            raise ConfigError(f"{', '.join(map(_option, given))}: Slurm option{'s' if len(given) > 1 else ''}, "
+                              f"for --executor slurm (not {args.executor})")
+        if args.submitit_folder and args.executor == "default":
+            raise ConfigError("--submitit-folder: for --executor local or slurm (the default executor runs here)")
+        if args.gpus and args.executor == "local":
+            raise ConfigError("--gpus: for the default executor; --executor local runs one job at a time, seeing "
+                              "this machine's GPUs (set CUDA_VISIBLE_DEVICES to choose them)")
+        return None
+    if args.gpus:
+        raise ConfigError("--gpus: for the default executor; with --executor slurm give --gpus-per-job")
+    options = {"partition": args.partition, "sbatch": parse_sbatch(args.sbatch)}
+    if args.gpus_per_job is not None:
+        options["gpus_per_job"] = args.gpus_per_job
+    if args.time is not None:
+        options["timeout_min"] = parse_time_minutes(args.time)
+    if args.cpus_per_job is not None:
+        options["cpus_per_job"] = args.cpus_per_job
+    if args.mem is not None:
+        options["mem_gb"] = parse_mem_gb(args.mem)
+    return SlurmOptions(**options)
+
+
 def cmd_ablate(args) -> int:
     from .ablate import run_study
 
+    slurm = slurm_options(args)
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
-    result = run_study(
-        args.study, variants=args.variants, seeds=args.seeds, scale=args.scale, overrides=_overrides(args),
-        force=args.force, gpus=gpus, executed_dir=args.executed_dir, reports_dir=args.reports_dir,
-    )
+    try:
+        result = run_study(
+            args.study, variants=args.variants, seeds=args.seeds, scale=args.scale, overrides=_overrides(args),
+            force=args.force, gpus=gpus, executed_dir=args.executed_dir, reports_dir=args.reports_dir,
+            executor=args.executor, slurm=slurm, submitit_folder=args.submitit_folder,
+        )
+    except KeyboardInterrupt:  # with submitit, run_study has said what keeps running and how to build the report
+        if args.executor == "default":
+            print("interrupted: run the same command again to resume (finished runs are skipped, an unfinished one "
+                  "resumes from its latest checkpoint)", file=sys.stderr)
+        return 130
     return 0 if result.ok else 1
 
 
@@ -175,6 +220,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--gpus", help="comma-separated GPU ids: one run per GPU at a time (default: sequential)")
     sp.add_argument("--force", action="store_true", help="rerun finished runs")
     sp.add_argument("--reports-dir", default=str(REPORTS))
+    sp.add_argument("--executor", choices=["default", "local", "slurm"], default="default",
+                    help="default: run here (one after another, or one per GPU with --gpus); local: each run as a "
+                         "submitit job on this machine, one at a time; slurm: each run as a Slurm job (submitit)")
+    sp.add_argument("--submitit-folder", help="local/slurm: the jobs' pickles and logs (default "
+                                              "executed/<study>/.submitit/)")
+    group = sp.add_argument_group("Slurm jobs (with --executor slurm; one job per variant x seed)")
+    group.add_argument("--partition", help="Slurm partition (default: the cluster's default)")
+    group.add_argument("--gpus-per-job", type=int, help="GPUs per job (default 1; 0 for CPU-only jobs)")
+    group.add_argument("--time", help="time limit per job: hours (4, 0.5) or [D-]HH:MM[:SS] (default 4 hours)")
+    group.add_argument("--cpus-per-job", type=int, help="CPU cores per job (default: the partition's)")
+    group.add_argument("--mem", help="memory per job: 32G, 500M, or GB (default: the partition's)")
+    group.add_argument("--sbatch", action="append", metavar="KEY=VALUE",
+                       help="a further #SBATCH flag, e.g. --sbatch account=mylab --sbatch qos=high (repeatable)")
     sp.set_defaults(func=cmd_ablate)
 
     sp = sub.add_parser("run", help="train one variant into executed/<study>/<variant>-seed<k>/")
