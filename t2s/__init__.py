@@ -10,6 +10,12 @@ The command line is `python -m t2s` (ablate, run, report, generate, doctor).
 """
 __version__ = "0.1.0"
 
+import warnings as _warnings  # noqa: E402
+
+# `python -m t2s.train` (and accelerate launch / torchrun -m t2s.train) imports this package, hence t2s.train, before
+# running the module as __main__; its __main__ block calls the imported copy, so runpy's warning about it is noise.
+_warnings.filterwarnings("ignore", message=r"'t2s\.train' found in sys\.modules", category=RuntimeWarning)
+
 from .config import Config, ConfigError, load_config  # noqa: E402
 from .train import RunResult, generate, train  # noqa: E402  (the function shadows the submodule name on purpose)
 from .evaluate import evaluate_run  # noqa: E402

@@ -376,11 +376,12 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, trials:
 # ============================================================================================ the harness
 @dataclass
 class HarnessOptions:
-    """Candidate speed-ups, applied in the benchmark harness only (each a proposal for train.py / model.py)."""
+    """Departures from the Trainer's settings, applied in the benchmark harness only: each measures what a
+    setting is worth (None everywhere = exactly as Trainer)."""
 
     mixed_precision: Optional[str] = None  # None: the config's (resolve_mixed_precision), else 'no' or 'bf16'
-    channels_last: bool = False  # model weights in channels_last memory format (oneDNN / cuDNN NHWC convolutions)
-    fused_adamw: Optional[bool] = None  # None: as Trainer (fused on CUDA only)
+    channels_last: Optional[bool] = None  # None: as Trainer (uses_channels_last: the config's channels_last)
+    fused_adamw: Optional[bool] = None  # None: as Trainer (fused AdamW)
     compile: bool = False  # torch.compile the denoiser
     ema_update_every: int = 1  # the benchmark forces an EMA update every step, so each step measures one
 
@@ -388,8 +389,8 @@ class HarnessOptions:
         parts = []
         if self.mixed_precision:
             parts.append(f"mp={self.mixed_precision}")
-        if self.channels_last:
-            parts.append("channels_last")
+        if self.channels_last is not None:
+            parts.append("channels_last" if self.channels_last else "contiguous")
         if self.fused_adamw is not None:
             parts.append(f"fused_adamw={self.fused_adamw}")
         if self.compile:
@@ -398,28 +399,18 @@ class HarnessOptions:
 
 
 VARIANTS: dict[str, HarnessOptions] = {
+    "fp32": HarnessOptions(mixed_precision="no"),
     "bf16": HarnessOptions(mixed_precision="bf16"),
     "channels_last": HarnessOptions(channels_last=True),
-    "fused_adamw": HarnessOptions(fused_adamw=True),
-    "bf16+fused": HarnessOptions(mixed_precision="bf16", fused_adamw=True),
-    "channels_last+fused": HarnessOptions(channels_last=True, fused_adamw=True),
-    "bf16+channels_last+fused": HarnessOptions(mixed_precision="bf16", channels_last=True, fused_adamw=True),
+    "contiguous": HarnessOptions(channels_last=False),
+    "unfused_adamw": HarnessOptions(fused_adamw=False),
+    "fp32+contiguous": HarnessOptions(mixed_precision="no", channels_last=False),
+    "fp32+contiguous+unfused": HarnessOptions(mixed_precision="no", channels_last=False, fused_adamw=False),
+    "bf16+channels_last": HarnessOptions(mixed_precision="bf16", channels_last=True),
     "compile": HarnessOptions(compile=True),
 }
-DEFAULT_VARIANTS = ["bf16", "channels_last", "fused_adamw", "bf16+fused"]
+DEFAULT_VARIANTS = ["fp32", "channels_last", "unfused_adamw"]
 DEFAULT_VARIANT_SCALES = ("tiny",)  # cheap there; at the reference scale each variant costs minutes on a CPU
-
-
-def to_channels_last(model: nn.Module) -> nn.Module:
-    """Convolution weights in channels-last layout (4-D: NHWC, 5-D: NDHWC), in place; oneDNN and cuDNN then run the
-    convolutions in that layout and hand it on to the ops that follow. `model.to(memory_format=...)` would refuse
-    a model with 5-D weights (diffusers' Conv3d)."""
-    formats = {4: torch.channels_last, 5: torch.channels_last_3d}
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim in formats:
-                p.data = p.data.contiguous(memory_format=formats[p.ndim])
-    return model
 
 
 def _autocast_factory(device: torch.device, mixed_precision: str) -> Callable[[], Any]:
@@ -452,8 +443,14 @@ class TrainHarness:
         self.cfg, self.text, self.train_set, self.device = cfg, text, train_set, device
         self.options = options or HarnessOptions()
         self.model = model.to(device)
-        if self.options.channels_last:
+        from .model import to_channels_last, uses_channels_last
+
+        channels_last = self.options.channels_last
+        if channels_last is None:
+            channels_last = uses_channels_last(cfg, device)
+        if channels_last:
             to_channels_last(self.model)
+        self.channels_last = channels_last
         self.model.train()
         self.forward_model = torch.compile(self.model) if self.options.compile else self.model
         self.mixed_precision = self.options.mixed_precision or resolve_mixed_precision(cfg.mixed_precision)
@@ -465,7 +462,7 @@ class TrainHarness:
             {"params": no_decay, "lr": cfg.learning_rate, "weight_decay": 0.0},
         ]
         self.params = decay + no_decay
-        fused = self.options.fused_adamw if self.options.fused_adamw is not None else device.type == "cuda"
+        fused = self.options.fused_adamw if self.options.fused_adamw is not None else True  # as Trainer
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=fused)
         self.total_steps = total_training_steps(cfg, len(train_set))
         self.lr_schedule = get_cosine_schedule_with_warmup(

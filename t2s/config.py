@@ -31,6 +31,7 @@ CHOICES: dict[str, tuple] = {
     "beta_schedule": ("linear", "scaled_linear", "cosine"),
     "prediction_type": ("epsilon", "v_prediction", "sample"),
     "mixed_precision": ("auto", "no", "fp16", "bf16"),
+    "channels_last": ("auto", True, False),
     "dataset": ("synthsign", "folder", "manifest"),
     "split_mode": ("signer_disjoint", "random"),
 }
@@ -112,7 +113,8 @@ class Config:
     warmup_steps: int = 500
     gradient_accumulation_steps: int = 8
     max_grad_norm: float = 1.0
-    mixed_precision: str = "auto"
+    mixed_precision: str = "auto"  # auto: bf16 on CUDA with bf16 and on CPUs with native bf16 (avx512_bf16/AMX), else no
+    channels_last: Union[bool, str] = "auto"  # convolution weights channels-last; auto: on CUDA, and on CPU under bf16
     # --- EMA ---
     use_ema: bool = True
     ema_decay: float = 0.9999
@@ -225,12 +227,16 @@ def _coerce_simple(key: str, value: Any, hint: Any, where: str) -> Any:
     raise bad
 
 
+def _shown(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)  # as YAML writes it
+
+
 def _check_range(cfg: Config, source: str) -> None:
     where = f"{source}: " if source else ""
     for key, allowed in CHOICES.items():
         value = getattr(cfg, key)
         if value not in allowed:
-            raise ConfigError(f"{where}key '{key}' has value {value!r}; allowed values: {', '.join(allowed)}")
+            raise ConfigError(f"{where}key '{key}' has value {value!r}; allowed values: {', '.join(_shown(a) for a in allowed)}")
     for key, (lo, hi, lo_inc, hi_inc) in RANGES.items():
         value = getattr(cfg, key)
         if value is None:

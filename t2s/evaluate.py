@@ -428,9 +428,9 @@ def evaluate_run(
     real_features = metrics.i3d_features(real, i3d) if i3d is not None and n >= 2 else None
     autocast = None
     precision = resolve_mixed_precision(cfg.mixed_precision)
-    if dev.type == "cuda" and precision in ("bf16", "fp16"):
+    if precision == "bf16" or (dev.type == "cuda" and precision == "fp16"):
         dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        autocast = lambda: torch.autocast("cuda", dtype=dtype)  # noqa: E731  (as training's validation ran)
+        autocast = lambda: torch.autocast(dev.type, dtype=dtype)  # noqa: E731  (as training's validation ran)
 
     bar = tqdm(total=n * len(weight_sets), disable=not progress, desc=f"evaluate {run.root.name}", unit="clip")
     rows, gif_entries, gif_clips = [], [], {}

@@ -131,6 +131,10 @@ class TextEncoder(nn.Module):
             mask[i, : r.shape[0]] = True
         return states, mask
 
+    def forward(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`encode`: the trainer calls the module itself, so that a DDP wrapper around it syncs the gradients."""
+        return self.encode(captions)
+
     def null(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The null caption's states, repeated: the unconditional input of classifier-free guidance."""
         states, mask = self.encode([NULL_CAPTION])

@@ -7,6 +7,11 @@ accelerate places the models, runs mixed precision and accumulates gradients; th
 Reproducibility: the shuffle order of epoch e comes from (seed, e); noise, timesteps and caption dropout come from
 one generator whose state is checkpointed; an epoch holds exactly `steps_per_epoch * accumulation` micro-batches;
 so an interrupted run resumed from its checkpoint follows the same trajectory as an uninterrupted one.
+
+Data parallel (`accelerate launch -m t2s.train` or `torchrun -m t2s.train`, see `main`): every process runs this same
+code on its slice of each global micro-batch (batch_size x world_size, in the single-process order); noise,
+timesteps and caption dropout are drawn for the global micro-batch, so N processes with batch b compute what one
+process with batch N*b would. DDP all-reduces the gradients; only the main process writes the run directory.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ from torch.utils.data import DataLoader, Sampler
 from .config import PROJECT_ROOT, Config, ConfigError, from_dict
 from .diffusion import VAL_NOISE_SEED, build_sample_scheduler, build_train_scheduler, diffusion_loss, held_out_loss, sample  # noqa: F401
 from .ema import EMA
-from .model import build_denoiser
+from .model import build_denoiser, to_channels_last, uses_channels_last
 from .rundir import (
     MEMORY_COLUMNS, TRAINING_COLUMNS, VALIDATION_COLUMNS, RunDir, append_rows, atomic_write_bytes, atomic_write_json,
     read_json, truncate_rows_after,
@@ -59,12 +64,21 @@ def now() -> str:
 
 # --------------------------------------------------------------------------------------------- small helpers
 class EpochSampler(Sampler):
-    """Indices of one epoch: a permutation from (seed, epoch), cut to `length` samples, starting at `start`."""
+    """Indices of one epoch: a permutation from (seed, epoch), cut to `length` samples, starting at `start`.
 
-    def __init__(self, n: int, seed: int, epoch: int, length: int, start: int = 0, shuffle: bool = True):
+    Data parallel: `length` and `start` count global samples and the order is the same on every rank. Each global
+    micro-batch of `batch_size * world_size` samples is cut into `world_size` slices and rank r takes the r-th, so
+    the ranks together see exactly what one process with batch_size * world_size would.
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int, length: int, start: int = 0, shuffle: bool = True,
+                 batch_size: int = 1, rank: int = 0, world_size: int = 1):
         g = torch.Generator().manual_seed(seed * 100_003 + epoch)
         order = torch.randperm(n, generator=g) if shuffle else torch.arange(n)
-        self.indices = order[:length][start:].tolist()
+        indices = order[:length][start:]
+        if world_size > 1:  # (global micro-batches, ranks, batch_size) -> this rank's slice of each
+            indices = indices.view(-1, world_size, batch_size)[:, rank].reshape(-1)
+        self.indices = indices.tolist()
 
     def __iter__(self):
         return iter(self.indices)
@@ -73,12 +87,30 @@ class EpochSampler(Sampler):
         return len(self.indices)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (avx512_bf16 or AMX); emulated bf16 would be slower than fp32."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def resolve_mixed_precision(choice: str) -> str:
+    """`mixed_precision: auto` -> bf16 on a CUDA GPU with bf16, and on a CPU with native bf16 (reference step on the
+    benchmark's CPU: 20.6 s fp32 -> 9.8 s bf16 with channels-last; see the README's Performance); else no."""
     if choice != "auto":
         return choice
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "no"
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if cpu_has_native_bf16() else "no"
+
+
+def use_cpu(cpu: bool = False) -> bool:
+    """accelerate starts several CPU processes (gloo) only when told to use the CPU: a multi-process launch on a
+    machine without CUDA (torchrun, notebook_launcher, the tests) counts as `cpu`."""
+    if cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):  # accelerate launch --cpu
+        return True
+    return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def git_commit() -> Optional[str]:
@@ -240,27 +272,37 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: Union[str, Path], progress: bool = True, cpu: bool = False):
         from accelerate import Accelerator
-        from accelerate.utils import set_seed
+        from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
         from .data import build_datasets
 
         self.cfg, self.run, self.progress = cfg, RunDir(run_dir), progress
+        # accelerate keeps one process-wide state and refuses a second Accelerator with another mixed precision; each
+        # run (several in one notebook or test process) sets its own. The process group (PartialState) is kept.
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=False)
         self.accelerator = Accelerator(
             mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
             gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-            cpu=cpu,
+            cpu=use_cpu(cpu),
         )
         self.device = self.accelerator.device
+        # data parallel: rank r of world_size processes takes the r-th slice of every global micro-batch
+        self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
+        self.is_main = self.accelerator.is_main_process  # the only process that writes the run directory
         set_seed(cfg.seed)
 
-        # data
-        self.train_set, self.val_set, self.split = build_datasets(cfg)
-        micro_per_epoch = len(self.train_set) // cfg.batch_size
+        # data (the main process first: it may generate the synthsign cache the others then read)
+        with self.accelerator.main_process_first():
+            self.train_set, self.val_set, self.split = build_datasets(cfg)
+        micro_per_epoch = len(self.train_set) // (cfg.batch_size * self.world_size)
         self.steps_per_epoch = micro_per_epoch // cfg.gradient_accumulation_steps
         if self.steps_per_epoch < 1:
             raise ConfigError(
                 f"the training split has {len(self.train_set)} clips: fewer than one optimizer step of "
                 f"batch_size {cfg.batch_size} x gradient_accumulation_steps {cfg.gradient_accumulation_steps}"
+                f" x {self.world_size} processes"
             )
         self.total_steps = cfg.num_epochs * self.steps_per_epoch
         if cfg.max_steps:
@@ -269,6 +311,8 @@ class Trainer:
         # models: the cross-attention width is the text encoder's hidden size
         self.text = build_text_encoder(cfg)
         self.denoiser = build_denoiser(cfg, self.text.hidden_size)
+        if uses_channels_last(cfg, self.device):
+            to_channels_last(self.denoiser)
         self.noise_schedule = build_train_scheduler(cfg)
 
         # optimizer: denoiser (no weight decay on biases and norms), text encoder at its own rate when trainable
@@ -281,13 +325,21 @@ class Trainer:
         text_params = self.text.trainable_parameters()
         if text_params:
             groups.append({"params": text_params, "lr": cfg.text_encoder_lr, "weight_decay": cfg.weight_decay, "name": "text_encoder"})
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=self.device.type == "cuda")
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=True)  # one kernel, on CUDA and CPU
         from diffusers.optimization import get_cosine_schedule_with_warmup
 
         self.lr_schedule = get_cosine_schedule_with_warmup(
             self.optimizer, num_warmup_steps=min(cfg.warmup_steps, self.total_steps), num_training_steps=self.total_steps
         )
-        self.denoiser, self.text, self.optimizer = self.accelerator.prepare(self.denoiser, self.text, self.optimizer)
+        self.denoiser, self.optimizer = self.accelerator.prepare(self.denoiser, self.optimizer)
+        if text_params:  # trainable: wrapped (DDP across processes) like the denoiser
+            # it holds parameters the loss never reaches (BERT's pooler), which DDP must be told to skip
+            self.accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
+            self.text = self.accelerator.prepare(self.text)
+            self.accelerator.ddp_handler = None
+        else:  # frozen: only moved (DDP refuses a module without trainable parameters)
+            self.text = self.text.to(self.device)
+        self.trained_models = [self.denoiser] + ([self.text] if text_params else [])  # their gradients are all-reduced
         self.model = self.accelerator.unwrap_model(self.denoiser)
         self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_update_every, cfg.ema_warmup) if cfg.use_ema else None
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
@@ -298,6 +350,11 @@ class Trainer:
         self.stop_requested: Optional[str] = None  # the signal's name once SIGINT/SIGTERM arrived
         self.oom_hook = None  # tests: a callable(trainer) -> bool that injects an out-of-memory error
         self.oom_events: list[dict] = []
+
+    @property
+    def global_batch_size(self) -> int:
+        """Clips per optimizer step over all processes: batch_size x gradient_accumulation_steps x world_size."""
+        return self.cfg.effective_batch_size * self.world_size
 
     # ------------------------------------------------------------------ parameter counts
     def parameter_counts(self) -> dict:
@@ -326,6 +383,7 @@ class Trainer:
             "drop_generator": self.drop_generator.get_state(),
             "rng": rng_state(),
             "config": self.cfg.to_dict(),
+            "world_size": self.world_size,  # a resume with another world size maps the position (map_world_size)
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -352,27 +410,75 @@ class Trainer:
             self.set_micro_batch(saved["batch_size"], saved["gradient_accumulation_steps"])
         check_resumable(saved, self.cfg, path)
         self.load_state_dict(state)
-        for csv_path in (self.run.training_csv, self.run.validation_csv, self.run.memory_csv):
-            truncate_rows_after(csv_path, self.step)
-        print(f"Resumed from {path} at optimizer step {self.step} (epoch {self.epoch + 1}).")
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.world_size:
+            self.map_world_size(saved_world)
+        if self.is_main:
+            for csv_path in (self.run.training_csv, self.run.validation_csv, self.run.memory_csv):
+                truncate_rows_after(csv_path, self.step)
+            print(f"Resumed from {path} at optimizer step {self.step} (epoch {self.epoch + 1}).")
 
-    def checkpoint(self, name: Optional[str] = None) -> Path:
+    def map_world_size(self, saved_world: int) -> None:
+        """Resume a checkpoint written by another number of processes. The optimizer step count and the epoch are
+        kept; the position within the epoch's (world-size independent) sample order is mapped by global samples
+        consumed, rounded down to a whole optimizer step of the new global batch (a few samples may be seen twice).
+        The effective batch changes with the world size (the learning rate is not rescaled), so the run no longer
+        follows the trajectory of an uninterrupted one; a warning says so and metadata.json records it."""
+        import warnings
+
+        cfg = self.cfg
+        consumed = self.micro * cfg.batch_size * saved_world  # global samples of this epoch already trained on
+        per_step = cfg.batch_size * cfg.gradient_accumulation_steps * self.world_size
+        self.micro = consumed // per_step * cfg.gradient_accumulation_steps
+        restart = self.micro * cfg.batch_size * self.world_size
+        seen_again = consumed - restart
+        if self.micro >= self.steps_per_epoch * cfg.gradient_accumulation_steps:  # the new, shorter epoch is over
+            self.epoch, self.micro, restart, seen_again = self.epoch + 1, 0, 0, 0
+        change = {
+            "step": self.step, "epoch": self.epoch, "from_world_size": saved_world, "to_world_size": self.world_size,
+            "from_effective_batch_size": cfg.effective_batch_size * saved_world,
+            "to_effective_batch_size": cfg.effective_batch_size * self.world_size,
+            "samples_seen_again": seen_again,
+        }
+        note = (
+            f"resumed with {self.world_size} processes from a checkpoint written by {saved_world}: optimizer step "
+            f"{self.step} and epoch {self.epoch + 1} kept, the position in the epoch mapped by global samples consumed "
+            f"({consumed} -> restart at sample {restart}); the effective batch changes from "
+            f"{change['from_effective_batch_size']} to {change['to_effective_batch_size']} (learning rate not rescaled) "
+            f"and the schedule runs to {self.total_steps} steps, so the run no longer matches an uninterrupted one"
+        )
+        if self.is_main:
+            warnings.warn(note, RuntimeWarning, stacklevel=2)
+            changes = self.run.read_metadata().get("world_size_changes") or []
+            self.run.update_metadata(world_size_changes=changes + [{**change, "note": note}])
+
+    def checkpoint(self, name: Optional[str] = None) -> Optional[Path]:
+        """Written by the main process only (the weights, EMA and optimizer state are the same on every rank)."""
+        if not self.is_main:
+            return None
         name = name or f"epoch_{self.epoch}.pt"
         return save_checkpoint(self.run, name, self.state_dict(), self.cfg.keep_checkpoints)
 
     def checkpoint_if_new(self) -> None:
         """A checkpoint for the current step unless one exists: epoch_N.pt at an epoch's end, else step_S.pt."""
+        if not self.is_main:
+            return
         ckpts = list_checkpoints(self.run)
         if not ckpts or ckpts[-1]["step"] != self.step:
             self.checkpoint(f"epoch_{self.epoch}.pt" if self.micro == 0 else f"step_{self.step}.pt")
 
     # ------------------------------------------------------------------ text conditioning
     def condition(self, captions: list[str], drop: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token states for captions; with `drop`, each caption is replaced by the null caption with cond_drop_prob."""
+        """Token states for captions; with `drop`, each caption is replaced by the null caption with cond_drop_prob.
+
+        The dropout mask is drawn for the global micro-batch and this rank keeps its slice, so any world size draws
+        the same numbers. The call goes through the prepared module (DDP all-reduces a trainable encoder's grads)."""
         if drop and self.cfg.cond_drop_prob > 0:
-            keep = torch.rand(len(captions), generator=self.drop_generator) >= self.cfg.cond_drop_prob
+            b = len(captions)
+            keep = torch.rand(b * self.world_size, generator=self.drop_generator) >= self.cfg.cond_drop_prob
+            keep = keep[self.rank * b:(self.rank + 1) * b]
             captions = [c if k else "" for c, k in zip(captions, keep.tolist())]
-        return self.accelerator.unwrap_model(self.text).encode(captions)
+        return self.text(captions)
 
     # ------------------------------------------------------------------ validation: fixed timesteps, fixed noise
     def held_out_loss(self) -> float:
@@ -382,6 +488,10 @@ class Trainer:
                              autocast=self.accelerator.autocast)
 
     def validate(self) -> dict:
+        """The held-out loss of the raw and EMA weights, one CSV row. Main process only: the weights are the same
+        on every rank, and the others meet it again at the next gradient all-reduce."""
+        if not self.is_main:
+            return {}
         raw = self.held_out_loss()
         ema = None
         if self.ema:
@@ -398,6 +508,9 @@ class Trainer:
     # ------------------------------------------------------------------ samples
     @torch.no_grad()
     def samples(self) -> list[dict]:
+        """Clips for the sample prompts, written as GIFs (main process only)."""
+        if not self.is_main:
+            return []
         cfg = self.cfg
         weights = "ema" if self.ema else "raw"
         was_training = self.denoiser.training
@@ -426,10 +539,13 @@ class Trainer:
         if self.oom_hook is not None and self.oom_hook(self):
             raise torch.OutOfMemoryError("injected out-of-memory error (test hook)")
         grad_norm = None
-        with acc.accumulate(self.denoiser):
+        with acc.accumulate(*self.trained_models):  # no gradient all-reduce until the last micro-batch of a step
             context, mask = self.condition(captions, drop=True)
-            noise = torch.randn(clips.shape, generator=self.generator, device=self.device)
-            t = torch.randint(0, cfg.num_train_timesteps, (clips.shape[0],), generator=self.generator, device=self.device)
+            # noise and timesteps of the global micro-batch (b x world_size), this rank's slice: every world size
+            # draws the same numbers for the same sample
+            b, mine = clips.shape[0], slice(self.rank * clips.shape[0], (self.rank + 1) * clips.shape[0])
+            noise = torch.randn((b * self.world_size, *clips.shape[1:]), generator=self.generator, device=self.device)[mine]
+            t = torch.randint(0, cfg.num_train_timesteps, (b * self.world_size,), generator=self.generator, device=self.device)[mine]
             with acc.autocast():
                 loss = diffusion_loss(self.denoiser, self.noise_schedule, clips, noise, t, context, mask)
             acc.backward(loss)
@@ -444,6 +560,12 @@ class Trainer:
     def halve_micro_batch(self, error: BaseException) -> None:
         """Out of memory: halve the micro-batch, double accumulation (same effective batch), redo the current step."""
         cfg = self.cfg
+        if self.world_size > 1:  # the other ranks are already waiting in the all-reduce: no way to redo the step
+            raise RuntimeError(
+                f"out of memory on rank {self.rank} at optimizer step {self.step + 1} ({error}); with several "
+                f"processes the micro-batch is not halved automatically: resume with a smaller batch_size and a larger "
+                f"gradient_accumulation_steps (same product), or -p gradient_checkpointing=true."
+            ) from error
         if cfg.batch_size == 1:
             raise RuntimeError(
                 f"out of memory at optimizer step {self.step + 1} with batch_size 1 ({error}). Try fewer frames "
@@ -490,14 +612,29 @@ class Trainer:
 
         return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
 
+    def stop_now(self, log_point: bool) -> bool:
+        """Whether a signal asks to stop after this optimizer step. One process: at once. Several: the ranks agree
+        at log points (one all-reduce where the losses are read anyway), so that all stop after the same step."""
+        if self.world_size == 1:
+            return bool(self.stop_requested)
+        if not log_point:
+            return False
+        asked = torch.tensor([1.0 if self.stop_requested else 0.0], device=self.device)
+        if self.accelerator.reduce(asked, "sum").item() == 0:
+            return False
+        self.stop_requested = self.stop_requested or "a signal to another rank"
+        return True
+
     def fit(self, stop_after: Optional[int] = None) -> dict:
         from torch.utils.tensorboard import SummaryWriter
         from tqdm.auto import tqdm
 
-        self.writer = SummaryWriter(str(self.run.tensorboard), purge_step=self.step if self.step else None)
-        if self.step == 0 and not self.run.validation_csv.exists():
+        if self.is_main:  # every file of the run directory comes from the main process
+            self.writer = SummaryWriter(str(self.run.tensorboard), purge_step=self.step if self.step else None)
+        if self.step == 0 and self.is_main and not self.run.validation_csv.exists():
             self.validate()  # the step-0 held-out loss, the reference the curve is read against
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress, desc=self.cfg.run_name, unit="step")
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.progress and self.is_main),
+                   desc=self.cfg.run_name, unit="step")
         old_handlers = self._install_signal_handlers()
         try:
             stopped = self._loop(bar, stop_after)
@@ -508,8 +645,11 @@ class Trainer:
                 signal.signal(sig, handler)
             bar.close()
         if stopped:
-            self.writer.close()
+            if self.writer:
+                self.writer.close()
             return {"stopped_at": self.step, "signal": self.stop_requested}
+        if not self.is_main:
+            return {}
         final_val = self.validate() if self._last_val_step() != self.step else self._last_val_row()
         if self.step % self.cfg.sample_every:
             self.samples()
@@ -525,7 +665,10 @@ class Trainer:
         while self.step < self.total_steps and not stopped:
             cfg, acc = self.cfg, self.accelerator  # the micro-batch may change on out-of-memory
             micro_per_epoch = self.steps_per_epoch * cfg.gradient_accumulation_steps
-            sampler = EpochSampler(len(self.train_set), cfg.seed, self.epoch, micro_per_epoch * cfg.batch_size, self.micro * cfg.batch_size)
+            global_batch = cfg.batch_size * self.world_size  # one micro-batch over all ranks
+            sampler = EpochSampler(len(self.train_set), cfg.seed, self.epoch, micro_per_epoch * global_batch,
+                                   self.micro * global_batch, batch_size=cfg.batch_size, rank=self.rank,
+                                   world_size=self.world_size)
             loader = DataLoader(
                 self.train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
                 pin_memory=self.device.type == "cuda", persistent_workers=False, drop_last=True,
@@ -556,14 +699,15 @@ class Trainer:
                 step_loss.zero_()
                 window_steps += 1
                 bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step >= self.total_steps:
+                log_point = self.step % cfg.log_every == 0 or self.step >= self.total_steps
+                if log_point:
                     self.train_seconds += time.perf_counter() - t0
                     t0 = time.perf_counter()
                     self.flush_logs(pending, time.perf_counter() - window_start, window_steps, bar)
                     pending, window_start, window_steps = [], time.perf_counter(), 0
                 if self.step % cfg.sample_every == 0:
                     self.samples()
-                if self.step >= self.total_steps or (stop_after is not None and self.step >= stop_after) or self.stop_requested:
+                if self.step >= self.total_steps or (stop_after is not None and self.step >= stop_after) or self.stop_now(log_point):
                     stopped = self.step < self.total_steps
                     break
             self.train_seconds += time.perf_counter() - t0
@@ -596,10 +740,16 @@ class Trainer:
             return -1
 
     def flush_logs(self, pending: list[dict], seconds: float, steps: int, bar) -> None:
-        """Read the per-step losses (one host-device sync per log window), check them, write CSV/TensorBoard rows."""
+        """Read the per-step losses (one host-device sync per log window), check them, write CSV/TensorBoard rows.
+
+        Several processes: the logged loss is the mean over ranks (one all-reduce per log window, on every rank);
+        the gradient norm is already global (taken after the all-reduce); the main process writes."""
         if not pending:
             return
-        losses = torch.stack([p["loss"] for p in pending]).float().cpu().tolist()
+        losses = torch.stack([p["loss"] for p in pending]).float()
+        if self.world_size > 1:
+            losses = self.accelerator.reduce(losses, "mean")
+        losses = losses.cpu().tolist()
         norms = [float(p["grad_norm"]) if p["grad_norm"] is not None else None for p in pending]
         for p, value in zip(pending, losses):
             if not math.isfinite(value):
@@ -609,8 +759,10 @@ class Trainer:
                     f"the training loss became {value} at optimizer step {p['step']} (epoch {p['epoch'] + 1}); the run "
                     f"stopped and {where}. Try a lower learning_rate, mixed_precision 'no' or a smaller max_grad_norm."
                 )
+        if not self.is_main:
+            return
         step_time = seconds / max(1, steps)
-        clips_per_s = self.cfg.effective_batch_size / step_time if step_time > 0 else None
+        clips_per_s = self.global_batch_size / step_time if step_time > 0 else None
         mem = memory_gb(self.device)
         rows = []
         stamp = now()
@@ -667,7 +819,9 @@ def _summary(trainer: Trainer, final_val: dict) -> dict:
         "train_time_hours": hours,
         "peak_memory_gb": float(mem["peak_gb"].max()) if mem is not None else None,
         "mean_memory_gb": float(mem["allocated_gb"].mean()) if mem is not None else None,
-        "clips_per_s": steps * trainer.cfg.effective_batch_size / trainer.train_seconds if trainer.train_seconds else None,
+        "clips_per_s": steps * trainer.global_batch_size / trainer.train_seconds if trainer.train_seconds else None,
+        "world_size": trainer.world_size,
+        "effective_batch_size": trainer.global_batch_size,  # batch_size x gradient_accumulation_steps x world_size
         "val_loss_step0": float(val["val_loss_raw"].iloc[0]),
         "val_loss_raw": final_val["val_loss_raw"],
         "val_loss_ema": final_val["val_loss_ema"] if trainer.cfg.use_ema else None,
@@ -706,46 +860,60 @@ def train(config: Config, run_dir: Union[str, Path], progress: bool = True, stop
 
     `stop_after` ends the run after that many optimizer steps with a resumable checkpoint (status "interrupted"),
     as a pre-emption would; `train` again resumes it.
+
+    Under `accelerate launch` or `torchrun` every process calls this; they train data parallel and only the main
+    process writes the run directory. Every process returns once the run directory is complete.
     """
+    from accelerate import PartialState
+
     if not isinstance(config, Config):
         config = from_dict(dict(config))
+    state = PartialState(cpu=use_cpu())  # joins the process group of a multi-process launch (a no-op alone)
+    main = state.is_main_process
     run = RunDir(run_dir)
-    run.make()
-    resume = find_resume_point(run, config)
+    resume = find_resume_point(run, config)  # every process reads the same files...
     resume_path = resume[0] if resume else None
-    atomic_write_json(run.config, config.to_dict())
     meta = run.read_metadata()
+    state.wait_for_everyone()  # ...before the main process writes any
+    if main:
+        run.make()
+        atomic_write_json(run.config, config.to_dict())
     trainer = Trainer(config, run_dir, progress=progress)
-    run.update_metadata(
-        status="running", error=None,
-        start_time=meta.get("start_time") or now(), end_time=None, resumed_from=str(resume_path) if resume_path else None,
-        git_commit=git_commit(), host=platform.node(), device_name=device_name(trainer.device),
-        torch_version=torch.__version__, cuda_version=torch.version.cuda, packages=package_versions(),
-        parameters=trainer.parameter_counts(), split=trainer.split, steps_per_epoch=trainer.steps_per_epoch,
-        total_steps=trainer.total_steps, effective_batch_size=config.effective_batch_size,
-        world_size=trainer.accelerator.num_processes, mixed_precision=trainer.accelerator.mixed_precision,
-    )
+    if main:
+        run.update_metadata(
+            status="running", error=None,
+            start_time=meta.get("start_time") or now(), end_time=None, resumed_from=str(resume_path) if resume_path else None,
+            git_commit=git_commit(), host=platform.node(), device_name=device_name(trainer.device),
+            torch_version=torch.__version__, cuda_version=torch.version.cuda, packages=package_versions(),
+            parameters=trainer.parameter_counts(), split=trainer.split, steps_per_epoch=trainer.steps_per_epoch,
+            total_steps=trainer.total_steps, effective_batch_size=trainer.global_batch_size,
+            world_size=trainer.world_size, mixed_precision=trainer.accelerator.mixed_precision,
+        )
     if resume:
         trainer.resume(*resume)
-    else:  # a fresh start (perhaps after a crash before the first checkpoint): no rows from an earlier attempt
+    elif main:  # a fresh start (perhaps after a crash before the first checkpoint): no rows from an earlier attempt
         for csv_path in (run.training_csv, run.validation_csv, run.memory_csv):
             csv_path.unlink(missing_ok=True)
     try:
         final_val = trainer.fit(stop_after=stop_after)
     except BaseException as exc:
-        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        run.update_metadata(status=status, error=f"{type(exc).__name__}: {exc}", end_time=now())
+        if main:
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            run.update_metadata(status=status, error=f"{type(exc).__name__}: {exc}", end_time=now())
         raise
     if "stopped_at" in final_val:
-        why = f"{final_val['signal']} received" if final_val.get("signal") else "stopped on request"
-        run.update_metadata(status="interrupted", error=why, end_time=now())
-        print(f"{why}: checkpoint written at optimizer step {final_val['stopped_at']} in {run.checkpoints}; "
-              f"run the same command again to resume.")
+        if main:
+            why = f"{final_val['signal']} received" if final_val.get("signal") else "stopped on request"
+            run.update_metadata(status="interrupted", error=why, end_time=now())
+            print(f"{why}: checkpoint written at optimizer step {final_val['stopped_at']} in {run.checkpoints}; "
+                  f"run the same command again to resume.")
+        state.wait_for_everyone()
         return RunResult(run.root, {}, "interrupted")
-    summary = _summary(trainer, final_val)
-    atomic_write_json(run.summary, summary)
-    run.update_metadata(status="finished", end_time=now())
-    return RunResult(run.root, summary, "finished")
+    if main:
+        atomic_write_json(run.summary, _summary(trainer, final_val))
+        run.update_metadata(status="finished", end_time=now())
+    state.wait_for_everyone()  # the others return once the run directory is complete
+    return RunResult(run.root, read_json(run.summary, {}), "finished")
 
 
 def load_run_models(run_dir: Union[str, Path], weights: str = "ema", device: Optional[str] = None):
@@ -791,3 +959,88 @@ def generate(run_dir: Union[str, Path], prompts: list[str], weights: str = "ema"
         results.append({"prompt": prompt, "gif_path": path, "clip": clip.cpu()})
     atomic_write_json(out / f"{weights}_seed{seed}.json", [{"prompt": r["prompt"], "file": r["gif_path"].name} for r in results])
     return results
+
+
+# --------------------------------------------------------------------------------------------- several processes
+def free_port() -> int:
+    """A TCP port free on this machine now, for a local process group's rendezvous."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_processes(config: Config, run_dir: Union[str, Path], num_processes: int = 1, progress: bool = True) -> RunResult:
+    """`train` on `num_processes` local processes (one per GPU; CPU processes with gloo where there is no CUDA)
+    through accelerate's `notebook_launcher`, from a notebook or any Python session; 1 calls `train` here.
+
+    The processes are forked: nothing in this session may have created an accelerate `Accelerator` before (a run
+    trained here in this kernel does), and CUDA must not be initialized yet."""
+    if num_processes <= 1:
+        return train(config, run_dir, progress=progress)
+    from accelerate import notebook_launcher
+
+    notebook_launcher(_train_launched, args=(config, run_dir, progress), num_processes=num_processes,
+                      use_port=str(free_port()))
+    run = RunDir(run_dir)
+    return RunResult(run.root, read_json(run.summary, {}) or {}, run.status or "failed")
+
+
+def _train_launched(config: Config, run_dir: Union[str, Path], progress: bool) -> None:
+    """One process of `train_processes`. A forked process cannot draw in a notebook: transformers' weight-loading
+    bar is switched off (`progress` decides the training bar's)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    train(config, run_dir, progress=progress)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """`python -m t2s.train --params FILE [--scale S] [-p key=value ...] [--run-dir DIR]`; the same command runs data
+    parallel under `accelerate launch -m t2s.train ...` or `torchrun -m t2s.train ...` (one process per GPU)."""
+    import argparse
+    import sys
+
+    from .config import load_config
+    from .data import DataError
+
+    parser = argparse.ArgumentParser(
+        prog="python -m t2s.train",
+        description="Train one variant into a run directory; under accelerate launch or torchrun, on every process.",
+    )
+    parser.add_argument("--params", required=True, metavar="FILE",
+                        help="the variant's YAML file (params/baseline.yaml) or its name (baseline)")
+    parser.add_argument("--scale", default="tiny", metavar="S",
+                        help="params/scales/<S>.yaml or a YAML path, merged under --params (default tiny; 'none': no scale file)")
+    parser.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (repeatable), read as YAML")
+    parser.add_argument("--run-dir", metavar="DIR", help="default: executed/<study>/<variant>-seed<seed>")
+    parser.add_argument("--study", default="default", help="the study folder of the default run directory")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    loud = int(os.environ.get("RANK", "0")) == 0  # one error message for all processes
+    try:
+        params = Path(args.params)
+        if (params.suffix in (".yaml", ".yml") or len(params.parts) > 1) and not params.is_file():
+            raise ConfigError(f"--params: params file not found: {params}")
+        scale = None if args.scale.lower() == "none" else args.scale
+        cfg = load_config(args.params, scale, args.param)
+        run_dir = Path(args.run_dir) if args.run_dir else PROJECT_ROOT / "executed" / args.study / cfg.run_name
+        result = train(cfg, run_dir, progress=not args.no_progress)
+    except (ConfigError, DataError, FileNotFoundError) as exc:
+        if loud:
+            print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if loud:
+        print(f"{result.status}: {result.run_dir}")
+    return 0
+
+
+if __name__ == "__main__":  # python -m t2s.train: run the package's copy of this module (t2s imports it first)
+    from t2s.train import main as _main
+
+    raise SystemExit(_main())

@@ -185,6 +185,25 @@ def test_reference_scale_completes_one_optimizer_step(synth_dir, tmp_path):
     print(f"reference-scale parameters: {trainer.parameter_counts()}")
 
 
+def test_bf16_channels_last_training_runs_and_its_checkpoint_loads_anywhere(synth_dir, tmp_path):
+    """The CPU fast path (`mixed_precision: auto` picks it on CPUs with native bf16): bf16 autocast with channels-last
+    convolution weights trains with finite losses, and its checkpoint loads into a plain fp32 model for generation."""
+    run_dir = tmp_path / "bf16-seed0"
+    cfg = micro(synth_dir, mixed_precision="bf16", channels_last=True, max_steps=4)
+    trainer = Trainer(cfg, run_dir, progress=False)
+    convs = [m.weight for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert trainer.accelerator.mixed_precision == "bf16"
+    del trainer
+    result = t2s.train(cfg, run_dir, progress=False)
+    losses = [float(r["loss"]) for r in read_csv(run_dir / "logs" / "training_metrics.csv")]
+    assert result.status == "finished" and losses and all(map(torch.isfinite, torch.tensor(losses)))
+    assert json.loads((run_dir / "metadata.json").read_text())["mixed_precision"] == "bf16"
+    clips = t2s.generate(run_dir, ["hello"], out_dir=tmp_path / "gen")
+    assert clips[0]["clip"].shape == (3, cfg.num_frames, cfg.image_size, cfg.image_size)
+    assert torch.isfinite(clips[0]["clip"]).all()
+
+
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(synth_dir, tmp_path, monkeypatch):
     import importlib
 
