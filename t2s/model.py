@@ -72,7 +72,7 @@ class ResBlock(nn.Module):
         self.conv2 = zero(nn.Conv2d(out_ch, out_ch, 3, padding=1))
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
         self.temporal_norm = group_norm(out_ch)
-        self.temporal_conv = nn.Conv1d(out_ch, out_ch, 3, padding=1)
+        self.temporal_conv = nn.Conv3d(out_ch, out_ch, (3, 1, 1), padding=(1, 0, 0))  # across frames only
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, frames: int) -> torch.Tensor:
         # x: (b f) c h w ; emb: (b f) e
@@ -80,10 +80,11 @@ class ResBlock(nn.Module):
         scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
         h = self.norm2(h) * (1 + scale) + shift
         x = self.skip(x) + self.conv2(F.silu(h))
-        hw = x.shape[-2:]
-        t = rearrange(self.temporal_norm(x), "(b f) c h w -> (b h w) c f", f=frames)
-        t = self.temporal_conv(F.silu(t))
-        return x + rearrange(t, "(b h w) c f -> (b f) c h w", h=hw[0], w=hw[1])
+        # (b f) c h w -> b c f h w as a view: with channels-last weights the activations are (b f) h w c in memory,
+        # which is b f h w c, i.e. channels_last_3d of b c f h w, so the temporal conv runs with no copy either way
+        t = F.silu(self.temporal_norm(x)).unflatten(0, (-1, frames)).transpose(1, 2)
+        t = self.temporal_conv(t)
+        return x + t.transpose(1, 2).flatten(0, 1)
 
 
 class SpaceTimeTransformer(nn.Module):
