@@ -554,6 +554,14 @@ def _add_band(fig: go.Figure, curves: pd.DataFrame, color: str, group: str, **wh
                   **where)
 
 
+def _add_mean_curve(fig: go.Figure, curves: pd.DataFrame, color: str, group: str, name: str, mode: str = "lines",
+                    **line) -> None:
+    """The seeds' min–max band and their mean (curves: one column per seed, indexed by step)."""
+    _add_band(fig, curves, color, group)
+    fig.add_trace(go.Scatter(x=curves.index, y=curves.mean(axis=1), mode=mode, legendgroup=group, name=name,
+                             line=dict(color=color, **line)))
+
+
 def _layout(fig: go.Figure, title: str, **axes) -> go.Figure:
     fig.update_layout(title=title, template="plotly_white", height=axes.pop("height", 420),
                       legend=dict(groupclick="togglegroup"), margin=dict(t=60, l=60, r=20, b=50), **axes)
@@ -574,9 +582,7 @@ def loss_figure(runs: Union[Study, Sequence[Run]], smoothing: float = 0.6, show_
             raw = _seed_curves(variant_runs, "training", "loss")
             fig.add_trace(go.Scatter(x=raw.index, y=raw.mean(axis=1), mode="lines", name=f"{variant} (raw)",
                                      line=dict(color=_rgba(color, 0.35), width=1), legendgroup=variant))
-        _add_band(fig, curves, color, variant)
-        fig.add_trace(go.Scatter(x=curves.index, y=curves.mean(axis=1), mode="lines", legendgroup=variant,
-                                 name=f"{variant} (n={curves.shape[1]})", line=dict(color=color, width=2)))
+        _add_mean_curve(fig, curves, color, variant, f"{variant} (n={curves.shape[1]})", width=2)
     if not fig.data:
         return None
     band = ", band: min–max over seeds" if any(len(r) > 1 for _, r in groups) else ""
@@ -595,9 +601,8 @@ def validation_figure(runs: Union[Study, Sequence[Run]]) -> Optional[go.Figure]:
             if curves.empty:
                 continue
             group = f"{variant} {label}"
-            _add_band(fig, curves, colors[variant], group)
-            fig.add_trace(go.Scatter(x=curves.index, y=curves.mean(axis=1), mode="lines+markers", legendgroup=group,
-                                     name=f"{variant}, {label} weights", line=dict(color=colors[variant], dash=dash)))
+            _add_mean_curve(fig, curves, colors[variant], group, f"{variant}, {label} weights", "lines+markers",
+                            dash=dash)
     if not fig.data:
         return None
     return _layout(fig, "Validation loss: raw weights (dashed) vs EMA weights (solid)",
@@ -662,9 +667,7 @@ def throughput_figure(runs: Union[Study, Sequence[Run]], smoothing: float = 0.6)
         curves = _seed_curves(variant_runs, "training", "clips_per_s", smoothing)
         if curves.empty:
             continue
-        _add_band(fig, curves, colors[variant], variant)
-        fig.add_trace(go.Scatter(x=curves.index, y=curves.mean(axis=1), mode="lines", name=variant,
-                                 legendgroup=variant, line=dict(color=colors[variant])))
+        _add_mean_curve(fig, curves, colors[variant], variant, variant)
     if not fig.data:
         return None
     return _layout(fig, "Throughput", xaxis_title="optimizer step", yaxis_title="clips per second")
