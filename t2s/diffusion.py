@@ -11,6 +11,7 @@ from typing import Callable, Optional
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
+MAX_ETA = 1.0 - 1e-4  # see sample()
 VAL_NOISE_SEED = 20240611  # fixed noise for the held-out loss: identical across variants and seeds
 _BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "squaredcos_cap_v2"}
 
@@ -82,6 +83,10 @@ def sample(
     if initial_noise is None:
         initial_noise = torch.randn(shape, generator=generator, device="cpu" if generator is None else generator.device)
     x = initial_noise.to(device)
+    # DDIM's step takes sqrt(1 - alpha_prev - std^2), which is exactly sqrt(0) at the first step with zero terminal SNR
+    # and eta 1; float rounding made that sqrt(-tiny) = NaN for the cosine and scaled_linear schedules. A hair below 1
+    # keeps it positive and changes the sampler by nothing measurable.
+    eta = min(eta, MAX_ETA)
     scheduler.set_timesteps(num_inference_steps, device=device)
     steps = scheduler.timesteps
     for t in progress(steps) if progress else steps:
