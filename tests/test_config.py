@@ -56,6 +56,8 @@ def test_an_unknown_key_names_the_closest_valid_one(params):
     ("image_size=30", r"key 'image_size' has value 30; it must be divisible by 2\*\*\(len\(channel_mult\)-1\) = 4"),
     ("prediction_type=epsilon", r"'prediction_type' is 'epsilon' but zero_terminal_snr is true"),
     ("dataset=folder", r"dataset 'folder' needs key 'data_dir'"),
+    ("channels_last=sometimes", r"key 'channels_last' has value 'sometimes'; allowed values: auto, true, false"),
+    ("mixed_precision=fp8", r"key 'mixed_precision' has value 'fp8'; allowed values: auto, no, fp16, bf16"),
 ])
 def test_a_wrong_value_names_the_key_and_what_is_allowed(override, message):
     with pytest.raises(ConfigError, match=message):
