@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 
@@ -37,6 +38,9 @@ def zero(module: nn.Module) -> nn.Module:
     return module
 
 
+SHORT_KEYS = 64  # CPU attention over at most this many keys takes PyTorch's math path (see Attention.forward)
+
+
 class Attention(nn.Module):
     """Multi-head attention through F.scaled_dot_product_attention. x (N, L, C), context (N, S, Cc) or None."""
 
@@ -52,7 +56,13 @@ class Attention(nn.Module):
         k, v = self.to_kv(x if context is None else context).chunk(2, dim=-1)
         q, k, v = (rearrange(a, "n l (h d) -> n h l d", h=self.heads) for a in (q, k, v))
         attn_mask = None if mask is None else mask[:, None, None, :]  # (N, 1, 1, S): True = attend
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        if q.device.type == "cpu" and k.shape[-2] <= SHORT_KEYS:
+            # on CPU the flash kernel is slow for short sequences (temporal attention over 16 frames: forward +
+            # backward 69 ms flash vs 11 ms math; 64 keys: 13 vs 7 ms); the math path is fast and small there
+            with sdpa_kernel(SDPBackend.MATH):
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.to_out(rearrange(out, "n h l d -> n l (h d)"))
 
 
