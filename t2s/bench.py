@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from .config import PROJECT_ROOT, Config, ConfigError, load_config
+from .evaluate import proc_status_bytes
 
 PHASES = ("data", "text", "forward_backward", "grad_clip", "optimizer", "ema")
 DEFAULT_OUT = PROJECT_ROOT / "reports" / "bench"
@@ -279,12 +280,9 @@ class PeakMemory:
     def read_bytes(self) -> int:
         if self.device.type == "cuda":
             return int(torch.cuda.max_memory_allocated(self.device))
-        try:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        except OSError:
-            pass
+        peak = proc_status_bytes("VmHWM")
+        if peak is not None:
+            return peak
         import resource
 
         self.resettable = False
@@ -292,13 +290,7 @@ class PeakMemory:
 
     @staticmethod
     def _rss() -> int:
-        try:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return 0
+        return proc_status_bytes("VmRSS") or 0
 
     def read(self) -> dict:
         peak = self.read_bytes()
@@ -443,7 +435,8 @@ class TrainHarness:
         self.cfg, self.text, self.train_set, self.device = cfg, text, train_set, device
         self.options = options or HarnessOptions()
         self.model = model.to(device)
-        from .model import to_channels_last, uses_channels_last
+        from .model import to_channels_last
+        from .train import uses_channels_last
 
         channels_last = self.options.channels_last
         if channels_last is None:

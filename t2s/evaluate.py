@@ -200,11 +200,12 @@ def compare_clips(
 
 
 # --------------------------------------------------------------------------------------------- cost helpers
-def _vm_hwm_bytes() -> Optional[int]:
+def proc_status_bytes(field: str) -> Optional[int]:
+    """A memory line of /proc/self/status ("VmHWM": peak resident set, "VmRSS": current) in bytes; None off Linux."""
     try:
         with open("/proc/self/status", encoding="ascii") as fh:
             for line in fh:
-                if line.startswith("VmHWM:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         return None
@@ -227,7 +228,7 @@ class PeakMemory:
         try:
             with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
                 fh.write("5")  # Linux: reset the peak RSS (VmHWM) to the current RSS
-            self._hwm = _vm_hwm_bytes() is not None
+            self._hwm = proc_status_bytes("VmHWM") is not None
         except OSError:
             pass
         if not self._hwm:
@@ -249,7 +250,7 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             self.peak_gb = torch.cuda.max_memory_allocated(self.device) / 1e9
         elif self._hwm:
-            self.peak_gb = (_vm_hwm_bytes() or 0) / 1e9
+            self.peak_gb = (proc_status_bytes("VmHWM") or 0) / 1e9
         else:
             self._stop.set()
             self._thread.join()
