@@ -265,17 +265,6 @@ def build_denoiser(cfg, context_dim: int) -> VideoUNet:
     )
 
 
-def uses_channels_last(cfg, device: torch.device) -> bool:
-    """Whether training keeps the convolution weights channels-last (`channels_last`: auto, true, false). auto: on
-    CUDA, and on a CPU when training in bf16 (oneDNN's NHWC bf16 convolutions: the reference step 20.6 s -> 9.8 s on
-    the benchmark's CPU, where fp32 or the tiny scale's small convolutions gained nothing; see the README)."""
-    if cfg.channels_last != "auto":
-        return bool(cfg.channels_last)
-    from .train import resolve_mixed_precision
-
-    return device.type == "cuda" or resolve_mixed_precision(cfg.mixed_precision) == "bf16"
-
-
 def to_channels_last(model: nn.Module) -> nn.Module:
     """Convolution weights in channels-last layout (4-D: NHWC, 5-D: NDHWC), in place; oneDNN and cuDNN then run the
     convolutions in that layout and hand it on to the ops that follow. `model.to(memory_format=...)` would refuse
