@@ -80,6 +80,10 @@ class Config:
     variant: str = "baseline"
     scale: str = "tiny"
     description: str = ""
+    # --- the question a variant answers (read by the report; never changes training) ---
+    compare_to: Optional[str] = None  # the variant this one is compared with, e.g. "baseline"
+    question: str = ""  # e.g. "Does fine-tuning the text encoder help?"
+    primary_metric: str = ""  # the metric that decides the answer; "" = the report's default (validation loss)
     # --- video and denoiser ---
     image_size: int = 64
     num_frames: int = 16

@@ -43,7 +43,8 @@ from .text import build_text_encoder
 # Keys that may differ between a checkpoint's config and the config that resumes it (they do not change the math).
 RESUMABLE_CHANGES = {
     "max_steps", "num_epochs", "resume_from", "log_every", "sample_every", "save_every", "keep_checkpoints",
-    "num_workers", "sample_prompts", "description", "eval_num_clips", "val_max_clips",
+    "num_workers", "sample_prompts", "description", "eval_num_clips", "val_max_clips", "compare_to", "question",
+    "primary_metric",
 }
 
 
