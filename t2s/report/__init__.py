@@ -1,0 +1,24 @@
+"""From run directories to tables, statistics, figures and findings: everything the analysis notebook shows.
+
+    from t2s import report
+    study = report.load_study("quickstart")
+    report.show(report.findings_html(study))
+
+The rooms, in reading order (each imports only those before it):
+    load      what a metric is; a run and a study read from executed/<study>/; each run's metric values
+    stats     means and intervals over seeds, paired and Welch differences, Holm's adjustment
+    tables    the comparison table (also written as CSV/Markdown), run status, paths shown in a shared report
+    figures   Plotly figures (one helper draws every per-variant seed band)
+    samples   GIF sample grids
+    findings  the study's questions (declared by the variant files) answered from the numbers
+    pages     the overview and provenance sections
+    notebook  display in a notebook and the ipywidgets explorer
+"""
+from .load import *  # noqa: F401,F403
+from .stats import *  # noqa: F401,F403
+from .tables import *  # noqa: F401,F403
+from .figures import *  # noqa: F401,F403
+from .samples import *  # noqa: F401,F403
+from .findings import *  # noqa: F401,F403
+from .pages import *  # noqa: F401,F403
+from .notebook import *  # noqa: F401,F403

@@ -1,0 +1,250 @@
+"""Plotly figures: training curves with a seed band per variant, metric bars, change versus the baseline."""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .load import BASELINE, Run, Study, _variant_order, available_metrics
+from .stats import _finite, format_difference, welch_difference
+from .tables import metric_estimates
+
+def smooth(values: pd.Series, smoothing: float) -> pd.Series:
+    """TensorBoard-style exponential moving average with bias correction; smoothing 0 returns the values."""
+    if smoothing <= 0:
+        return values
+    return values.ewm(alpha=1 - smoothing, adjust=True, ignore_na=True).mean()
+
+
+def _colors(variants: Sequence[str]) -> dict:
+    palette = px.colors.qualitative.Plotly
+    return {v: palette[i % len(palette)] for i, v in enumerate(variants)}
+
+
+def _rgba(color: str, alpha: float) -> str:
+    red, green, blue = (int(color[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({red},{green},{blue},{alpha})"
+
+
+def _by_variant(runs: Union[Study, Sequence[Run]]) -> list:
+    """[(variant, [finished runs with data])] in study order; a list of runs is taken as given."""
+    if isinstance(runs, Study):
+        return [(v, runs.runs_of(v)) for v in runs.variants_with_results]
+    order = _variant_order(r.variant for r in runs)
+    return [(v, [r for r in runs if r.variant == v]) for v in order]
+
+
+def _seed_curves(runs: Sequence[Run], table: str, column: str, smoothing: float = 0.0) -> pd.DataFrame:
+    """Index step, one column per seed: the (smoothed) curve of `column` from each run's `table`."""
+    curves = {}
+    for run in runs:
+        frame = getattr(run, table)
+        if frame.empty or column not in frame or "step" not in frame:
+            continue
+        series = pd.to_numeric(frame.set_index("step")[column], errors="coerce")
+        if series.notna().any():
+            curves[f"seed {run.seed}"] = smooth(series, smoothing)
+    return pd.DataFrame(curves).sort_index()
+
+
+def _add_band(fig: go.Figure, curves: pd.DataFrame, color: str, group: str, **where) -> None:
+    """A min–max band across seeds (drawn only with two seeds or more)."""
+    if curves.shape[1] < 2:
+        return
+    steps = curves.index.to_numpy()
+    fig.add_trace(go.Scatter(x=steps, y=curves.max(axis=1), mode="lines", line=dict(width=0), legendgroup=group,
+                             showlegend=False, hoverinfo="skip"), **where)
+    fig.add_trace(go.Scatter(x=steps, y=curves.min(axis=1), mode="lines", line=dict(width=0), fill="tonexty",
+                             fillcolor=_rgba(color, 0.2), legendgroup=group, showlegend=False, hoverinfo="skip"),
+                  **where)
+
+
+def _add_mean_curve(fig: go.Figure, curves: pd.DataFrame, color: str, group: str, name: str, mode: str = "lines",
+                    **line) -> None:
+    """The seeds' min–max band and their mean (curves: one column per seed, indexed by step)."""
+    _add_band(fig, curves, color, group)
+    fig.add_trace(go.Scatter(x=curves.index, y=curves.mean(axis=1), mode=mode, legendgroup=group, name=name,
+                             line=dict(color=color, **line)))
+
+
+def _layout(fig: go.Figure, title: str, **axes) -> go.Figure:
+    fig.update_layout(title=title, template="plotly_white", height=axes.pop("height", 420),
+                      legend=dict(groupclick="togglegroup"), margin=dict(t=60, l=60, r=20, b=50), **axes)
+    return fig
+
+
+def loss_figure(runs: Union[Study, Sequence[Run]], smoothing: float = 0.6, show_raw: bool = False) -> Optional[go.Figure]:
+    """Training loss per variant: smoothed mean over seeds, the seeds' min–max as a band, optionally the raw points."""
+    groups = _by_variant(runs)
+    colors = _colors([v for v, _ in groups])
+    fig = go.Figure()
+    for variant, variant_runs in groups:
+        curves = _seed_curves(variant_runs, "training", "loss", smoothing)
+        if curves.empty:
+            continue
+        color = colors[variant]
+        if show_raw:
+            raw = _seed_curves(variant_runs, "training", "loss")
+            fig.add_trace(go.Scatter(x=raw.index, y=raw.mean(axis=1), mode="lines", name=f"{variant} (raw)",
+                                     line=dict(color=_rgba(color, 0.35), width=1), legendgroup=variant))
+        _add_mean_curve(fig, curves, color, variant, f"{variant} (n={curves.shape[1]})", width=2)
+    if not fig.data:
+        return None
+    band = ", band: min–max over seeds" if any(len(r) > 1 for _, r in groups) else ""
+    return _layout(fig, f"Training loss (EMA-smoothed, smoothing {smoothing}{band})",
+                   xaxis_title="optimizer step", yaxis_title="loss")
+
+
+def validation_figure(runs: Union[Study, Sequence[Run]]) -> Optional[go.Figure]:
+    """Validation loss over steps: raw weights dashed, EMA weights solid; mean over seeds with min–max band."""
+    groups = _by_variant(runs)
+    colors = _colors([v for v, _ in groups])
+    fig = go.Figure()
+    for variant, variant_runs in groups:
+        for column, dash, label in (("val_loss_raw", "dash", "raw"), ("val_loss_ema", "solid", "EMA")):
+            curves = _seed_curves(variant_runs, "validation", column)
+            if curves.empty:
+                continue
+            group = f"{variant} {label}"
+            _add_mean_curve(fig, curves, colors[variant], group, f"{variant}, {label} weights", "lines+markers",
+                            dash=dash)
+    if not fig.data:
+        return None
+    return _layout(fig, "Validation loss: raw weights (dashed) vs EMA weights (solid)",
+                   xaxis_title="optimizer step", yaxis_title="validation loss")
+
+
+def schedule_figure(runs: Union[Study, Sequence[Run]]) -> Optional[go.Figure]:
+    """Learning rate and the effective EMA decay over steps (one seed per variant: schedules do not depend on it)."""
+    groups = _by_variant(runs)
+    colors = _colors([v for v, _ in groups])
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.12,
+                        subplot_titles=("learning rate", "effective EMA decay"))
+    for variant, variant_runs in groups:
+        for row, column in ((1, "lr"), (2, "ema_decay")):
+            curves = _seed_curves(variant_runs[:1], "training", column)
+            if curves.empty:
+                continue
+            fig.add_trace(go.Scatter(x=curves.index, y=curves.iloc[:, 0], mode="lines", name=variant,
+                                     legendgroup=variant, showlegend=row == 1 or "lr" not in variant_runs[0].training,
+                                     line=dict(color=colors[variant])), row=row, col=1)
+    if not fig.data:
+        return None
+    fig.update_xaxes(title_text="optimizer step", row=2, col=1)
+    return _layout(fig, "Learning rate and effective EMA decay (variants without EMA have no decay)", height=520)
+
+
+def _elapsed_minutes(frame: pd.DataFrame) -> pd.Series:
+    if "timestamp" in frame and frame["timestamp"].notna().any():
+        return (frame["timestamp"] - frame["timestamp"].min()).dt.total_seconds() / 60
+    return pd.Series(np.nan, index=frame.index)
+
+
+def memory_figure(runs: Union[Study, Sequence[Run]]) -> Optional[go.Figure]:
+    """Accelerator memory allocated and process RSS over wall-clock time, one line per run."""
+    groups = _by_variant(runs)
+    colors = _colors([v for v, _ in groups])
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.12,
+                        subplot_titles=("accelerator memory allocated (GB)", "process resident memory (GB)"))
+    for variant, variant_runs in groups:
+        for i, run in enumerate(variant_runs):
+            frame = run.memory
+            if frame.empty:
+                continue
+            minutes = _elapsed_minutes(frame)
+            for row, column in ((1, "allocated_gb"), (2, "rss_gb")):
+                if column in frame and pd.to_numeric(frame[column], errors="coerce").notna().any():
+                    fig.add_trace(go.Scatter(x=minutes, y=frame[column], mode="lines", name=variant,
+                                             legendgroup=variant, showlegend=(i == 0 and row == 1),
+                                             hovertext=run.name, line=dict(color=colors[variant])), row=row, col=1)
+    if not fig.data:
+        return None
+    fig.update_xaxes(title_text="minutes since the run started", row=2, col=1)
+    return _layout(fig, "Memory over time (one line per run)", height=520)
+
+
+def throughput_figure(runs: Union[Study, Sequence[Run]], smoothing: float = 0.6) -> Optional[go.Figure]:
+    """Training throughput (clips per second) over steps, smoothed mean over seeds with a min–max band."""
+    groups = _by_variant(runs)
+    colors = _colors([v for v, _ in groups])
+    fig = go.Figure()
+    for variant, variant_runs in groups:
+        curves = _seed_curves(variant_runs, "training", "clips_per_s", smoothing)
+        if curves.empty:
+            continue
+        _add_mean_curve(fig, curves, colors[variant], variant, variant)
+    if not fig.data:
+        return None
+    return _layout(fig, "Throughput", xaxis_title="optimizer step", yaxis_title="clips per second")
+
+
+def metric_bars_figure(study: Study) -> Optional[go.Figure]:
+    """One panel per metric: the mean per variant with its 95% interval as error bars (none where n=1)."""
+    estimates = metric_estimates(study)
+    if estimates.empty:
+        return None
+    metrics = available_metrics(study)
+    cols = 3
+    rows = math.ceil(len(metrics) / cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[m.title for m in metrics], vertical_spacing=0.5 / rows)
+    colors = _colors(study.variants_with_results)
+    for i, metric in enumerate(metrics):
+        part = estimates[estimates["metric"] == metric.key]
+        for _, row in part.iterrows():
+            half = (row["ci_high"] - row["ci_low"]) / 2 if row["n"] >= 2 else None
+            fig.add_trace(go.Bar(x=[row["variant"]], y=[row["mean"]], name=row["variant"], legendgroup=row["variant"],
+                                 showlegend=i == 0, marker_color=colors[row["variant"]],
+                                 error_y=dict(type="data", array=[half], visible=half is not None),
+                                 hovertext=f"{row['display']} (n={row['n']})", hoverinfo="text"),
+                          row=i // cols + 1, col=i % cols + 1)
+    return _layout(fig, "Metrics per variant: mean over seeds, error bars = 95% interval (none where n=1)",
+                   height=260 * rows + 80, barmode="group")
+
+
+def change_vs_baseline(study: Study, baseline: str = BASELINE) -> pd.DataFrame:
+    """Per (variant, metric): percent change of the mean vs the baseline's, and the Welch interval in percent."""
+    values = study.values
+    rows = []
+    if baseline not in study.variants_with_results:
+        return pd.DataFrame(rows, columns=["variant", "metric", "label", "better", "percent", "low", "high", "difference"])
+    base = values[values["variant"] == baseline]
+    for metric in available_metrics(study, values):
+        reference = _finite(base[metric.key])
+        if len(reference) == 0 or reference.mean() == 0:
+            continue
+        scale = 100 / abs(reference.mean())
+        for variant in study.variants_with_results:
+            if variant == baseline:
+                continue
+            d = welch_difference(values.loc[values["variant"] == variant, metric.key], base[metric.key])
+            if not math.isfinite(d.diff):
+                continue
+            rows.append({"variant": variant, "metric": metric.key, "label": metric.title, "better": metric.better or "",
+                         "percent": d.diff * scale, "low": d.low * scale, "high": d.high * scale,
+                         "difference": format_difference(d)})
+    return pd.DataFrame(rows, columns=["variant", "metric", "label", "better", "percent", "low", "high", "difference"])
+
+
+def change_figure(study: Study, baseline: str = BASELINE) -> Optional[go.Figure]:
+    """Horizontal bars: each variant's change vs the baseline in percent, error bars from Welch's interval."""
+    change = change_vs_baseline(study, baseline)
+    if change.empty:
+        return None
+    colors = _colors(study.variants_with_results)
+    fig = go.Figure()
+    for variant, part in change.groupby("variant", sort=False):
+        has = part["low"].notna()
+        fig.add_trace(go.Bar(
+            y=part["label"], x=part["percent"], orientation="h", name=variant, marker_color=colors[variant],
+            error_x=dict(type="data", symmetric=False, array=(part["high"] - part["percent"]).where(has).tolist(),
+                         arrayminus=(part["percent"] - part["low"]).where(has).tolist()),
+            hovertext=part["difference"], hoverinfo="text+x"))
+    fig.add_vline(x=0, line_color="grey")
+    return _layout(fig, f"Change versus {baseline} (%), error bars = 95% Welch interval (none with one seed)",
+                   xaxis_title="percent change of the mean", height=120 + 28 * len(change), barmode="group",
+                   yaxis=dict(autorange="reversed"))

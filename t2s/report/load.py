@@ -1,0 +1,302 @@
+"""Loading run directories: what a metric is, a run, a study, and each finished run's metric values.
+
+A run directory (`executed/<study>/<variant>-seed<k>/`, see README) is the only thing read, so a report can be rebuilt
+from a copied `executed/` folder. Every value a run could not produce stays missing (NaN / null) with its reason.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Iterable, Optional, Sequence, Union
+
+import pandas as pd
+
+DEFAULT_VARIANTS = ("baseline", "text_finetuned", "no_ema")
+BASELINE = "baseline"
+RUN_NAME = re.compile(r"^(?P<variant>.+)-seed(?P<seed>\d+)$")
+
+
+# ----------------------------------------------------------------------------------------------- what a metric is
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    better: Optional[str]  # "lower", "higher", or None where neither direction is better
+    source: str  # "training" (summary.json) or "evaluation" (logs/evaluation_metrics.csv)
+
+    @property
+    def title(self) -> str:
+        return self.label + {"lower": " ↓", "higher": " ↑"}.get(self.better, "")
+
+
+# The primary metric: validation loss of the weights a variant would ship (EMA where it keeps one, raw otherwise).
+PRIMARY = "val_loss"
+TRAINING_METRICS = (
+    Metric("val_loss", "validation loss (deployed weights)", "lower", "training"),
+    Metric("val_loss_raw", "validation loss, raw weights", "lower", "training"),
+    Metric("val_loss_ema", "validation loss, EMA weights", "lower", "training"),
+    Metric("final_loss", "final training loss", "lower", "training"),
+    Metric("min_loss", "minimum training loss", "lower", "training"),
+    Metric("train_time_hours", "training time (h)", "lower", "training"),
+    Metric("peak_memory_gb", "peak memory (GB)", "lower", "training"),
+    Metric("clips_per_s", "throughput (clips/s)", "higher", "training"),
+    Metric("num_parameters_millions", "parameters (M)", None, "training"),
+)
+EVALUATION_METRICS = (  # the columns of t2s.evaluate's logs/evaluation_metrics.csv, with the way they are read
+    Metric("fvd", "FVD", "lower", "evaluation"),
+    Metric("lpips", "LPIPS", "lower", "evaluation"),
+    Metric("ssim", "SSIM", "higher", "evaluation"),
+    Metric("psnr", "PSNR (dB)", "higher", "evaluation"),
+    Metric("temporal_consistency", "temporal consistency (1 = frozen clip)", None, "evaluation"),
+    Metric("temporal_consistency_real", "temporal consistency of the real clips", None, "evaluation"),
+    Metric("motion_magnitude", "motion magnitude", None, "evaluation"),
+    Metric("motion_magnitude_real", "motion magnitude of the real clips", None, "evaluation"),
+    Metric("dtw_error", "DTW hand error", "lower", "evaluation"),
+    Metric("dtw_error_shuffled", "DTW hand error, shuffled captions (control)", None, "evaluation"),
+    Metric("hand_detection_rate", "hand detection rate", "higher", "evaluation"),
+    Metric("inference_time_ms", "inference time (ms)", "lower", "evaluation"),
+    Metric("inference_memory_gb", "inference memory (GB)", "lower", "evaluation"),
+)
+# Columns of evaluation_metrics.csv that are not metrics, or repeat one summary.json already gives.
+EVALUATION_NON_METRICS = {"model_name", "config_name", "weights", "timestamp", "num_clips", "val_loss",
+                          "num_parameters_millions"}
+
+
+# ----------------------------------------------------------------------------------------------- loading runs
+@dataclass
+class Run:
+    """One run directory, read leniently: a missing or unreadable file is an empty table and a noted problem."""
+
+    name: str
+    variant: str
+    seed: int
+    folder: Path
+    notebook: Path
+    status: str  # metadata status, or "failed" (failures.json), "incomplete" (no metadata yet), "not started"
+    error: Optional[str]
+    config: dict = field(default_factory=dict)
+    metadata: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+    training: pd.DataFrame = field(default_factory=pd.DataFrame)
+    validation: pd.DataFrame = field(default_factory=pd.DataFrame)
+    memory: pd.DataFrame = field(default_factory=pd.DataFrame)
+    evaluation: pd.DataFrame = field(default_factory=pd.DataFrame)
+    samples: list = field(default_factory=list)
+    problems: list = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
+
+    @property
+    def deployed_weights(self) -> str:
+        """The weights this variant would ship: its EMA if it keeps one, else the raw weights."""
+        if "use_ema" in self.config:
+            return "ema" if self.config["use_ema"] else "raw"
+        return "ema" if _number(self.summary.get("val_loss_ema")) is not None else "raw"
+
+
+def _read_json(path: Path, problems: list, default):
+    """The file's JSON if it is of the default's type; the default (and a noted problem) otherwise."""
+    if not path.is_file():
+        return default
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        problems.append(f"{path.name}: unreadable ({exc})")
+        return default
+    if not isinstance(data, type(default)):
+        problems.append(f"{path.name}: expected a JSON {type(default).__name__}, found {type(data).__name__}")
+        return default
+    return data
+
+
+def _read_csv(path: Path, problems: list) -> pd.DataFrame:
+    if not path.is_file():
+        return pd.DataFrame()
+    try:
+        frame = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        problems.append(f"{path.name}: unreadable ({exc})")
+        return pd.DataFrame()
+    if "step" in frame:  # a resumed run logs the steps after its checkpoint again: keep the latest row per step
+        frame = frame.dropna(subset=["step"]).drop_duplicates("step", keep="last").sort_values("step")
+    if "timestamp" in frame:
+        frame["timestamp"] = pd.to_datetime(frame["timestamp"], errors="coerce", format="ISO8601", utc=True)
+    return frame.reset_index(drop=True)
+
+
+def load_run(folder: Union[str, Path], notebook: Optional[Path] = None, failure: Optional[dict] = None) -> Run:
+    """Read one run directory. `failure` is its entry in the study's failures.json, if any."""
+    folder = Path(folder)
+    problems: list = []
+    config = _read_json(folder / "config.json", problems, {})
+    metadata = _read_json(folder / "metadata.json", problems, {})
+    match = RUN_NAME.match(folder.name)
+    variant = config.get("variant") or (match["variant"] if match else folder.name)
+    seed = config.get("seed", int(match["seed"]) if match else 0)
+
+    status = metadata.get("status") or ("incomplete" if folder.is_dir() else "not started")
+    error = metadata.get("error")
+    if failure and status != "finished":
+        status, error = "failed", error or f"{failure.get('ename')}: {failure.get('evalue')}"
+
+    logs = folder / "logs"
+    return Run(
+        name=folder.name,
+        variant=variant,
+        seed=int(seed),
+        folder=folder,
+        notebook=notebook or folder.with_suffix(".ipynb"),
+        status=status,
+        error=error,
+        config=config,
+        metadata=metadata,
+        summary=_read_json(folder / "summary.json", problems, {}),
+        training=_read_csv(logs / "training_metrics.csv", problems),
+        validation=_read_csv(logs / "validation_metrics.csv", problems),
+        memory=_read_csv(logs / "gpu_memory.csv", problems),
+        evaluation=_read_csv(logs / "evaluation_metrics.csv", problems),
+        samples=_read_json(folder / "samples" / "samples.json", problems, []),
+        problems=problems,
+    )
+
+
+@dataclass
+class Study:
+    name: str
+    folder: Path
+    runs: list  # every run found, any status, ordered by variant then seed
+    variants: list  # expected variants (study.json) and any found, in order
+    expected: list  # (variant, seed) pairs study.json asked for; empty when unknown
+    failures: dict  # failures.json: run name -> {ename, evalue, traceback, notebook, ...}
+    problems: list = field(default_factory=list)  # unreadable study files
+
+    @property
+    def finished_runs(self) -> list:
+        return [r for r in self.runs if r.finished]
+
+    @property
+    def unfinished_runs(self) -> list:
+        return [r for r in self.runs if not r.finished]
+
+    @property
+    def missing(self) -> list:
+        """Run names asked for (study.json) with neither a run folder nor a notebook."""
+        present = {r.name for r in self.runs}
+        return [f"{v}-seed{s}" for v, s in self.expected if f"{v}-seed{s}" not in present]
+
+    @property
+    def is_partial(self) -> bool:
+        return bool(self.unfinished_runs or self.missing or self.variants_without_results)
+
+    @property
+    def variants_with_results(self) -> list:
+        done = {r.variant for r in self.finished_runs}
+        return [v for v in self.variants if v in done]
+
+    @property
+    def variants_without_results(self) -> list:
+        return [v for v in self.variants if v not in self.variants_with_results]
+
+    def runs_of(self, variant: str) -> list:
+        return [r for r in self.finished_runs if r.variant == variant]
+
+    @cached_property
+    def values(self) -> pd.DataFrame:
+        """run_metrics(self), computed once: one row per finished run, one column per metric."""
+        return run_metrics(self)
+
+
+def _variant_order(names: Iterable[str], first: Sequence[str] = DEFAULT_VARIANTS) -> list:
+    names = list(dict.fromkeys(names))
+    return [v for v in first if v in names] + sorted(v for v in names if v not in first)
+
+
+def load_study(study: str, executed_dir: Union[str, Path] = "executed") -> Study:
+    """Every run of `executed/<study>/`: run folders, notebooks without a folder, failures.json, study.json."""
+    folder = Path(executed_dir) / study
+    problems: list = []
+    failures = _read_json(folder / "failures.json", problems, {})
+    plan = _read_json(folder / "study.json", problems, {})
+    names = {n for n in failures if RUN_NAME.match(n)}
+    for path in folder.iterdir() if folder.is_dir() else ():
+        name = path.name if path.is_dir() else path.stem if path.suffix == ".ipynb" else ""
+        if RUN_NAME.match(name) and not name.startswith("."):
+            names.add(name)
+    runs = [load_run(folder / n, folder / f"{n}.ipynb", failures.get(n)) for n in names]
+
+    planned = list(plan.get("variants", []))
+    seeds = list(plan.get("seeds", []))
+    variants = _variant_order(planned + [r.variant for r in runs], first=planned or DEFAULT_VARIANTS)
+    rank = {v: i for i, v in enumerate(variants)}
+    runs.sort(key=lambda r: (rank[r.variant], r.seed))
+    expected = [(v, s) for v in planned for s in seeds]
+    return Study(name=study, folder=folder, runs=runs, variants=variants, expected=expected, failures=failures,
+                 problems=problems)
+
+
+def _number(value) -> Optional[float]:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def evaluation_row(run: Run, weights: Optional[str] = None) -> dict:
+    """The evaluation_metrics row of one weight set (default: the deployed weights); {} when absent."""
+    frame = run.evaluation
+    if frame.empty:
+        return {}
+    weights = weights or run.deployed_weights
+    if "weights" in frame:
+        chosen = frame[frame["weights"].astype(str) == weights]
+        frame = chosen if not chosen.empty else frame
+    return frame.iloc[-1].to_dict()
+
+
+def evaluation_metrics(study: Study) -> list:
+    """The evaluation metrics any finished run reports a value for: the known ones first, then any new column."""
+    columns: dict = {}
+    for run in study.finished_runs:
+        for column in run.evaluation.columns:
+            if column in EVALUATION_NON_METRICS or column.endswith("_status"):
+                continue
+            if pd.to_numeric(run.evaluation[column], errors="coerce").notna().any():
+                columns[column] = True
+    known = [m for m in EVALUATION_METRICS if m.key in columns]
+    new = [Metric(c, c.replace("_", " "), None, "evaluation") for c in sorted(columns) if c not in {m.key for m in EVALUATION_METRICS}]
+    return known + new
+
+
+def run_metrics(study: Study) -> pd.DataFrame:
+    """One row per finished run: variant, seed, run, and every metric's value (NaN where it is null)."""
+    rows = []
+    evaluated_metrics = evaluation_metrics(study)
+    for run in study.finished_runs:
+        row = {"variant": run.variant, "seed": run.seed, "run": run.name}
+        for metric in TRAINING_METRICS:
+            row[metric.key] = _number(run.summary.get(metric.key))
+        row[PRIMARY] = _number(run.summary.get(f"val_loss_{run.deployed_weights}"))
+        if row[PRIMARY] is None:
+            row[PRIMARY] = _number(run.summary.get("val_loss_raw"))
+        evaluated = evaluation_row(run)
+        for metric in evaluated_metrics:
+            row[metric.key] = _number(evaluated.get(metric.key))
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    return frame.astype({c: float for c in frame.columns if c not in ("variant", "seed", "run")})
+
+
+def available_metrics(study: Study, values: Optional[pd.DataFrame] = None) -> list:
+    """The metrics with at least one value in this study, training ones first."""
+    values = study.values if values is None else values
+    candidates = list(TRAINING_METRICS) + evaluation_metrics(study)
+    return [m for m in candidates if m.key in values and values[m.key].notna().any()]
