@@ -1,16 +1,72 @@
-"""Exponential moving average of the denoiser's weights, with warmup.
+"""Exponential moving average of the denoiser's weights: diffusers' `EMAModel` warm-up, counted in updates.
 
-Effective decay at optimizer step s (ema_warmup on): `min(ema_decay, (1 + s) / (10 + s))`, the formula of
-diffusers' `EMAModel` with `use_ema_warmup=False` (its "inv_gamma" warmup is not used). Without warmup the decay
-is `ema_decay` from the start. Updates run every `update_every` optimizer steps as one multi-tensor lerp on the
-model's device; `swapped(model)` puts the shadow weights in for validation and sampling and restores the raw ones.
+The rule, per optimizer step s = 1, 2, ... (`ema_decay` = d):
+
+    beta(s) = 0                      s = 1   (the first step is copied: the random initial weights get no mass)
+    beta(s) = min(d, s / (9 + s))    s >= 2  (diffusers' (1 + j) / (10 + j), j = s - 1 steps before this one)
+    beta(s) = d                              with `ema_warmup` off (a plain EMA that starts at the initial weights)
+
+With `update_every` = u = 1 this is diffusers' `EMAModel.get_decay` on its update count (`EMAModel(decay=d)` stepped
+after every optimizer step, `use_ema_warmup=False`). An update every u steps folds in the weights once for the u
+steps since the previous update, with the product of their per-step decays:
+
+    D_k = prod_{s=(k-1)u+1}^{ku} beta(s)        for the k-th update (k = 1, 2, ...; it runs after step k*u)
+
+so u is a cost knob only: the EMA's mass over time is the one of an update every step, with each block of u steps'
+mass placed on the weights at the block's end (the sum of the u per-step weights telescopes to 1 - D_k). After the
+warm-up, D_k = d**u: the effective per-step decay is d, the horizon 1 / (1 - d) optimizer steps whatever u is. The
+decay depends only on the update count k (checkpointed), never on how the steps were counted elsewhere.
+
+Closed form: after N updates (T = N*u steps), the weights folded in at step a or before (a = m*u) keep the mass
+
+    R(a, T) = prod_{s=a+1}^{T} beta(s) = prod_{i=1}^{9} (a + i) / (b + i) * d**(T - b)        (1 <= a <= T)
+
+with c = ceil(9d / (1 - d)) the first step whose warm-up value s / (9 + s) reaches d and b = min(T, max(a, c - 1))
+the last warm-up step in the range (the d-power is 1 while T < c). The initial weights keep R(0, T) = 0 with warm-up (the first update copies) and d**T without it; the
+weights folded in at update m keep (1 - D_m) * R(m*u, T).
+
+Updates run as one multi-tensor lerp on the model's device; `swapped(model)` puts the shadow weights in for
+validation and sampling and restores the raw ones.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import Optional
 
 import torch
 from torch import nn
+
+
+def step_decay(step: int, decay: float, warmup: bool = True) -> float:
+    """beta(step): the decay attributed to optimizer step `step` (1-based); see the module's docstring."""
+    if not warmup:
+        return decay
+    if step <= 1:  # diffusers: decay 0 at its first update, which copies the weights
+        return 0.0
+    return min(decay, step / (9 + step))
+
+
+def update_decay(k: int, decay: float, update_every: int, warmup: bool = True) -> float:
+    """D_k: the decay of the k-th EMA update (1-based), the product of beta over the u steps it covers."""
+    out = 1.0
+    for s in range((k - 1) * update_every + 1, k * update_every + 1):
+        out *= step_decay(s, decay, warmup)
+    return out
+
+
+def retained_mass(a: int, t: int, decay: float, warmup: bool = True) -> float:
+    """R(a, t): the share of the EMA's mass, after the update at optimizer step t, on the weights folded in at step
+    a or before (both multiples of update_every; a = 0: the initial weights). The product the updates apply."""
+    out = 1.0
+    for s in range(a + 1, t + 1):
+        out *= step_decay(s, decay, warmup)
+    return out
+
+
+def horizon_steps(decay: float) -> float:
+    """The EMA's time constant after warm-up, in optimizer steps: 1 / (1 - ema_decay) (the weights of that many
+    steps ago keep d ** (1 / (1 - d)) ~ 1/e of the mass they entered with)."""
+    return 1.0 / (1.0 - decay)
 
 
 class EMA:
@@ -18,17 +74,22 @@ class EMA:
         self.decay, self.update_every, self.warmup = decay, update_every, warmup
         self.params = [p for p in model.parameters()]
         self.shadow = [p.detach().clone().float() for p in self.params]
-        self.last_decay: float = 0.0
+        self.updates = 0  # k: EMA updates made so far; the warm-up is computed from it
+        self.last_decay: float = 0.0  # D_k of the latest update (per update)
 
-    def decay_at(self, step: int) -> float:
-        return min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
+    @property
+    def last_step_decay(self) -> float:
+        """The latest update's decay per optimizer step, D_k ** (1/u): reaches `ema_decay` after the warm-up."""
+        return self.last_decay ** (1.0 / self.update_every)
 
     @torch.no_grad()
     def update(self, step: int) -> bool:
-        """Fold the current weights in after optimizer step `step` (1-based); True when an update happened."""
+        """Fold the current weights in after optimizer step `step` (1-based) when it closes a block of
+        `update_every` steps; True when an update happened. The decay comes from the update count, not `step`."""
         if step % self.update_every:
             return False
-        self.last_decay = self.decay_at(step)
+        self.updates += 1
+        self.last_decay = update_decay(self.updates, self.decay, self.update_every, self.warmup)
         current = [p.detach().float() if p.dtype != torch.float32 else p.detach() for p in self.params]
         torch._foreach_lerp_(self.shadow, current, 1.0 - self.last_decay)
         return True
@@ -48,11 +109,21 @@ class EMA:
                     p.copy_(b)
 
     def state_dict(self) -> dict:
-        return {"shadow": [s.detach().cpu() for s in self.shadow], "last_decay": self.last_decay}
+        return {"shadow": [s.detach().cpu() for s in self.shadow], "last_decay": self.last_decay,
+                "updates": self.updates}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, step: Optional[int] = None) -> None:
+        """`step`: the optimizer step the state was saved at, used only for a state without an update count."""
         if len(state["shadow"]) != len(self.shadow):
             raise ValueError(f"EMA state has {len(state['shadow'])} tensors, the model {len(self.shadow)}")
         for s, saved in zip(self.shadow, state["shadow"]):
             s.copy_(saved.to(s.device))
         self.last_decay = float(state["last_decay"])
+        if "updates" in state:
+            self.updates = int(state["updates"])
+        elif step is not None:
+            # a state saved without its count: the trainer updates after every multiple of update_every, so
+            # step // update_every updates were made; its shadow followed the older step-based warm-up
+            self.updates = int(step) // self.update_every
+        else:
+            raise ValueError("EMA state has no update count ('updates'): pass the optimizer step it was saved at")

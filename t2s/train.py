@@ -401,7 +401,7 @@ class Trainer:
         if state.get("text_encoder") is not None:
             self.accelerator.unwrap_model(self.text).model.load_state_dict(state["text_encoder"])
         if self.ema and state.get("ema"):
-            self.ema.load_state_dict(state["ema"])
+            self.ema.load_state_dict(state["ema"], step=state["step"])  # the step: for states saved without a count
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         if self.accelerator.scaler is not None and state.get("grad_scaler"):
@@ -702,7 +702,7 @@ class Trainer:
                 self.step += 1
                 ema_decay = None
                 if self.ema and self.ema.update(self.step):
-                    ema_decay = self.ema.last_decay
+                    ema_decay = self.ema.last_step_decay  # per optimizer step, comparable across update_every
                 pending.append({"epoch": self.epoch, "step": self.step, "loss": step_loss.clone(), "lr": lr,
                                 "grad_norm": grad_norm.detach() if torch.is_tensor(grad_norm) else grad_norm,
                                 "ema_decay": ema_decay})
@@ -836,7 +836,28 @@ def _summary(trainer: Trainer, final_val: dict) -> dict:
         "val_loss_raw": final_val["val_loss_raw"],
         "val_loss_ema": final_val["val_loss_ema"] if trainer.cfg.use_ema else None,
         "num_parameters_millions": trainer.parameter_counts()["denoiser"] / 1e6,
+        **_ema_summary(trainer),
     }
+
+
+def _ema_summary(trainer: Trainer) -> dict:
+    """What the EMA weights average: its update count, its per-step decay and horizon (configured, and where the
+    warm-up had brought them by the end), and the share of its mass on the weights of the first half of training."""
+    from .ema import horizon_steps, retained_mass
+
+    keys = ("ema_updates", "ema_update_every", "ema_decay_per_step", "ema_decay_per_update", "ema_horizon_steps",
+            "ema_final_decay_per_step", "ema_final_horizon_steps", "ema_mass_first_half")
+    ema = trainer.ema
+    if ema is None:
+        return dict.fromkeys(keys)
+    last = ema.updates * ema.update_every  # the last optimizer step folded in
+    final = ema.last_step_decay if ema.updates else None
+    half = trainer.step // 2 // ema.update_every * ema.update_every  # the last update in the first half
+    return dict(zip(keys, (
+        ema.updates, ema.update_every, ema.decay, ema.decay ** ema.update_every, horizon_steps(ema.decay),
+        final, horizon_steps(final) if final is not None else None,
+        retained_mass(half, last, ema.decay, ema.warmup) if ema.updates else None,
+    )))
 
 
 def find_resume_point(run: RunDir, cfg: Config) -> Optional[tuple[Path, Optional[dict]]]:

@@ -56,9 +56,16 @@ def test_micro_run_writes_a_complete_run_directory(baseline_run):
     assert [int(r["step"]) for r in rows] == list(range(1, 9))
     assert set(rows[0]) == {"epoch", "step", "loss", "lr", "grad_norm", "ema_decay", "step_time_s", "clips_per_s",
                             "peak_memory_gb", "timestamp"}
-    # EMA warmup: the effective decay min(decay, (1+s)/(10+s)) is logged per step
-    assert float(rows[0]["ema_decay"]) == pytest.approx(2 / 11)
-    assert float(rows[7]["ema_decay"]) == pytest.approx(min(0.99, 9 / 18))
+    # EMA warm-up on the update count (diffusers' EMAModel): the first update copies (decay 0), the k-th decays by
+    # min(decay, k / (9 + k)); micro updates every step, so update k is step k
+    assert float(rows[0]["ema_decay"]) == 0.0
+    assert float(rows[7]["ema_decay"]) == pytest.approx(min(0.99, 8 / 17))
+    assert summary["ema_updates"] == 8 and summary["ema_update_every"] == 1
+    assert summary["ema_decay_per_step"] == 0.99 and summary["ema_horizon_steps"] == pytest.approx(100)
+    assert summary["ema_final_decay_per_step"] == pytest.approx(8 / 17)
+    assert summary["ema_final_horizon_steps"] == pytest.approx(17 / 9)
+    # the first half (steps 1-4) keeps prod_{s=5}^{8} s / (9 + s) of the mass
+    assert summary["ema_mass_first_half"] == pytest.approx(5 * 6 * 7 * 8 / (14 * 15 * 16 * 17))
     # linear warmup over 2 steps, then cosine decay
     lrs = [float(r["lr"]) for r in rows]
     assert lrs[0] == pytest.approx(0.0) and lrs[2] == pytest.approx(1e-3) and lrs[-1] < lrs[2]
@@ -85,7 +92,8 @@ def test_ema_never_touches_training(baseline_run, synth_dir, tmp_path):
         assert torch.equal(a["model"][key], b["model"][key]), key
     # and the EMA weights differ from the raw ones (they are a real average, not a copy)
     assert any(not torch.equal(s, p) for s, p in zip(a["ema"]["shadow"], a["model"].values()))
-    assert json.loads(RunDir(no_ema.run_dir).summary.read_text())["val_loss_ema"] is None
+    no_ema_summary = json.loads(RunDir(no_ema.run_dir).summary.read_text())
+    assert no_ema_summary["val_loss_ema"] is None and no_ema_summary["ema_updates"] is None
 
 
 def test_resume_follows_the_same_trajectory(synth_dir, tmp_path):
@@ -105,6 +113,9 @@ def test_resume_follows_the_same_trajectory(synth_dir, tmp_path):
     wa, wb = weights(straight.run_dir), weights(second.run_dir)
     for key in wa["model"]:
         torch.testing.assert_close(wb["model"][key], wa["model"][key], rtol=1e-5, atol=1e-6)
+    assert wb["ema"]["updates"] == wa["ema"]["updates"] == 10  # the EMA continues its count, not a fresh warm-up
+    for sa, sb in zip(wa["ema"]["shadow"], wb["ema"]["shadow"]):
+        torch.testing.assert_close(sb, sa, rtol=1e-5, atol=1e-6)
 
 
 def test_frozen_encoder_is_bit_identical_and_finetuned_one_moves(synth_dir, tmp_path):
