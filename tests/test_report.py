@@ -56,21 +56,63 @@ def test_welch_difference_matches_the_welch_satterthwaite_interval():
     assert d.low == pytest.approx(a.mean() - b.mean() - half)
     assert d.high == pytest.approx(a.mean() - b.mean() + half)
     assert d.significant is True
-    assert "(Welch, n=4 vs 3; significant)" in report.format_difference(d)
+    assert d.p == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    assert "(Welch, n=4 vs 3); interval excludes zero" in report.format_difference(d)
 
 
 def test_an_interval_spanning_zero_is_not_significant():
     d = report.welch_difference([0.30, 0.40, 0.20], [0.31, 0.25, 0.38])
     assert d.low < 0 < d.high
     assert d.significant is False
-    assert "spans zero: not significant" in report.format_difference(d)
+    assert report.format_difference(d).endswith("interval spans zero")
 
 
 def test_a_single_seed_gives_no_difference_interval():
     d = report.welch_difference([0.3], [0.2, 0.25])
     assert d.diff == pytest.approx(0.075)
     assert d.significant is None
-    assert "a single seed gives no interval" in report.format_difference(d)
+    assert "one seed gives no interval" in report.format_difference(d)
+
+
+def test_variants_are_paired_by_seed_where_both_have_it_and_welch_only_otherwise():
+    """A large seed effect shared by both variants hides a steady 0.05 gain from Welch but not from the pairing."""
+    seed_effect = {0: 0.0, 1: 0.3, 2: 0.6, 3: 0.15}
+    noise = {0: 0.004, 1: -0.003, 2: 0.001, 3: -0.002}
+    base = {s: 1.0 + e for s, e in seed_effect.items()}
+    variant = {s: base[s] - 0.05 + noise[s] for s in base}
+    paired = report.seed_difference(variant, base)
+    assert paired.method == "paired" and paired.n_a == 4 and paired.note == ""
+    differences = [variant[s] - base[s] for s in sorted(base)]
+    expected = stats.ttest_1samp(differences, 0.0)
+    assert (paired.low, paired.high) == pytest.approx(tuple(expected.confidence_interval(0.95)))
+    assert paired.p == pytest.approx(expected.pvalue) and paired.significant is True
+    unpaired = report.welch_difference(list(variant.values()), list(base.values()))
+    assert unpaired.significant is False  # the same numbers, unpaired: the seed effect swamps the gain
+    # a seed only one side has is left out of the pairing, and the test says so
+    leftover = report.seed_difference({**variant, 7: 2.0}, base)
+    assert leftover.method == "paired" and leftover.n_a == 4 and leftover.note == "unpaired seed 7 left out"
+    # no shared seeds at all: Welch over all values, said so
+    apart = report.seed_difference({0: 1.0, 1: 1.2}, {2: 0.9, 3: 1.0})
+    assert apart.method == "Welch" and apart.note == "no shared seeds: unpaired"
+
+
+def test_holm_adjusts_a_hand_made_family():
+    # sorted p: 0.005, 0.01, 0.03, 0.04 (m = 4) -> 4*0.005=0.02, 3*0.01=0.03, 2*0.03=0.06, max(0.06, 1*0.04)=0.06
+    assert report.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert report.holm([0.5, float("nan"), 0.01])[1] != report.holm([0.5, float("nan"), 0.01])[1]  # NaN stays NaN
+    assert report.holm([0.5, float("nan"), 0.01])[::2] == pytest.approx([0.5, 0.02])  # and is not in the family
+    assert report.holm([0.3, 0.9]) == pytest.approx([0.6, 0.9])  # monotone, capped at 1
+
+
+def test_no_spread_over_the_seeds_is_no_interval_not_certainty():
+    same = report.seed_difference({0: 1.0, 1: 2.0}, {0: 0.5, 1: 1.5})  # +0.5 in both seeds
+    assert same.diff == pytest.approx(0.5) and not same.spread
+    assert same.significant is None and not same.has_interval
+    assert report.describe_difference(same) == "+0.5 in every seed (no spread over 2 seeds: no interval)"
+    # float rounding of equal differences (0.3 - 0.2 vs 0.4 - 0.3) is no spread either
+    assert not report.seed_difference({0: 0.3, 1: 0.4}, {0: 0.2, 1: 0.3}).spread
+    constant = report.mean_ci([0.25, 0.25, 0.25])
+    assert not constant.has_interval and report.format_estimate(constant) == "0.25 (no spread over 3 seeds)"
 
 
 def test_paired_difference_uses_the_per_run_differences():
@@ -116,10 +158,12 @@ def test_comparison_table_gives_mean_and_interval_per_variant(two_by_two, tmp_pa
     val = [json.loads((r.folder / "summary.json").read_text())["val_loss_ema"] for r in two_by_two.runs_of("baseline")]
     expected = report.format_estimate(report.mean_ci(val))
     assert table.loc["validation loss (deployed weights) ↓", "baseline"] == expected
-    for row in ["final training loss ↓", "minimum training loss ↓", "training time (h) ↓", "peak memory (GB) ↓",
-                "throughput (clips/s) ↑", "parameters (M)", "validation loss, raw weights ↓",
-                "validation loss, EMA weights ↓", "LPIPS ↓", "SSIM ↑", "hand detection rate ↑"]:
+    for row in ["final training loss", "minimum training loss", "training time (h) ↓", "throughput (clips/s) ↑",
+                "validation loss, raw weights ↓", "validation loss, EMA weights ↓", "LPIPS ↓", "SSIM ↑",
+                "hand detection rate ↑"]:
         assert "±" in table.loc[row, "baseline"], row
+    for row in ["peak memory (GB) ↓", "parameters (M)"]:  # equal in both seeds
+        assert table.loc[row, "baseline"].endswith("(no spread over 2 seeds)"), row
     assert "FVD ↓" not in table.index  # null in every run: listed as unavailable instead
     assert "DTW hand error, shuffled captions (control)" in table.index  # a reference: no arrow
     assert not [row for row in table.index if "num_clips" in row or "num clips" in row]  # a count, not a metric
@@ -135,12 +179,18 @@ def test_comparison_table_gives_mean_and_interval_per_variant(two_by_two, tmp_pa
     assert f"| validation loss (deployed weights) ↓ | {expected} |" in markdown
 
 
-def test_a_single_seed_is_said_to_give_no_interval(tmp_path):
+def test_a_single_seed_is_said_to_give_no_interval_and_no_verdict(tmp_path):
     study = report.load_study("one", make_study(tmp_path, "one", seeds=(0,)))
     table = report.comparison_table(study)
     assert table.loc["validation loss (deployed weights) ↓", "baseline"].endswith("(n=1, no interval)")
-    answer = report.findings(study)[0].answer
-    assert answer.startswith("Indicative only") and "a single seed gives no interval" in answer
+    encoder = report.findings(study)[0]
+    assert encoder.question.startswith("Does fine-tuning the text encoder help?")
+    assert encoder.answer.startswith("One seed: no evidence either way.")
+    assert "--seeds 0 1 2" in encoder.answer
+    for word in ("better", "worse", "helps", "hurts", "significant"):
+        assert word not in encoder.answer, word
+    assert set(encoder.table["verdict"]) <= {"one seed: no evidence either way"} | {
+        v for v in encoder.table["verdict"] if v.startswith(("descriptive only", "cannot compare"))}
 
 
 def test_variants_without_ema_are_judged_on_their_raw_weights(tmp_path):
@@ -154,27 +204,129 @@ def test_variants_without_ema_are_judged_on_their_raw_weights(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- findings
-def test_findings_call_a_clear_difference_significant(tmp_path):
-    shifts = {"baseline": 0.0, "text_finetuned": -0.1, "no_ema": 0.1}
-    executed = make_study(tmp_path, "clear", variants=("baseline", "text_finetuned", "no_ema"), seeds=(0, 1, 2),
-                          shifts=shifts, evaluation=False)
-    # the factory's val loss grows by 0.02 per seed in every variant: the variant shift dominates at 3 seeds
-    encoder, ema, best = report.findings(report.load_study("clear", executed))
-    assert encoder.answer.startswith("Yes: unfreezing the text encoder helps (significant)")
-    assert ema.answer.startswith("Across variants: Yes: EMA helps (significant)")
-    assert "Within baseline runs: Yes: EMA helps (significant)" in ema.answer
-    assert best.answer.startswith("By the primary metric (validation loss (deployed weights)), text_finetuned is best")
-    assert "a clear win (significant)" in best.answer
+def _paired_study(tmp_path, name="paired", seeds=(0, 1, 2)):
+    """Three variants whose runs share a seed effect (the factory's +0.02 per seed) plus a little noise of their own:
+    text_finetuned 0.05 lower than baseline, no_ema 0.04 higher."""
+    study_dir = tmp_path / "executed" / name
+    noise = {0: 0.003, 1: -0.002, 2: 0.0005, 3: -0.001}
+    for variant, shift in (("baseline", 0.0), ("text_finetuned", -0.05), ("no_ema", 0.04)):
+        for seed in seeds:
+            make_run(study_dir, variant, seed, loss_shift=shift + (noise[seed] if shift else 0.0))
+    return report.load_study(name, tmp_path / "executed")
 
 
-def test_findings_without_a_variant_say_they_cannot_answer(two_by_two):
-    encoder, ema, best = report.findings(two_by_two)
-    assert ema.answer.startswith("Across variants: cannot answer, no finished run of no_ema.")
-    assert "Within baseline runs: Yes: EMA helps (significant)" in ema.answer  # EMA vs raw needs no other variant
-    # two seeds whose spread (0.02) is as large as the shift (0.05) leave the interval spanning zero
-    assert encoder.answer.startswith("Not shown: unfreezing the text encoder helps on average, but the 95% interval")
-    assert {"comparison", "metric", "difference", "95% interval", "verdict"} <= set(encoder.table.columns)
-    assert "LPIPS ↓" in set(encoder.table["metric"])  # evaluation metrics are compared too
+def test_findings_come_from_the_variant_files_and_are_paired_by_seed(tmp_path):
+    encoder, ema, best = report.findings(_paired_study(tmp_path))
+    assert encoder.question == "Does fine-tuning the text encoder help? (text_finetuned vs baseline)"
+    assert encoder.primary == "validation loss (deployed weights)"
+    assert encoder.answer.startswith("text_finetuned is better than baseline on validation loss (deployed weights): "
+                                     "-0.0495, 95% CI")
+    assert "(paired, n=3); the interval excludes zero." in encoder.answer
+    primary = encoder.table.iloc[0]
+    assert (primary["role"], primary["test"], primary["verdict"]) == ("primary", "paired, n=3",
+                                                                      "better (interval excludes zero)")
+    assert ema.question == "Is EMA important? (no_ema vs baseline)"
+    assert ema.answer.startswith("no_ema is worse than baseline on validation loss (deployed weights)")
+    # EMA vs raw inside the baseline runs: the factory's EMA is 0.01 lower in every seed, so no interval, no verdict
+    assert "Within baseline runs: No verdict: validation loss (EMA weights − raw weights) is -0.01 in every one of " \
+           "3 seeds" in ema.answer
+    assert "Lowest mean validation loss (deployed weights): text_finetuned" in best.answer
+    assert "text_finetuned is better than the runner-up" in best.answer
+
+
+def test_other_metrics_are_exploratory_holm_adjusted_or_descriptive(tmp_path):
+    study = _paired_study(tmp_path)
+    encoder = report.findings(study)[0]
+    rows = encoder.table.set_index("metric")
+    assert rows.loc["final training loss", "role"] == "descriptive"
+    assert rows.loc["final training loss", "verdict"].startswith("descriptive only (the loss of a single mini-batch")
+    assert rows.loc["LPIPS ↓", "role"] == "descriptive"  # signer-disjoint split: a signer the model never saw
+    assert "appearance mismatch" in rows.loc["LPIPS ↓", "verdict"]
+    exploratory = encoder.table[encoder.table["role"] == "exploratory"]
+    with_p = exploratory[exploratory["p (Holm within the question)"] != "—"]
+    assert len(with_p) == len(encoder.family) >= 2
+    values = study.values.set_index(["variant", "seed"])["val_loss_raw"]
+    raw = report.seed_difference(values["text_finetuned"].to_dict(), values["baseline"].to_dict())
+    shown = float(rows.loc["validation loss, raw weights ↓", "p (Holm within the question)"])
+    assert raw.p < shown <= 1.0  # adjusted upwards within the family
+    unadjusted = [report.seed_difference(study.values.set_index(["variant", "seed"])[key]["text_finetuned"].to_dict(),
+                                         study.values.set_index(["variant", "seed"])[key]["baseline"].to_dict()).p
+                  for key in ("val_loss_raw", "val_loss_ema", "dtw_error", "hand_detection_rate", "fvd")]
+    assert shown == pytest.approx(report.holm(unadjusted)[0], rel=1e-2)
+    page = report.findings_html(study)
+    assert "Holm family:" in page and "Primary metric:" in page
+    assert "replicates differ only in the training seed (seeds 0, 1, 2" in page
+    assert "split_mode signer_disjoint" in page and "sampling noise" in page
+
+
+def test_pixel_metrics_enter_the_exploratory_family_under_a_random_split(tmp_path):
+    study = _paired_study(tmp_path)
+    for run in study.runs:
+        config = json.loads((run.folder / "config.json").read_text())
+        (run.folder / "config.json").write_text(json.dumps({**config, "split_mode": "random"}))
+    rows = report.findings(report.load_study("paired", tmp_path / "executed"))[0].table.set_index("metric")
+    assert rows.loc["LPIPS ↓", "role"] == "exploratory"
+
+
+def test_a_user_variant_file_with_compare_to_gets_its_finding(tmp_path):
+    """params/<name>.yaml with compare_to and a question: the finding appears with no code change."""
+    import shutil
+
+    from t2s.config import PARAMS_DIR, load_config
+
+    params = tmp_path / "params"
+    shutil.copytree(PARAMS_DIR, params)
+    (params / "wide_lr.yaml").write_text(
+        'description: "A higher learning rate"\nlearning_rate: 2.0e-3\ncompare_to: baseline\n'
+        'question: "Does a higher learning rate help?"\n', encoding="utf-8")
+    study_dir = tmp_path / "executed" / "mine"
+    for seed in (0, 1):
+        make_run(study_dir, "baseline", seed)
+        run_dir = make_run(study_dir, "wide_lr", seed, loss_shift=0.02 + 0.001 * seed)
+        config = load_config("wide_lr", "tiny", {"seed": seed}, params_dir=params).to_dict()  # what training writes
+        (run_dir / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    finding = report.findings(report.load_study("mine", tmp_path / "executed"))[0]
+    assert finding.question == "Does a higher learning rate help? (wide_lr vs baseline)"
+    assert finding.answer.startswith("wide_lr is worse than baseline on validation loss (deployed weights)")
+
+
+def test_an_unknown_primary_metric_is_named_with_the_valid_ones(tmp_path):
+    study_dir = tmp_path / "executed" / "typo"
+    make_run(study_dir, "baseline", 0)
+    run_dir = make_run(study_dir, "text_finetuned", 0)
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**config, "primary_metric": "val_los"}))
+    finding = report.findings(report.load_study("typo", tmp_path / "executed"))[0]
+    assert finding.answer.startswith("Cannot answer: the primary metric 'val_los' declared in "
+                                     "text_finetuned-seed0/config.json has no value in this study; metrics with "
+                                     "values: val_loss, ")
+
+
+def test_a_missing_row_is_missing_not_another_weight_set(tmp_path):
+    """The deployed (EMA) row gone from evaluation_metrics.csv, val_loss_ema gone from summary.json: NaN with the
+    reason, never the raw weights' numbers in their place."""
+    run_dir = make_run(tmp_path / "executed" / "gap", "baseline", 0)
+    evaluation = pd.read_csv(run_dir / "logs" / "evaluation_metrics.csv")
+    evaluation[evaluation["weights"] == "raw"].to_csv(run_dir / "logs" / "evaluation_metrics.csv", index=False)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    (run_dir / "summary.json").write_text(json.dumps({**summary, "val_loss_ema": None}))
+    study = report.load_study("gap", tmp_path / "executed")
+    values = study.values.iloc[0]
+    assert math.isnan(values["val_loss"]) and math.isnan(values["lpips"])
+    assert values["val_loss_raw"] == summary["val_loss_raw"]
+    reasons = report.unavailable_metrics(study).set_index("metric")["reason"]
+    assert reasons["val_loss"] == "summary.json has no val_loss_ema for the deployed ema weights"
+    assert reasons["(all evaluation metrics)"] == "logs/evaluation_metrics.csv has no row for the deployed ema weights"
+    assert report.evaluation_row(study.runs[0], "ema") == {}
+
+
+def test_findings_without_a_variant_say_they_cannot_answer(tmp_path):
+    executed = make_study(tmp_path, "half", variants=("baseline", "text_finetuned", "no_ema"), seeds=(0,))
+    for path in (executed / "half").glob("no_ema-seed0*"):
+        path.unlink() if path.is_file() else __import__("shutil").rmtree(path)
+    encoder, ema, best = report.findings(report.load_study("half", executed))
+    assert ema.answer == "Cannot answer: no finished run of no_ema."
+    assert {"comparison", "metric", "role", "difference", "95% interval", "test", "verdict"} <= set(encoder.table)
 
 
 def test_a_metric_missing_on_both_sides_is_called_unavailable_not_nan(tmp_path):
@@ -190,7 +342,7 @@ def test_a_metric_missing_on_both_sides_is_called_unavailable_not_nan(tmp_path):
     row = encoder.table.set_index("metric").loc[dtw[0]]
     assert row["difference"] == "unavailable" and row["95% interval"] == "—"
     assert row["verdict"] == "cannot compare: unavailable on both sides (see the unavailable metrics)"
-    one_sided = ema.table[(ema.table["comparison"] == "baseline − no_ema") & (ema.table["metric"] == dtw[0])].iloc[0]
+    one_sided = ema.table[(ema.table["comparison"] == "no_ema − baseline") & (ema.table["metric"] == dtw[0])].iloc[0]
     assert one_sided["verdict"] == "cannot compare: no values for baseline (see the unavailable metrics)"
     page = report.findings_html(study)
     assert "nan" not in page.replace("nanoGPT", "")
@@ -325,7 +477,7 @@ def test_analysis_notebook_runs_top_to_bottom_on_odd_studies(tmp_path, monkeypat
     if kind == "partial":
         make_study(tmp_path, "odd", variants=("baseline",), seeds=(0,))
         (executed / "odd" / "study.json").write_text(json.dumps({"variants": ["baseline", "no_ema"], "seeds": [0]}))
-    namespace = _run_cells_in_process(report.PROJECT_ROOT / "notebooks" / "analysis.ipynb",
+    namespace = _run_cells_in_process(PROJECT_ROOT / "notebooks" / "analysis.ipynb",
                                       {"study": "odd", "executed_dir": str(executed), "reports_dir": str(tmp_path / "r")})
     assert namespace["results"].name == "odd"
     shown = capsys.readouterr().out
@@ -356,7 +508,8 @@ def test_exported_report_is_self_contained_and_escaped(tmp_path):
     assert "widget-view" not in page and "jupyter-widgets" not in page
     assert "Pick a variant" not in page and "Run this cell in JupyterLab" not in page  # cells tagged interactive
     assert "Run no_ema-seed2: failed (../executed/demo/no_ema-seed2.ipynb): ValueError: boom" in page
-    assert "Does unfreezing the text encoder help?" in page and "Which configuration is best?" in page
+    assert "Does fine-tuning the text encoder help?" in page and "Which configuration is best?" in page
+    assert "Primary metric:" in page and "replicates differ only in the training seed" in page
     assert "I3D weights not found" in page
     assert (tmp_path / "reports" / "demo" / "comparison_table.csv").is_file()
     executed_nb = nbformat.read(str(executed / "demo" / "analysis.ipynb"), as_version=4)

@@ -11,8 +11,10 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .load import BASELINE, Run, Study, _variant_order, available_metrics
-from .stats import _finite, format_difference, welch_difference
+from .stats import _finite, describe_difference, seed_difference
 from .tables import metric_estimates
+
+__all__ = ['smooth', 'loss_figure', 'validation_figure', 'schedule_figure', 'memory_figure', 'throughput_figure', 'metric_bars_figure', 'change_vs_baseline', 'change_figure']
 
 def smooth(values: pd.Series, smoothing: float) -> pd.Series:
     """TensorBoard-style exponential moving average with bias correction; smoothing 0 returns the values."""
@@ -207,7 +209,8 @@ def metric_bars_figure(study: Study) -> Optional[go.Figure]:
 
 
 def change_vs_baseline(study: Study, baseline: str = BASELINE) -> pd.DataFrame:
-    """Per (variant, metric): percent change of the mean vs the baseline's, and the Welch interval in percent."""
+    """Per (variant, metric): percent change of the mean vs the baseline's, with the interval of the findings (paired
+    by seed where both variants have it, Welch otherwise) in percent."""
     values = study.values
     rows = []
     if baseline not in study.variants_with_results:
@@ -221,17 +224,18 @@ def change_vs_baseline(study: Study, baseline: str = BASELINE) -> pd.DataFrame:
         for variant in study.variants_with_results:
             if variant == baseline:
                 continue
-            d = welch_difference(values.loc[values["variant"] == variant, metric.key], base[metric.key])
+            part = values[values["variant"] == variant]
+            d = seed_difference(dict(zip(part["seed"], part[metric.key])), dict(zip(base["seed"], base[metric.key])))
             if not math.isfinite(d.diff):
                 continue
             rows.append({"variant": variant, "metric": metric.key, "label": metric.title, "better": metric.better or "",
                          "percent": d.diff * scale, "low": d.low * scale, "high": d.high * scale,
-                         "difference": format_difference(d)})
+                         "difference": describe_difference(d)})
     return pd.DataFrame(rows, columns=["variant", "metric", "label", "better", "percent", "low", "high", "difference"])
 
 
 def change_figure(study: Study, baseline: str = BASELINE) -> Optional[go.Figure]:
-    """Horizontal bars: each variant's change vs the baseline in percent, error bars from Welch's interval."""
+    """Horizontal bars: each variant's change vs the baseline in percent, error bars from the paired interval."""
     change = change_vs_baseline(study, baseline)
     if change.empty:
         return None
@@ -245,6 +249,6 @@ def change_figure(study: Study, baseline: str = BASELINE) -> Optional[go.Figure]
                          arrayminus=(part["percent"] - part["low"]).where(has).tolist()),
             hovertext=part["difference"], hoverinfo="text+x"))
     fig.add_vline(x=0, line_color="grey")
-    return _layout(fig, f"Change versus {baseline} (%), error bars = 95% Welch interval (none with one seed)",
+    return _layout(fig, f"Change versus {baseline} (%), error bars = 95% interval paired by seed (none with one seed or no spread)",
                    xaxis_title="percent change of the mean", height=120 + 28 * len(change), barmode="group",
                    yaxis=dict(autorange="reversed"))

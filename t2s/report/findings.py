@@ -1,177 +1,344 @@
-"""Findings: each question of the study answered from the numbers, with its uncertainty."""
+"""Findings: each question of the study answered from the numbers, with its uncertainty.
+
+Questions are data. A variant file that declares `compare_to: <variant>` (with `question:` and optionally
+`primary_metric:`) asks "is this variant better than that one?"; the shipped text_finetuned and no_ema files declare
+theirs, and a variant a user adds gets its finding the same way, with no code. "Which configuration is best?" is
+always asked, over every variant, by the default primary metric.
+
+How a question is answered (README, "Statistics"):
+* One primary metric decides it. Its difference (variant − reference) is paired by seed where both variants have the
+  seed; its 95% interval must exclude zero for a "better"/"worse" word. One seed, or no spread over the seeds,
+  gives no verdict word at all.
+* Every other metric is exploratory: its p-value is Holm-adjusted over the exploratory rows of the question (the
+  family), and only an adjusted p below 0.05 earns a verdict word. Descriptive metrics (single-mini-batch losses,
+  costs, pixel metrics against a held-out signer, the DTW control) are shown and never judged.
+* When the two variants differ in `use_ema`, the question also compares EMA with raw weights within each run that
+  keeps an EMA (paired by run).
+* The text-following gap (`dtw_gap`: shuffled − matched DTW hand error) is reported next to the primary metric in
+  every answer where it was measured.
+"""
 from __future__ import annotations
 
 import html
 import math
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Optional
 
 import pandas as pd
 
-from .load import BASELINE, PRIMARY, TRAINING_METRICS, Metric, Run, Study, _number, available_metrics, evaluation_metrics, evaluation_row
-from .stats import Difference, _finite, format_difference, format_estimate, mean_ci, paired_difference, welch_difference
+from t2s.config import PARAMS_DIR, ConfigError, read_yaml
+
+from .load import (
+    PRIMARY, Metric, Study, _number, available_metrics, evaluation_metrics, evaluation_row,
+)
+from .stats import ALPHA, CONFIDENCE, Difference, describe_difference, format_estimate, holm, mean_ci, seed_difference
 from .tables import _frame_html
 
+__all__ = ['TEXT_FOLLOWING', 'Question', 'questions', 'metric_role', 'Finding', 'findings', 'scope_text',
+           'findings_html']
+
+TEXT_FOLLOWING = "dtw_gap"
+README_STATISTICS = "README.md#statistics-how-a-finding-is-decided"
+
+
+# ----------------------------------------------------------------------------------------------- the questions
+@dataclass
+class Question:
+    variant: str
+    reference: str
+    text: str
+    primary_key: str
+    declared_in: str  # where the declaration was read: a run's config.json or params/<variant>.yaml
+
+
+def _declaration(study: Study, variant: str) -> tuple[dict, str]:
+    """The variant's question keys: from its runs' config.json (the record of what ran), else params/<variant>.yaml
+    (runs written before these keys existed)."""
+    for run in study.runs:
+        if run.variant == variant and "compare_to" in run.config:
+            return run.config, f"{run.name}/config.json"
+    path = PARAMS_DIR / f"{variant}.yaml"
+    if path.is_file():
+        try:
+            return read_yaml(path), f"params/{variant}.yaml"
+        except ConfigError:
+            return {}, ""
+    return {}, ""
+
+
+def questions(study: Study) -> list:
+    """Every `compare_to` declaration of the study's variants, in variant order."""
+    found = []
+    for variant in study.variants:
+        declared, where = _declaration(study, variant)
+        reference = declared.get("compare_to")
+        if not reference or reference == variant:
+            continue
+        text = declared.get("question") or f"Is {variant} better than {reference}?"
+        found.append(Question(variant, str(reference), str(text), str(declared.get("primary_metric") or PRIMARY),
+                              where))
+    return found
+
+
+def metric_role(metric: Metric, study: Study) -> tuple[str, str]:
+    """('exploratory' | 'descriptive', why) for this study: pixel metrics are exploratory only when no finished run
+    used a signer-disjoint split."""
+    if metric.role == "pixel":
+        modes = {r.config.get("split_mode") for r in study.finished_runs}
+        if modes <= {"random"} and modes:
+            return "exploratory", ""
+        return "descriptive", ("compared pixel by pixel with the real clip of a signer the model never saw "
+                               "(signer-disjoint split): it measures appearance mismatch more than signing")
+    if metric.role == "descriptive" or metric.better is None:
+        return "descriptive", metric.why or "neither direction is better"
+    return "exploratory", ""
+
+
+# ----------------------------------------------------------------------------------------------- comparisons
+def _by_seed(study: Study, variant: str, key: str) -> dict:
+    values = study.values
+    if values.empty or key not in values:
+        return {}
+    part = values[values["variant"] == variant]
+    return {int(s): v for s, v in zip(part["seed"], part[key]) if pd.notna(v)}
+
+
+def _within(runs: list, metric: Metric) -> Difference:
+    """EMA minus raw weights of the same runs, paired by run."""
+    if metric.key == PRIMARY or metric.source == "training":
+        key = "val_loss" if metric.key == PRIMARY else metric.key.removesuffix("_raw").removesuffix("_ema")
+        pairs = {r.seed: (_number(r.summary.get(f"{key}_ema")), _number(r.summary.get(f"{key}_raw"))) for r in runs}
+    else:
+        pairs = {r.seed: (_number(evaluation_row(r, "ema").get(metric.key)),
+                          _number(evaluation_row(r, "raw").get(metric.key))) for r in runs}
+    return seed_difference({s: a for s, (a, _) in pairs.items() if a is not None},
+                           {s: b for s, (_, b) in pairs.items() if b is not None})
+
+
+def _side(d: Difference, metric: Metric) -> str:
+    return "better" if (d.diff < 0) == (metric.better == "lower") else "worse"
+
+
+@dataclass
+class _Row:
+    comparison: str
+    metric: Metric
+    role: str  # primary, exploratory, descriptive
+    d: Difference
+    why: str = ""
+    p_holm: float = math.nan
+
+    def verdict(self) -> str:
+        d = self.d
+        if not math.isfinite(d.diff):
+            return "cannot compare: " + _no_values(self.comparison, d)
+        if self.role == "descriptive":
+            return f"descriptive only ({self.why})"
+        if not d.spread:
+            return f"no spread over {d.n_a} seeds: no interval, no verdict"
+        if not d.has_interval:
+            return "one seed: no evidence either way"
+        if self.role == "primary":
+            return f"{_side(d, self.metric)} (interval excludes zero)" if d.significant else "no clear difference"
+        if self.p_holm < ALPHA:
+            return f"{_side(d, self.metric)} (Holm-adjusted p < {ALPHA:g})"
+        return "no clear difference after Holm's adjustment"
+
+    def record(self) -> dict:
+        d = self.d
+        finite = math.isfinite(d.diff)
+        p = self.p_holm if self.role == "exploratory" else d.p
+        return {
+            "comparison": self.comparison, "metric": self.metric.title, "role": self.role,
+            "difference": f"{d.diff:+.4g}" if finite else "unavailable",
+            f"{CONFIDENCE:.0%} interval": (f"[{d.low:+.4g}, {d.high:+.4g}]" if d.has_interval else
+                                           "—" if not finite else "none (no spread)" if not d.spread else "none (one seed)"),
+            "test": (f"{d.method}, {d.sizes}" + (f"; {d.note}" if d.note else "")) if finite else "—",
+            "p (Holm within the question)" : f"{p:.3g}" if math.isfinite(p) and self.role != "descriptive" else "—",
+            "verdict": self.verdict(),
+        }
+
+
+def _no_values(comparison: str, d: Difference) -> str:
+    """Which side of 'a − b' has no values (see the unavailable metrics)."""
+    sides = [s.strip() for s in comparison.split("−")] if d.method != "paired" else []
+    if len(sides) == 2 and (d.n_a == 0) != (d.n_b == 0):
+        return f"no values for {sides[0] if d.n_a == 0 else sides[1]} (see the unavailable metrics)"
+    return "unavailable on both sides (see the unavailable metrics)"
+
+
+def _sentence(row: _Row, a: str, b: str) -> str:
+    """The answer on one comparison, with no verdict word its interval does not support."""
+    d, metric = row.d, row.metric
+    where = f"{metric.label} ({a} − {b})"
+    if not math.isfinite(d.diff):
+        return f"Cannot answer on {where}: {_no_values(row.comparison, d)}."
+    shown = describe_difference(d)
+    if not d.spread:
+        return (f"No verdict: {where} is {d.diff:+.4g} in every one of {d.n_a} seeds, so there is no spread to build "
+                f"an interval from (the two may compute the same thing).")
+    if not d.has_interval:
+        return (f"One seed: no evidence either way. {where.capitalize()}: {shown}. Run more seeds "
+                f"(python -m t2s ablate --seeds 0 1 2) for an interval.")
+    if d.significant:
+        return f"{a} is {_side(d, metric)} than {b} on {metric.label}: {shown}; the interval excludes zero."
+    return f"No clear difference on {metric.label}: {shown}; the interval spans zero."
+
+
+# ----------------------------------------------------------------------------------------------- findings
 @dataclass
 class Finding:
     question: str
     answer: str  # the verdict on the primary metric, in words
     table: pd.DataFrame  # every comparison behind it, one row per (comparison, metric)
+    primary: Optional[str] = None  # the primary metric's label
+    family: list = field(default_factory=list)  # the exploratory metrics Holm's adjustment ran over
 
 
-def _values(study: Study, variant: str, key: str) -> pd.Series:
-    values = study.values
-    if values.empty or key not in values:
-        return pd.Series(dtype=float)
-    return values.loc[values["variant"] == variant, key]
+def _rows(study: Study, comparison: str, diff, primary: Metric, metrics: list) -> list:
+    rows = [_Row(comparison, primary, "primary", diff(primary))]
+    for metric in metrics:
+        if metric.key == primary.key:
+            continue
+        role, why = metric_role(metric, study)
+        rows.append(_Row(comparison, metric, role, diff(metric), why))
+    return rows
 
 
-def _verdict(d: Difference, metric: Metric, change: str) -> str:
-    """The answer to "does <change> help?" for d = mean(with it) - mean(without it): sign and interval decide."""
-    if not math.isfinite(d.diff):
-        return "Cannot tell: no values to compare"
-    if metric.better is None:
-        return f"{change} changes it by {d.diff:+.4g} (neither direction is better)"
-    effect = "helps" if (d.diff < 0) == (metric.better == "lower") else "hurts"
-    if d.significant is None:
-        return f"Indicative only: {change} {effect} here, but a single seed gives no interval"
-    if not d.significant:
-        return f"Not shown: {change} {effect} on average, but the 95% interval spans zero (not significant)"
-    return f"{'Yes' if effect == 'helps' else 'No'}: {change} {effect} (significant)"
+def _adjust(rows: list) -> list:
+    """Holm over the exploratory rows that have a p-value; returns the family as 'comparison: metric' labels."""
+    exploratory = [r for r in rows if r.role == "exploratory" and r.d.has_interval]
+    for row, p in zip(exploratory, holm([r.d.p for r in exploratory])):
+        row.p_holm = p
+    return [f"{r.comparison}: {r.metric.label}" for r in exploratory]
 
 
-def _row(comparison: str, metric: Metric, d: Difference) -> dict:
-    """One table row: the first-named side of `comparison` is better / worse / not significantly different."""
-    if metric.better is None or not math.isfinite(d.diff):
-        called = "neither direction is better" if math.isfinite(d.diff) else "—"
-    else:
-        side = "better" if (d.diff < 0) == (metric.better == "lower") else "worse"
-        called = {None: f"{side} (no interval)", False: "not significant", True: f"{side} (significant)"}[d.significant]
-    sizes = f"{d.method}, n={d.n_a}" if d.method == "paired" else f"{d.method}, n={d.n_a} vs {d.n_b}"
-    if not math.isfinite(d.diff):
-        return {"comparison": comparison, "metric": metric.title, "difference": "unavailable", "95% interval": "—",
-                "test": sizes, "verdict": _no_values(comparison, d)}
-    return {"comparison": comparison, "metric": metric.title, "difference": f"{d.diff:+.4g}",
-            "95% interval": f"[{d.low:+.4g}, {d.high:+.4g}]" if d.has_interval else "none (a single seed)",
-            "test": sizes, "verdict": called}
+def _text_following(rows: list, a: str, b: str) -> str:
+    row = next((r for r in rows if r.metric.key == TEXT_FOLLOWING and r.role != "primary"), None)
+    if row is None or not math.isfinite(row.d.diff):
+        return ""
+    return (f" Text following (exploratory; {row.metric.label}, higher = the clip depends more on its caption), "
+            f"{a} − {b}: {describe_difference(row.d)}: {row.verdict()}.")
 
 
-def _no_values(comparison: str, d: Difference) -> str:
-    """Why a difference could not be computed: which side of 'a − b' has no values (see the unavailable metrics)."""
-    sides = [s.strip() for s in comparison.split("−")] if d.method != "paired" else []
-    if len(sides) == 2 and (d.n_a == 0) != (d.n_b == 0):
-        return f"cannot compare: no values for {sides[0] if d.n_a == 0 else sides[1]} (see the unavailable metrics)"
-    return "cannot compare: unavailable on both sides (see the unavailable metrics)"
+def _resolve_primary(key: str, metrics: list) -> Optional[Metric]:
+    return next((m for m in metrics if m.key == key), None)
 
 
-def _missing(study: Study, variants: Sequence[str]) -> list:
-    return [v for v in variants if v not in study.variants_with_results]
-
-
-def _between(study: Study, a: str, b: str, metric: Metric) -> Difference:
-    return welch_difference(_values(study, a, metric.key), _values(study, b, metric.key))
-
-
-def _within(runs: Sequence[Run], metric: Metric) -> Difference:
-    """EMA minus raw weights of the same runs, paired by run."""
-    if metric.source == "training":
-        ema = [_number(r.summary.get("val_loss_ema")) for r in runs]
-        raw = [_number(r.summary.get("val_loss_raw")) for r in runs]
-    else:
-        ema = [_number(evaluation_row(r, "ema").get(metric.key)) for r in runs]
-        raw = [_number(evaluation_row(r, "raw").get(metric.key)) for r in runs]
-    return paired_difference(ema, raw)
-
-
-def _sentence(verdict: str, metric: Metric, comparison: str, d: Difference) -> str:
-    return f"{verdict}. {metric.label.capitalize()}, {comparison}: {format_difference(d, verdict=False)}."
-
-
-def _text_encoder_finding(study: Study, metrics: list) -> Finding:
-    question = "Does unfreezing the text encoder help? (text_finetuned vs baseline)"
-    absent = _missing(study, ["text_finetuned", BASELINE])
+def _question_finding(study: Study, q: Question, metrics: list) -> Finding:
+    title = f"{q.text} ({q.variant} vs {q.reference})"
+    absent = [v for v in (q.variant, q.reference) if v not in study.variants_with_results]
     if absent:
-        return Finding(question, f"Cannot answer: no finished run of {', '.join(absent)}.", pd.DataFrame())
-    comparison = "text_finetuned − baseline"
-    rows = [_row(comparison, m, _between(study, "text_finetuned", BASELINE, m)) for m in metrics]
-    d = _between(study, "text_finetuned", BASELINE, metrics[0])
-    return Finding(question, _sentence(_verdict(d, metrics[0], "unfreezing the text encoder"), metrics[0], comparison, d),
-                   pd.DataFrame(rows))
+        return Finding(title, f"Cannot answer: no finished run of {', '.join(absent)}.", pd.DataFrame())
+    primary = _resolve_primary(q.primary_key, metrics)
+    if primary is None:
+        known = ", ".join(m.key for m in metrics)
+        return Finding(title, f"Cannot answer: the primary metric {q.primary_key!r} declared in {q.declared_in} has "
+                              f"no value in this study; metrics with values: {known}.", pd.DataFrame())
+    comparison = f"{q.variant} − {q.reference}"
+    rows = _rows(study, comparison, lambda m: seed_difference(_by_seed(study, q.variant, m.key),
+                                                               _by_seed(study, q.reference, m.key)), primary, metrics)
+    answer = _sentence(rows[0], q.variant, q.reference) + _text_following(rows, q.variant, q.reference)
+    configs = {v: (study.runs_of(v)[0].config if study.runs_of(v) else {}) for v in (q.variant, q.reference)}
+    if configs[q.variant].get("use_ema") != configs[q.reference].get("use_ema"):
+        answer, rows = _with_ema_within(study, q, primary, metrics, answer, rows)
+    family = _adjust(rows)
+    return Finding(title, answer, pd.DataFrame([r.record() for r in rows]), primary.label, family)
 
 
-def _ema_finding(study: Study, metrics: list) -> Finding:
-    question = "Is EMA important? (baseline with EMA vs no_ema; EMA vs raw weights within each run)"
-    sentences, rows = [], []
-    absent = _missing(study, [BASELINE, "no_ema"])
-    if absent:
-        sentences.append(f"Across variants: cannot answer, no finished run of {', '.join(absent)}.")
-    else:
-        comparison = "baseline − no_ema"
-        d = _between(study, BASELINE, "no_ema", metrics[0])
-        sentences.append("Across variants: " + _sentence(_verdict(d, metrics[0], "EMA"), metrics[0], comparison, d))
-        rows += [_row(comparison, m, _between(study, BASELINE, "no_ema", m)) for m in metrics]
-    within = [Metric(PRIMARY, "validation loss", "lower", "training")] + metrics[1:]
-    for variant in study.variants_with_results:
+def _with_ema_within(study: Study, q: Question, primary: Metric, metrics: list, answer: str, rows: list):
+    """The EMA question also compares EMA with raw weights inside each run that keeps an EMA (paired by run)."""
+    within_primary = primary if primary.source == "evaluation" else Metric(PRIMARY, "validation loss", "lower", "training")
+    for variant in (q.reference, q.variant):
         runs = [r for r in study.runs_of(variant) if r.deployed_weights == "ema"]
+        if not runs:
+            continue
         comparison = f"EMA − raw weights, {variant} runs"
-        d = _within(runs, within[0])
-        if math.isfinite(d.diff):
-            sentences.append(f"Within {variant} runs: " + _sentence(_verdict(d, within[0], "EMA"), within[0], comparison, d))
-        rows += [_row(comparison, m, _within(runs, m)) for m in within if math.isfinite(_within(runs, m).diff)]
-    return Finding(question, " ".join(sentences), pd.DataFrame(rows))
+        within = [m for m in metrics if m.source == "evaluation" or m.key == PRIMARY]
+        new = _rows(study, comparison, lambda m: _within(runs, m), within_primary, within)
+        new = [r for r in new if math.isfinite(r.d.diff)]
+        if new and new[0].metric.key == within_primary.key:
+            answer += f" Within {variant} runs: " + _sentence(new[0], "EMA weights", "raw weights")
+        rows += new
+    return answer, rows
 
 
 def _best_finding(study: Study, metrics: list) -> Finding:
     question = "Which configuration is best?"
-    rows = []
-    for metric in (m for m in metrics if m.better):
-        means = {v: _finite(_values(study, v, metric.key)) for v in study.variants_with_results}
-        ranked = sorted((v for v in means if len(means[v])), key=lambda v: means[v].mean(),
-                        reverse=metric.better == "higher")
-        if not ranked:
-            continue
-        row = {"metric": metric.title, "best": ranked[0], "its mean": format_estimate(mean_ci(means[ranked[0]])),
-               "runner-up": "—", "difference": "—", "95% interval": "—", "verdict": "no other variant to rank against"}
-        if len(ranked) > 1:
-            d = welch_difference(means[ranked[0]], means[ranked[1]])
-            row.update({k: v for k, v in _row("", metric, d).items() if k in ("difference", "95% interval", "verdict")})
-            row["runner-up"] = ranked[1]
-            row["verdict"] = {True: "a clear win (significant)", False: "not a clear win (not significant)",
-                              None: "indicative only (no interval)"}[d.significant]
-        rows.append(row)
-    if not rows:
+    primary = _resolve_primary(PRIMARY, metrics)
+    if primary is None:
         return Finding(question, "Cannot answer: no finished run has a validation loss.", pd.DataFrame())
-    first = rows[0]
-    answer = f"By the primary metric ({metrics[0].label}), {first['best']} is best: {first['its mean']}"
-    answer += (f"; versus the runner-up {first['runner-up']}: {first['difference']} {first['95% interval']}, "
-               f"{first['verdict']}." if first["runner-up"] != "—" else "; no other variant has finished runs.")
-    return Finding(question, answer, pd.DataFrame(rows))
+    means = {v: mean_ci(_by_seed(study, v, primary.key).values()) for v in study.variants_with_results}
+    ranked = sorted((v for v in means if means[v].n), key=lambda v: means[v].mean)
+    if not ranked:
+        return Finding(question, "Cannot answer: no finished run has a validation loss.", pd.DataFrame())
+    table = pd.DataFrame([{"rank": i + 1, "variant": v, primary.title: format_estimate(means[v]),
+                           "seeds": means[v].n} for i, v in enumerate(ranked)])
+    if len(ranked) == 1:
+        return Finding(question, f"Only {ranked[0]} has finished runs: nothing to rank.", table, primary.label)
+    best, runner_up = ranked[:2]
+    d = seed_difference(_by_seed(study, best, primary.key), _by_seed(study, runner_up, primary.key))
+    row = _Row(f"{best} − {runner_up}", primary, "primary", d)
+    lead = f"Lowest mean {primary.label}: {best} ({format_estimate(means[best])}), then {runner_up}. "
+    if d.has_interval and d.significant:
+        answer = lead + f"{best} is better than the runner-up: {describe_difference(d)}; the interval excludes zero."
+    else:
+        answer = lead + "Not a clear win: " + _sentence(row, best, runner_up)
+    return Finding(question, answer, table, primary.label)
 
 
 def findings(study: Study) -> list:
-    """The three questions of the ablation, answered from the numbers with their uncertainty.
+    """One finding per declared question (variant files' `compare_to`), then "Which configuration is best?"."""
+    metrics = [m for m in available_metrics(study)]
+    return [_question_finding(study, q, metrics) for q in questions(study)] + [_best_finding(study, metrics)]
 
-    The primary metric is validation loss of the deployed weights; evaluation metrics, where present, are compared
-    the same way in each finding's table.
-    """
-    primary = next(m for m in TRAINING_METRICS if m.key == PRIMARY)
-    metrics = [primary] + [m for m in available_metrics(study) if m.source == "evaluation"]
-    return [_text_encoder_finding(study, metrics), _ema_finding(study, metrics), _best_finding(study, metrics)]
+
+# ----------------------------------------------------------------------------------------------- scope and HTML
+def scope_text(study: Study) -> str:
+    """What varies between replicates and what is held fixed, read from the runs' configs."""
+    runs = study.finished_runs
+    seeds = sorted({r.seed for r in runs})
+    configs = [r.config for r in runs]
+
+    def values(key):
+        return ", ".join(sorted({str(c.get(key)) for c in configs if key in c})) or "not recorded"
+
+    return (f"Scope: replicates differ only in the training seed (seeds {', '.join(map(str, seeds)) or 'none'}: "
+            f"initial weights, data order, noise and timestep draws), so every interval covers training randomness "
+            f"only. Held fixed in every run: the train/validation split (split_mode {values('split_mode')}, "
+            f"split_seed {values('split_seed')}), the evaluation captions (the first eval_num_clips = "
+            f"{values('eval_num_clips')} validation clips) and the sampling noise (clip i is sampled from seed i). "
+            "To vary them, set split_seed, eval_num_clips or the data with -p (see the README's configuration).")
 
 
 def findings_html(study: Study) -> str:
     if not study.finished_runs:
         return "<p><em>No finished runs, so there is nothing to conclude yet.</em></p>"
-    notes = [f"Primary metric: {TRAINING_METRICS[0].label}, lower is better. Differences between variants come with "
-             "a 95% Welch interval over seeds (EMA vs raw weights of the same runs: a paired interval); an interval "
-             "that spans zero is called not significant, and a single seed gives no interval."]
+    e = html.escape
+    notes = [
+        f"Each question has one primary metric that decides it; its difference comes with a {CONFIDENCE:.0%} "
+        "interval, paired by training seed where both variants have the seed (Welch's unpaired interval otherwise; "
+        "the test column says which). Other metrics are exploratory: their p-values are Holm-adjusted within the "
+        "question (the family is listed under each question). Descriptive rows are never judged. One seed, or no "
+        "spread over the seeds, gives no verdict.",
+        scope_text(study),
+    ]
     if not evaluation_metrics(study):
-        notes.append("No evaluation metrics were available, so only validation loss is compared.")
+        notes.append("No evaluation metrics were available, so only the training metrics are compared.")
     if study.is_partial:
         notes.append("This is a partial study (see the run status above): the answers use only the finished runs.")
-    parts = [f"<p><em>{html.escape(n)}</em></p>" for n in notes]
+    parts = [f"<p><em>{e(n)}</em></p>" for n in notes]
+    parts.append(f'<p><small>How these rules work: <a href="../{e(README_STATISTICS)}">README, Statistics</a>.'
+                 "</small></p>")
     for finding in findings(study):
-        parts.append(f"<h3>{html.escape(finding.question)}</h3><p>{html.escape(finding.answer)}</p>")
+        parts.append(f"<h3>{e(finding.question)}</h3>")
+        if finding.primary:
+            parts.append(f"<p><b>Primary metric:</b> {e(finding.primary)}.</p>")
+        parts.append(f"<p>{e(finding.answer)}</p>")
+        if finding.primary and finding.table is not None and not finding.table.empty and "role" in finding.table:
+            family = (f"{len(finding.family)} exploratory comparisons with an interval: {'; '.join(finding.family)}"
+                      if finding.family else "empty (no exploratory comparison has an interval)")
+            parts.append(f"<p><small>Holm family: {e(family)}.</small></p>")
         if not finding.table.empty:
             parts.append(_frame_html(finding.table))
     return "\n".join(parts)

@@ -15,55 +15,78 @@ from typing import Iterable, Optional, Sequence, Union
 
 import pandas as pd
 
+__all__ = ['DEFAULT_VARIANTS', 'BASELINE', 'RUN_NAME', 'Metric', 'ONE_BATCH', 'COST', 'NO_DIRECTION', 'CONTROL', 'PRIMARY', 'TRAINING_METRICS', 'EVALUATION_METRICS', 'EVALUATION_NON_METRICS', 'EVALUATION_QUALIFIERS', 'Run', 'load_run', 'Study', 'load_study', 'evaluation_row', 'missing_values', 'evaluation_metrics', 'run_metrics', 'available_metrics']
+
+
 DEFAULT_VARIANTS = ("baseline", "text_finetuned", "no_ema")
 BASELINE = "baseline"
 RUN_NAME = re.compile(r"^(?P<variant>.+)-seed(?P<seed>\d+)$")
 
 
 # ----------------------------------------------------------------------------------------------- what a metric is
+# How a metric may be used in a finding (README, "Statistics"):
+#   exploratory  compared between variants, Holm-adjusted within its question
+#   pixel        SSIM / PSNR / LPIPS against the real clip: exploratory under a random split; descriptive under a
+#                signer-disjoint split, where the real clip shows a signer the model never saw
+#   descriptive  shown with its difference, never given a verdict (the reason says why)
 @dataclass(frozen=True)
 class Metric:
     key: str
     label: str
     better: Optional[str]  # "lower", "higher", or None where neither direction is better
     source: str  # "training" (summary.json) or "evaluation" (logs/evaluation_metrics.csv)
+    role: str = "exploratory"  # "exploratory", "pixel" or "descriptive"
+    why: str = ""  # for descriptive metrics: why no verdict
 
     @property
     def title(self) -> str:
         return self.label + {"lower": " ↓", "higher": " ↑"}.get(self.better, "")
 
 
-# The primary metric: validation loss of the weights a variant would ship (EMA where it keeps one, raw otherwise).
+ONE_BATCH = "the loss of a single mini-batch: too noisy to decide anything"
+COST = "a cost measured on a shared machine: a description of this hardware, not of the method"
+NO_DIRECTION = "neither direction is better"
+CONTROL = "the control of the DTW gap, not a quality"
+# The default primary metric: validation loss of the weights a variant would ship (EMA where it keeps one, raw
+# otherwise). A variant file may name another (`primary_metric`).
 PRIMARY = "val_loss"
 TRAINING_METRICS = (
     Metric("val_loss", "validation loss (deployed weights)", "lower", "training"),
     Metric("val_loss_raw", "validation loss, raw weights", "lower", "training"),
     Metric("val_loss_ema", "validation loss, EMA weights", "lower", "training"),
-    Metric("final_loss", "final training loss", "lower", "training"),
-    Metric("min_loss", "minimum training loss", "lower", "training"),
-    Metric("train_time_hours", "training time (h)", "lower", "training"),
-    Metric("peak_memory_gb", "peak memory (GB)", "lower", "training"),
-    Metric("clips_per_s", "throughput (clips/s)", "higher", "training"),
-    Metric("num_parameters_millions", "parameters (M)", None, "training"),
+    Metric("final_loss", "final training loss", None, "training", "descriptive", ONE_BATCH),
+    Metric("min_loss", "minimum training loss", None, "training", "descriptive", ONE_BATCH),
+    Metric("train_time_hours", "training time (h)", "lower", "training", "descriptive", COST),
+    Metric("peak_memory_gb", "peak memory (GB)", "lower", "training", "descriptive", COST),
+    Metric("clips_per_s", "throughput (clips/s)", "higher", "training", "descriptive", COST),
+    Metric("num_parameters_millions", "parameters (M)", None, "training", "descriptive", NO_DIRECTION),
 )
 EVALUATION_METRICS = (  # the columns of t2s.evaluate's logs/evaluation_metrics.csv, with the way they are read
-    Metric("fvd", "FVD", "lower", "evaluation"),
-    Metric("lpips", "LPIPS", "lower", "evaluation"),
-    Metric("ssim", "SSIM", "higher", "evaluation"),
-    Metric("psnr", "PSNR (dB)", "higher", "evaluation"),
-    Metric("temporal_consistency", "temporal consistency (1 = frozen clip)", None, "evaluation"),
-    Metric("temporal_consistency_real", "temporal consistency of the real clips", None, "evaluation"),
-    Metric("motion_magnitude", "motion magnitude", None, "evaluation"),
-    Metric("motion_magnitude_real", "motion magnitude of the real clips", None, "evaluation"),
+    Metric("dtw_gap", "text-following gap (DTW, shuffled − matched captions)", "higher", "evaluation"),
     Metric("dtw_error", "DTW hand error", "lower", "evaluation"),
-    Metric("dtw_error_shuffled", "DTW hand error, shuffled captions (control)", None, "evaluation"),
+    Metric("dtw_error_shuffled", "DTW hand error, shuffled captions (control)", None, "evaluation", "descriptive",
+           CONTROL),
     Metric("hand_detection_rate", "hand detection rate", "higher", "evaluation"),
-    Metric("inference_time_ms", "inference time (ms)", "lower", "evaluation"),
-    Metric("inference_memory_gb", "inference memory (GB)", "lower", "evaluation"),
+    Metric("fvd", "FVD", "lower", "evaluation"),
+    Metric("kvd", "KVD", "lower", "evaluation"),
+    Metric("lpips", "LPIPS", "lower", "evaluation", "pixel"),
+    Metric("ssim", "SSIM", "higher", "evaluation", "pixel"),
+    Metric("psnr", "PSNR (dB)", "higher", "evaluation", "pixel"),
+    Metric("temporal_consistency", "temporal consistency (1 = frozen clip)", None, "evaluation", "descriptive",
+           NO_DIRECTION),
+    Metric("temporal_consistency_real", "temporal consistency of the real clips", None, "evaluation", "descriptive",
+           NO_DIRECTION),
+    Metric("motion_magnitude", "motion magnitude", None, "evaluation", "descriptive", NO_DIRECTION),
+    Metric("motion_magnitude_real", "motion magnitude of the real clips", None, "evaluation", "descriptive",
+           NO_DIRECTION),
+    Metric("inference_time_ms", "inference time (ms)", "lower", "evaluation", "descriptive", COST),
+    Metric("inference_memory_gb", "inference memory (GB)", "lower", "evaluation", "descriptive", COST),
 )
 # Columns of evaluation_metrics.csv that are not metrics, or repeat one summary.json already gives.
 EVALUATION_NON_METRICS = {"model_name", "config_name", "weights", "timestamp", "num_clips", "val_loss",
-                          "num_parameters_millions"}
+                          "num_parameters_millions", "feature_extractor", "feature_weights_sha256"}
+# Columns that qualify another one (an interval's bounds, a spread): shown beside it, never compared on their own.
+EVALUATION_QUALIFIERS = ("_low", "_high", "_std")
 
 
 # ----------------------------------------------------------------------------------------------- loading runs
@@ -251,15 +274,26 @@ def _number(value) -> Optional[float]:
 
 
 def evaluation_row(run: Run, weights: Optional[str] = None) -> dict:
-    """The evaluation_metrics row of one weight set (default: the deployed weights); {} when absent."""
+    """The evaluation_metrics row of one weight set (default: the deployed weights); {} when the run has no row
+    for it. Never another weight set's row: a missing row is missing (see `missing_values`)."""
     frame = run.evaluation
-    if frame.empty:
+    if frame.empty or "weights" not in frame:
         return {}
-    weights = weights or run.deployed_weights
-    if "weights" in frame:
-        chosen = frame[frame["weights"].astype(str) == weights]
-        frame = chosen if not chosen.empty else frame
-    return frame.iloc[-1].to_dict()
+    chosen = frame[frame["weights"].astype(str) == (weights or run.deployed_weights)]
+    return chosen.iloc[-1].to_dict() if not chosen.empty else {}
+
+
+def missing_values(run: Run) -> list:
+    """[(metric, weights, reason)] for values of the deployed weights that a finished run does not have at all
+    (not a null with a status, which `_status` columns explain: a whole row or summary field that is absent)."""
+    deployed = run.deployed_weights
+    rows = []
+    if _number(run.summary.get(f"val_loss_{deployed}")) is None:
+        rows.append((PRIMARY, deployed, f"summary.json has no val_loss_{deployed} for the deployed {deployed} weights"))
+    if not run.evaluation.empty and not evaluation_row(run):
+        rows.append(("(all evaluation metrics)", deployed,
+                     f"logs/evaluation_metrics.csv has no row for the deployed {deployed} weights"))
+    return rows
 
 
 def evaluation_metrics(study: Study) -> list:
@@ -267,7 +301,7 @@ def evaluation_metrics(study: Study) -> list:
     columns: dict = {}
     for run in study.finished_runs:
         for column in run.evaluation.columns:
-            if column in EVALUATION_NON_METRICS or column.endswith("_status"):
+            if column in EVALUATION_NON_METRICS or column.endswith(("_status",) + EVALUATION_QUALIFIERS):
                 continue
             if pd.to_numeric(run.evaluation[column], errors="coerce").notna().any():
                 columns[column] = True
@@ -284,9 +318,7 @@ def run_metrics(study: Study) -> pd.DataFrame:
         row = {"variant": run.variant, "seed": run.seed, "run": run.name}
         for metric in TRAINING_METRICS:
             row[metric.key] = _number(run.summary.get(metric.key))
-        row[PRIMARY] = _number(run.summary.get(f"val_loss_{run.deployed_weights}"))
-        if row[PRIMARY] is None:
-            row[PRIMARY] = _number(run.summary.get("val_loss_raw"))
+        row[PRIMARY] = _number(run.summary.get(f"val_loss_{run.deployed_weights}"))  # missing stays missing
         evaluated = evaluation_row(run)
         for metric in evaluated_metrics:
             row[metric.key] = _number(evaluated.get(metric.key))

@@ -14,6 +14,8 @@ from .load import Study, available_metrics
 from .samples import _img, latest_samples
 from .tables import _frame_html
 
+__all__ = ['init_notebook', 'figure_bundle', 'show', 'seeds_figure', 'explorer']
+
 def init_notebook() -> None:
     """Embed plotly.js once (the HTML report then works offline); figures shown with `show` rely on it."""
     from IPython.display import HTML, display

@@ -7,8 +7,10 @@ from typing import Iterable, Optional, Union
 
 import pandas as pd
 
-from .load import BASELINE, Study
+from .load import BASELINE, Study, missing_values
 from .tables import _frame_html, public_text, relative_link, status_table
+
+__all__ = ['config_differences', 'unavailable_metrics', 'files_html', 'provenance_html', 'overview_html']
 
 def config_differences(study: Study, baseline: str = BASELINE) -> pd.DataFrame:
     """Per variant, the config keys whose value differs from the reference (baseline, or the first variant)."""
@@ -16,7 +18,7 @@ def config_differences(study: Study, baseline: str = BASELINE) -> pd.DataFrame:
     if not configs:
         return pd.DataFrame(columns=["variant", "key", "reference", "value"])
     reference = baseline if baseline in configs else next(iter(configs))
-    ignored = {"variant", "description", "seed"}
+    ignored = {"variant", "description", "seed", "compare_to", "question", "primary_metric"}
     rows = []
     for variant, config in configs.items():
         if variant == reference:
@@ -33,6 +35,8 @@ def unavailable_metrics(study: Study) -> pd.DataFrame:
     """Every metric some run could not compute, with the reason from its *_status column and the runs affected."""
     rows = []
     for run in study.finished_runs:
+        rows += [{"metric": metric, "weights": weights, "reason": reason, "run": run.name}
+                 for metric, weights, reason in missing_values(run)]
         if run.evaluation.empty:
             rows.append({"metric": "(all evaluation metrics)", "weights": "", "reason": "no logs/evaluation_metrics.csv",
                          "run": run.name})

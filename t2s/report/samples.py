@@ -8,6 +8,8 @@ from typing import Optional, Union
 
 from .load import Run, Study
 
+__all__ = ['gif_data_uri', 'latest_samples', 'samples_html', 'run_samples_html']
+
 def gif_data_uri(path: Union[str, Path]) -> str:
     """A GIF file as a data URI, so the HTML needs no file next to it."""
     return "data:image/gif;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")

@@ -12,6 +12,8 @@ from t2s.config import PROJECT_ROOT
 from .load import Run, Study, _number, available_metrics
 from .stats import CONFIDENCE, format_estimate, mean_ci
 
+__all__ = ['public_text', 'relative_link', 'metric_estimates', 'comparison_table', 'markdown_table', 'write_comparison_table', 'status_table', 'summary_table', 'config_table']
+
 def public_text(text: str) -> str:
     """Text for a shared report: the project folder and the home folder are not spelled out."""
     text = str(text).replace(str(PROJECT_ROOT) + os.sep, "").replace(str(PROJECT_ROOT), ".")
