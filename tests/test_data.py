@@ -1,6 +1,5 @@
 """Datasets: every source, frame sampling, the clip cache, splits, the synthsign cache, and bad input."""
 import json
-import time
 import warnings
 from pathlib import Path
 
@@ -477,11 +476,12 @@ def test_synthsign_default_cache_is_under_the_project(tmp_path):
     assert data.synthsign_dir(cfg).parent == data.PROJECT_ROOT / ".cache" / "synthsign"
 
 
-def test_400_synthsign_clips_generate_in_seconds(tmp_path):
+def test_400_synthsign_clips_are_all_generated_and_split_by_signer(tmp_path):
+    """The size the small scale uses; how long it takes is the benchmark's business, not a test's."""
     cfg = from_dict({"image_size": 32, "num_frames": 8, "synthsign_num_clips": 400, "data_dir": str(tmp_path),
                      "channel_mult": [1, 2]})
-    start = time.perf_counter()
     train, val, _ = data.build_datasets(cfg)
-    elapsed = time.perf_counter() - start
     assert len(train) + len(val) == 400
-    assert elapsed < 20, f"generating 400 clips took {elapsed:.1f}s"  # ~1.5 s on an idle 2-core machine
+    train_signers = {train.item_info(i)[1] for i in range(len(train))}
+    val_signers = {val.item_info(i)[1] for i in range(len(val))}
+    assert train_signers and val_signers and not train_signers & val_signers

@@ -44,7 +44,7 @@ def test_the_report_is_self_contained_and_escapes_captions(study):
     assert XSS not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
     for heading in ("Comparison", "Findings", "Provenance", "Samples"):
         assert heading in html
-    assert "Is EMA important?" in html or "EMA" in html
+    assert "Is EMA important? (no_ema vs baseline)" in html and "Primary metric:" in html
 
 
 def test_the_comparison_tables_hold_both_variants(study):
