@@ -47,7 +47,7 @@ from nbconvert.preprocessors import TagRemovePreprocessor
 from papermill.exceptions import PapermillExecutionError
 
 from t2s.config import PARAMS_DIR, PROJECT_ROOT, ConfigError, load_config, parse_override
-from t2s.rundir import atomic_write_json, read_json
+from t2s.rundir import FAILURES_FILE, STUDY_FILE, RunDir, atomic_write_json, read_json
 
 TRAIN_NOTEBOOK = PROJECT_ROOT / "notebooks" / "train.ipynb"
 ANALYSIS_NOTEBOOK = PROJECT_ROOT / "notebooks" / "analysis.ipynb"
@@ -175,12 +175,12 @@ def plan_study(study: str, variants: Sequence[str], seeds: Sequence[int], scale:
 
 def run_status(run_dir: Path) -> Optional[str]:
     """The status in a run's metadata.json, None when there is none."""
-    return read_json(Path(run_dir) / "metadata.json", {}).get("status")
+    return read_json(RunDir(run_dir).metadata, {}).get("status")
 
 
 def _update_study_file(study_dir: Path, study: str, plans: list, scale: str, overrides: dict) -> None:
     """study.json: the variants and seeds asked for (merged with earlier calls), so a report can tell what is missing."""
-    path = study_dir / "study.json"
+    path = study_dir / STUDY_FILE
     old = read_json(path, {})
     variants = list(dict.fromkeys(old.get("variants", []) + [p.name.rsplit("-seed", 1)[0] for p in plans]))
     seeds = sorted(set(old.get("seeds", [])) | {p.seed for p in plans})
@@ -194,7 +194,7 @@ def _update_study_file(study_dir: Path, study: str, plans: list, scale: str, ove
 def _record_jobs(study_dir: Path, jobs: dict) -> None:
     """study.json "jobs": run name -> {executor, job_id, submitted, stdout, stderr, [status]}, merged per run, so a
     person can look the jobs up (squeue / sacct -j <job_id>) and read their logs."""
-    path = study_dir / "study.json"
+    path = study_dir / STUDY_FILE
     content = read_json(path, {})
     recorded = content.get("jobs") if isinstance(content.get("jobs"), dict) else {}
     for name, entry in jobs.items():
@@ -226,7 +226,7 @@ class FailureLog:
     from several processes (cluster jobs of one study finish at once): each update holds a file lock."""
 
     def __init__(self, study_dir: Path):
-        self.path = Path(study_dir) / "failures.json"
+        self.path = Path(study_dir) / FAILURES_FILE
         self.lock = threading.Lock()
 
     def _update(self, change: Callable[[dict], None]) -> None:
@@ -246,7 +246,7 @@ class FailureLog:
 
     def record(self, plan: RunPlan, error: dict) -> None:
         self._update(lambda failures: failures.__setitem__(plan.name, error))
-        metadata_path = plan.run_dir / "metadata.json"
+        metadata_path = RunDir(plan.run_dir).metadata
         metadata = read_json(metadata_path, None)
         if isinstance(metadata, dict):  # train() got as far as writing metadata: note the notebook's error there too
             metadata["notebook_error"] = error

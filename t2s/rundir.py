@@ -10,6 +10,11 @@
 <run_dir>/tensorboard/                the same scalars and sample frames
 <run_dir>/checkpoints/epoch_N.pt      resumable checkpoints (step_S.pt when a run stops mid-epoch)
 <run_dir>/samples/*.gif, samples.json sample clips for the fixed prompts
+<run_dir>/logs/evaluation_metrics.csv one row per evaluated weight set (and .json, the same rows)
+<run_dir>/evaluation/*.gif, index.json the evaluation clips, generated and real
+<run_dir>.ipynb                       the executed training notebook, beside the folder
+executed/<study>/study.json           the variants and seeds asked for, and the jobs
+executed/<study>/failures.json        run name -> the failing cell's error
 ```
 """
 from __future__ import annotations
@@ -73,6 +78,10 @@ def read_json(path: Path, default: Any = None) -> Any:
         return default
 
 
+STUDY_FILE = "study.json"
+FAILURES_FILE = "failures.json"
+
+
 class RunDir:
     """Paths of one run and the small writers every file goes through."""
 
@@ -88,6 +97,12 @@ class RunDir:
         self.training_csv = self.logs / "training_metrics.csv"
         self.validation_csv = self.logs / "validation_metrics.csv"
         self.memory_csv = self.logs / "gpu_memory.csv"
+        self.evaluation_csv = self.logs / "evaluation_metrics.csv"
+        self.evaluation_json = self.logs / "evaluation_metrics.json"
+        self.evaluation = self.root / "evaluation"
+        self.evaluation_index = self.evaluation / "index.json"
+        self.samples_json = self.samples / "samples.json"
+        self.notebook = self.root.with_suffix(".ipynb")
 
     def make(self) -> "RunDir":
         for d in (self.root, self.logs, self.checkpoints, self.samples, self.tensorboard):

@@ -15,6 +15,8 @@ from typing import Iterable, Optional, Sequence, Union
 
 import pandas as pd
 
+from t2s.rundir import FAILURES_FILE, STUDY_FILE, RunDir
+
 __all__ = ['DEFAULT_VARIANTS', 'BASELINE', 'RUN_NAME', 'Metric', 'ONE_BATCH', 'COST', 'NO_DIRECTION', 'CONTROL', 'PRIMARY', 'TRAINING_METRICS', 'EVALUATION_METRICS', 'EVALUATION_NON_METRICS', 'EVALUATION_QUALIFIERS', 'Run', 'load_run', 'Study', 'load_study', 'evaluation_row', 'missing_values', 'evaluation_metrics', 'run_metrics', 'available_metrics']
 
 
@@ -159,8 +161,9 @@ def load_run(folder: Union[str, Path], notebook: Optional[Path] = None, failure:
     """Read one run directory. `failure` is its entry in the study's failures.json, if any."""
     folder = Path(folder)
     problems: list = []
-    config = _read_json(folder / "config.json", problems, {})
-    metadata = _read_json(folder / "metadata.json", problems, {})
+    paths = RunDir(folder)
+    config = _read_json(paths.config, problems, {})
+    metadata = _read_json(paths.metadata, problems, {})
     match = RUN_NAME.match(folder.name)
     variant = config.get("variant") or (match["variant"] if match else folder.name)
     seed = config.get("seed", int(match["seed"]) if match else 0)
@@ -170,23 +173,22 @@ def load_run(folder: Union[str, Path], notebook: Optional[Path] = None, failure:
     if failure and status != "finished":
         status, error = "failed", error or f"{failure.get('ename')}: {failure.get('evalue')}"
 
-    logs = folder / "logs"
     return Run(
         name=folder.name,
         variant=variant,
         seed=int(seed),
         folder=folder,
-        notebook=notebook or folder.with_suffix(".ipynb"),
+        notebook=notebook or paths.notebook,
         status=status,
         error=error,
         config=config,
         metadata=metadata,
-        summary=_read_json(folder / "summary.json", problems, {}),
-        training=_read_csv(logs / "training_metrics.csv", problems),
-        validation=_read_csv(logs / "validation_metrics.csv", problems),
-        memory=_read_csv(logs / "gpu_memory.csv", problems),
-        evaluation=_read_csv(logs / "evaluation_metrics.csv", problems),
-        samples=_read_json(folder / "samples" / "samples.json", problems, []),
+        summary=_read_json(paths.summary, problems, {}),
+        training=_read_csv(paths.training_csv, problems),
+        validation=_read_csv(paths.validation_csv, problems),
+        memory=_read_csv(paths.memory_csv, problems),
+        evaluation=_read_csv(paths.evaluation_csv, problems),
+        samples=_read_json(paths.samples_json, problems, []),
         problems=problems,
     )
 
@@ -246,14 +248,14 @@ def load_study(study: str, executed_dir: Union[str, Path] = "executed") -> Study
     """Every run of `executed/<study>/`: run folders, notebooks without a folder, failures.json, study.json."""
     folder = Path(executed_dir) / study
     problems: list = []
-    failures = _read_json(folder / "failures.json", problems, {})
-    plan = _read_json(folder / "study.json", problems, {})
+    failures = _read_json(folder / FAILURES_FILE, problems, {})
+    plan = _read_json(folder / STUDY_FILE, problems, {})
     names = {n for n in failures if RUN_NAME.match(n)}
     for path in folder.iterdir() if folder.is_dir() else ():
         name = path.name if path.is_dir() else path.stem if path.suffix == ".ipynb" else ""
         if RUN_NAME.match(name) and not name.startswith("."):
             names.add(name)
-    runs = [load_run(folder / n, folder / f"{n}.ipynb", failures.get(n)) for n in names]
+    runs = [load_run(folder / n, RunDir(folder / n).notebook, failures.get(n)) for n in names]
 
     planned = list(plan.get("variants", []))
     seeds = list(plan.get("seeds", []))

@@ -6,6 +6,8 @@ import html
 from pathlib import Path
 from typing import Optional, Union
 
+from t2s.rundir import RunDir
+
 from .load import Run, Study
 
 __all__ = ['gif_data_uri', 'latest_samples', 'samples_html', 'run_samples_html']
@@ -17,7 +19,7 @@ def gif_data_uri(path: Union[str, Path]) -> str:
 
 def _sample_entries(run: Run) -> list:
     """samples.json entries whose GIF exists; without samples.json, every GIF in samples/ (prompt unknown)."""
-    folder = run.folder / "samples"
+    folder = RunDir(run.folder).samples
     entries = run.samples or [{"file": p.name, "prompt": p.stem, "step": None, "weights": None}
                               for p in sorted(folder.glob("*.gif"))]
     plain = [e for e in entries if isinstance(e, dict) and Path(str(e.get("file", ""))).name == e.get("file")]
@@ -36,7 +38,7 @@ def latest_samples(run: Run) -> dict:
 
 
 def _img(run: Run, entry: dict, caption: str) -> str:
-    uri = gif_data_uri(run.folder / "samples" / entry["file"])
+    uri = gif_data_uri(RunDir(run.folder).samples / entry["file"])
     text = html.escape(caption)
     return (f'<figure style="display:inline-block;margin:4px;text-align:center">'
             f'<img src="{uri}" alt="{text}" style="width:128px;image-rendering:pixelated">'
