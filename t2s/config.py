@@ -71,6 +71,8 @@ RANGES: dict[str, tuple] = {
     "val_max_clips": (1, None, True, True),
     "val_num_timesteps": (1, None, True, True),
     "eval_num_clips": (1, None, True, True),
+    "eval_batch_size": (1, None, True, True),
+    "fvd_min_clips": (2, None, True, True),
 }
 
 
@@ -147,7 +149,15 @@ class Config:
     # --- validation and evaluation ---
     val_max_clips: int = 16
     val_num_timesteps: int = 4
-    eval_num_clips: int = 8
+    eval_num_clips: int = 8  # an upper bound: evaluation uses at most the validation split's decodable clips
+    eval_batch_size: int = 8  # clips sampled together in evaluation; each still comes from its own seed (t2s.pipeline)
+    # FVD is null below this many clips per set (KVD, unbiased, is reported at any n >= 2). The I3D features are
+    # 400-d logits, so a covariance from n clips has rank <= n - 1: below 401 = 400 + 1 clips both covariances are
+    # singular, the Fréchet distance's trace term is fitted on a subspace, and a collapsed generator can score better
+    # than a faithful one. 401 is the least n at which the covariance can be full rank. FVD stays biased by n above
+    # it, so numbers comparable with published FVDs also need the published protocol: StyleGAN-V (Skorokhodov et al.
+    # 2022) fixes 2048 clips of 16 frames; Unterthiner et al. (2018) define FVD on these 400-d logits.
+    fvd_min_clips: int = 401
 
     # ---------------------------------------------------------------- derived values
     @property

@@ -4,34 +4,47 @@
 
 What is evaluated
 -----------------
-* The evaluation set: the first `num_clips` (default `cfg.eval_num_clips`) decodable clips of the run's validation
-  split, in split order; clip i is sampled with seed i (`generate_clips(..., seed=i)`, one clip per call), so every
-  run, variant and weight set sees the same captions and the same initial noise.
+* The evaluation set: the first `num_clips` (default `cfg.eval_num_clips`, an upper bound) decodable clips of the run's
+  validation split, in split order. Clip i is sampled with seed i by `t2s.pipeline.TextToSignPipeline` in batches of
+  `cfg.eval_batch_size`; each clip depends on its caption and seed only (not on its batch), so every run, variant and
+  weight set sees the same captions and the same initial noise.
 * Weight sets: the latest checkpoint's raw weights and, when the run kept an EMA (`use_ema`), its EMA weights.
-* Metrics of the generated clips against the real clips of the same captions (`compare_clips`, all math from
-  `t2s.metrics`): FVD (I3D logits; FVD of 8 clips is strongly biased and comparable only at equal `num_clips`),
-  LPIPS / SSIM / PSNR (frame by frame, averaged over frames and clips), temporal consistency and motion magnitude
-  of the generated clips and, for reference, of the real ones (`*_real`).
+* Distribution metrics on I3D features of the generated and the real clips (`metrics.load_i3d`: StyleGAN-V's
+  TorchScript I3D or an I3D state dict; the row records `feature_extractor` and the weights file's
+  `feature_weights_sha256`):
+  - `fvd`: Fréchet Video Distance, null below `cfg.fvd_min_clips` clips (default 401 = the 400-d features + 1: with
+    fewer clips each covariance is singular and the estimate biased; see config.py). Comparable only between rows with
+    the same `num_clips` and `feature_extractor`.
+  - `kvd`: kernel video distance (Unterthiner et al. 2018): unbiased polynomial-kernel MMD^2 on the same features
+    (`metrics.kernel_distance`), usable at small n (>= 2), expectation 0 when the two distributions are equal.
+    `kvd_std`: its standard error from 100 seeded subsets of min(n // 2, 1000) clips (delete-d jackknife,
+    `metrics.kernel_distance_std`; needs n >= 4). Read kvd +- 2 kvd_std.
+* LPIPS / SSIM / PSNR (frame by frame against the real clip of the same caption, averaged over frames and clips),
+  temporal consistency and motion magnitude of the generated clips and, for reference, of the real ones (`*_real`).
 * Held-out diffusion loss (`held_out_loss`): the training engine's fixed-timestep, fixed-noise validation loss
   on the first `val_max_clips` validation clips, for each weight set (column `val_loss`).
 * Sign fidelity (synthsign only: a dataset with ground-truth keypoints): hands are found in every generated frame
-  by colour (`metrics.find_hands` with `synthsign.HAND_COLORS`); `dtw_error` is the DTW mean joint error
-  (`metrics.dtw_joint_error`) against the caption's ground-truth hand track, with coordinates divided by the
-  image size (the body-size normalisation: 1.0 = one image width), averaged over the clips in which a hand was
-  found at all (a clip without any hand has no DTW; `hand_detection_rate`, the fraction of (frame, hand) slots
-  with a hand found, reports that). Control: `dtw_error_shuffled` is the same error with the pairs shuffled:
-  the clip generated for caption p(i) against the ground truth of caption i, where p is a derangement of the
-  evaluation clips (drawn with `SHUFFLE_SEED`, and pairing different captions where possible). It re-pairs the
-  clips already generated (no extra sampling: the same generated clips and the same ground-truth tracks, only
-  the pairing differs), so if the model follows its captions `dtw_error` < `dtw_error_shuffled`, and equal values
-  mean the metric (or the model) does not see the conditioning.
-* Cost: `inference_time_ms` is the mean wall-clock time to sample one clip (CUDA synchronised; after a one-step
-  warm-up), `inference_memory_gb` the peak during sampling (CUDA: `max_memory_allocated`; CPU: the process's
-  peak resident set size, reset before sampling on Linux through /proc/self/clear_refs, else sampled every
-  10 ms), `num_parameters_millions` the denoiser's parameters.
+  by colour (`metrics.find_hands` with `synthsign.HAND_COLORS`), and E[j, i] = `metrics.dtw_joint_error` of generated
+  clip j's hands against the ground-truth track of evaluation clip i's caption, with coordinates divided by the image
+  size (1.0 = one image width). Every clip is scored, found hands or not: a hand missing from a generated frame (or
+  present where the ground truth has none) costs 1.0 image width in that frame, so a clip in which no hand is found
+  scores 1.0 -- every variant is scored on the same clips (`hand_detection_rate`, the fraction of (frame, hand) slots
+  with a hand found, says how often that happened).
+  - `dtw_error`: mean of E[i, i] (each clip against its own caption).
+  - `dtw_error_shuffled` (the control): mean of E[j, i] over ALL pairs j != i whose captions differ -- the same
+    generated clips and ground truths, re-paired; no extra sampling.
+  - `dtw_gap` = dtw_error_shuffled - dtw_error: how much closer a clip is to its own caption's signing than to other
+    captions'; > 0 if the model follows its captions, ~0 if it ignores them. `dtw_gap_low` / `dtw_gap_high`: 95%
+    percentile bootstrap interval over clips (`DTW_BOOTSTRAP_RESAMPLES` resamples of the n clips with replacement,
+    generator seeded `DTW_BOOTSTRAP_SEED`; pairs re-formed within each resample); null below `DTW_GAP_MIN_CLIPS` = 5
+    clips, where a bootstrap has too few distinct resamples for an interval.
+* Cost: `inference_time_ms` is the wall-clock time of sampling all clips divided by their number -- per clip, in
+  batches of `eval_batch_size` (CUDA synchronised; after a one-step warm-up) --, `inference_memory_gb` the peak during
+  sampling (CUDA: `max_memory_allocated`; CPU: the process's peak resident set size, reset before sampling on Linux
+  through /proc/self/clear_refs, else sampled every 10 ms), `num_parameters_millions` the denoiser's parameters.
 
 A metric that cannot be computed is null (empty CSV cell, JSON null) and its `<metric>_status` column says why
-(e.g. how to provide the I3D or AlexNet weights); otherwise the status is "ok".
+(e.g. how to provide the I3D or AlexNet weights, or how many clips FVD needs); otherwise the status is "ok".
 
 Files (in the run directory)
 ----------------------------
@@ -42,7 +55,8 @@ Files (in the run directory)
   `evaluation/index.json`: [{prompt, file, weights ("raw" | "ema" | "real"), index, seed, signer}].
 
 Metric weights are looked up as `t2s.metrics.load_i3d` / `load_lpips` document (argument, environment variable,
-cache folder); nothing is downloaded unless the environment variable `T2S_ALLOW_DOWNLOAD=1` is set (I3D only).
+cache folder); nothing is downloaded unless the environment variable `T2S_ALLOW_DOWNLOAD=1` is set (I3D only: the
+pinned StyleGAN-V TorchScript file, kept only if its SHA-256 matches).
 """
 from __future__ import annotations
 
@@ -65,39 +79,29 @@ from .config import Config
 from .diffusion import VAL_NOISE_SEED, held_out_loss  # noqa: F401 (re-exported: one definition, in diffusion.py)
 from .rundir import RunDir, atomic_write_bytes, atomic_write_json, read_json
 
-SHUFFLE_SEED = 0  # the derangement of captions for the dtw_error_shuffled control
+DTW_BOOTSTRAP_SEED = 0  # the bootstrap of dtw_gap's interval: identical resamples for every run and weight set
+DTW_BOOTSTRAP_RESAMPLES = 1000
+DTW_INTERVAL = 0.95
+# dtw_gap needs this many clips: n clips have C(2n - 1, n) distinct bootstrap resamples (35 at n = 4, 126 at n = 5), too
+# few below 5 for the 2.5% tails of a 95% percentile interval -- at n = 2 every usable resample gives the same gap,
+# a zero-width interval that would read as certainty.
+DTW_GAP_MIN_CLIPS = 5
 ALLOW_DOWNLOAD_ENV_VAR = "T2S_ALLOW_DOWNLOAD"
-STATUS_METRICS = ("fvd", "lpips", "ssim", "psnr", "dtw_error", "dtw_error_shuffled", "hand_detection_rate")
+STATUS_METRICS = ("fvd", "kvd", "kvd_std", "lpips", "ssim", "psnr", "dtw_error", "dtw_error_shuffled", "dtw_gap",
+                  "hand_detection_rate")
 EVALUATION_COLUMNS = [
     "model_name", "config_name", "weights",
-    "fvd", "lpips", "ssim", "psnr",
+    "fvd", "kvd", "kvd_std", "lpips", "ssim", "psnr",
     "temporal_consistency", "temporal_consistency_real", "motion_magnitude", "motion_magnitude_real",
-    "dtw_error", "dtw_error_shuffled", "hand_detection_rate",
-    "val_loss", "inference_time_ms", "inference_memory_gb", "num_parameters_millions", "num_clips", "timestamp",
+    "dtw_error", "dtw_error_shuffled", "dtw_gap", "dtw_gap_low", "dtw_gap_high", "hand_detection_rate",
+    "val_loss", "inference_time_ms", "inference_memory_gb", "num_parameters_millions", "num_clips",
+    "feature_extractor", "feature_weights_sha256", "timestamp",
 ] + [f"{m}_status" for m in STATUS_METRICS]
 NO_KEYPOINTS = "no ground-truth keypoints (synthsign only)"
 OK = "ok"
 
 
 # --------------------------------------------------------------------------------------------- comparing clips
-def shuffled_order(captions: Sequence[str], seed: int = SHUFFLE_SEED, tries: int = 1000) -> Optional[list[int]]:
-    """A derangement p of range(n) (p[i] != i) drawn from `seed`, with captions[p[i]] != captions[i] for every i
-    when such a permutation is found in `tries` draws; else a random cyclic shift (a derangement of indices in
-    which some captions may coincide). None when there are fewer than 2 distinct captions."""
-    n = len(captions)
-    if len(set(captions)) < 2:
-        return None
-    rng = np.random.default_rng(seed)
-    for _ in range(tries):
-        p = rng.permutation(n)
-        if all(captions[p[i]] != captions[i] for i in range(n)):
-            return [int(i) for i in p]
-    order = rng.permutation(n)
-    p = np.empty(n, dtype=np.int64)
-    p[order] = np.roll(order, -1)  # order[k] -> order[k + 1]
-    return [int(i) for i in p]
-
-
 def hand_tracks(clips: torch.Tensor) -> tuple[list[np.ndarray], np.ndarray]:
     """Hands found in clips (B, 3, F, H, W) in [-1, 1]: keypoints [(F, 2, 2)] (NaN where missing), found (B, F, 2)."""
     from .data import to_frames
@@ -110,39 +114,97 @@ def hand_tracks(clips: torch.Tensor) -> tuple[list[np.ndarray], np.ndarray]:
     return tracks, np.stack(found)
 
 
-def _mean_dtw(tracks: Sequence[np.ndarray], gt: Sequence[np.ndarray], body_size: float) -> tuple[Optional[float], str]:
-    errors = [metrics.dtw_joint_error(p, g, body_size) for p, g in zip(tracks, gt)]
-    errors = [e for e in errors if e is not None]
-    if not errors:
-        return None, "no hand found in any generated clip (see hand_detection_rate)"
-    return float(np.mean(errors)), OK
+def dtw_matrix(tracks: Sequence[np.ndarray], keypoints: Sequence[np.ndarray], body_size: float) -> np.ndarray:
+    """E (n, n): E[j, i] = DTW joint error of generated clip j's hand track against ground-truth track i."""
+    return np.array([[metrics.dtw_joint_error(track, gt, body_size) for gt in keypoints] for track in tracks])
+
+
+def sign_fidelity(errors: np.ndarray, captions: Sequence[str], resamples: int = DTW_BOOTSTRAP_RESAMPLES,
+                  seed: int = DTW_BOOTSTRAP_SEED, level: float = DTW_INTERVAL) -> dict:
+    """dtw_error, dtw_error_shuffled, dtw_gap and its bootstrap interval from E = `dtw_matrix(...)` (see the module
+    docstring), with a status for each; captions[i] is the caption of ground truth i (and of generated clip i).
+    dtw_gap is null below `DTW_GAP_MIN_CLIPS` clips; resamples that hold a single caption (no control pair) are
+    skipped."""
+    n = len(errors)
+    index = {caption: k for k, caption in enumerate(dict.fromkeys(captions))}
+    codes = np.array([index[c] for c in captions])
+    out = {"dtw_error": float(np.mean(np.diag(errors))), "dtw_error_status": OK}
+    other = codes[:, None] != codes[None, :]
+    if not other.any():
+        reason = "needs at least 2 evaluation clips with different captions"
+        out.update(dtw_error_shuffled=None, dtw_error_shuffled_status=reason, dtw_gap=None, dtw_gap_low=None,
+                   dtw_gap_high=None, dtw_gap_status=reason)
+        return out
+    out["dtw_error_shuffled"], out["dtw_error_shuffled_status"] = float(errors[other].mean()), OK
+    if n < DTW_GAP_MIN_CLIPS:
+        reason = f"dtw_gap and its bootstrap interval need at least {DTW_GAP_MIN_CLIPS} evaluation clips, got {n}"
+        out.update(dtw_gap=None, dtw_gap_low=None, dtw_gap_high=None, dtw_gap_status=reason)
+        return out
+    out["dtw_gap"], out["dtw_gap_status"] = out["dtw_error_shuffled"] - out["dtw_error"], OK
+    rng, gaps = np.random.default_rng(seed), []
+    for _ in range(resamples):
+        b = rng.integers(0, n, size=n)
+        sub, pairs = errors[np.ix_(b, b)], codes[b][:, None] != codes[b][None, :]
+        if pairs.any():  # a resample of one caption only has no control pairs: it is left out
+            gaps.append(sub[pairs].mean() - np.diag(sub).mean())
+    tail = 100 * (1 - level) / 2
+    out["dtw_gap_low"], out["dtw_gap_high"] = (float(v) for v in np.percentile(gaps, [tail, 100 - tail]))
+    return out
+
+
+def distribution_metrics(generated_features: torch.Tensor, real_features: torch.Tensor, fvd_min_clips: int) -> dict:
+    """fvd, kvd, kvd_std (with statuses) between I3D features (n, D) of the generated and the real clips."""
+    n = min(len(generated_features), len(real_features))
+    out: dict = {}
+    if n < fvd_min_clips:
+        out["fvd"], out["fvd_status"] = None, (
+            f"FVD needs at least fvd_min_clips = {fvd_min_clips} clips per set, got {n}: below the I3D feature dimension "
+            f"+ 1 (401) the covariances are singular and FVD is biased (see kvd instead; raise eval_num_clips and the "
+            f"held-out split, or lower fvd_min_clips knowingly)")
+    else:
+        try:
+            mu_g, sigma_g = metrics.feature_statistics(generated_features)
+            mu_r, sigma_r = metrics.feature_statistics(real_features)
+            out["fvd"], out["fvd_status"] = metrics.frechet_distance(mu_g, sigma_g, mu_r, sigma_r), OK
+        except ValueError as exc:
+            out["fvd"], out["fvd_status"] = None, f"FVD could not be computed: {exc}"
+    if n < 2:
+        out["kvd"], out["kvd_status"] = None, f"KVD needs at least 2 clips per set, got {n}"
+    else:
+        out["kvd"], out["kvd_status"] = metrics.kernel_distance(generated_features, real_features), OK
+    if n < 4:
+        out["kvd_std"], out["kvd_std_status"] = None, f"the KVD interval needs at least 4 clips per set, got {n}"
+    else:
+        out["kvd_std"], out["kvd_std_status"] = metrics.kernel_distance_std(generated_features, real_features), OK
+    return out
 
 
 def compare_clips(
     generated: torch.Tensor,
     real: torch.Tensor,
     keypoints: Optional[Sequence[np.ndarray]] = None,
-    shuffled: Optional[torch.Tensor] = None,
-    i3d=None,
-    i3d_status: str = "no I3D model given",
+    captions: Optional[Sequence[str]] = None,
+    extractor: Optional[metrics.VideoFeatureExtractor] = None,
+    extractor_status: str = "no I3D model given",
     lpips_model=None,
     lpips_status: str = "no LPIPS model given",
-    real_i3d_features: Optional[torch.Tensor] = None,
+    real_features: Optional[torch.Tensor] = None,
+    fvd_min_clips: int = Config.fvd_min_clips,
 ) -> dict:
     """Every metric of `generated` clips against `real` clips of the same captions, with a status per metric.
 
     generated, real: (B, 3, F, H, W) in [-1, 1], clip i of one is compared with clip i of the other.
     keypoints: ground-truth hand tracks [(F, 2, 2)] of the real clips' captions (synthsign), or None.
-    shuffled: clips (B, 3, F, H, W) generated for other captions; row i is compared with keypoints[i]
-    (`dtw_error_shuffled`). i3d / lpips_model: loaded networks, or None with the reason in *_status.
-    real_i3d_features: the real clips' I3D features if already computed (saves a pass over the real clips).
-    Returns {metric: float | None, f"{metric}_status": "ok" | reason} for the metric columns of the CSV.
+    captions: the caption of each clip (which pairs form the dtw_error_shuffled control); default: all distinct.
+    extractor: a loaded I3D (`metrics.load_i3d`), or None with the reason in extractor_status; likewise lpips_model.
+    real_features: the real clips' I3D features if already computed (saves a pass over the real clips).
+    Returns {metric: float | None, f"{metric}_status": "ok" | reason, feature_extractor, feature_weights_sha256}.
     """
     generated, real = generated.detach().float().cpu(), real.detach().float().cpu()
     if generated.shape != real.shape:
         raise ValueError(f"generated {tuple(generated.shape)} and real {tuple(real.shape)} clips differ in shape")
     n = len(generated)
-    out: dict = {}
+    out: dict = {"feature_extractor": None, "feature_weights_sha256": None}
 
     def put(metric: str, value, status: str = OK) -> None:
         ok = value is not None and math.isfinite(value)
@@ -150,20 +212,21 @@ def compare_clips(
         if metric in STATUS_METRICS:
             out[f"{metric}_status"] = status if ok or status != OK else f"{metric} is not a finite number"
 
-    # FVD
-    if i3d is None:
-        put("fvd", None, i3d_status)
-    elif n < 2:
-        put("fvd", None, f"FVD needs at least 2 clips per set, got {n}")
+    # FVD and KVD
+    if extractor is None:
+        for m in ("fvd", "kvd", "kvd_std"):
+            put(m, None, extractor_status)
     else:
-        try:
-            generated_features = metrics.i3d_features(generated, i3d)
-            real_features = real_i3d_features if real_i3d_features is not None else metrics.i3d_features(real, i3d)
-            mu_f, sigma_f = metrics.feature_statistics(generated_features)
-            mu_r, sigma_r = metrics.feature_statistics(real_features)
-            put("fvd", metrics.frechet_distance(mu_f, sigma_f, mu_r, sigma_r))
-        except ValueError as exc:
-            put("fvd", None, f"FVD could not be computed: {exc}")
+        out["feature_extractor"], out["feature_weights_sha256"] = extractor.name, extractor.sha256
+        if n < 2:
+            for m in ("fvd", "kvd", "kvd_std"):
+                put(m, None, f"distribution metrics need at least 2 clips per set, got {n}")
+        else:
+            features = extractor.features(generated)
+            reference = real_features if real_features is not None else extractor.features(real)
+            found = distribution_metrics(features, reference, fvd_min_clips)
+            for m in ("fvd", "kvd", "kvd_std"):
+                put(m, found[m], found[f"{m}_status"])
     # paired pixel and perceptual metrics
     if lpips_model is None:
         put("lpips", None, lpips_status)
@@ -181,21 +244,24 @@ def compare_clips(
         for m in ("temporal_consistency", "temporal_consistency_real", "motion_magnitude", "motion_magnitude_real"):
             put(m, None)
     # sign fidelity
+    sign_metrics = ("dtw_error", "dtw_error_shuffled", "dtw_gap", "dtw_gap_low", "dtw_gap_high", "hand_detection_rate")
     if keypoints is None:
-        for m in ("dtw_error", "dtw_error_shuffled", "hand_detection_rate"):
+        for m in sign_metrics:
             put(m, None, NO_KEYPOINTS)
         return out
     if len(keypoints) != n:
         raise ValueError(f"{len(keypoints)} keypoint tracks for {n} clips")
-    body_size = float(generated.shape[-1])  # the image size: errors are in image widths
+    captions = list(captions) if captions is not None else [str(i) for i in range(n)]
+    if len(captions) != n:
+        raise ValueError(f"{len(captions)} captions for {n} clips")
     tracks, found = hand_tracks(generated)
     put("hand_detection_rate", metrics.hand_detection_rate(found))
-    put("dtw_error", *_mean_dtw(tracks, keypoints, body_size))
-    if shuffled is None:
-        put("dtw_error_shuffled", None, "no shuffled-caption clips (needs at least 2 evaluation clips with different captions)")
-    else:
-        shuffled_tracks, _ = hand_tracks(shuffled.detach().float().cpu())
-        put("dtw_error_shuffled", *_mean_dtw(shuffled_tracks, keypoints, body_size))
+    body_size = float(generated.shape[-1])  # the image size: errors are in image widths
+    fidelity = sign_fidelity(dtw_matrix(tracks, keypoints, body_size), captions)
+    for m in ("dtw_error", "dtw_error_shuffled", "dtw_gap"):
+        put(m, fidelity[m], fidelity[f"{m}_status"])
+    for m in ("dtw_gap_low", "dtw_gap_high"):
+        put(m, fidelity[m])
     return out
 
 
@@ -320,14 +386,14 @@ def _log_tensorboard(run: RunDir, rows: list[dict], step: int) -> None:
 # --------------------------------------------------------------------------------------------- the run
 def _load_metric_models(device, i3d_weights, lpips_weights):
     allow = os.environ.get(ALLOW_DOWNLOAD_ENV_VAR) == "1"
-    i3d, i3d_status = metrics.load_i3d(i3d_weights, device=device, allow_download=allow)
-    if i3d is None and not allow and "download disabled" in i3d_status:
-        i3d_status += f" (or set {ALLOW_DOWNLOAD_ENV_VAR}=1 to let evaluation download it)"
+    extractor, extractor_status = metrics.load_i3d(i3d_weights, device=device, allow_download=allow)
+    if extractor is None and not allow and "download disabled" in extractor_status:
+        extractor_status += f" (or set {ALLOW_DOWNLOAD_ENV_VAR}=1 to let evaluation download it)"
     try:
         lpips_model, lpips_status = metrics.load_lpips("alex", weights_dir=lpips_weights, device=device)
     except ImportError as exc:
         lpips_model, lpips_status = None, f"the lpips package is not installed ({exc}): pip install lpips"
-    return i3d, i3d_status, lpips_model, lpips_status
+    return extractor, extractor_status, lpips_model, lpips_status
 
 
 def _evaluation_set(val_set, n: int) -> tuple[list[int], torch.Tensor]:
@@ -381,6 +447,7 @@ def evaluate_run(
     i3d_weights: Optional[Union[str, Path]] = None,
     lpips_weights: Optional[Union[str, Path]] = None,
     num_inference_steps: Optional[int] = None,
+    batch_size: Optional[int] = None,
 ) -> list[dict]:
     """Evaluate a run's latest checkpoint (see the module docstring); returns the rows, one per weight set.
 
@@ -388,12 +455,14 @@ def evaluate_run(
     weights: subset of ("raw", "ema") (default: raw, plus ema when the run kept an EMA).
     i3d_weights / lpips_weights: files (or, for LPIPS, a folder) overriding the lookup of metrics.load_i3d/load_lpips.
     num_inference_steps: sampling steps (default cfg.num_inference_steps).
+    batch_size: clips sampled together (default cfg.eval_batch_size); the clips do not depend on it.
     """
     from tqdm.auto import tqdm
 
     from .data import build_datasets
     from .diffusion import build_train_scheduler
-    from .train import generate_clips, load_run_models, resolve_mixed_precision
+    from .pipeline import TextToSignPipeline
+    from .train import load_run_models, resolve_mixed_precision
 
     run, cfg, checkpoint = _check_run(run_dir)
     if run.status not in (None, "finished"):
@@ -413,20 +482,22 @@ def evaluate_run(
     n_wanted = int(cfg.eval_num_clips if num_clips is None else num_clips)
     if n_wanted < 1:
         raise ValueError(f"num_clips must be positive, got {num_clips}")
+    batch = int(cfg.eval_batch_size if batch_size is None else batch_size)
+    if batch < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
 
-    # data: the evaluation set, its captions, ground truth and the shuffled-caption control
+    # data: the evaluation set, its captions and ground truth
     _, val_set, _ = build_datasets(cfg)
     indices, real = _evaluation_set(val_set, n_wanted)
-    if len(indices) < n_wanted:
+    if len(indices) < n_wanted and num_clips is not None:  # eval_num_clips is documented as an upper bound
         warnings.warn(f"the validation split has {len(indices)} usable clips; evaluating those instead of {n_wanted}")
     captions = [val_set.item_info(i)[0] for i in indices]
     signers = [val_set.item_info(i)[1] for i in indices]
     keypoints = [val_set.keypoints(i) for i in indices] if val_set.has_keypoints else None
-    order = shuffled_order(captions) if keypoints is not None else None
     n = len(indices)
 
-    i3d, i3d_status, lpips_model, lpips_status = _load_metric_models(dev, i3d_weights, lpips_weights)
-    real_features = metrics.i3d_features(real, i3d) if i3d is not None and n >= 2 else None
+    extractor, extractor_status, lpips_model, lpips_status = _load_metric_models(dev, i3d_weights, lpips_weights)
+    real_features = extractor.features(real) if extractor is not None and n >= 2 else None
     autocast = None
     precision = resolve_mixed_precision(cfg.mixed_precision)
     if precision == "bf16" or (dev.type == "cuda" and precision == "fp16"):
@@ -439,32 +510,31 @@ def evaluate_run(
         name = f"real_{i:03d}.gif"
         gif_entries.append({"prompt": caption, "file": name, "weights": "real", "index": i, "seed": None, "signer": signer})
         gif_clips[name] = real[i]
+    sampling = dict(guidance_scale=cfg.guidance_scale, eta=cfg.eta)
     try:
         for w in weight_sets:
             _, denoiser, text = load_run_models(run.root, w, str(dev))
             bar.set_postfix(weights=w)
-            generate_clips(denoiser, text, cfg, captions[:1], seed=0, num_inference_steps=1)  # warm-up, untimed
-            generated, seconds = [], 0.0
+            pipe = TextToSignPipeline.from_config(denoiser, text, cfg)
+            pipe(captions[:1], seeds=[0], num_inference_steps=1, **sampling)  # warm-up, untimed
             with PeakMemory(dev) as peak:
-                for i, caption in enumerate(captions):  # one clip per call, clip i from seed i
-                    _sync(dev)
-                    t0 = time.perf_counter()
-                    clip = generate_clips(denoiser, text, cfg, [caption], seed=i, num_inference_steps=steps)
-                    _sync(dev)
-                    seconds += time.perf_counter() - t0
-                    generated.append(clip[0].float().cpu())
-                    bar.update(1)
-            generated = torch.stack(generated)  # (n, 3, F, H, W)
+                _sync(dev)
+                t0 = time.perf_counter()
+                generated = pipe(captions, seeds=range(n), num_inference_steps=steps, batch_size=batch,
+                                 callback=bar.update, **sampling)  # clip i from seed i
+                _sync(dev)
+                seconds = time.perf_counter() - t0
+            generated = generated.float().cpu()  # (n, 3, F, H, W)
             row = {
                 "model_name": run.root.name,
                 "config_name": cfg.variant,
                 "weights": w,
                 **compare_clips(
-                    generated, real, keypoints, generated[order] if order is not None else None,
-                    i3d, i3d_status, lpips_model, lpips_status, real_features,
+                    generated, real, keypoints, captions, extractor, extractor_status, lpips_model, lpips_status,
+                    real_features, cfg.fvd_min_clips,
                 ),
                 "val_loss": held_out_loss(denoiser, text, build_train_scheduler(cfg), val_set, cfg, dev, autocast),
-                "inference_time_ms": 1000.0 * seconds / n,
+                "inference_time_ms": 1000.0 * seconds / n,  # per clip
                 "inference_memory_gb": peak.peak_gb,
                 "num_parameters_millions": metrics.count_parameters(denoiser) / 1e6,
                 "num_clips": n,
@@ -475,7 +545,7 @@ def evaluate_run(
                 name = f"{w}_{i:03d}.gif"
                 gif_entries.append({"prompt": caption, "file": name, "weights": w, "index": i, "seed": i, "signer": signer})
                 gif_clips[name] = generated[i]
-            del denoiser, text
+            del denoiser, text, pipe
     finally:
         bar.close()
 

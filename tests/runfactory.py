@@ -15,11 +15,13 @@ import numpy as np
 import pandas as pd
 
 from t2s.config import ConfigError, load_config
+from t2s.evaluate import EVALUATION_COLUMNS, STATUS_METRICS
 
 PROMPTS = ("hello my name is anna", "where is the train station")
-EVAL_METRICS = ("fvd", "lpips", "ssim", "psnr", "temporal_consistency", "temporal_consistency_real", "motion_magnitude",
-                "motion_magnitude_real", "dtw_error", "dtw_error_shuffled", "hand_detection_rate", "inference_time_ms",
-                "inference_memory_gb")
+# The evaluation columns come from t2s.evaluate (one definition); these are the ones that hold no made-up metric value.
+EVAL_DESCRIPTIONS = {"model_name", "config_name", "weights", "val_loss", "num_parameters_millions", "num_clips",
+                     "feature_extractor", "feature_weights_sha256", "timestamp"}
+EVAL_METRICS = tuple(c for c in EVALUATION_COLUMNS if c not in EVAL_DESCRIPTIONS and not c.endswith("_status"))
 START = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)
 
 
@@ -116,10 +118,12 @@ def make_run(
             for i, metric in enumerate(EVAL_METRICS):
                 reason = (eval_status or {}).get(metric, "ok")
                 row[metric] = (10.0 + i + loss_shift + 0.1 * seed - (0.5 if weights == "ema" else 0)) if reason == "ok" else None
-                row[f"{metric}_status"] = reason
+                if metric in STATUS_METRICS:
+                    row[f"{metric}_status"] = reason
             row.update({"val_loss": float(val_raw[-1]), "num_parameters_millions": 23.0, "num_clips": 8,
+                        "feature_extractor": "i3d-state-dict (made up)", "feature_weights_sha256": "0" * 64,
                         "timestamp": stamp(steps)})
-            rows.append(row)
+            rows.append({c: row.get(c) for c in EVALUATION_COLUMNS})
         pd.DataFrame(rows).to_csv(logs / "evaluation_metrics.csv", index=False)
         _write_json(logs / "evaluation_metrics.json", rows)
 

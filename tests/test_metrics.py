@@ -1,7 +1,9 @@
 """Tests for t2s.metrics: every fixture (clips, weights files, images) is made here; nothing is downloaded."""
+import hashlib
 import io
 import math
 import urllib.request
+import warnings
 
 import numpy as np
 import pytest
@@ -23,6 +25,8 @@ from t2s.metrics import (
     frechet_distance,
     hand_detection_rate,
     i3d_features,
+    kernel_distance,
+    kernel_distance_std,
     load_i3d,
     load_lpips,
     motion_magnitude,
@@ -106,17 +110,20 @@ def i3d_weights(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def i3d_model(i3d_weights):
-    model, status = load_i3d(i3d_weights[0], allow_download=False)
-    assert model is not None, status
-    return model
+    extractor, status = load_i3d(i3d_weights[0], allow_download=False)
+    assert extractor is not None, status
+    return extractor
 
 
 def test_load_i3d_from_argument_loads_every_tensor(i3d_weights, i3d_model):
     path, state = i3d_weights
-    assert not i3d_model.training
-    loaded = i3d_model.state_dict()
+    assert i3d_model.kind == "state_dict" and isinstance(i3d_model.model, I3D) and not i3d_model.model.training
+    loaded = i3d_model.model.state_dict()
     assert loaded.keys() == state.keys()
     assert all(torch.equal(loaded[k], state[k]) for k in state)
+    # what the evaluation row records: the file's hash, and that it is not the pinned piergiaj file
+    assert i3d_model.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert i3d_model.name == metrics.STATE_DICT_OTHER and i3d_model.path == path
 
 
 def test_load_i3d_from_env_var(i3d_weights, monkeypatch):
@@ -129,6 +136,7 @@ def test_i3d_features_of_short_small_clips_are_400d(i3d_model):
     features = i3d_features(random_clips(2, 3, 8, 32, 32), i3d_model)  # looped to 9 frames, resized to 224
     assert features.shape == (2, 400) and torch.isfinite(features).all()
     assert not torch.allclose(features[0], features[1])
+    assert torch.equal(features, i3d_features(random_clips(2, 3, 8, 32, 32), i3d_model.model))  # a bare I3D too
 
 
 def test_i3d_preprocess_loops_short_clips_and_resizes():
@@ -165,23 +173,171 @@ def test_load_i3d_missing_file_gives_reason(tmp_path, monkeypatch):
     monkeypatch.delenv("T2S_I3D_WEIGHTS", raising=False)
     model, status = load_i3d(tmp_path / "absent.pt")
     assert model is None and "absent.pt" in status and "T2S_I3D_WEIGHTS" in status
-    model, status = load_i3d()  # default cache path; the download is refused by the no_network fixture
+    model, status = load_i3d()  # default cache paths; the download is refused by the no_network fixture
     assert model is None
-    assert "I3D weights not found" in status and metrics.I3D_WEIGHTS_URL in status
+    assert "I3D weights not found" in status and metrics.I3D_TORCHSCRIPT_URL in status
     assert "network disabled" in status
-    assert not (tmp_path / ".cache" / "t2s" / "i3d_kinetics400.pt").exists()
+    assert not list((tmp_path / ".cache" / "t2s").glob("*"))  # no partial file left behind
 
 
-def test_load_i3d_downloads_into_the_cache(i3d_weights, tmp_path, monkeypatch):
+# --- StyleGAN-V's TorchScript I3D ------------------------------------------------------------------------------
+
+class TinyTorchscriptI3D(nn.Module):
+    """Stands in for StyleGAN-V's `i3d_torchscript.pt`: its call signature, and it refuses the inputs the real one
+    would misread (not uint8 in [0, 255], not asked to rescale / resize / return the pre-softmax features)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(6, 400)
+
+    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
+                return_features: bool = False) -> torch.Tensor:
+        assert x.dtype == torch.uint8, "StyleGAN-V feeds uint8 videos"
+        assert rescale and resize, "the detector must map [0, 255] to [-1, 1] and resize to 224 itself"
+        v = x.float() / 127.5 - 1
+        v = nn.functional.interpolate(v, size=(v.shape[2], 224, 224), mode="trilinear", align_corners=False)
+        summary = torch.cat([v.mean(dim=(2, 3, 4)), (v[:, :, 1:] - v[:, :, :-1]).abs().mean(dim=(2, 3, 4))], dim=1)
+        logits = self.proj(summary)
+        return logits if return_features else logits.softmax(dim=1)
+
+
+@pytest.fixture(scope="module")
+def torchscript_file(tmp_path_factory):
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated; the published file is TorchScript
+        scripted = torch.jit.script(TinyTorchscriptI3D())
+    path = tmp_path_factory.mktemp("torchscript") / "i3d_torchscript.pt"
+    scripted.save(str(path))
+    return path
+
+
+def test_torchscript_i3d_is_loaded_with_jit_and_called_as_stylegan_v_calls_it(torchscript_file):
+    assert metrics.is_torchscript_archive(torchscript_file)
+    extractor, status = load_i3d(torchscript_file, allow_download=False)
+    assert extractor is not None, status
+    assert extractor.kind == "torchscript" and isinstance(extractor.model, torch.jit.ScriptModule)
+    assert extractor.sha256 == hashlib.sha256(torchscript_file.read_bytes()).hexdigest()
+    assert extractor.name == metrics.TORCHSCRIPT_OTHER  # a file other than the pinned one is named as such
+    clips = random_clips(3, 3, 8, 16, 16, seed=4)
+    features = extractor.features(clips)
+    # StyleGAN-V: frames looped to >= 9 here, then (x * 127.5 + 128).clamp(0, 255).to(uint8), detector flags on
+    looped = clips[:, :, [0, 1, 2, 3, 4, 5, 6, 7, 0]]
+    videos = (looped * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+    expected = extractor.model(videos, rescale=True, resize=True, return_features=True)
+    assert features.shape == (3, 400) and torch.equal(features, expected)
+    assert not torch.allclose(features[0], features[1])
+
+
+def test_the_pinned_torchscript_file_is_named_as_the_reference(torchscript_file, monkeypatch):
+    monkeypatch.setattr(metrics, "I3D_TORCHSCRIPT_SHA256", hashlib.sha256(torchscript_file.read_bytes()).hexdigest())
+    extractor, status = load_i3d(torchscript_file, allow_download=False)
+    assert extractor.name == metrics.TORCHSCRIPT_REFERENCE and metrics.TORCHSCRIPT_REFERENCE in status
+
+
+def test_a_file_whose_sha256_differs_from_the_expected_one_is_refused(torchscript_file):
+    digest = hashlib.sha256(torchscript_file.read_bytes()).hexdigest()
+    assert load_i3d(torchscript_file, allow_download=False, expected_sha256=digest)[0] is not None
+    extractor, status = load_i3d(torchscript_file, allow_download=False, expected_sha256="0" * 64)
+    assert extractor is None and "refused" in status and digest in status
+
+
+def _serve(payload, urls):
+    def urlopen(url, timeout):
+        urls.append(url)
+        return io.BytesIO(payload)
+    return urlopen
+
+
+def test_load_i3d_downloads_the_pinned_torchscript_into_the_cache(torchscript_file, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("T2S_I3D_WEIGHTS", raising=False)
-    payload = i3d_weights[0].read_bytes()
+    payload, urls = torchscript_file.read_bytes(), []
+    monkeypatch.setattr(urllib.request, "urlopen", _serve(payload, urls))
+    monkeypatch.setattr(metrics, "I3D_TORCHSCRIPT_SHA256", hashlib.sha256(payload).hexdigest())
+    extractor, status = load_i3d()
+    assert extractor is not None, status
+    assert urls == [metrics.I3D_TORCHSCRIPT_URL] and extractor.kind == "torchscript"
+    assert (tmp_path / ".cache" / "t2s" / "i3d_torchscript.pt").read_bytes() == payload
+    assert load_i3d()[0] is not None and len(urls) == 1  # the cached file is used; nothing fetched again
+
+
+def test_a_download_whose_sha256_differs_from_the_pin_is_deleted_not_used(torchscript_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("T2S_I3D_WEIGHTS", raising=False)
     urls = []
-    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: urls.append(url) or io.BytesIO(payload))
-    model, status = load_i3d()
-    assert model is not None, status
-    assert urls == [metrics.I3D_WEIGHTS_URL]
-    assert (tmp_path / ".cache" / "t2s" / "i3d_kinetics400.pt").read_bytes() == payload
+    monkeypatch.setattr(urllib.request, "urlopen", _serve(torchscript_file.read_bytes(), urls))
+    assert metrics.I3D_TORCHSCRIPT_SHA256 != hashlib.sha256(torchscript_file.read_bytes()).hexdigest()
+    extractor, status = load_i3d()
+    assert extractor is None and urls == [metrics.I3D_TORCHSCRIPT_URL]
+    assert "SHA-256" in status and metrics.I3D_TORCHSCRIPT_SHA256 in status and "deleted" in status
+    assert not list((tmp_path / ".cache" / "t2s").glob("*"))
+
+
+def test_without_a_pinned_sha256_nothing_is_downloaded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("T2S_I3D_WEIGHTS", raising=False)
+    urls = []
+    monkeypatch.setattr(urllib.request, "urlopen", _serve(b"anything", urls))
+    monkeypatch.setattr(metrics, "I3D_TORCHSCRIPT_SHA256", None)
+    extractor, status = load_i3d()
+    assert extractor is None and urls == [] and "no pinned SHA-256" in status
+
+
+def test_pinned_hashes_are_sha256_hex_digests():
+    for digest in (metrics.I3D_TORCHSCRIPT_SHA256, metrics.I3D_STATE_DICT_SHA256):
+        assert digest is None or (len(digest) == 64 and int(digest, 16) >= 0)
+
+
+# --- KVD ---------------------------------------------------------------------------------------------------
+
+def test_kernel_distance_matches_the_unbiased_mmd_formula_on_a_small_case():
+    x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    y = np.array([[2.0, 0.0], [0.0, 0.0]])
+    k = lambda a, b: (a @ b / 2 + 1) ** 3  # noqa: E731  (d = 2)
+    xx = sum(k(x[i], x[j]) for i in range(3) for j in range(3) if i != j) / 6
+    yy = sum(k(y[i], y[j]) for i in range(2) for j in range(2) if i != j) / 2
+    xy = sum(k(a, b) for a in x for b in y) / 6
+    assert kernel_distance(x, y) == pytest.approx(xx + yy - 2 * xy, rel=1e-12)
+    with pytest.raises(ValueError):
+        kernel_distance(x[:1], y)
+
+
+def test_kvd_is_unbiased_on_two_samples_from_one_distribution():
+    """Over many pairs of 8-clip feature sets drawn from one 400-d distribution, the mean KVD is 0 within 3 standard
+    errors. A biased (V-statistic) estimator -- the diagonal k(x, x) kept -- is positive by ~400 standard errors here."""
+    rng = np.random.default_rng(0)
+    values = np.array([kernel_distance(rng.normal(size=(8, 400)), rng.normal(size=(8, 400))) for _ in range(300)])
+    assert abs(values.mean()) < 3 * values.std(ddof=1) / np.sqrt(len(values))
+    assert (values < 0).any() and (values > 0).any()
+
+
+def test_kvd_is_clearly_positive_on_different_distributions():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(8, 400)), rng.normal(size=(8, 400)) + 0.5
+    kvd, std = kernel_distance(x, y), kernel_distance_std(x, y)
+    assert kvd > 0 and kvd > 4 * std
+    assert kernel_distance(x, y + 0.5) > kvd  # further apart, larger
+
+
+@pytest.mark.parametrize("n, subset_size", [(8, 1000), (32, 1000), (32, 8)])
+def test_kvd_std_estimates_the_spread_of_kvd_over_repeated_samples(n, subset_size):
+    """The subset (delete-d jackknife) standard error of one sample's KVD matches the standard deviation of KVD over
+    independent samples (it is mildly conservative). KID's subsets of size n would give 0; subsets of size r < n / 2
+    without the sqrt(r / (n - r)) factor would be too wide by sqrt((n - r) / r) (1.7x for n = 32, r = 8)."""
+    rng = np.random.default_rng(2)
+    pairs = [(rng.normal(size=(n, 400)), rng.normal(size=(n, 400)) + 0.3) for _ in range(120)]
+    spread = np.std([kernel_distance(x, y) for x, y in pairs], ddof=1)
+    estimated = np.mean([kernel_distance_std(x, y, subset_size=subset_size) for x, y in pairs])
+    assert 0.8 < estimated / spread < 1.7
+    with pytest.raises(ValueError):
+        kernel_distance_std(pairs[0][0][:3], pairs[0][1][:3])
+
+
+def test_kvd_std_is_reproducible():
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(10, 400)), rng.normal(size=(10, 400))
+    assert kernel_distance_std(x, y) == kernel_distance_std(x, y)
 
 
 # --- LPIPS -------------------------------------------------------------------------------------------------
@@ -400,22 +556,47 @@ def test_dtw_small_example_by_hand():
     assert dtw([0.0, 5.0], [1.0], euclid) == pytest.approx(2.5)
 
 
-def test_dtw_joint_error_normalises_and_skips_missing_hands():
+def test_dtw_joint_error_normalises_and_charges_missing_hands():
     gt = np.array([[[10, 10], [50, 10]], [[12, 10], [52, 10]], [[14, 10], [54, 10]]], np.float32)
     assert dtw_joint_error(gt, gt, body_size=64) == 0.0
     assert dtw_joint_error(gt + [0, 8], gt, body_size=64) == pytest.approx(8 / 64)
     pred = gt + [0, 8]
-    pred[1, 0] = np.nan  # left hand missing in frame 1: that frame is scored on the right hand only
-    assert dtw_joint_error(pred, gt, body_size=64) == pytest.approx(8 / 64)
-    pred = np.concatenate([pred, np.full((2, 2, 2), np.nan, np.float32)])  # hand-less frames are skipped
-    assert dtw_joint_error(pred, gt, body_size=64) == pytest.approx(8 / 64)
-    assert dtw_joint_error(np.full((3, 2, 2), np.nan), gt, body_size=64) is None
+    pred[1, 0] = np.nan  # left hand missing in frame 1: that frame costs (1.0 + 8/64) / 2 against gt frame 1
+    assert dtw_joint_error(pred, gt, body_size=64, unmatched_cost=1.0) == pytest.approx((8 / 64 * 5 + 1.0) / 6)
+
+
+def test_a_clip_without_any_hand_scores_the_unmatched_cost_instead_of_being_dropped():
+    gt = np.array([[[10, 10], [50, 10]], [[12, 10], [52, 10]], [[14, 10], [54, 10]]], np.float32)
+    assert dtw_joint_error(np.full((3, 2, 2), np.nan), gt, body_size=64) == 1.0
+    assert dtw_joint_error(np.full((5, 2, 2), np.nan), gt, body_size=64, unmatched_cost=0.7) == pytest.approx(0.7)
+    # frames without hands are kept, not skipped: a hand-less tail costs its frames
+    pred = np.concatenate([gt, np.full((2, 2, 2), np.nan, np.float32)])
+    assert dtw_joint_error(pred, gt, body_size=64) == pytest.approx(2 * 1.0 / 5)
 
 
 def test_dtw_joint_error_penalises_frames_sharing_no_hand():
     left_only = np.array([[[10, 10], [np.nan, np.nan]]])
     right_only = np.array([[[np.nan, np.nan], [10, 10]]])
     assert dtw_joint_error(left_only, right_only, body_size=10, unmatched_cost=1.0) == 1.0
+    neither = np.full((1, 2, 2), np.nan)
+    assert dtw_joint_error(neither, neither, body_size=10) == 0.0
+
+
+def test_hand_cost_matrix_matches_the_frame_pair_rule():
+    gt = np.array([[[0.0, 0.0], [1.0, 0.0]], [[0.0, 0.5], [np.nan, np.nan]]])
+    pred = np.array([[[0.0, 0.3], [np.nan, np.nan]]])
+    cost = metrics.hand_cost_matrix(gt, pred, unmatched_cost=1.0)
+    assert cost.shape == (2, 1)
+    assert cost[0, 0] == pytest.approx((0.3 + 1.0) / 2)  # left 0.3 away, right missing in pred
+    assert cost[1, 0] == pytest.approx(0.2)  # only the left hand is anywhere: 0.2 away
+
+
+def test_dtw_from_cost_equals_dtw():
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=(6, 2)), rng.normal(size=(9, 2))
+    cost = np.linalg.norm(a[:, None] - b[None], axis=-1)
+    assert metrics.dtw_from_cost(cost) == pytest.approx(dtw(a, b, euclid))
+    assert metrics.dtw_from_cost(cost, "reference") == pytest.approx(dtw(a, b, euclid, normalize="reference"))
 
 
 # --- cost helpers ------------------------------------------------------------------------------------------
