@@ -27,9 +27,10 @@ What is evaluated
   by colour (`metrics.find_hands` with `synthsign.HAND_COLORS`), and E[j, i] = `metrics.dtw_joint_error` of generated
   clip j's hands against the ground-truth track of evaluation clip i's caption, with coordinates divided by the image
   size (1.0 = one image width). Every clip is scored, found hands or not: a hand missing from a generated frame (or
-  present where the ground truth has none) costs 1.0 image width in that frame, so a clip in which no hand is found
-  scores 1.0 -- every variant is scored on the same clips (`hand_detection_rate`, the fraction of (frame, hand) slots
-  with a hand found, says how often that happened).
+  present where the ground truth has none) is charged 1.0 image width in place of its distance (a frame pair costs
+  the mean over its hands), so a clip in which no hand is found scores exactly 1.0 -- every variant is scored on the
+  same clips (`hand_detection_rate`, the fraction of (frame, hand) slots with a hand found, says how often hands were
+  missed). If no hand is found in any clip, every pair costs 1.0 and dtw_gap is 0 with a zero-width interval.
   - `dtw_error`: mean of E[i, i] (each clip against its own caption).
   - `dtw_error_shuffled` (the control): mean of E[j, i] over ALL pairs j != i whose captions differ -- the same
     generated clips and ground truths, re-paired; no extra sampling.
