@@ -652,16 +652,7 @@ def run_study(
     run as a submitit job (`slurm`: the SlurmOptions of each job; `submitit_folder`: where submitit keeps the jobs'
     pickles and logs, default executed/<study>/.submitit/), wait for them and collect the outcomes.
     """
-    if executor not in EXECUTORS:
-        raise ConfigError(f"executor {executor!r}: one of {', '.join(EXECUTORS)}")
-    if slurm is not None and executor != "slurm":
-        raise ConfigError(f"Slurm options are for executor 'slurm', not {executor!r}")
-    if submitit_folder is not None and executor == "default":
-        raise ConfigError("submitit_folder is for executor 'local' or 'slurm', not 'default'")
-    if gpus and executor != "default":
-        raise ConfigError(f"gpus are for executor 'default'; with {executor!r} "
-                          + ("each job gets the GPUs of SlurmOptions.gpus_per_job" if executor == "slurm" else
-                             "each job sees this machine's GPUs (CUDA_VISIBLE_DEVICES), one job at a time"))
+    _check_executor_options(executor, slurm, submitit_folder, gpus)
     executed_dir, reports_dir = Path(executed_dir).resolve(), Path(reports_dir).resolve()
     overrides = normalize_overrides(overrides, epochs, data_dir)
     plans = plan_study(study, list(variants), list(seeds), scale, overrides, executed_dir,
@@ -678,7 +669,6 @@ def run_study(
     study_dir = executed_dir / study
     study_dir.mkdir(parents=True, exist_ok=True)
     _update_study_file(study_dir, study, plans, scale, overrides)
-    failures = FailureLog(study_dir)
     if executor == "slurm":
         where = "as Slurm jobs through submitit"
     elif executor == "local":
@@ -687,9 +677,47 @@ def run_study(
         where = f"on GPUs {', '.join(gpus)}, one run per GPU" if gpus else "one run after another"
     log(f"study {study}: {len(plans)} runs ({len(variants)} variants × {len(seeds)} seeds), scale {scale}, {where}")
 
-    outcomes: dict = {}
-    todo = []
+    outcomes, todo = _skip_or_prepare(plans, force, FailureLog(study_dir), log)
     forced = {p.name for p in plans} if force else set()
+    if executor != "default":
+        folder = Path(submitit_folder).resolve() if submitit_folder else study_dir / ".submitit"
+        outcomes.update(_run_with_submitit(executor, todo, len(plans), forced, study_dir, folder, slurm,
+                                           _report_command(study, executed_dir, reports_dir), log, poll_seconds))
+    else:
+        outcomes.update(_run_here(todo, len(plans), forced, gpus, log))
+
+    result = StudyResult(study, study_dir, [outcomes[p.name] for p in plans])
+    counts = {s: sum(r.status == s for r in result.runs) for s in dict.fromkeys(r.status for r in result.runs)}
+    log(f"study {study}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    if result.failed:
+        log(f"failures recorded in {_shown(study_dir / FAILURES_FILE)}")
+    if build_report:
+        try:
+            result.report = _build_study_report(study, executed_dir, reports_dir, log=log)
+        except ReportError as exc:
+            result.report_error = str(exc)
+            log(f"report: failed: {exc}")
+    return result
+
+
+def _check_executor_options(executor: str, slurm, submitit_folder, gpus) -> None:
+    """Each option belongs to an executor: a misplaced one is an error naming it, before anything is written."""
+    if executor not in EXECUTORS:
+        raise ConfigError(f"executor {executor!r}: one of {', '.join(EXECUTORS)}")
+    if slurm is not None and executor != "slurm":
+        raise ConfigError(f"Slurm options are for executor 'slurm', not {executor!r}")
+    if submitit_folder is not None and executor == "default":
+        raise ConfigError("submitit_folder is for executor 'local' or 'slurm', not 'default'")
+    if gpus and executor != "default":
+        raise ConfigError(f"gpus are for executor 'default'; with {executor!r} "
+                          + ("each job gets the GPUs of SlurmOptions.gpus_per_job" if executor == "slurm" else
+                             "each job sees this machine's GPUs (CUDA_VISIBLE_DEVICES), one job at a time"))
+
+
+def _skip_or_prepare(plans: list, force: bool, failures: "FailureLog", log) -> tuple[dict, list]:
+    """Finished runs are skipped (outcome 'skipped'); with force they and any unfinished run are moved aside; an
+    unfinished run is otherwise resumed. Returns (outcomes so far, [(index, plan)] to run)."""
+    outcomes, todo = {}, []
     for i, plan in enumerate(plans, 1):
         status = run_status(plan.run_dir)
         if status == "finished" and not force:
@@ -704,45 +732,29 @@ def run_study(
         elif status is not None:
             log(f"[{i}/{len(plans)}] {plan.name}: was {status}; train() resumes it from its latest checkpoint")
         todo.append((i, plan))
+    return outcomes, todo
 
+
+def _run_here(todo: list, total: int, forced: set, gpus: list, log) -> dict:
+    """Run the plans in this process's notebooks: one after another, or one per GPU (the rest queued)."""
     def run(i: int, plan: RunPlan, gpu: Optional[str]) -> RunOutcome:
-        return run_planned(plan, i, len(plans), plan.name in forced, gpu, log)
+        return run_planned(plan, i, total, plan.name in forced, gpu, log)
 
-    if executor != "default":
-        folder = Path(submitit_folder).resolve() if submitit_folder else study_dir / ".submitit"
-        outcomes.update(_run_with_submitit(executor, todo, len(plans), forced, study_dir, folder, slurm,
-                                           _report_command(study, executed_dir, reports_dir), log, poll_seconds))
-    elif not gpus:
-        for i, plan in todo:
-            outcomes[plan.name] = run(i, plan, None)
-    else:
-        free = queue.Queue()
-        for gpu in gpus:
+    if not gpus:
+        return {plan.name: run(i, plan, None) for i, plan in todo}
+    free = queue.Queue()
+    for gpu in gpus:
+        free.put(gpu)
+
+    def on_free_gpu(i: int, plan: RunPlan) -> RunOutcome:
+        gpu = free.get()
+        try:
+            return run(i, plan, gpu)
+        finally:
             free.put(gpu)
 
-        def on_free_gpu(i: int, plan: RunPlan) -> RunOutcome:
-            gpu = free.get()
-            try:
-                return run(i, plan, gpu)
-            finally:
-                free.put(gpu)
-
-        with ThreadPoolExecutor(max_workers=len(gpus)) as pool:
-            for outcome in pool.map(lambda item: on_free_gpu(*item), todo):
-                outcomes[outcome.name] = outcome
-
-    result = StudyResult(study, study_dir, [outcomes[p.name] for p in plans])
-    counts = {s: sum(r.status == s for r in result.runs) for s in dict.fromkeys(r.status for r in result.runs)}
-    log(f"study {study}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
-    if result.failed:
-        log(f"failures recorded in {_shown(study_dir / 'failures.json')}")
-    if build_report:
-        try:
-            result.report = _build_study_report(study, executed_dir, reports_dir, log=log)
-        except ReportError as exc:
-            result.report_error = str(exc)
-            log(f"report: failed: {exc}")
-    return result
+    with ThreadPoolExecutor(max_workers=len(gpus)) as pool:
+        return {outcome.name: outcome for outcome in pool.map(lambda item: on_free_gpu(*item), todo)}
 
 
 # ----------------------------------------------------------------------------------------------- the report

@@ -203,18 +203,37 @@ def cmd_doctor(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m t2s", description="t2s: text-to-sign video diffusion ablations")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_ablate(sub)
+    _add_run_commands(sub)
+    sp = sub.add_parser("bench", help="benchmark the training step, sampling, FLOP utilization, and diffusers' UNet3D")
+    try:
+        from . import bench
 
-    def common(sp, study=True):
-        sp.add_argument("--scale", default="tiny", help="params/scales/<name>.yaml (default tiny)")
-        sp.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
-        sp.add_argument("--epochs", type=int, help="override num_epochs")
-        sp.add_argument("--data-dir", help="override data_dir")
-        sp.add_argument("--executed-dir", default=str(EXECUTED), help="where runs go (default executed/)")
-        if study:
-            sp.add_argument("--study", default="default", help="study name: executed/<study>/, reports/<study>.html")
+        bench.add_arguments(sp)
+    except (ImportError, AttributeError):
+        pass
+    sp.set_defaults(func=cmd_bench)
 
+    sp = sub.add_parser("doctor", help="check params, data, text encoder, metric weights and devices")
+    _add_common(sp, study=False)
+    sp.set_defaults(func=cmd_doctor)
+    return p
+
+
+def _add_common(sp, study=True) -> None:
+    """The options every training command shares."""
+    sp.add_argument("--scale", default="tiny", help="params/scales/<name>.yaml (default tiny)")
+    sp.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    sp.add_argument("--epochs", type=int, help="override num_epochs")
+    sp.add_argument("--data-dir", help="override data_dir")
+    sp.add_argument("--executed-dir", default=str(EXECUTED), help="where runs go (default executed/)")
+    if study:
+        sp.add_argument("--study", default="default", help="study name: executed/<study>/, reports/<study>.html")
+
+
+def _add_ablate(sub) -> None:
     sp = sub.add_parser("ablate", help="run variants x seeds through the training notebook, then build the report")
-    common(sp)
+    _add_common(sp)
     sp.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, help="params/<name>.yaml (default: the three)")
     sp.add_argument("--seeds", nargs="+", type=int, default=[0])
     sp.add_argument("--gpus", help="comma-separated GPU ids: one run per GPU at a time (default: sequential)")
@@ -235,8 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a further #SBATCH flag, e.g. --sbatch account=mylab --sbatch qos=high (repeatable)")
     sp.set_defaults(func=cmd_ablate)
 
+
+def _add_run_commands(sub) -> None:
+    """run, report, generate, evaluate: one run or one study at a time."""
     sp = sub.add_parser("run", help="train one variant into executed/<study>/<variant>-seed<k>/")
-    common(sp)
+    _add_common(sp)
     sp.add_argument("--variant", default="baseline")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--notebook", action="store_true", help="run through the papermill training notebook")
@@ -266,20 +288,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--steps", type=int, help="DDIM steps (default: the run's num_inference_steps)")
     sp.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     sp.set_defaults(func=cmd_evaluate)
-
-    sp = sub.add_parser("bench", help="benchmark the training step, sampling, FLOP utilization, and diffusers' UNet3D")
-    try:
-        from . import bench
-
-        bench.add_arguments(sp)
-    except (ImportError, AttributeError):
-        pass
-    sp.set_defaults(func=cmd_bench)
-
-    sp = sub.add_parser("doctor", help="check params, data, text encoder, metric weights and devices")
-    common(sp, study=False)
-    sp.set_defaults(func=cmd_doctor)
-    return p
 
 
 def main(argv=None) -> int:
