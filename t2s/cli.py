@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from .config import PROJECT_ROOT, ConfigError, available, load_config
+from .rundir import RunDir
 
 EXECUTED = PROJECT_ROOT / "executed"
 REPORTS = PROJECT_ROOT / "reports"
@@ -118,12 +119,12 @@ def cmd_generate(args) -> int:
 
 def cmd_evaluate(args) -> int:
     """FVD, LPIPS, SSIM/PSNR, temporal metrics, sign fidelity and cost of a finished run, raw and EMA weights."""
-    from .evaluate import evaluate_run
+    from .evaluate import EVALUATION_COLUMNS, evaluate_run
 
     rows = evaluate_run(args.run_dir, num_clips=args.num_clips, weights=args.weights, device=args.device,
-                        num_inference_steps=args.steps)
-    shown = ("fvd", "lpips", "ssim", "psnr", "dtw_error", "dtw_error_shuffled", "hand_detection_rate", "val_loss",
-             "inference_time_ms")
+                        num_inference_steps=args.steps, batch_size=args.batch_size)
+    identity = {"model_name", "config_name", "weights", "timestamp", "feature_weights_sha256"}
+    shown = [c for c in EVALUATION_COLUMNS if c not in identity and not c.endswith("_status")]
     for row in rows:
         print(f"{row['model_name']} [{row['weights']}]")
         for key in shown:
@@ -131,7 +132,7 @@ def cmd_evaluate(args) -> int:
             why = row.get(f"{key}_status")
             text = f"{value:.4g}" if isinstance(value, float) else str(value)
             print(f"  {key:22s} {text}" + (f"   ({why})" if value is None and why else ""))
-    print(f"written: {Path(args.run_dir) / 'logs' / 'evaluation_metrics.csv'} and .json")
+    print(f"written: {RunDir(Path(args.run_dir)).evaluation_csv} and .json")
     return 0
 
 
@@ -220,6 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1 (argparse prints the error and exits 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
 def _add_common(sp, study=True) -> None:
     """The options every training command shares."""
     sp.add_argument("--scale", default="tiny", help="params/scales/<name>.yaml (default tiny)")
@@ -276,16 +288,17 @@ def _add_run_commands(sub) -> None:
     sp.add_argument("prompts", nargs="+")
     sp.add_argument("--weights", choices=["ema", "raw"], default="ema")
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--steps", type=int, help="DDIM steps (default: the run's num_inference_steps)")
+    sp.add_argument("--steps", type=_positive_int, help="DDIM steps (default: the run's num_inference_steps)")
     sp.add_argument("--guidance", type=float, help="guidance scale (default: the run's)")
     sp.add_argument("--out", help="output folder (default <run_dir>/generated)")
     sp.set_defaults(func=cmd_generate)
 
     sp = sub.add_parser("evaluate", help="evaluate a finished run (raw and EMA weights) into logs/evaluation_metrics.*")
     sp.add_argument("run_dir")
-    sp.add_argument("--num-clips", type=int, help="validation clips to generate (default: the run's eval_num_clips)")
+    sp.add_argument("--num-clips", type=_positive_int, help="validation clips to generate (default: the run's eval_num_clips)")
     sp.add_argument("--weights", nargs="+", choices=["raw", "ema"], help="default: raw, and ema when the run has it")
-    sp.add_argument("--steps", type=int, help="DDIM steps (default: the run's num_inference_steps)")
+    sp.add_argument("--steps", type=_positive_int, help="DDIM steps (default: the run's num_inference_steps)")
+    sp.add_argument("--batch-size", type=_positive_int, help="clips sampled together (default: the run's eval_batch_size)")
     sp.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     sp.set_defaults(func=cmd_evaluate)
 
