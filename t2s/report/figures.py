@@ -80,16 +80,32 @@ def _layout(fig: go.Figure, title: str, **axes) -> go.Figure:
     return fig
 
 
+def _stacked(titles: tuple[str, str]) -> go.Figure:
+    """Two panels over one shared step or time axis."""
+    return make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.12, subplot_titles=titles)
+
+
+def _groups_and_colors(runs: Union[Study, Sequence[Run]]) -> tuple[list, dict]:
+    groups = _by_variant(runs)
+    return groups, _colors([v for v, _ in groups])
+
+
+def _training_curves(runs: Union[Study, Sequence[Run]], column: str, smoothing: float):
+    """(groups, [(variant, its runs, colour, curves)]) for one training-log column, variants without data left out."""
+    groups, colors = _groups_and_colors(runs)
+    found = []
+    for variant, variant_runs in groups:
+        curves = _seed_curves(variant_runs, "training", column, smoothing)
+        if not curves.empty:
+            found.append((variant, variant_runs, colors[variant], curves))
+    return groups, found
+
+
 def loss_figure(runs: Union[Study, Sequence[Run]], smoothing: float = 0.6, show_raw: bool = False) -> Optional[go.Figure]:
     """Training loss per variant: smoothed mean over seeds, the seeds' min–max as a band, optionally the raw points."""
-    groups = _by_variant(runs)
-    colors = _colors([v for v, _ in groups])
+    groups, found = _training_curves(runs, "loss", smoothing)
     fig = go.Figure()
-    for variant, variant_runs in groups:
-        curves = _seed_curves(variant_runs, "training", "loss", smoothing)
-        if curves.empty:
-            continue
-        color = colors[variant]
+    for variant, variant_runs, color, curves in found:
         if show_raw:
             raw = _seed_curves(variant_runs, "training", "loss")
             fig.add_trace(go.Scatter(x=raw.index, y=raw.mean(axis=1), mode="lines", name=f"{variant} (raw)",
@@ -104,8 +120,7 @@ def loss_figure(runs: Union[Study, Sequence[Run]], smoothing: float = 0.6, show_
 
 def validation_figure(runs: Union[Study, Sequence[Run]]) -> Optional[go.Figure]:
     """Validation loss over steps: raw weights dashed, EMA weights solid; mean over seeds with min–max band."""
-    groups = _by_variant(runs)
-    colors = _colors([v for v, _ in groups])
+    groups, colors = _groups_and_colors(runs)
     fig = go.Figure()
     for variant, variant_runs in groups:
         for column, dash, label in (("val_loss_raw", "dash", "raw"), ("val_loss_ema", "solid", "EMA")):
@@ -123,10 +138,8 @@ def validation_figure(runs: Union[Study, Sequence[Run]]) -> Optional[go.Figure]:
 
 def schedule_figure(runs: Union[Study, Sequence[Run]]) -> Optional[go.Figure]:
     """Learning rate and the effective EMA decay over steps (one seed per variant: schedules do not depend on it)."""
-    groups = _by_variant(runs)
-    colors = _colors([v for v, _ in groups])
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.12,
-                        subplot_titles=("learning rate", "effective EMA decay"))
+    groups, colors = _groups_and_colors(runs)
+    fig = _stacked(("learning rate", "effective EMA decay"))
     for variant, variant_runs in groups:
         for row, column in ((1, "lr"), (2, "ema_decay")):
             curves = _seed_curves(variant_runs[:1], "training", column)
@@ -149,10 +162,8 @@ def _elapsed_minutes(frame: pd.DataFrame) -> pd.Series:
 
 def memory_figure(runs: Union[Study, Sequence[Run]]) -> Optional[go.Figure]:
     """Accelerator memory allocated and process RSS over wall-clock time, one line per run."""
-    groups = _by_variant(runs)
-    colors = _colors([v for v, _ in groups])
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.12,
-                        subplot_titles=("accelerator memory allocated (GB)", "process resident memory (GB)"))
+    groups, colors = _groups_and_colors(runs)
+    fig = _stacked(("accelerator memory allocated (GB)", "process resident memory (GB)"))
     for variant, variant_runs in groups:
         for i, run in enumerate(variant_runs):
             frame = run.memory
@@ -172,14 +183,9 @@ def memory_figure(runs: Union[Study, Sequence[Run]]) -> Optional[go.Figure]:
 
 def throughput_figure(runs: Union[Study, Sequence[Run]], smoothing: float = 0.6) -> Optional[go.Figure]:
     """Training throughput (clips per second) over steps, smoothed mean over seeds with a min–max band."""
-    groups = _by_variant(runs)
-    colors = _colors([v for v, _ in groups])
     fig = go.Figure()
-    for variant, variant_runs in groups:
-        curves = _seed_curves(variant_runs, "training", "clips_per_s", smoothing)
-        if curves.empty:
-            continue
-        _add_mean_curve(fig, curves, colors[variant], variant, variant)
+    for variant, _, color, curves in _training_curves(runs, "clips_per_s", smoothing)[1]:
+        _add_mean_curve(fig, curves, color, variant, variant)
     if not fig.data:
         return None
     return _layout(fig, "Throughput", xaxis_title="optimizer step", yaxis_title="clips per second")
