@@ -112,15 +112,20 @@ class TextEncoder(nn.Module):
         return states, tokens["attention_mask"].bool()
 
     def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(states (B, L, D), mask (B, L)). A frozen encoder computes each distinct caption once, then reuses it."""
+        """(states (B, L, D), mask (B, L)). A frozen encoder computes each distinct caption once, then reuses it.
+
+        A caption enters the cache encoded on its own (batch 1, no padding): its states are a function of the caption
+        alone, whichever captions, batch or process first asked for it. Encoded together, padded to the longest, the
+        same caption's states differ in the last bits with its batch mates (other matrix shapes, other kernels), and
+        a resumed run, whose cache starts empty, would condition on other numbers than the uninterrupted one."""
         if not self.frozen:
             return self._run(captions)
         missing = sorted({c for c in captions if c not in self._cache})
         if missing:
             with torch.no_grad():
-                states, mask = self._run(missing)
-            for caption, s, m in zip(missing, states, mask):
-                self._cache[caption] = s[m].detach()  # (tokens, hidden), padding removed
+                for caption in missing:
+                    states, _ = self._run([caption])
+                    self._cache[caption] = states[0].detach()  # (tokens, hidden): one caption, no padding
         rows = [self._cache[c] for c in captions]
         length = max(r.shape[0] for r in rows)
         device, dtype = rows[0].device, rows[0].dtype

@@ -44,7 +44,7 @@ from .text import build_text_encoder
 RESUMABLE_CHANGES = {
     "max_steps", "num_epochs", "resume_from", "log_every", "sample_every", "save_every", "keep_checkpoints",
     "num_workers", "sample_prompts", "description", "eval_num_clips", "val_max_clips", "compare_to", "question",
-    "primary_metric",
+    "primary_metric", "eval_batch_size", "fvd_min_clips",
 }
 
 

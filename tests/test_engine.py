@@ -164,6 +164,21 @@ def test_text_encoder_loads_packaged_minilm_and_a_local_path():
         TextEncoder(str(default.name) + "-does-not-exist/x")
 
 
+def test_a_cached_caption_does_not_depend_on_the_captions_it_was_first_encoded_with():
+    """The frozen encoder's cache holds each caption's states as encoded alone: a resumed run, whose cache starts
+    empty and meets the captions in other company, conditions on the same numbers bit for bit."""
+    from t2s.text import TextEncoder
+
+    caption = "thank you"
+    mates = ["hello my name is anna and i am learning to sign today", "good morning", "where is the train station"]
+    alone, batched = TextEncoder("minilm"), TextEncoder("minilm")
+    a, _ = alone.encode([caption])
+    batched.encode(mates + [caption])
+    b, _ = batched.encode([caption])
+    assert torch.equal(a, b)
+    assert torch.equal(alone._cache[caption], batched._cache[caption])
+
+
 def test_denoiser_shapes_and_reference_scale_parameter_count():
     from t2s.model import build_denoiser
 

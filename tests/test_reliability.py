@@ -1,5 +1,6 @@
 """The reliability suite: a micro run killed (SIGKILL, no warning) at random steps, resumed each time, ends with
-exactly the weights of an uninterrupted run of the same seed."""
+exactly the weights of an uninterrupted run of the same seed; a tiny run at its default precision stopped by SIGTERM
+and resumed ends bit for bit where the uninterrupted one does."""
 from __future__ import annotations
 
 import csv
@@ -74,3 +75,47 @@ def test_killed_at_random_steps_resumes_to_the_uninterrupted_weights(tmp_path):
         torch.testing.assert_close(sb, sa, rtol=1e-5, atol=1e-6)
     with open(RunDir(run_dir).training_csv, newline="", encoding="utf-8") as fh:
         assert [int(r["step"]) for r in csv.DictReader(fh)] == list(range(1, 31))
+
+
+# the tiny scale's model, data and precision; fewer validation clips and sampling steps (neither touches training)
+TINY_OVERRIDES = {"max_steps": 16, "log_every": 1, "val_max_clips": 4, "num_inference_steps": 2}
+
+
+def test_tiny_run_stopped_by_sigterm_resumes_bit_identical(tmp_path, monkeypatch):
+    """Tiny defaults (bf16 autocast where the CPU has native bf16): SIGTERM inside step 8 of 16, resume in a fresh
+    trainer (new text encoder, empty caption cache), and the losses, weights and EMA equal the straight run's bit for
+    bit. The resumed run's captions are first encoded in other company than in the straight run (after step 8, and
+    without the step-0 validation), so a caption's cached states must not depend on the captions beside it."""
+    from t2s.train import Trainer, resolve_mixed_precision
+
+    cfg = load_config("baseline", "tiny", {"data_dir": str(tmp_path / "synthsign"), **TINY_OVERRIDES})
+    straight = t2s.train(cfg, tmp_path / "straight", progress=False)
+    original = Trainer.micro_step
+
+    def sigterm_in_step_8(self, *args):
+        out = original(self, *args)
+        if self.step == 7 and self.accelerator.sync_gradients:
+            os.kill(os.getpid(), signal.SIGTERM)  # the trainer finishes optimizer step 8, checkpoints, stops
+        return out
+
+    monkeypatch.setattr(Trainer, "micro_step", sigterm_in_step_8)
+    assert t2s.train(cfg, tmp_path / "resumed", progress=False).status == "interrupted"
+    monkeypatch.setattr(Trainer, "micro_step", original)
+    meta = json.loads(RunDir(tmp_path / "resumed").metadata.read_text())
+    assert "SIGTERM" in meta["error"] and latest_good_checkpoint(RunDir(tmp_path / "resumed"))[1]["step"] == 8
+    resumed = t2s.train(cfg, tmp_path / "resumed", progress=False)
+    assert resumed.status == "finished"
+    assert meta["mixed_precision"] == resolve_mixed_precision("auto")  # the tiny scale's own precision
+
+    def losses(run_dir):
+        with open(RunDir(run_dir).training_csv, newline="", encoding="utf-8") as fh:
+            return [(r["step"], r["loss"]) for r in csv.DictReader(fh)]
+
+    assert losses(resumed.run_dir) == losses(straight.run_dir)
+    _, a = latest_good_checkpoint(RunDir(straight.run_dir))
+    _, b = latest_good_checkpoint(RunDir(resumed.run_dir))
+    assert a["step"] == b["step"] == 16
+    for key in a["model"]:
+        assert torch.equal(b["model"][key], a["model"][key]), key
+    assert a["ema"]["updates"] == b["ema"]["updates"] == 16
+    assert all(torch.equal(sb, sa) for sa, sb in zip(a["ema"]["shadow"], b["ema"]["shadow"]))
