@@ -141,7 +141,7 @@ def test_i3d_features_of_short_small_clips_are_400d(i3d_model):
 
 def test_i3d_preprocess_loops_short_clips_and_resizes():
     clips = torch.arange(4.0).view(1, 1, 4, 1, 1).expand(1, 3, 4, 2, 2) / 4
-    out = metrics._i3d_preprocess(clips)
+    out = metrics.video_features._i3d_preprocess(clips)
     assert out.shape == (1, 3, 9, 224, 224)
     assert out[0, 0, :, 0, 0].tolist() == [v / 4 for v in [0, 1, 2, 3, 0, 1, 2, 3, 0]]
 
@@ -230,7 +230,7 @@ def test_torchscript_i3d_is_loaded_with_jit_and_called_as_stylegan_v_calls_it(to
 
 
 def test_the_pinned_torchscript_file_is_named_as_the_reference(torchscript_file, monkeypatch):
-    monkeypatch.setattr(metrics, "I3D_TORCHSCRIPT_SHA256", hashlib.sha256(torchscript_file.read_bytes()).hexdigest())
+    monkeypatch.setattr(metrics.video_features, "I3D_TORCHSCRIPT_SHA256", hashlib.sha256(torchscript_file.read_bytes()).hexdigest())
     extractor, status = load_i3d(torchscript_file, allow_download=False)
     assert extractor.name == metrics.TORCHSCRIPT_REFERENCE and metrics.TORCHSCRIPT_REFERENCE in status
 
@@ -254,7 +254,7 @@ def test_load_i3d_downloads_the_pinned_torchscript_into_the_cache(torchscript_fi
     monkeypatch.delenv("T2S_I3D_WEIGHTS", raising=False)
     payload, urls = torchscript_file.read_bytes(), []
     monkeypatch.setattr(urllib.request, "urlopen", _serve(payload, urls))
-    monkeypatch.setattr(metrics, "I3D_TORCHSCRIPT_SHA256", hashlib.sha256(payload).hexdigest())
+    monkeypatch.setattr(metrics.video_features, "I3D_TORCHSCRIPT_SHA256", hashlib.sha256(payload).hexdigest())
     extractor, status = load_i3d()
     assert extractor is not None, status
     assert urls == [metrics.I3D_TORCHSCRIPT_URL] and extractor.kind == "torchscript"
@@ -279,7 +279,7 @@ def test_without_a_pinned_sha256_nothing_is_downloaded(tmp_path, monkeypatch):
     monkeypatch.delenv("T2S_I3D_WEIGHTS", raising=False)
     urls = []
     monkeypatch.setattr(urllib.request, "urlopen", _serve(b"anything", urls))
-    monkeypatch.setattr(metrics, "I3D_TORCHSCRIPT_SHA256", None)
+    monkeypatch.setattr(metrics.video_features, "I3D_TORCHSCRIPT_SHA256", None)
     extractor, status = load_i3d()
     assert extractor is None and urls == [] and "no pinned SHA-256" in status
 
@@ -610,13 +610,13 @@ def test_count_parameters():
 
 
 def test_frechet_distance_retries_with_eps_offset_when_sqrtm_fails(monkeypatch):
-    real_sqrtm, calls = metrics.linalg.sqrtm, []
+    real_sqrtm, calls = metrics.distances.linalg.sqrtm, []
 
     def first_call_fails(a):
         calls.append(a)
         return np.full_like(a, np.nan) if len(calls) == 1 else real_sqrtm(a)
 
-    monkeypatch.setattr(metrics.linalg, "sqrtm", first_call_fails)
+    monkeypatch.setattr(metrics.distances.linalg, "sqrtm", first_call_fails)
     s1, s2, eps = np.array([1.0, 0.0]), np.array([4.0, 0.0]), 1e-6
     expected = np.sum(s1 + s2 - 2 * np.sqrt((s1 + eps) * (s2 + eps)))
     assert frechet_distance(np.zeros(2), np.diag(s1), np.zeros(2), np.diag(s2), eps=eps) == pytest.approx(expected)
