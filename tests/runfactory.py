@@ -70,7 +70,8 @@ def make_run(
         return (START + timedelta(seconds=float(step))).isoformat()
 
     loss = 0.9 * np.exp(-logged / 40) + 0.1 + loss_shift + rng.normal(0, 0.01, len(logged))
-    ema_decay = np.minimum(0.999, 1 - 1 / (1 + logged / 10)) if use_ema else np.full(len(logged), np.nan)
+    # the per-step decay t2s.ema logs: diffusers' warm-up counted from the first update, min(d, s / (9 + s))
+    ema_decay = np.minimum(0.999, logged / (9 + logged)) if use_ema else np.full(len(logged), np.nan)
     training = pd.DataFrame({
         "epoch": logged // 50, "step": logged, "loss": loss, "lr": 1e-3 * np.minimum(1, logged / 20),
         "grad_norm": rng.random(len(logged)), "ema_decay": ema_decay, "step_time_s": 0.1,
