@@ -176,7 +176,7 @@ def test_gpus_get_one_papermill_process_each(tmp_path, monkeypatch):
             running[0] -= 1
         return subprocess.CompletedProcess(command, 0, "", "")
 
-    monkeypatch.setattr(ablate.subprocess, "run", fake_run)
+    monkeypatch.setattr(subprocess, "run", fake_run)
     result = ablate.run_study("g", seeds=(0, 1), gpus="0,1", **study_args(tmp_path))
     assert [r.status for r in result.runs] == ["finished"] * 6
     assert peak[0] == 2  # both GPUs busy at once, never more than one run per GPU
@@ -194,7 +194,7 @@ def test_a_failing_gpu_run_reports_the_cell_error_from_its_notebook(tmp_path, mo
         nbformat.write(nb, command[4])
         return subprocess.CompletedProcess(command, 1, "", "papermill.exceptions.PapermillExecutionError")
 
-    monkeypatch.setattr(ablate.subprocess, "run", fake_run)
+    monkeypatch.setattr(subprocess, "run", fake_run)
     result = ablate.run_study("g", variants=("baseline",), gpus=["3"], **study_args(tmp_path))
     assert result.runs[0].status == "failed"
     entry = json.loads((tmp_path / "executed" / "g" / "failures.json").read_text())["baseline-seed0"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 import submitit
 
 from runfactory import make_run
-from t2s import ablate, cli
+from t2s import ablate, cli, executors
 from t2s.ablate import SlurmOptions
 from t2s.config import ConfigError, PROJECT_ROOT
 
@@ -110,7 +111,7 @@ def test_a_job_that_dies_without_a_result_is_a_recorded_failure(tmp_path):
     job = ablate.make_executor("local", study_dir / ".submitit", "s").submit(os._exit, 3)
     job.wait()
     job._results_timeout_s = 0  # submitit waits 15 s for a result file a slow shared filesystem may not show yet
-    outcome = ablate._collect(job, plan)
+    outcome = executors._collect(job, plan)
     assert (outcome.status, outcome.job_id) == ("failed", str(job.job_id))
     entry = json.loads((study_dir / "failures.json").read_text())["baseline-seed0"]
     assert entry["ename"] == "UncompletedJobError" and entry["evalue"].startswith(f"job {job.job_id}: ")
@@ -235,7 +236,7 @@ def test_interrupting_a_slurm_study_leaves_the_jobs_and_says_how_to_report(tmp_p
     def interrupt(seconds):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ablate.time, "sleep", interrupt)
+    monkeypatch.setattr(time, "sleep", interrupt)
     lines = []
     with pytest.raises(KeyboardInterrupt):
         ablate.run_study("s", variants=["baseline"], scale="micro", executor="slurm",
