@@ -12,7 +12,7 @@ import torchvision
 from scipy import signal
 from torch import nn
 
-from t2s import metrics
+from t2s import metrics, synthsign
 from t2s.metrics import (
     I3D,
     compute_fvd,
@@ -132,24 +132,74 @@ def test_load_i3d_from_env_var(i3d_weights, monkeypatch):
     assert model is not None and status.startswith("ok") and str(i3d_weights[0]) in status
 
 
-def test_i3d_features_of_short_small_clips_are_400d(i3d_model):
-    features = i3d_features(random_clips(2, 3, 8, 32, 32), i3d_model)  # looped to 9 frames, resized to 224
-    assert features.shape == (2, 400) and torch.isfinite(features).all()
-    assert not torch.allclose(features[0], features[1])
-    assert torch.equal(features, i3d_features(random_clips(2, 3, 8, 32, 32), i3d_model.model))  # a bare I3D too
+def test_i3d_features_are_the_eval_mode_logits_of_the_preprocessed_clips(i3d_weights):
+    """BatchNorm from its running statistics, no dropout: a clip's features do not depend on its batch mates. A
+    network left in training mode (batch statistics, dropout 0.5) gives other numbers, different with every batch."""
+    model = I3D()
+    model.load_state_dict(i3d_weights[1])
+    model.train()  # i3d_features puts it in eval mode itself
+    clips = random_clips(2, 3, 8, 32, 32)
+    one_at_a_time = i3d_features(clips, model, batch_size=1)
+    with torch.no_grad():
+        together = model.eval()(metrics.video_features._i3d_preprocess(clips))
+    assert one_at_a_time.shape == (2, 400) and one_at_a_time.dtype == torch.float32
+    torch.testing.assert_close(one_at_a_time, together, rtol=1e-4, atol=1e-4)
 
 
-def test_i3d_preprocess_loops_short_clips_and_resizes():
-    clips = torch.arange(4.0).view(1, 1, 4, 1, 1).expand(1, 3, 4, 2, 2) / 4
-    out = metrics.video_features._i3d_preprocess(clips)
+def test_i3d_preprocess_resizes_bilinearly_to_224_in_the_signed_range_and_loops_short_clips():
+    """A 2x2 two-frame clip by hand. Bilinear, align_corners=False: output pixel i of 224 samples the 2-pixel input
+    at (i + 0.5) / 112 - 0.5 (clamped to [0, 1]); pixel 111 lies w = 55.5 / 112 of the way from input 0 to input 1.
+    Values stay in [-1, 1] (not rescaled to [0, 1] or [0, 255]); the 2 frames are looped 0, 1, 0, 1, ... to 9."""
+    a, b, c, d = -1.0, 1.0, 0.5, -0.5  # frame 0 of the red channel: [[a, b], [c, d]]; frame 1 is its negative
+    clip = torch.zeros(1, 3, 2, 2, 2)
+    clip[0, 0, 0] = torch.tensor([[a, b], [c, d]])
+    clip[0, 0, 1] = -clip[0, 0, 0]
+    clip[0, 1] = 0.25
+    out = metrics.video_features._i3d_preprocess(clip)
     assert out.shape == (1, 3, 9, 224, 224)
-    assert out[0, 0, :, 0, 0].tolist() == [v / 4 for v in [0, 1, 2, 3, 0, 1, 2, 3, 0]]
+    red, w = out[0, 0, 0], 55.5 / 112
+    assert (red[0, 0], red[0, 223], red[223, 0], red[223, 223]) == (a, b, c, d)  # the corners are the input pixels
+    assert red[0, 111].item() == pytest.approx(a + w * (b - a), abs=1e-6)
+    assert red[111, 0].item() == pytest.approx(a + w * (c - a), abs=1e-6)
+    expected_centre = (1 - w) ** 2 * a + (1 - w) * w * (b + c) + w**2 * d
+    assert red[111, 111].item() == pytest.approx(expected_centre, abs=1e-6)
+    assert out.min() == -1.0 and out.max() == 1.0
+    assert out[0, 0, :, 0, 0].tolist() == [a, -a] * 4 + [a]  # frames 0, 1, 0, 1, 0, 1, 0, 1, 0
+    assert torch.allclose(out[0, 1], torch.tensor(0.25)) and torch.all(out[0, 2] == 0.0)  # channels kept in order
+    long_clip = random_clips(1, 3, 10, 4, 4)
+    assert metrics.video_features._i3d_preprocess(long_clip).shape == (1, 3, 10, 224, 224)  # used whole
+    with pytest.raises(ValueError, match="RGB"):
+        metrics.video_features._i3d_preprocess(random_clips(1, 1, 9, 4, 4))
 
 
-def test_fvd_is_zero_for_identical_sets_and_positive_for_different(i3d_model):
-    fake, real = random_clips(2, 3, 9, 32, 32, seed=1), random_clips(2, 3, 9, 32, 32, seed=2)
-    assert abs(compute_fvd(fake, fake, i3d_model)) < 1e-4
-    assert compute_fvd(fake, real, i3d_model) > 1e-3
+class MeanColour(nn.Module):
+    """A stand-in feature network with features known by hand: the mean of each channel, (B, 3, T, H, W) -> (B, 3)."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = nn.Parameter(torch.zeros(()))  # i3d_features takes the device from the parameters
+
+    def forward(self, x):
+        return x.mean(dim=(2, 3, 4))
+
+
+def one_colour_clips(colours: np.ndarray) -> torch.Tensor:
+    """(N, 3) colours -> (N, 3, 9, 8, 8) clips, each frame of clip n filled with colour n."""
+    return torch.tensor(colours, dtype=torch.float32)[:, :, None, None, None].expand(-1, 3, 9, 8, 8)
+
+
+def test_fvd_is_the_frechet_distance_of_the_two_sets_of_features_by_hand():
+    """Clips of one colour each: their features are their colours (resizing and looping keep a constant frame). Same
+    covariance, means c apart: FVD = |c|^2. Features scaled by 1/2: FVD = |mu|^2 / 4 + Tr(S) / 4, S the unbiased
+    covariance (a biased one, or the wrong statistic, gives other numbers)."""
+    colours = np.array([[-0.5, 0.2, 0.1], [0.3, -0.4, 0.6], [0.0, 0.5, -0.7], [0.8, -0.1, -0.2]])
+    offset = np.array([0.1, -0.2, 0.3])
+    fvd = compute_fvd(one_colour_clips(colours), one_colour_clips(colours + offset), MeanColour())
+    assert fvd == pytest.approx(0.14, rel=1e-4)
+    trace = ((colours - colours.mean(0)) ** 2).sum() / (len(colours) - 1)
+    expected = (colours.mean(0) ** 2).sum() / 4 + trace / 4
+    fvd = compute_fvd(one_colour_clips(colours), one_colour_clips(colours / 2), MeanColour())
+    assert fvd == pytest.approx(expected, rel=1e-4)
 
 
 def test_load_i3d_rejects_mismatched_state_dict(i3d_weights, tmp_path):
@@ -390,13 +440,29 @@ def test_load_lpips_rejects_wrong_backbone(tmp_path):
     assert model is None and "does not match" in status
 
 
-def test_lpips_is_zero_for_identical_clips_and_positive_for_different(alexnet_file):
+def test_lpips_refuses_clips_in_the_unit_range(alexnet_file):
+    """The kit's clips are in [-1, 1], which LPIPS reads as it is; [0, 1] images would be scored as if mid-grey and
+    brighter. They are refused with an error that says so, not scored."""
     model, status = load_lpips("alex", weights_dir=alexnet_file[0])
     assert model is not None, status
-    fake, real = random_clips(2, 3, 3, 32, 32, seed=3), random_clips(2, 3, 3, 32, 32, seed=4)
-    assert compute_lpips(fake, fake, model) == pytest.approx(0.0, abs=1e-7)
-    assert compute_lpips(fake, real, model) > 1e-4
-    assert compute_lpips(fake[..., :16, :16], real[..., :16, :16], model) > 1e-4  # upsampled to 32 px
+    fake, real = random_clips(1, 3, 2, 32, 32, seed=3), random_clips(1, 3, 2, 32, 32, seed=4)
+    compute_lpips(fake, real, model)  # [-1, 1]: scored
+    with pytest.raises(ValueError, match=r"\[-1, 1\].*\[0, 1\] images"):
+        compute_lpips((fake + 1) / 2, (real + 1) / 2, model)
+
+
+def test_lpips_is_the_mean_of_the_networks_distance_over_matched_frames(alexnet_file):
+    """Frame f of clip b against frame f of clip b, in [-1, 1] as lpips reads it, averaged with equal weight; frames
+    smaller than 32 px upsampled (bilinear) to 32 first. Identical clips score 0."""
+    model, status = load_lpips("alex", weights_dir=alexnet_file[0])
+    assert model is not None, status
+    for size in (32, 16):
+        fake, real = random_clips(2, 3, 3, size, size, seed=3), random_clips(2, 3, 3, size, size, seed=4)
+        up = lambda frame: nn.functional.interpolate(frame[None], size=(32, 32), mode="bilinear")  # noqa: E731
+        with torch.no_grad():
+            by_frame = [model(up(fake[b, :, f]), up(real[b, :, f])).item() for b in range(2) for f in range(3)]
+        assert compute_lpips(fake, real, model) == pytest.approx(np.mean(by_frame), rel=1e-5)
+        assert compute_lpips(fake, fake, model) == pytest.approx(0.0, abs=1e-7)
 
 
 # --- SSIM / PSNR -------------------------------------------------------------------------------------------
@@ -520,10 +586,8 @@ def test_find_hands_tolerance_and_minimum_size():
 
 @pytest.mark.parametrize("signer, image_size", [(0, 64), (1, 32)])
 def test_find_hands_recovers_synthsign_keypoints(signer, image_size):
-    synthsign = pytest.importorskip("t2s.synthsign")
-    colors = getattr(synthsign, "HAND_COLORS", HAND_COLORS)
     frames, truth = synthsign.render_clip("hello world", signer, 8, image_size, signer)
-    keypoints, found = find_hands(frames, colors)
+    keypoints, found = find_hands(frames, synthsign.HAND_COLORS)
     truth = np.asarray(truth, np.float64)
     visible = np.isfinite(truth).all(-1)
     assert found[visible].mean() > 0.9

@@ -1,8 +1,9 @@
 """Paired frame metrics of matched clips (``fake[i]`` against ``real[i]``): LPIPS, SSIM and PSNR.
 
 Rules: clips ``(B, C, F, H, W)`` in ``[-1, 1]`` of equal shape; each frame is compared with its counterpart and the
-values are averaged over frames and clips with equal weight. LPIPS reads [-1, 1] as it is (lpips' convention);
-SSIM and PSNR rescale to ``[0, 1]`` with ``(x + 1) / 2`` and clamp. `load_lpips` returns ``(model | None, status)``, downloading nothing. Imports `files`.
+values are averaged over frames and clips with equal weight. LPIPS reads [-1, 1] as it is (lpips' convention) and
+refuses clips without a negative value ([0, 1] images); SSIM and PSNR rescale to ``[0, 1]`` with ``(x + 1) / 2``
+and clamp. `load_lpips` returns ``(model | None, status)``, downloading nothing. Imports `files`.
 """
 from __future__ import annotations
 
@@ -89,11 +90,23 @@ def _check_pair(fake: torch.Tensor, real: torch.Tensor) -> None:
                          f"{tuple(fake.shape)} and {tuple(real.shape)}")
 
 
+def _check_signed(fake: torch.Tensor, real: torch.Tensor) -> None:
+    """LPIPS reads its inputs as [-1, 1] (lpips' ``normalize=False``): [0, 1] (or [0, 255]) images would be read as
+    mid-grey and brighter and every distance would shift. Clips of which neither set has one negative value leave the
+    darker half of [-1, 1] unused in every frame, which no real video does: they are refused, not scored."""
+    smallest = min(float(fake.min()), float(real.min())) if fake.numel() else -1.0
+    if smallest >= 0:
+        raise ValueError(f"compute_lpips takes clips in [-1, 1], but no value of either set is negative (smallest "
+                         f"{smallest:g}): [0, 1] images? rescale them with x * 2 - 1")
+
+
 @torch.no_grad()
 def compute_lpips(fake: torch.Tensor, real: torch.Tensor, model: nn.Module, batch_size: int = 64) -> float:
     """Mean LPIPS between matched clips (B, 3, F, H, W) in [-1, 1]: per frame, averaged over frames and
-    clips. Frames whose shorter side is below ``LPIPS_MIN_SIDE`` are upsampled (bilinear) to it first."""
+    clips. Frames whose shorter side is below ``LPIPS_MIN_SIDE`` are upsampled (bilinear) to it first. Clips
+    without a negative value in either set ([0, 1] images) raise ``ValueError`` (`_check_signed`)."""
     _check_pair(fake, real)
+    _check_signed(fake, real)
     device = next(model.parameters()).device
     x = rearrange(fake.float(), "b c f h w -> (b f) c h w")
     y = rearrange(real.float(), "b c f h w -> (b f) c h w")
