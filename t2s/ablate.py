@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 from t2s import report_build
-from t2s.config import ConfigError
+from t2s.config import DEFAULT_VARIANTS, ConfigError
 from t2s.executors import (LOCAL_TIMEOUT_MIN, RunJob, SlurmOptions, SubmissionError, check_slurm_available,
                            executor_parameters, make_executor, parse_mem_gb, parse_sbatch, parse_time_minutes,
                            run_with_submitit)
@@ -60,7 +60,6 @@ __all__ = [
     "ReportError", "export_html", "build_report",
 ]
 
-DEFAULT_VARIANTS = ("baseline", "text_finetuned", "no_ema")
 EXECUTORS = ("default", "local", "slurm")  # in this process / submitit's LocalExecutor / Slurm jobs through submitit
 
 

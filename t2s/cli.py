@@ -8,12 +8,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import PROJECT_ROOT, ConfigError, available, load_config
+from .config import DEFAULT_VARIANTS, PROJECT_ROOT, ConfigError, available, load_config
 from .rundir import RunDir
 
 EXECUTED = PROJECT_ROOT / "executed"
 REPORTS = PROJECT_ROOT / "reports"
-DEFAULT_VARIANTS = ["baseline", "text_finetuned", "no_ema"]
 
 
 def _overrides(args) -> list[str]:
@@ -108,7 +107,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from .train import generate
+    from .pipeline import generate
 
     results = generate(args.run_dir, args.prompts, weights=args.weights, seed=args.seed, out_dir=args.out,
                        num_inference_steps=args.steps, guidance_scale=args.guidance)
@@ -246,7 +245,7 @@ def _add_common(sp, study=True) -> None:
 def _add_ablate(sub) -> None:
     sp = sub.add_parser("ablate", help="run variants x seeds through the training notebook, then build the report")
     _add_common(sp)
-    sp.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, help="params/<name>.yaml (default: the three)")
+    sp.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), help="params/<name>.yaml (default: the three)")
     sp.add_argument("--seeds", nargs="+", type=int, default=[0])
     sp.add_argument("--gpus", help="comma-separated GPU ids: one run per GPU at a time (default: sequential)")
     sp.add_argument("--force", action="store_true", help="rerun finished runs")

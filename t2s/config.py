@@ -20,6 +20,8 @@ import yaml
 PACKAGED_TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PARAMS_DIR = PROJECT_ROOT / "params"
+# The variants a study runs when none are named (params/<name>.yaml each).
+DEFAULT_VARIANTS = ("baseline", "text_finetuned", "no_ema")
 
 
 class ConfigError(ValueError):

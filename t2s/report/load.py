@@ -15,12 +15,12 @@ from typing import Iterable, Optional, Sequence, Union
 
 import pandas as pd
 
+from t2s.config import DEFAULT_VARIANTS
 from t2s.rundir import FAILURES_FILE, STUDY_FILE, RunDir
 
 __all__ = ['DEFAULT_VARIANTS', 'BASELINE', 'RUN_NAME', 'Metric', 'ONE_BATCH', 'COST', 'NO_DIRECTION', 'CONTROL', 'PRIMARY', 'TRAINING_METRICS', 'EVALUATION_METRICS', 'EVALUATION_NON_METRICS', 'EVALUATION_QUALIFIERS', 'Run', 'load_run', 'Study', 'load_study', 'evaluation_row', 'missing_values', 'evaluation_metrics', 'run_metrics', 'available_metrics']
 
 
-DEFAULT_VARIANTS = ("baseline", "text_finetuned", "no_ema")
 BASELINE = "baseline"
 RUN_NAME = re.compile(r"^(?P<variant>.+)-seed(?P<seed>\d+)$")
 
