@@ -17,7 +17,8 @@ import warnings as _warnings  # noqa: E402
 _warnings.filterwarnings("ignore", message=r"'t2s\.train' found in sys\.modules", category=RuntimeWarning)
 
 from .config import Config, ConfigError, load_config  # noqa: E402
-from .train import RunResult, generate, train  # noqa: E402  (the function shadows the submodule name on purpose)
+from .train import RunResult, train  # noqa: E402  (the function shadows the submodule name on purpose)
+from .pipeline import TextToSignPipeline, generate  # noqa: E402
 from .evaluate import evaluate_run  # noqa: E402
 
-__all__ = ["Config", "ConfigError", "load_config", "train", "generate", "evaluate_run", "RunResult"]
+__all__ = ["Config", "ConfigError", "load_config", "train", "generate", "evaluate_run", "RunResult", "TextToSignPipeline"]

@@ -53,6 +53,7 @@ from torch import nn
 
 from .config import PROJECT_ROOT, Config, ConfigError, load_config
 from .evaluate import proc_status_bytes
+from .pipeline import TextToSignPipeline
 
 PHASES = ("data", "text", "forward_backward", "grad_clip", "optimizer", "ema")
 DEFAULT_OUT = PROJECT_ROOT / "reports" / "bench"
@@ -567,39 +568,29 @@ def held_out_loss(model: nn.Module, text, val_set, cfg: Config, device: torch.de
 @torch.no_grad()
 def time_sampling(model: nn.Module, text, cfg: Config, device: torch.device, steps: int,
                   target_steps: int = SAMPLING_TARGET_STEPS, prompt: str = "hello my name is anna") -> dict:
-    """Seconds to sample one clip with DDIM and classifier-free guidance (the config's guidance scale; a scale of
-    1 is raised to 2 so that guidance, i.e. the doubled batch, is on). Runs `steps` DDIM steps, times each, and
-    extrapolates linearly per step to `target_steps` (the first step, a warm-up, is excluded from the per-step
-    mean when more than one ran)."""
-    from .diffusion import build_sample_scheduler, sample
-
+    """Seconds to sample one clip through `TextToSignPipeline` with DDIM and classifier-free guidance (the config's
+    guidance scale; a scale of 1 is raised to 2 so that guidance, i.e. the doubled batch, is on). Runs `steps` DDIM
+    steps, times each (the first from the call's start: it includes encoding the caption and drawing the noise), and
+    extrapolates linearly per step to `target_steps` (the first step, a warm-up, is excluded from the per-step mean
+    when more than one ran)."""
     sync = make_sync(device)
     guidance = cfg.guidance_scale if cfg.guidance_scale != 1.0 else 2.0
     was_training = model.training
     model.eval()
-    ctx, mask = text.encode([prompt])
-    null_ctx, null_mask = text.null(1)
-    ctx, mask, null_ctx, null_mask = (a.to(device) for a in (ctx, mask, null_ctx, null_mask))
-    shape = (1, 3, cfg.num_frames, cfg.image_size, cfg.image_size)
-    noise = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    pipe = TextToSignPipeline.from_config(model, text, cfg)
     marks: list[float] = []
 
-    def progress(timesteps):
-        for t in timesteps:
-            sync()
-            marks.append(time.perf_counter())
-            yield t
+    def mark(_step: int) -> None:
         sync()
         marks.append(time.perf_counter())
 
     sync()
     t0 = time.perf_counter()
-    sample(model, build_sample_scheduler(cfg), ctx, mask, null_ctx, null_mask, shape, steps, guidance, cfg.eta,
-           generator=torch.Generator().manual_seed(0), progress=progress, initial_noise=noise)
+    pipe([prompt], seeds=[0], num_inference_steps=steps, guidance_scale=guidance, step_callback=mark)
     sync()
     total = time.perf_counter() - t0
     model.train(was_training)
-    per_step = [b - a for a, b in zip(marks, marks[1:])]
+    per_step = [b - a for a, b in zip([t0] + marks, marks)]
     steady = per_step[1:] if len(per_step) > 1 else per_step
     per_step_mean = sum(steady) / len(steady)
     overhead = max(0.0, total - sum(per_step))

@@ -1,17 +1,15 @@
-"""Noise schedules and sampling with classifier-free guidance, on diffusers' schedulers.
+"""Noise schedules, training targets and the held-out loss, on diffusers' schedulers.
 
-Training noise comes from `DDPMScheduler.add_noise`; sampling from `DDIMScheduler.step` (eta). The denoiser
-predicts epsilon or v (`prediction_type`); the training target follows it.
+Training noise comes from `DDPMScheduler.add_noise`; sampling (`t2s.pipeline`) from `DDIMScheduler.step` (eta). The
+denoiser predicts epsilon or v (`prediction_type`); the training target follows it.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Optional
-
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
-MAX_ETA = 1.0 - 1e-4  # see sample()
+MAX_ETA = 1.0 - 1e-4  # the largest DDIM eta sampled with (see t2s.pipeline)
 VAL_NOISE_SEED = 20240611  # fixed noise for the held-out loss: identical across variants and seeds
 _BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "squaredcos_cap_v2"}
 
@@ -50,53 +48,6 @@ def diffusion_loss(denoiser, scheduler, clean, noise, t, context, mask) -> torch
     noisy = scheduler.add_noise(clean, noise, t)
     pred = denoiser(noisy, t, context, mask)
     return torch.nn.functional.mse_loss(pred.float(), training_target(scheduler, clean, noise, t).float())
-
-
-@torch.no_grad()
-def sample(
-    denoiser,
-    scheduler: DDIMScheduler,
-    context: torch.Tensor,
-    mask: torch.Tensor,
-    null_context: torch.Tensor,
-    null_mask: torch.Tensor,
-    shape: tuple[int, ...],
-    num_inference_steps: int = 50,
-    guidance_scale: float = 7.5,
-    eta: float = 0.0,
-    generator: Optional[torch.Generator] = None,
-    progress: Optional[Callable] = None,
-    initial_noise: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
-    """DDIM sampling with classifier-free guidance: eps = eps_null + s * (eps_text - eps_null).
-
-    context (b, s, d) and null_context (b, s', d) are padded to a common length; returns clips (b, c, f, h, w) in [-1, 1].
-    """
-    from .text import pad_to
-
-    device = context.device
-    length = max(context.shape[1], null_context.shape[1])
-    context, mask = pad_to(context, mask, length)
-    null_context, null_mask = pad_to(null_context, null_mask, length)
-    both_ctx = torch.cat([null_context, context])
-    both_mask = torch.cat([null_mask, mask])
-    if initial_noise is None:
-        initial_noise = torch.randn(shape, generator=generator, device="cpu" if generator is None else generator.device)
-    x = initial_noise.to(device)
-    # DDIM's step takes sqrt(1 - alpha_prev - std^2), which is exactly sqrt(0) at the first step with zero terminal SNR
-    # and eta 1; float rounding made that sqrt(-tiny) = NaN for the cosine and scaled_linear schedules. A hair below 1
-    # keeps it positive and changes the sampler by nothing measurable.
-    eta = min(eta, MAX_ETA)
-    scheduler.set_timesteps(num_inference_steps, device=device)
-    steps = scheduler.timesteps
-    for t in progress(steps) if progress else steps:
-        if guidance_scale == 1.0:
-            out = denoiser(x, t.expand(x.shape[0]), context, mask)
-        else:
-            out_null, out_text = denoiser(torch.cat([x, x]), t.expand(2 * x.shape[0]), both_ctx, both_mask).chunk(2)
-            out = out_null + guidance_scale * (out_text - out_null)
-        x = scheduler.step(out, t, x, eta=eta, generator=generator).prev_sample
-    return x.clamp(-1, 1)
 
 
 @torch.no_grad()

@@ -25,8 +25,9 @@ with c = ceil(9d / (1 - d)) the first step whose warm-up value s / (9 + s) reach
 the last warm-up step in the range (the d-power is 1 while T < c). The initial weights keep R(0, T) = 0 with warm-up (the first update copies) and d**T without it; the
 weights folded in at update m keep (1 - D_m) * R(m*u, T).
 
-Updates run as one multi-tensor lerp on the model's device; `swapped(model)` puts the shadow weights in for
-validation and sampling and restores the raw ones.
+Updates run as one multi-tensor lerp on the model's device. `EMA.swapped()` puts the shadow weights in for
+validation and sampling and restores the raw ones; `EMA.copy_to(model)` and `copy_shadow(state["shadow"], model)`
+copy them (live, or from a saved state) into a model for good, as the pipeline loads a run's EMA weights.
 """
 from __future__ import annotations
 
@@ -69,6 +70,17 @@ def horizon_steps(decay: float) -> float:
     return 1.0 / (1.0 - decay)
 
 
+@torch.no_grad()
+def copy_shadow(shadow: list[torch.Tensor], model: nn.Module) -> nn.Module:
+    """Copy EMA shadow tensors (one per parameter, in `model.parameters()` order) into the model's parameters."""
+    params = list(model.parameters())
+    if len(shadow) != len(params):
+        raise ValueError(f"EMA shadow has {len(shadow)} tensors, the model {len(params)} parameters")
+    for p, s in zip(params, shadow):
+        p.copy_(s)
+    return model
+
+
 class EMA:
     def __init__(self, model: nn.Module, decay: float = 0.9999, update_every: int = 10, warmup: bool = True):
         self.decay, self.update_every, self.warmup = decay, update_every, warmup
@@ -94,13 +106,20 @@ class EMA:
         torch._foreach_lerp_(self.shadow, current, 1.0 - self.last_decay)
         return True
 
+    @torch.no_grad()
+    def copy_to(self, model: Optional[nn.Module] = None) -> None:
+        """Put the EMA weights into `model` (default: the model the EMA follows), replacing its weights."""
+        if model is not None:
+            copy_shadow(self.shadow, model)
+            return
+        for p, s in zip(self.params, self.shadow):
+            p.copy_(s)
+
     @contextmanager
     def swapped(self):
         """Within the block the model holds the EMA weights; the raw weights come back afterwards, untouched."""
         backup = [p.detach().clone() for p in self.params]
-        with torch.no_grad():
-            for p, s in zip(self.params, self.shadow):
-                p.copy_(s)
+        self.copy_to()
         try:
             yield
         finally:

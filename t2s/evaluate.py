@@ -355,7 +355,7 @@ def _merge(old: list[dict], new: list[dict], key: str) -> list[dict]:
 
 
 def _write_gifs(run: RunDir, entries: list[dict], clips: dict) -> None:
-    from .train import write_gif
+    from .pipeline import write_gif
 
     folder = run.root / "evaluation"
     for entry in entries:
@@ -420,7 +420,7 @@ def _evaluation_set(val_set, n: int) -> tuple[list[int], torch.Tensor]:
 def _check_run(run_dir: Union[str, Path]) -> tuple[RunDir, Config, dict]:
     """(run, config, the checkpoint's {file, step}) of a run directory, or a FileNotFoundError saying what is missing."""
     from .config import load_config_file
-    from .train import latest_good_checkpoint, list_checkpoints
+    from .checkpoint import latest_good_checkpoint, list_checkpoints
 
     run = RunDir(run_dir)
     if not run.root.is_dir():
@@ -462,8 +462,8 @@ def evaluate_run(
 
     from .data import build_datasets
     from .diffusion import build_train_scheduler
-    from .pipeline import TextToSignPipeline
-    from .train import load_run_models, resolve_mixed_precision
+    from .pipeline import TextToSignPipeline, load_run_models
+    from .train import resolve_mixed_precision
 
     run, cfg, checkpoint = _check_run(run_dir)
     if run.status not in (None, "finished"):

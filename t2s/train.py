@@ -22,6 +22,7 @@ import platform
 import random
 import subprocess
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -31,22 +32,19 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from .config import PROJECT_ROOT, Config, ConfigError, from_dict
-from .diffusion import VAL_NOISE_SEED, build_sample_scheduler, build_train_scheduler, diffusion_loss, held_out_loss, sample  # noqa: F401
+from .checkpoint import (  # noqa: F401 (RESUMABLE_CHANGES, load_verified: re-exported)
+    RESUMABLE_CHANGES, check_resumable, find_resume_point, latest_good_checkpoint, list_checkpoints, load_checkpoint,
+    load_verified, save_checkpoint,
+)
+from .diffusion import VAL_NOISE_SEED, build_train_scheduler, diffusion_loss, held_out_loss  # noqa: F401 (VAL_NOISE_SEED)
 from .ema import EMA
 from .model import build_denoiser, to_channels_last
+from .pipeline import TextToSignPipeline, write_gif
 from .rundir import (
-    MEMORY_COLUMNS, TRAINING_COLUMNS, VALIDATION_COLUMNS, RunDir, append_rows, atomic_write_bytes, atomic_write_json,
-    read_json, truncate_rows_after,
+    MEMORY_COLUMNS, TRAINING_COLUMNS, VALIDATION_COLUMNS, RunDir, append_rows, atomic_write_json, read_json,
+    truncate_rows_after,
 )
 from .text import build_text_encoder
-
-# Keys that may differ between a checkpoint's config and the config that resumes it (they do not change the math).
-RESUMABLE_CHANGES = {
-    "max_steps", "num_epochs", "resume_from", "log_every", "sample_every", "save_every", "keep_checkpoints",
-    "num_workers", "sample_prompts", "description", "eval_num_clips", "val_max_clips", "compare_to", "question",
-    "primary_metric", "eval_batch_size", "fvd_min_clips",
-}
-
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stopped and its last good checkpoint is intact."""
@@ -113,6 +111,20 @@ def uses_channels_last(cfg, device: torch.device) -> bool:
     if cfg.channels_last != "auto":
         return bool(cfg.channels_last)
     return device.type == "cuda" or resolve_mixed_precision(cfg.mixed_precision) == "bf16"
+
+
+@contextmanager
+def eval_mode(*modules: torch.nn.Module):
+    """Every submodule in eval mode within the block, then each back in its own previous mode (a module's flag alone
+    does not say its children's: a Hugging Face model loads in eval mode inside a module left in training mode)."""
+    saved = [(m, m.training) for module in modules for m in module.modules()]
+    for module in modules:
+        module.eval()
+    try:
+        yield
+    finally:
+        for m, mode in saved:
+            m.training = mode
 
 
 def use_cpu(cpu: bool = False) -> bool:
@@ -182,98 +194,6 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if torch.cuda.is_available() and state["cuda"]:
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def clip_to_uint8(clip: torch.Tensor) -> np.ndarray:
-    """(c, f, h, w) in [-1, 1] -> (f, h, w, c) uint8."""
-    x = ((clip.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(1, 2, 3, 0).numpy()
-
-
-def write_gif(path: Path, clip: torch.Tensor, fps: int = 8) -> Path:
-    """Write a (c, f, h, w) clip in [-1, 1] as a looping GIF, atomically."""
-    import io
-
-    from PIL import Image
-
-    frames = [Image.fromarray(f) for f in clip_to_uint8(clip)]
-    buf = io.BytesIO()
-    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
-    atomic_write_bytes(path, buf.getvalue())
-    return Path(path)
-
-
-# --------------------------------------------------------------------------------------------- checkpoints
-def list_checkpoints(run: RunDir) -> list[dict]:
-    """[{file, step, epoch}] from checkpoints/index.json, oldest first."""
-    index = read_json(run.checkpoints / "index.json", []) or []
-    return [e for e in index if (run.checkpoints / e["file"]).exists()]
-
-
-def load_checkpoint(path: Path) -> dict:
-    """Load with weights_only=True: tensors and plain containers only, never arbitrary pickled objects."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        raise RuntimeError(
-            f"checkpoint {path} could not be loaded safely ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-            f"t2s loads checkpoints with weights_only=True and refuses anything that needs arbitrary unpickling"
-        ) from None
-
-
-def save_checkpoint(run: RunDir, name: str, state: dict, keep: int) -> Path:
-    """Write atomically with its SHA-256 in checkpoints/index.json; then prune to the newest `keep`."""
-    import hashlib
-    import io
-
-    path = run.checkpoints / name
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    data = buf.getvalue()
-    atomic_write_bytes(path, data)
-    index = [e for e in list_checkpoints(run) if e["file"] != name]
-    index.append({"file": name, "step": state["step"], "epoch": state["epoch"], "sha256": hashlib.sha256(data).hexdigest()})
-    index.sort(key=lambda e: e["step"])
-    atomic_write_json(run.checkpoints / "index.json", index[-keep:])
-    for old in index[:-keep]:
-        (run.checkpoints / old["file"]).unlink(missing_ok=True)
-    return path
-
-
-def load_verified(run: RunDir, entry: dict) -> dict:
-    """Load one indexed checkpoint after checking its SHA-256 (a truncated or altered file fails here)."""
-    import hashlib
-
-    path = run.checkpoints / entry["file"]
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if entry.get("sha256") and digest != entry["sha256"]:
-        raise RuntimeError(f"checkpoint {path} is corrupt or truncated (SHA-256 {digest[:12]}…, expected {entry['sha256'][:12]}…)")
-    return load_checkpoint(path)
-
-
-def latest_good_checkpoint(run: RunDir) -> Optional[tuple[Path, dict]]:
-    """The newest checkpoint that verifies and loads; a bad one is skipped with a warning naming it."""
-    import warnings
-
-    for entry in reversed(list_checkpoints(run)):
-        try:
-            return run.checkpoints / entry["file"], load_verified(run, entry)
-        except (OSError, RuntimeError) as exc:
-            warnings.warn(f"{exc}; falling back to the previous checkpoint", RuntimeWarning, stacklevel=2)
-    return None
-
-
-def check_resumable(saved: dict, cfg: Config, where: Path) -> None:
-    diffs = [
-        f"{k}: checkpoint {saved.get(k)!r}, now {v!r}"
-        for k, v in cfg.to_dict().items()
-        if k not in RESUMABLE_CHANGES and saved.get(k) != v
-    ]
-    if diffs:
-        raise ConfigError(
-            f"cannot resume from {where}: its config does not match ({'; '.join(diffs)}). "
-            f"Only these keys may change on resume: {', '.join(sorted(RESUMABLE_CHANGES))}"
-        )
 
 
 # --------------------------------------------------------------------------------------------- the run
@@ -518,18 +438,19 @@ class Trainer:
     # ------------------------------------------------------------------ samples
     @torch.no_grad()
     def samples(self) -> list[dict]:
-        """Clips for the sample prompts, written as GIFs (main process only)."""
+        """Clips for the sample prompts through the pipeline (clip i from seed i, EMA weights when kept), written as
+        GIFs (main process only). Sampling never touches training: the models go to eval mode (no text-encoder
+        dropout) and back, and the global RNG streams are forked, so a run trains the same whatever `sample_every`."""
         if not self.is_main:
             return []
         cfg = self.cfg
         weights = "ema" if self.ema else "raw"
-        was_training = self.denoiser.training
-        self.denoiser.eval()
-        from contextlib import nullcontext
-
-        with self.ema.swapped() if self.ema else nullcontext():
-            clips = generate_clips(self.model, self.accelerator.unwrap_model(self.text), cfg, cfg.sample_prompts, seed=0, device=self.device)
-        self.denoiser.train(was_training)
+        text = self.accelerator.unwrap_model(self.text)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with eval_mode(self.model, text), torch.random.fork_rng(devices=devices), \
+                self.ema.swapped() if self.ema else nullcontext():
+            pipe = TextToSignPipeline.from_config(self.model, text, cfg)
+            clips = pipe(cfg.sample_prompts, seeds=range(len(cfg.sample_prompts)), batch_size=cfg.eval_batch_size)
         index_path = self.run.samples / "samples.json"
         index = [e for e in (read_json(index_path, []) or []) if e.get("step") != self.step]
         new = []
@@ -792,25 +713,6 @@ class Trainer:
         bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{pending[-1]['lr']:.2e}", clips_s=f"{clips_per_s or 0:.1f}")
 
 
-# --------------------------------------------------------------------------------------------- sampling helper
-@torch.no_grad()
-def generate_clips(denoiser, text, cfg: Config, prompts: list[str], seed: int = 0, device=None,
-                   num_inference_steps: Optional[int] = None, guidance_scale: Optional[float] = None) -> torch.Tensor:
-    """Clips (n, c, f, h, w) in [-1, 1] for prompts. The i-th clip starts from noise seeded `seed + i`, so a
-    prompt at the same position and seed gives the same clip whatever else is in the batch."""
-    device = device or next(denoiser.parameters()).device
-    ctx, mask = text.encode(list(prompts))
-    null_ctx, null_mask = text.null(len(prompts))
-    clip_shape = (3, cfg.num_frames, cfg.image_size, cfg.image_size)
-    noise = torch.stack([torch.randn(clip_shape, generator=torch.Generator().manual_seed(seed + i)) for i in range(len(prompts))])
-    return sample(
-        denoiser, build_sample_scheduler(cfg), ctx, mask, null_ctx, null_mask, noise.shape,
-        num_inference_steps or cfg.num_inference_steps,
-        cfg.guidance_scale if guidance_scale is None else guidance_scale, cfg.eta,
-        generator=torch.Generator().manual_seed(seed), initial_noise=noise,
-    )
-
-
 # --------------------------------------------------------------------------------------------- public API
 def _summary(trainer: Trainer, final_val: dict) -> dict:
     import pandas as pd
@@ -858,32 +760,6 @@ def _ema_summary(trainer: Trainer) -> dict:
         final, horizon_steps(final) if final is not None else None,
         retained_mass(half, last, ema.decay, ema.warmup) if ema.updates else None,
     )))
-
-
-def find_resume_point(run: RunDir, cfg: Config) -> Optional[tuple[Path, Optional[dict]]]:
-    """(checkpoint path, its state or None) to resume from: an explicit resume_from (a checkpoint file or a run
-    directory), else the latest good checkpoint of an unfinished run in run_dir; None to start fresh."""
-    if cfg.resume_from:
-        src = Path(cfg.resume_from)
-        if src.is_dir():
-            found = latest_good_checkpoint(RunDir(src))
-            if not found:
-                raise ConfigError(f"key 'resume_from' is {cfg.resume_from!r}: that run directory has no usable checkpoint")
-            return found
-        if not src.is_file():
-            raise ConfigError(f"key 'resume_from' is {cfg.resume_from!r}: no such checkpoint file or run directory")
-        return src, None
-    if run.status == "finished":
-        raise ConfigError(
-            f"{run.root} already holds a finished run; pick another run directory, remove it, or set "
-            f"resume_from to continue it (e.g. with a larger max_steps)"
-        )
-    if list_checkpoints(run):
-        found = latest_good_checkpoint(run)
-        if not found:
-            raise RuntimeError(f"every checkpoint in {run.checkpoints} is corrupt; move the folder away to start afresh")
-        return found
-    return None
 
 
 def train(config: Config, run_dir: Union[str, Path], progress: bool = True, stop_after: Optional[int] = None) -> RunResult:
@@ -945,51 +821,6 @@ def train(config: Config, run_dir: Union[str, Path], progress: bool = True, stop
         run.update_metadata(status="finished", end_time=now())
     state.wait_for_everyone()  # the others return once the run directory is complete
     return RunResult(run.root, read_json(run.summary, {}), "finished")
-
-
-def load_run_models(run_dir: Union[str, Path], weights: str = "ema", device: Optional[str] = None):
-    """(config, denoiser, text encoder) of a run's latest checkpoint, with the EMA or raw weights in the denoiser."""
-    from .config import load_config_file
-    from .text import TextEncoder
-
-    run = RunDir(run_dir)
-    if not run.config.exists():
-        raise FileNotFoundError(f"{run.root} is not a run directory (no config.json)")
-    cfg = load_config_file(run.config)
-    found = latest_good_checkpoint(run)
-    if not found:
-        raise FileNotFoundError(f"{run.checkpoints} holds no usable checkpoint to generate from")
-    state = found[1]
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    text = TextEncoder(cfg.text_encoder, cfg.max_text_length, True)
-    if state.get("text_encoder") is not None:
-        text.model.load_state_dict(state["text_encoder"])
-    denoiser = build_denoiser(cfg, text.hidden_size)
-    denoiser.load_state_dict(state["model"])
-    if weights == "ema":
-        if not state.get("ema"):
-            raise ValueError(f"{run.root} was trained without EMA (use_ema false): use weights='raw'")
-        with torch.no_grad():
-            for p, s in zip(denoiser.parameters(), state["ema"]["shadow"]):
-                p.copy_(s)
-    elif weights != "raw":
-        raise ValueError(f"weights must be 'ema' or 'raw', not {weights!r}")
-    return cfg, denoiser.to(dev).eval(), text.to(dev).eval()
-
-
-def generate(run_dir: Union[str, Path], prompts: list[str], weights: str = "ema", seed: int = 0,
-             out_dir: Optional[Union[str, Path]] = None, num_inference_steps: Optional[int] = None,
-             guidance_scale: Optional[float] = None, device: Optional[str] = None) -> list[dict]:
-    """Sample clips for prompts from a run; writes GIFs to out_dir (default <run_dir>/generated/)."""
-    cfg, denoiser, text = load_run_models(run_dir, weights, device)
-    clips = generate_clips(denoiser, text, cfg, prompts, seed, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
-    out = Path(out_dir) if out_dir else Path(run_dir) / "generated"
-    results = []
-    for i, (prompt, clip) in enumerate(zip(prompts, clips)):
-        path = write_gif(out / f"{weights}_seed{seed}_{i:03d}.gif", clip)
-        results.append({"prompt": prompt, "gif_path": path, "clip": clip.cpu()})
-    atomic_write_json(out / f"{weights}_seed{seed}.json", [{"prompt": r["prompt"], "file": r["gif_path"].name} for r in results])
-    return results
 
 
 # --------------------------------------------------------------------------------------------- several processes

@@ -129,3 +129,24 @@ def test_a_state_without_an_update_count_derives_it_from_the_step():
     assert fresh.updates == 5
     with pytest.raises(ValueError, match="no update count"):
         t2s.ema.EMA(model, 0.99, 10, True).load_state_dict(state)
+
+
+def test_copy_to_and_copy_shadow_put_the_ema_weights_into_a_model():
+    torch.manual_seed(0)
+    model, other = nn.Linear(3, 2), nn.Linear(3, 2)
+    ema = t2s.ema.EMA(model, decay=0.5, update_every=1)
+    ema.update(1)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(2)  # the shadow is now half way between the two weight sets
+    raw = [p.detach().clone() for p in model.parameters()]
+    with ema.swapped():
+        assert all(torch.equal(p, s) for p, s in zip(model.parameters(), ema.shadow))
+    assert all(torch.equal(p, r) for p, r in zip(model.parameters(), raw))  # swapped gives the raw weights back
+    ema.copy_to(other)
+    assert all(torch.equal(p, s) for p, s in zip(other.parameters(), ema.shadow))
+    saved = ema.state_dict()
+    fresh = t2s.ema.copy_shadow(saved["shadow"], nn.Linear(3, 2))
+    assert all(torch.equal(p, s) for p, s in zip(fresh.parameters(), ema.shadow))
+    with pytest.raises(ValueError, match="2 tensors, the model 4 parameters"):
+        t2s.ema.copy_shadow(saved["shadow"], nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 1)))

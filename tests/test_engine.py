@@ -304,6 +304,34 @@ def test_generate_writes_gifs_from_a_run(baseline_run, tmp_path):
     assert (raw[0]["clip"] - results[0]["clip"]).abs().max() > 1e-3  # the EMA weights are really used
 
 
+def test_the_pipeline_from_a_run_samples_with_its_ema_weights(baseline_run):
+    from t2s.checkpoint import latest_good_checkpoint
+    from t2s.pipeline import TextToSignPipeline
+
+    pipe = TextToSignPipeline.from_run(baseline_run.run_dir, device="cpu")
+    _, state = latest_good_checkpoint(RunDir(baseline_run.run_dir))
+    assert all(torch.equal(p, s) for p, s in zip(pipe.denoiser.parameters(), state["ema"]["shadow"]))
+    assert not pipe.denoiser.training and pipe.sampling["num_inference_steps"] == 2  # the micro config's
+    raw = TextToSignPipeline.from_run(baseline_run.run_dir, weights="raw", device="cpu")
+    assert all(torch.equal(v, state["model"][k]) for k, v in raw.denoiser.state_dict().items())
+    with pytest.raises(ValueError, match="'ema' or 'raw'"):
+        TextToSignPipeline.from_run(baseline_run.run_dir, weights="best")
+
+
+def test_training_does_not_depend_on_when_samples_are_drawn(synth_dir, tmp_path):
+    """Samples mid-run (a fine-tuned text encoder, whose dropout draws from the global RNG in training mode) leave
+    the losses and weights of the run exactly as without them."""
+    cfg = micro(synth_dir, "text_finetuned", max_steps=4, num_epochs=1)
+    quiet = t2s.train(cfg, tmp_path / "quiet", progress=False)
+    sampled = t2s.train(cfg.replace(sample_every=1), tmp_path / "sampled", progress=False)
+    assert len(json.loads((RunDir(sampled.run_dir).samples / "samples.json").read_text())) == 4 * 2
+    assert [r["loss"] for r in read_csv(RunDir(quiet.run_dir).training_csv)] == \
+        [r["loss"] for r in read_csv(RunDir(sampled.run_dir).training_csv)]
+    a, b = weights(quiet.run_dir), weights(sampled.run_dir)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(a["text_encoder"][k], b["text_encoder"][k]) for k in a["text_encoder"])
+
+
 # ----------------------------------------------------------------------------------------- reliability
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(synth_dir, tmp_path):
     cfg = micro(synth_dir, max_steps=12, save_every=1, keep_checkpoints=3)
@@ -416,19 +444,36 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(synth_dir, 
     assert not [p for p in run.checkpoints.iterdir() if p.name.endswith(".tmp")]
 
 
+class HalfInput(torch.nn.Module):
+    """A fixed, non-trivial prediction: half the input."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # the pipeline reads its device from the parameters
+
+    def forward(self, x, t, context, mask):
+        return 0.5 * x
+
+
+class ZeroText:
+    """A text encoder of three zero tokens per caption."""
+
+    def encode(self, captions):
+        return torch.zeros(len(captions), 3, 8), torch.ones(len(captions), 3, dtype=torch.bool)
+
+    def null(self, batch):
+        return self.encode([""] * batch)
+
+
 @pytest.mark.parametrize("beta_schedule", ["linear", "scaled_linear", "cosine"])
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_sampling_stays_finite_for_every_schedule_and_eta(beta_schedule, eta):
     """Zero terminal SNR with eta 1 once gave NaN at the first DDIM step (sqrt of a rounding-negative) for cosine and
     scaled_linear: every sample must be finite, whatever the schedule."""
-    from t2s.diffusion import build_sample_scheduler, sample
+    from t2s.diffusion import build_sample_scheduler
+    from t2s.pipeline import TextToSignPipeline
 
     cfg = load_config("baseline", "micro", {"beta_schedule": beta_schedule, "eta": eta})
-
-    def denoiser(x, t, context, mask):  # a fixed, non-trivial prediction: half the input
-        return 0.5 * x
-
-    ctx, mask = torch.zeros(1, 3, 8), torch.ones(1, 3, dtype=torch.bool)
-    clip = sample(denoiser, build_sample_scheduler(cfg), ctx, mask, ctx, mask, (1, 3, 4, 8, 8), num_inference_steps=10,
-                  guidance_scale=2.0, eta=eta, generator=torch.Generator().manual_seed(0))
-    assert torch.isfinite(clip).all()
+    pipe = TextToSignPipeline(HalfInput(), ZeroText(), build_sample_scheduler(cfg), (3, 4, 8, 8))
+    clip = pipe(["a caption"], seeds=[0], num_inference_steps=10, guidance_scale=2.0, eta=eta)
+    assert clip.shape == (1, 3, 4, 8, 8) and torch.isfinite(clip).all()

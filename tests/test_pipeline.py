@@ -1,13 +1,13 @@
-"""t2s.pipeline: batched sampling gives each clip from its own seed, as sampling it alone and as the engine's
-`generate_clips` would. A micro denoiser with random (non-zero) weights and the packaged text encoder; no training."""
+"""t2s.pipeline: batched sampling gives each clip from its own seed, as sampling it alone would, with one generator per
+clip that draws the initial noise and then the DDIM step noise. A micro denoiser with random (non-zero) weights and the
+packaged text encoder; no training."""
 import pytest
 import torch
 
 from t2s.config import load_config
 from t2s.model import build_denoiser
 from t2s.pipeline import TextToSignPipeline
-from t2s.text import build_text_encoder
-from t2s.train import generate_clips
+from t2s.text import build_text_encoder, pad_to
 
 CAPTIONS = ["hello my name is anna", "thank you very much", "where is the train station", "school drink",
             "good morning teacher"]
@@ -47,14 +47,35 @@ def run(pipe, cfg, prompts, seeds, batch_size):
                 batch_size=batch_size)
 
 
-def test_a_clip_sampled_alone_equals_the_engines_generate_clips_bit_for_bit(setting, text):
+def by_hand(denoiser, text, cfg, caption, seed, steps=STEPS):
+    """The sampler written out for one clip: ONE generator seeded `seed` draws the initial noise, then each DDIM
+    step's noise; guidance over [unconditional; conditional]."""
+    from t2s.diffusion import build_sample_scheduler
+
+    scheduler = build_sample_scheduler(cfg)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((1, 3, cfg.num_frames, cfg.image_size, cfg.image_size), generator=g)
+    ctx, mask = text.encode([caption])
+    null, null_mask = text.null(1)
+    length = max(ctx.shape[1], null.shape[1])
+    (ctx, mask), (null, null_mask) = pad_to(ctx, mask, length), pad_to(null, null_mask, length)
+    scheduler.set_timesteps(steps)
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            out_null, out_text = denoiser(torch.cat([x, x]), t.expand(2), torch.cat([null, ctx]),
+                                          torch.cat([null_mask, mask])).chunk(2)
+            out = out_null + cfg.guidance_scale * (out_text - out_null)
+            x = scheduler.step(out, t, x, eta=min(cfg.eta, 1 - 1e-4), generator=g).prev_sample
+    return x.clamp(-1, 1)
+
+
+def test_a_clip_sampled_alone_equals_the_sampler_written_out_bit_for_bit(setting, text):
     cfg, denoiser = setting
     pipe = TextToSignPipeline.from_config(denoiser, text, cfg)
     for i in (0, 3):
         alone = run(pipe, cfg, [CAPTIONS[i]], [i], 1)
-        engine = generate_clips(denoiser, text, cfg, [CAPTIONS[i]], seed=i, num_inference_steps=STEPS)
         assert alone.shape == (1, 3, cfg.num_frames, cfg.image_size, cfg.image_size)
-        assert torch.equal(alone, engine)
+        assert torch.equal(alone, by_hand(denoiser, text, cfg, CAPTIONS[i], i))
 
 
 def test_clip_i_of_a_batch_equals_clip_i_sampled_alone_with_seed_i(setting, text):
@@ -81,16 +102,39 @@ def test_the_seed_decides_the_clip(setting, text):
     assert torch.equal(run(pipe, cfg, [CAPTIONS[0]], [1], 1)[0], run(pipe, cfg, [CAPTIONS[0]], [1], 1)[0])
 
 
-def test_the_step_noise_comes_from_each_clips_own_generator(text):
-    """With eta > 0 the engine's multi-prompt call draws every clip's step noise from one shared generator, so clip 1
-    of that call differs from clip 1 sampled alone; the pipeline's per-clip generators keep them equal."""
-    cfg = load_config("baseline", "micro", {"eta": 1.0, "guidance_scale": 2.0})
+def test_the_first_step_noise_is_not_a_copy_of_the_initial_noise(text):
+    """With eta > 0 the step noise continues the clip's generator after its initial noise. Drawing it from a second
+    generator seeded alike (the flaw this replaced) would make the first step's noise equal the initial noise; the
+    clips of the two schemes differ, and the pipeline's is the one-generator clip."""
+    from t2s.diffusion import build_sample_scheduler
+
+    cfg = load_config("baseline", "micro", {"eta": 1.0, "guidance_scale": 1.0})
     denoiser = model(cfg, text)
     pipe = TextToSignPipeline.from_config(denoiser, text, cfg)
-    shared = generate_clips(denoiser, text, cfg, CAPTIONS[:2], seed=0, num_inference_steps=STEPS)
-    alone = generate_clips(denoiser, text, cfg, [CAPTIONS[1]], seed=1, num_inference_steps=STEPS)
-    assert (shared[1] - alone[0]).abs().max() > 1e-3
-    torch.testing.assert_close(run(pipe, cfg, CAPTIONS[:2], [0, 1], 2)[1], alone[0], rtol=0, atol=1e-5)
+    ours = run(pipe, cfg, [CAPTIONS[0]], [7], 1)
+    shape = (1, 3, cfg.num_frames, cfg.image_size, cfg.image_size)
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(7))
+    flawed, scheduler = noise, build_sample_scheduler(cfg)
+    scheduler.set_timesteps(STEPS)
+    ctx, mask = text.encode([CAPTIONS[0]])
+    step_generator = torch.Generator().manual_seed(7)  # the old scheme: a second generator, same seed
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            flawed = scheduler.step(denoiser(flawed, t.expand(1), ctx, mask), t, flawed, eta=1 - 1e-4,
+                                    generator=step_generator).prev_sample
+    assert (ours - flawed.clamp(-1, 1)).abs().max() > 1e-3
+    torch.testing.assert_close(run(pipe, cfg, CAPTIONS[:2], [7, 8], 2)[0], ours[0], rtol=0, atol=1e-5)
+
+
+def test_call_defaults_come_from_the_config(text):
+    cfg = load_config("baseline", "micro", {"eta": 0.5, "guidance_scale": 3.0, "num_inference_steps": 2})
+    denoiser = model(cfg, text)
+    pipe = TextToSignPipeline.from_config(denoiser, text, cfg)
+    assert pipe.sampling == {"num_inference_steps": 2, "guidance_scale": 3.0, "eta": 0.5}
+    steps = []
+    default = pipe([CAPTIONS[0]], step_callback=steps.append)
+    assert steps == [0, 1]
+    assert torch.equal(default, pipe([CAPTIONS[0]], num_inference_steps=2, guidance_scale=3.0, eta=0.5))
 
 
 def test_bad_arguments_are_refused(setting, text):
