@@ -75,6 +75,8 @@ RANGES: dict[str, tuple] = {
     "eval_num_clips": (1, None, True, True),
     "eval_batch_size": (1, None, True, True),
     "fvd_min_clips": (2, None, True, True),
+    "bt_train_frames": (1, None, True, True),
+    "bt_epochs": (1, None, True, True),
 }
 
 
@@ -160,6 +162,12 @@ class Config:
     # it, so numbers comparable with published FVDs also need the published protocol: StyleGAN-V (Skorokhodov et al.
     # 2022) fixes 2048 clips of 16 frames; Unterthiner et al. (2018) define FVD on these 400-d logits.
     fvd_min_clips: int = 401
+    # The back-translation recognizer (t2s/backtranslate.py; synthsign only): trained once per data and split on
+    # ceil(bt_train_frames / num_frames) clips rendered for it (training-split signers, no held-out caption), for
+    # bt_epochs epochs from bt_seed, then cached. Evaluation only: never changes training.
+    bt_train_frames: int = 32000
+    bt_epochs: int = 50
+    bt_seed: int = 0
 
     # ---------------------------------------------------------------- derived values
     @property

@@ -7,14 +7,21 @@ points, which is sampled uniformly in time at `num_frames` points. Unknown words
 the word) to a gloss-like fallback, so any caption renders. A `seed` adds small per-clip jitter to the control
 points, so two clips of one caption by one signer differ slightly; everything is deterministic given the seed.
 
+Words are read into glosses by `gloss_sequence`: a vocabulary word is its own gloss; a synonym or phrase of `SYNONYMS`
+stands for one gloss or a short gloss sequence ("hi" -> HELLO, "thanks" -> THANK YOU, "a lot" -> VERY MUCH); a filler
+word of `FILLER_WORDS` ("um", "just", "to", ...) signs nothing. A clip is determined by its gloss sequence, not by its
+surface words: "thanks a lot" renders exactly as "thank you very much". No synonym or filler is a vocabulary word, and
+every phrase holds a word outside the vocabulary, so a caption of vocabulary words renders as it did before the table.
+`paraphrase` rewords a caption with the table, keeping its gloss sequence.
+
 Coordinates are pixels of the rendered image: x = column, y = row, pixel centres at integers. Hands are drawn last
 (on top of everything), without antialiasing, as point-symmetric stamps centred on integer pixels, never clipped by
 the border, and never overlapping (the image-left hand stays in the left half, the image-right hand in the right
 half). So the centroid of a hand colour's pixels equals the hand's keypoint exactly. Glove colours are the same for
 every signer and no other drawn element has a colour within `MIN_COLOR_DISTANCE` (RGB Euclidean) of either.
 
-Public: `render_clip`, `hand_trajectory`, `signer_appearance`, `random_caption`, `tokenize`, `gloss_for`,
-`HAND_COLORS`, `VOCABULARY`, `signer_name` / `signer_index`.
+Public: `render_clip`, `hand_trajectory`, `signer_appearance`, `random_caption`, `tokenize`, `gloss_sequence`,
+`gloss_for`, `paraphrase`, `HAND_COLORS`, `VOCABULARY`, `SYNONYMS`, `FILLER_WORDS`, `signer_name` / `signer_index`.
 """
 from __future__ import annotations
 
@@ -177,9 +184,100 @@ VOCABULARY: dict[str, Gloss] = {
 }
 
 
+# Surface words and phrases -> the gloss (sequence) they sign. Keys are lower-case token sequences joined by one space.
+# Paraphrases built from this table test whether a text encoder maps wordings it never saw in training to the signs
+# of their meaning. Phrases whose words come in another order than their glosses ("station for trains" = TRAIN
+# STATION) are the table's only change of word order: glosses keep their order.
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "hi": ("hello",), "hey": ("hello",), "greetings": ("hello",),
+    "name's": ("name", "is"), "where's": ("where", "is"), "what's": ("what", "is"),
+    "railway": ("train",), "rail": ("train",), "station for trains": ("train", "station"),
+    "depot": ("station",), "terminal": ("station",),
+    "thanks": ("thank", "you"), "cheers": ("thank", "you"),
+    "a lot": ("very", "much"), "so much": ("very", "much"), "really": ("very",), "extremely": ("very",),
+    "kindly": ("please",), "assist": ("help",), "aid": ("help",),
+    "wish": ("want",), "desire": ("want",), "travel": ("go",), "head": ("go",), "house": ("home",),
+    "fine": ("good",), "nice": ("good",), "great": ("good",), "nighttime": ("night",),
+    "dine": ("eat",), "sip": ("drink",), "yeah": ("yes",), "yep": ("yes",), "nope": ("no",), "nah": ("no",),
+    "apologies": ("sorry",), "pardon": ("sorry",), "pal": ("friend",), "buddy": ("friend",), "mate": ("friend",),
+    "relatives": ("family",), "folks": ("family",), "job": ("work",), "labour": ("work",), "class": ("school",),
+    "climate": ("weather",), "showers": ("rain",), "sunshine": ("sun",), "coach": ("bus",), "town": ("city",),
+    "adore": ("love",), "study": ("learn",), "signing": ("sign",), "tongue": ("language",), "halt": ("stop",),
+    "once more": ("again",), "comprehend": ("understand",),
+}
+# Words that sign nothing.
+FILLER_WORDS: tuple[str, ...] = ("a", "an", "um", "uh", "er", "well", "oh", "so", "just", "to", "okay")
+_MAX_PHRASE = max(len(phrase.split()) for phrase in SYNONYMS)
+
+
+def _check_word_table() -> None:
+    for phrase, glosses in SYNONYMS.items():
+        words = phrase.split()
+        assert phrase == " ".join(tokenize(phrase)), f"synonym {phrase!r} is not in tokenized form"
+        assert any(w not in VOCABULARY for w in words), f"synonym {phrase!r} holds only vocabulary words"
+        assert glosses and all(g in VOCABULARY for g in glosses), f"synonym {phrase!r} -> {glosses}: not vocabulary"
+    for word in FILLER_WORDS:
+        assert word not in VOCABULARY and word not in SYNONYMS, f"filler word {word!r} is a gloss or a synonym"
+
+
 def tokenize(caption: str) -> list[str]:
     """Lower-case words (letters, digits, apostrophes) of a caption; punctuation separates words."""
     return re.findall(r"[a-z0-9']+", caption.lower())
+
+
+def gloss_sequence(caption: str) -> list[str]:
+    """The glosses a caption signs, in order: each vocabulary word is its gloss, the longest `SYNONYMS` phrase starting
+    at a word gives its glosses, a `FILLER_WORDS` word none, and any other word its own (hash-chosen fallback) gloss,
+    named by the word. "Thanks a lot!" -> ["thank", "you", "very", "much"]."""
+    words, glosses, i = tokenize(caption), [], 0
+    while i < len(words):
+        for n in range(min(_MAX_PHRASE, len(words) - i), 0, -1):
+            phrase = " ".join(words[i : i + n])
+            if phrase in SYNONYMS:
+                glosses.extend(SYNONYMS[phrase])
+                i += n
+                break
+        else:
+            if words[i] not in FILLER_WORDS:
+                glosses.append(words[i])
+            i += 1
+    return glosses
+
+
+def paraphrase(caption: str, rng: np.random.Generator, synonym_prob: float = 0.7, filler_prob: float = 0.2,
+               max_fillers: int = 2) -> str:
+    """Another wording of `caption` with the same gloss sequence (so the same clip): glosses are replaced by `SYNONYMS`
+    surfaces (each, where the table has one, with probability `synonym_prob`; a phrase may cover several glosses) and
+    filler words are inserted (before each surface with probability `filler_prob`, at most `max_fillers`). The result
+    always differs from the
+    caption's words (a filler is put first if the draws changed nothing) and `gloss_sequence` of it equals the
+    caption's; deterministic given `rng`."""
+    glosses = gloss_sequence(caption)
+    if not glosses:
+        raise ValueError(f"caption {caption!r} signs no gloss: nothing to paraphrase")
+    surfaces: dict[tuple[str, ...], list[str]] = {}
+    for phrase, signed in sorted(SYNONYMS.items()):
+        surfaces.setdefault(signed, []).append(phrase)
+    original = tokenize(caption)
+    for _ in range(50):
+        words, k = [], 0
+        while k < len(glosses):
+            options = [(p, len(g)) for g, ps in surfaces.items() if tuple(glosses[k : k + len(g)]) == g for p in ps]
+            if options and rng.random() < synonym_prob:
+                phrase, n = options[int(rng.integers(len(options)))]
+            else:
+                phrase, n = glosses[k], 1
+            if rng.random() < filler_prob and sum(w in FILLER_WORDS for w in words) < max_fillers:
+                words.append(FILLER_WORDS[int(rng.integers(len(FILLER_WORDS)))])
+            words.extend(phrase.split())
+            k += n
+        if words != original and gloss_sequence(" ".join(words)) == glosses:
+            return " ".join(words)
+    for filler in FILLER_WORDS:  # a reworded caption that still signs the same: a filler word in front
+        words = [filler] + original
+        if gloss_sequence(" ".join(words)) == glosses:
+            return " ".join(words)
+    raise ValueError(f"no paraphrase of {caption!r} keeps its glosses {glosses}")  # not reached with this table
 
 
 def _stable_hash(text: str) -> int:
@@ -203,6 +301,9 @@ def gloss_for(word: str) -> Gloss:
     h //= len(SHAPES)
     other = dominant if hands in ("both", "alt") else SHAPES[h % len(SHAPES)]
     return Gloss(path, anchor, hands, (dominant, other))
+
+
+_check_word_table()
 
 
 def random_caption(rng: np.random.Generator, min_words: int = 2, max_words: int = 5) -> str:
@@ -377,7 +478,7 @@ def hand_trajectory(
     """
     if num_frames < 1 or image_size < 8:
         raise ValueError(f"need num_frames >= 1 and image_size >= 8, got {num_frames} and {image_size}")
-    glosses = [gloss_for(w) for w in tokenize(caption)] or [Gloss("hold", "waist", "right", ("circle", "circle"))]
+    glosses = [gloss_for(g) for g in gloss_sequence(caption)] or [Gloss("hold", "waist", "right", ("circle", "circle"))]
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0x7A5])
     amplitude = rng.uniform(0.85, 1.15)
     points = np.concatenate([_gloss_control_points(g, amplitude) for g in glosses])  # (G*K, 2, 2)
@@ -391,9 +492,16 @@ def hand_trajectory(
         x_min, x_max, y_min, y_max = bounds[hand]
         xy[:, h, 0] = np.clip(np.round(xy[:, h, 0]), x_min, x_max)
         xy[:, h, 1] = np.clip(np.round(xy[:, h, 1]), y_min, y_max)
-    gloss_index = np.minimum(np.floor(params / POINTS_PER_GLOSS + 1e-9).astype(int), len(glosses) - 1)
-    shapes = [_gloss_shapes(glosses[g]) for g in gloss_index]
+    shapes = [_gloss_shapes(glosses[g]) for g in frame_gloss_index(len(glosses), num_frames)]
     return xy.astype(np.float32), shapes
+
+
+def frame_gloss_index(num_glosses: int, num_frames: int) -> np.ndarray:
+    """Which gloss each frame shows (int (num_frames,), indices into the gloss sequence): the frames sample the spline
+    uniformly, and a gloss owns the stretch from its first control point to the next gloss's first one."""
+    last = num_glosses * POINTS_PER_GLOSS - 1
+    params = np.linspace(0.0, last, num_frames) if num_frames > 1 else np.zeros(1)
+    return np.minimum(np.floor(params / POINTS_PER_GLOSS + 1e-9).astype(int), num_glosses - 1)
 
 
 # ---------------------------------------------------------------------------------------------- drawing

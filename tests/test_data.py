@@ -485,3 +485,61 @@ def test_400_synthsign_clips_are_all_generated_and_split_by_signer(tmp_path):
     train_signers = {train.item_info(i)[1] for i in range(len(train))}
     val_signers = {val.item_info(i)[1] for i in range(len(val))}
     assert train_signers and val_signers and not train_signers & val_signers
+
+
+# ------------------------------------------------------------------------------------------------ evaluation captions
+def test_split_sizes_divide_evenly_within_the_candidates():
+    assert data.split_sizes(24, [100, 100, 100]) == [8, 8, 8]
+    assert data.split_sizes(8, [100, 100, 100]) == [3, 3, 2]
+    assert data.split_sizes(24, [100, 3, 100]) == [11, 3, 10]  # what novel cannot take goes to the others in order
+    assert data.split_sizes(10, [0, 20]) == [0, 10]
+    assert data.split_sizes(50, [4, 5, 6]) == [4, 5, 6]  # never more than there are
+
+
+def test_evaluation_clips_split_synthsign_captions_into_seen_novel_and_paraphrase(tmp_path):
+    cfg = synth_config(tmp_path, synthsign_num_clips=80)
+    train, val, _ = data.build_datasets(cfg)
+    clips, short = data.evaluation_clips(cfg, train, val, 9)
+    assert [c.split for c in clips] == ["seen"] * 3 + ["novel"] * 3 + ["paraphrase"] * 3 and short == {}
+    train_glosses = {tuple(synthsign.gloss_sequence(train.item_info(i)[0])): train.item_info(i)[1]
+                     for i in range(len(train))}
+    seen, novel, paraphrase = clips[:3], clips[3:6], clips[6:]
+    # the sample prompts come first among the seen captions, each signed by a held-out (validation) signer
+    assert [c.caption for c in seen][: len(cfg.sample_prompts)] == cfg.sample_prompts[:3]
+    for clip in seen:
+        assert clip.glosses in train_glosses and clip.signer in val.signers and clip.source.startswith("rendered")
+        frames, keypoints = synthsign.render_clip(clip.caption, synthsign.signer_index(clip.signer), FRAMES, SIZE,
+                                                  seed=int(clip.source.split()[-1]))
+        assert np.array_equal(frames, clip.frames) and np.array_equal(keypoints, clip.keypoints)
+    for clip in novel:  # validation clips whose glosses never occur in training
+        assert clip.glosses not in train_glosses and clip.source.startswith("validation ")
+        index = [r.id for r in val.records].index(clip.source.split()[-1])
+        assert np.array_equal(clip.frames, val.frames(index)) and clip.caption == val.item_info(index)[0]
+    for original, reworded in zip(seen, paraphrase):  # same glosses, real clip and seed; other words
+        assert reworded.glosses == original.glosses and reworded.seed == original.seed
+        assert reworded.frames is original.frames and synthsign.tokenize(reworded.caption) != synthsign.tokenize(
+            original.caption)
+    assert [c.seed for c in seen + novel] == list(range(6))
+    again, _ = data.evaluation_clips(cfg, train, val, 9)  # deterministic
+    assert [(c.caption, c.signer, c.seed) for c in again] == [(c.caption, c.signer, c.seed) for c in clips]
+
+
+def test_evaluation_clips_of_a_small_budget_say_which_split_is_empty_and_why(tmp_path):
+    cfg = synth_config(tmp_path)
+    train, val, _ = data.build_datasets(cfg)
+    clips, short = data.evaluation_clips(cfg, train, val, 2)
+    assert [c.split for c in clips] == ["seen", "novel"]
+    assert short == {"paraphrase": "eval_num_clips = 2 leaves none for it (seen 1, novel 1, paraphrase 0)"}
+
+
+def test_evaluation_clips_of_folder_data_have_no_paraphrases(folder):
+    for i, caption in enumerate(["hello there", "good night", "hello there", "see you", "good night", "bye"]):
+        write_pair(folder, f"s{i % 3}_{i}", caption)
+    cfg = config(dataset="folder", data_dir=str(folder), split_mode="random", train_ratio=0.5)
+    train, val, _ = data.build_datasets(cfg)
+    clips, short = data.evaluation_clips(cfg, train, val, 10)
+    train_captions = {train.item_info(i)[0] for i in range(len(train))}
+    assert {c.split for c in clips} <= {"seen", "novel"} and len(clips) == len(val)
+    for clip in clips:
+        assert (clip.caption in train_captions) == (clip.split == "seen") and clip.keypoints is None
+    assert "synonym table" in short["paraphrase"]

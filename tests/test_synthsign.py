@@ -106,7 +106,7 @@ def test_at_least_8_signers_differ_in_appearance():
     looks = [ss.signer_appearance(s) for s in range(8)]
     for field in ("background", "skin", "shirt"):
         assert len({getattr(look, field) for look in looks}) == 8, field
-    proportions = {(round(l.head_radius, 4), round(l.shoulder_half_width, 4), round(l.upper_arm, 4)) for l in looks}
+    proportions = {(round(s.head_radius, 4), round(s.shoulder_half_width, 4), round(s.upper_arm, 4)) for s in looks}
     assert len(proportions) == 8
     bodies = [ss.render_clip("", s, 1, 32)[0][0] for s in range(8)]
     for a, b in itertools.combinations(range(8), 2):
@@ -155,3 +155,69 @@ def test_signer_names_round_trip():
     assert ss.signer_index(ss.signer_name(123)) == 123
     with pytest.raises(ValueError, match="not of the form 'signer<number>'"):
         ss.signer_index("alice")
+
+
+# ------------------------------------------------------------------------------------------------ words and glosses
+def test_captions_render_exactly_as_before_the_synonym_table():
+    """The digest of these renders was taken with the renderer before synonyms and filler words existed (commit
+    bd3dffb): vocabulary captions, unknown words and the empty caption must not change."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    captions = ["hello my name is anna", "where is the train station", "thank you very much", "please help me",
+                "zebra quantum banana", ""]
+    for i, caption in enumerate(captions):
+        for num_frames, image_size in ((8, 32), (16, 64)):
+            frames, keypoints = ss.render_clip(caption, i, num_frames, image_size, seed=i)
+            digest.update(frames.tobytes())
+            digest.update(keypoints.tobytes())
+    assert digest.hexdigest() == "6397f0fe7d576fe72730dab0c2daad9f768e617772c29aa6a1571142389669a2"
+
+
+def test_synonyms_phrases_and_filler_words_sign_the_glosses_of_their_meaning():
+    assert ss.gloss_sequence("Thanks a lot!") == ["thank", "you", "very", "much"]
+    assert ss.gloss_sequence("um, hi! my name's Anna") == ["hello", "my", "name", "is", "anna"]
+    assert ss.gloss_sequence("where's the station for trains?") == ["where", "is", "the", "train", "station"]
+    assert ss.gloss_sequence("so much") == ["very", "much"] and ss.gloss_sequence("so") == []
+    assert ss.gloss_sequence("zebra um quantum") == ["zebra", "quantum"]  # unknown words keep their fallback gloss
+    for pair in (("thanks a lot", "thank you very much"), ("um, hi! my name's anna", "hello my name is anna"),
+                 ("zebra um quantum", "zebra quantum")):
+        a, b = (ss.render_clip(c, 4, 8, 32, seed=3) for c in pair)
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]), pair
+
+
+def test_a_caption_of_vocabulary_words_is_its_own_gloss_sequence():
+    rng = np.random.default_rng(1)
+    for caption in PROMPTS + [ss.random_caption(rng) for _ in range(200)]:
+        assert ss.gloss_sequence(caption) == caption.split()
+    for phrase, glosses in ss.SYNONYMS.items():  # every table entry holds a word outside the vocabulary...
+        assert any(w not in ss.VOCABULARY for w in phrase.split()) and all(g in ss.VOCABULARY for g in glosses)
+        assert ss.gloss_sequence(phrase) == list(glosses)
+    assert not set(ss.FILLER_WORDS) & set(ss.VOCABULARY)  # ...and no filler word is a gloss
+
+
+def test_paraphrases_change_the_words_keep_the_glosses_and_follow_the_generator():
+    rng = np.random.default_rng(2)
+    captions = PROMPTS + [ss.random_caption(rng) for _ in range(100)]
+    for caption in captions:
+        reworded = ss.paraphrase(caption, np.random.default_rng(7))
+        assert ss.tokenize(reworded) != ss.tokenize(caption), caption
+        assert ss.gloss_sequence(reworded) == ss.gloss_sequence(caption), (caption, reworded)
+        assert reworded == ss.paraphrase(caption, np.random.default_rng(7))  # deterministic given the generator
+    wordings = {ss.paraphrase("thank you very much", np.random.default_rng(s)) for s in range(40)}
+    assert {"thanks so much", "um thanks a lot"} <= wordings and len(wordings) > 10
+    with pytest.raises(ValueError, match="signs no gloss"):
+        ss.paraphrase("um", np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("num_frames", [4, 8, 16])
+def test_frame_gloss_index_is_the_gloss_whose_shapes_each_frame_shows(num_frames):
+    for caption in PROMPTS + ["good name", "work work work"]:
+        glosses = [ss.gloss_for(g) for g in ss.gloss_sequence(caption)]
+        which = ss.frame_gloss_index(len(glosses), num_frames)
+        assert which[0] == 0 and which[-1] == len(glosses) - 1 and (np.diff(which) >= 0).all()
+        _, shapes = ss.hand_trajectory(caption, 1, num_frames, 32, seed=0)
+        assert shapes == [ss._gloss_shapes(glosses[g]) for g in which]
+    # 8 frames show every gloss of a 2-5 gloss caption (the tiny scale's captions); 4 frames drop some of 5
+    assert all(len(set(ss.frame_gloss_index(g, 8))) == g for g in range(1, 8))
+    assert len(set(ss.frame_gloss_index(5, 4))) < 5
