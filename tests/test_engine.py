@@ -10,7 +10,10 @@ import torch
 
 import t2s
 from t2s.config import ConfigError, load_config
-from t2s.train import NonFiniteLossError, RunDir, Trainer, list_checkpoints, load_checkpoint
+from t2s.checkpoint import check_resumable, list_checkpoints, load_checkpoint
+from t2s.rundir import RunDir
+from t2s.runlog import NonFiniteLossError
+from t2s.train import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -302,6 +305,18 @@ def test_generate_writes_gifs_from_a_run(baseline_run, tmp_path):
     torch.testing.assert_close(again[0]["clip"], results[0]["clip"], atol=1e-4, rtol=0)  # same seed, same clip
     raw = t2s.generate(baseline_run.run_dir, ["thank you very much"], weights="raw", out_dir=tmp_path / "c", seed=3)
     assert (raw[0]["clip"] - results[0]["clip"]).abs().max() > 1e-3  # the EMA weights are really used
+
+
+def test_a_key_missing_from_an_older_checkpoint_counts_as_its_default(tmp_path):
+    """A checkpoint written before a config key existed resumes when the key is at its default, and only then."""
+    cfg = load_config("baseline", "micro")
+    saved = cfg.to_dict()
+    del saved["ema_warmup"]  # default True, as the micro config has it
+    check_resumable(saved, cfg, tmp_path / "old.pt")
+    with pytest.raises(ConfigError, match="ema_warmup: checkpoint True, now False"):
+        check_resumable(saved, cfg.replace(ema_warmup=False), tmp_path / "old.pt")
+    with pytest.raises(ConfigError, match="learning_rate"):
+        check_resumable(saved, cfg.replace(learning_rate=0.5), tmp_path / "old.pt")
 
 
 def test_the_pipeline_from_a_run_samples_with_its_ema_weights(baseline_run):

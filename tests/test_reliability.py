@@ -18,7 +18,8 @@ import torch
 
 import t2s
 from t2s.config import load_config
-from t2s.train import RunDir, latest_good_checkpoint
+from t2s.checkpoint import latest_good_checkpoint
+from t2s.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
 OVERRIDES = {"max_steps": 30, "num_epochs": 5, "save_every": 1, "log_every": 1, "keep_checkpoints": 2}
@@ -86,7 +87,8 @@ def test_tiny_run_stopped_by_sigterm_resumes_bit_identical(tmp_path, monkeypatch
     trainer (new text encoder, empty caption cache), and the losses, weights and EMA equal the straight run's bit for
     bit. The resumed run's captions are first encoded in other company than in the straight run (after step 8, and
     without the step-0 validation), so a caption's cached states must not depend on the captions beside it."""
-    from t2s.train import Trainer, resolve_mixed_precision
+    from t2s.runtime import resolve_mixed_precision
+    from t2s.train import Trainer
 
     cfg = load_config("baseline", "tiny", {"data_dir": str(tmp_path / "synthsign"), **TINY_OVERRIDES})
     straight = t2s.train(cfg, tmp_path / "straight", progress=False)

@@ -1,0 +1,212 @@
+"""Where and how the engine runs: the device and accelerate's process state, the mixed-precision and memory-format
+policy, the autocast factory, torch's threads, RNG state capture and restore, the stop signals, and the facts a run
+records about its machine (device name, memory, git commit, package versions).
+
+Rules: `mixed_precision: auto` is bf16 where the hardware runs it natively (a CUDA GPU with bf16, a CPU with
+avx512_bf16 or AMX), else full precision; channels-last weights follow it (`uses_channels_last`). The README's
+Performance section holds the measurements behind both.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import random
+import signal
+import subprocess
+import threading
+from contextlib import contextmanager, nullcontext
+from importlib import metadata
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+import psutil
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+
+from .config import PROJECT_ROOT, Config
+
+RECORDED_PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "numpy", "papermill", "plotly", "pandas", "lpips")
+
+
+def now() -> str:
+    return _dt.datetime.now().isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------------------------- devices, precision
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (avx512_bf16 or AMX); emulated bf16 would be slower than fp32."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_mixed_precision(choice: str) -> str:
+    """`mixed_precision: auto` -> bf16 on a CUDA GPU with bf16, and on a CPU with native bf16; else no."""
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if cpu_has_native_bf16() else "no"
+
+
+def uses_channels_last(cfg: Config, device: torch.device) -> bool:
+    """Whether training keeps the convolution weights channels-last (`channels_last`: auto, true, false). auto: on
+    CUDA, and on a CPU when training in bf16 (oneDNN's NHWC bf16 convolutions; fp32 on a CPU gains nothing)."""
+    if cfg.channels_last != "auto":
+        return bool(cfg.channels_last)
+    return device.type == "cuda" or resolve_mixed_precision(cfg.mixed_precision) == "bf16"
+
+
+def autocast_factory(device: torch.device, mixed_precision: str) -> Callable[[], Any]:
+    """A zero-argument context-manager factory for forward passes in `mixed_precision` ('no', 'bf16', 'fp16')."""
+    if mixed_precision == "no":
+        return nullcontext
+    if mixed_precision in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float16
+        return lambda: torch.autocast(device.type, dtype=dtype)
+    raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', not {mixed_precision!r}")
+
+
+def use_cpu(cpu: bool = False) -> bool:
+    """accelerate starts several CPU processes (gloo) only when told to use the CPU: a multi-process launch on a
+    machine without CUDA (torchrun, notebook_launcher, the tests) counts as `cpu`."""
+    if cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):  # accelerate launch --cpu
+        return True
+    return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def make_accelerator(cfg: Config, cpu: bool = False) -> Accelerator:
+    """accelerate's Accelerator for one run: its mixed precision, gradient accumulation and device. accelerate keeps
+    one process-wide state and refuses a second Accelerator with another mixed precision; each run (several in one
+    notebook or test process) sets its own. The process group (PartialState) is kept."""
+    AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(
+        mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        cpu=use_cpu(cpu),
+    )
+
+
+@contextmanager
+def eval_mode(*modules: torch.nn.Module) -> Iterator[None]:
+    """Every submodule in eval mode within the block, then each back in its own previous mode (a module's flag alone
+    does not say its children's: a Hugging Face model loads in eval mode inside a module left in training mode)."""
+    saved = [(m, m.training) for module in modules for m in module.modules()]
+    for module in modules:
+        module.eval()
+    try:
+        yield
+    finally:
+        for m, mode in saved:
+            m.training = mode
+
+
+@contextmanager
+def torch_threads(n: Optional[int]) -> Iterator[None]:
+    """torch's intra-op threads set to `n` within the block (None: unchanged), restored afterwards."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------------------------- RNG state
+def rng_state() -> dict:
+    """The global Python, NumPy, torch CPU and CUDA generators' states, as tensors and plain values."""
+    np_state = np.random.get_state()
+    return {
+        "python": list(random.getstate()[1]),
+        "python_pos": random.getstate()[2],
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate((3, tuple(state["python"]), state["python_pos"]))
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------------------------- stop signals
+class StopSignals:
+    """SIGINT/SIGTERM within the block set `requested` to the signal's name (the loop finishes its optimizer step,
+    checkpoints and stops); a second signal raises KeyboardInterrupt. Only in the main thread; the previous handlers
+    come back afterwards."""
+
+    def __init__(self, on_request: Callable[[str], None] = lambda name: None):
+        self.requested: Optional[str] = None
+        self.on_request = on_request
+
+    def _handle(self, signum, _frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+        self.on_request(self.requested)
+
+    @contextmanager
+    def installed(self) -> Iterator["StopSignals"]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+# --------------------------------------------------------------------------------------------- the machine
+def memory_gb(device: torch.device) -> dict:
+    """allocated, reserved and peak memory of the device (CPU: the process's resident set for all three) and RSS."""
+    rss = psutil.Process().memory_info().rss / 1e9
+    if device.type == "cuda":
+        return {
+            "allocated_gb": torch.cuda.memory_allocated(device) / 1e9,
+            "reserved_gb": torch.cuda.memory_reserved(device) / 1e9,
+            "peak_gb": torch.cuda.max_memory_allocated(device) / 1e9,
+            "rss_gb": rss,
+        }
+    return {"allocated_gb": rss, "reserved_gb": rss, "peak_gb": rss, "rss_gb": rss}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def git_commit() -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def machine_facts(device: torch.device) -> dict:
+    """What metadata.json records of the machine a run trains on."""
+    return {"git_commit": git_commit(), "host": platform.node(), "device_name": device_name(device),
+            "torch_version": torch.__version__, "cuda_version": torch.version.cuda, "packages": package_versions()}
+
+
+def package_version(name: str) -> Optional[str]:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def package_versions(names: tuple[str, ...] = RECORDED_PACKAGES) -> dict:
+    return {n: package_version(n) for n in names}
