@@ -41,7 +41,8 @@ Scores (`back_translation`)
 ---------------------------
 Gloss sequences are space-joined gloss names. BLEU-4 is sacrebleu's corpus BLEU (0-100, its default 'exp'
 smoothing) with tokenize "none": the glosses are already tokens, and "13a" would split a token with an apostrophe
-(an unknown word's fallback gloss such as "don't"). WER is jiwer's corpus WER (edits / reference glosses; can
+(an unknown word's fallback gloss such as "don't"). As sacrebleu defines it, a corpus whose readings hold no 4-gram
+scores 0 (synthsign captions have 2-5 glosses, so a split of several clips has 4-grams). WER is jiwer's corpus WER (edits / reference glosses; can
 exceed 1). Exact is the fraction of clips whose reading equals its reference sequence.
 """
 from __future__ import annotations

@@ -4,10 +4,23 @@
 
 What is evaluated
 -----------------
-* The evaluation set: the first `num_clips` (default `cfg.eval_num_clips`, an upper bound) decodable clips of the run's
-  validation split, in split order. Clip i is sampled with seed i by `t2s.pipeline.TextToSignPipeline` in batches of
+* The evaluation set (`t2s.data.evaluation_clips`): `num_clips` (default `cfg.eval_num_clips`, an upper bound) clips
+  divided among three caption splits as evenly as their candidates allow (`data.split_sizes`; e.g. 24 -> 8 + 8 + 8,
+  8 -> 3 + 3 + 2), each scored separately by back-translation:
+  - `seen`: captions that occur in the training split, signed by a signer who does not sign them there. synthsign:
+    distinct training gloss sequences (the sample prompts first, then a fixed-seed order), each rendered for a held-out
+    (validation) signer; other data: validation clips whose caption occurs in training.
+  - `novel`: validation clips whose caption (gloss sequence) never occurs in training, in split order.
+  - `paraphrase` (synthsign only): the first seen captions reworded by `synthsign.paraphrase` (synonyms, phrases,
+    filler words: "thanks a lot" for "thank you very much"); same glosses, so the same real clip. Only a text encoder
+    that maps wordings it never saw to their meaning can sign them.
+  Sampling seeds: seen clip i gets seed i, novel clip j seed n_seen + j, a paraphrase its seen clip's seed (so seen
+  and paraphrase differ in wording only). Clips are sampled by `t2s.pipeline.TextToSignPipeline` in batches of
   `cfg.eval_batch_size`; each clip depends on its caption and seed only (not on its batch), so every run, variant and
-  weight set sees the same captions and the same initial noise.
+  weight set sees the same captions and the same initial noise. Everything is fixed: it does not vary with the
+  training seed. `num_clips_seen`, `num_clips_novel`, `num_clips_paraphrase` count them.
+* The whole-set metrics below (FVD to sign fidelity) use the seen and novel clips (`num_clips` = their number); a
+  paraphrase repeats its seen clip's real clip and glosses, so it enters back-translation only.
 * Weight sets: the latest checkpoint's raw weights and, when the run kept an EMA (`use_ema`), its EMA weights.
 * Distribution metrics on I3D features of the generated and the real clips (`metrics.load_i3d`: StyleGAN-V's
   TorchScript I3D or an I3D state dict; the row records `feature_extractor` and the weights file's
@@ -39,6 +52,22 @@ What is evaluated
     percentile bootstrap interval over clips (`DTW_BOOTSTRAP_RESAMPLES` resamples of the n clips with replacement,
     generator seeded `DTW_BOOTSTRAP_SEED`; pairs re-formed within each resample); null below `DTW_GAP_MIN_CLIPS` = 5
     clips, where a bootstrap has too few distinct resamples for an interval.
+* Back-translation (synthsign only; `t2s.backtranslate`): a small recognizer, trained once per data and split on
+  clips rendered for it (training-split signers, none of the held-out captions, `bt_train_frames` / `bt_epochs` /
+  `bt_seed`) and cached (`bt_recognizer`: the first 16 hex digits of its key), reads each clip's gloss sequence; the
+  reading is scored against the clip's glosses, per split (`<split>` = seen, novel, paraphrase):
+  - `bt_bleu4_<split>`: sacrebleu corpus BLEU-4 (0-100) of the generated clips' readings, gloss tokens space-joined,
+    tokenize "none" (glosses are tokens already); `bt_bleu4_<split>_low` / `_high`: 95% percentile bootstrap interval
+    over the split's clips (1000 resamples, seed 0; null below 5 clips).
+  - `bt_wer_<split>`: jiwer corpus gloss WER (edits / reference glosses; lower is better, can exceed 1).
+  - `bt_exact_<split>`: fraction of clips read exactly as their gloss sequence.
+  - `..._ceiling`: the same score of the recognizer on the split's REAL clips (held-out signers): the most a
+    generator can reach with this recognizer. The same for every run and weight set of one data and split.
+  - `..._floor`: the generated clips' readings scored against the glosses of every OTHER clip of the split whose
+    gloss sequence differs (all such off-diagonal pairs, one corpus): what a model that ignores its caption gets.
+  "How much of the caption survives generation" is where bt_<score>_<split> lies between floor and ceiling. A split
+  with no clips, or fewer than 2 different gloss sequences (no floor), is null with the reason in
+  `bt_<score>_<split>_status` (one status per score and split covers its _ceiling, _floor and interval).
 * Cost: `inference_time_ms` is the wall-clock time of sampling all clips divided by their number -- per clip, in
   batches of `eval_batch_size` (CUDA synchronised; after a one-step warm-up) --, `inference_memory_gb` the peak during
   sampling (CUDA: `max_memory_allocated`; CPU: the process's peak resident set size, reset before sampling on Linux
@@ -53,7 +82,8 @@ Files (in the run directory)
   set; a weight set not evaluated this time keeps its previous row. Written atomically.
 * `tensorboard/`: the numbers as scalars `eval/<weights>/<metric>` at the checkpoint's step.
 * `evaluation/<weights>_<i>.gif` (generated), `evaluation/real_<i>.gif` (the reference clip), and
-  `evaluation/index.json`: [{prompt, file, weights ("raw" | "ema" | "real"), index, seed, signer}].
+  `evaluation/index.json`: [{prompt, file, weights ("raw" | "ema" | "real"), index, split, seed, signer, glosses (the
+  reference, space-joined), reading (the recognizer's reading of that clip, space-joined; null without one)}].
 
 Metric weights are looked up as `t2s.metrics.load_i3d` / `load_lpips` document (argument, environment variable,
 cache folder); nothing is downloaded unless the environment variable `T2S_ALLOW_DOWNLOAD=1` is set (I3D only: the
@@ -88,15 +118,24 @@ DTW_INTERVAL = 0.95
 # a zero-width interval that would read as certainty.
 DTW_GAP_MIN_CLIPS = 5
 ALLOW_DOWNLOAD_ENV_VAR = "T2S_ALLOW_DOWNLOAD"
+CAPTION_SPLITS = ("seen", "novel", "paraphrase")  # = t2s.data.CAPTION_SPLITS
+BT_SCORES = ("bleu4", "wer", "exact")
+# back-translation: bt_<score>_<split> (the metric), with _ceiling and _floor beside it; bt_bleu4_<split>_low/_high
+BT_METRICS = tuple(f"bt_{score}_{split}" for split in CAPTION_SPLITS for score in BT_SCORES)
+BT_COLUMNS = [column for split in CAPTION_SPLITS for column in [
+    *(f"bt_{score}_{split}{part}" for score in BT_SCORES for part in ("", "_ceiling", "_floor")),
+    f"bt_bleu4_{split}_low", f"bt_bleu4_{split}_high"]]
 STATUS_METRICS = ("fvd", "kvd", "kvd_std", "lpips", "ssim", "psnr", "dtw_error", "dtw_error_shuffled", "dtw_gap",
-                  "hand_detection_rate")
+                  "hand_detection_rate") + BT_METRICS
 EVALUATION_COLUMNS = [
     "model_name", "config_name", "weights",
     "fvd", "kvd", "kvd_std", "lpips", "ssim", "psnr",
     "temporal_consistency", "temporal_consistency_real", "motion_magnitude", "motion_magnitude_real",
     "dtw_error", "dtw_error_shuffled", "dtw_gap", "dtw_gap_low", "dtw_gap_high", "hand_detection_rate",
+    *BT_COLUMNS,
     "val_loss", "inference_time_ms", "inference_memory_gb", "num_parameters_millions", "num_clips",
-    "feature_extractor", "feature_weights_sha256", "timestamp",
+    "num_clips_seen", "num_clips_novel", "num_clips_paraphrase",
+    "feature_extractor", "feature_weights_sha256", "bt_recognizer", "timestamp",
 ] + [f"{m}_status" for m in STATUS_METRICS]
 NO_KEYPOINTS = "no ground-truth keypoints (synthsign only)"
 OK = "ok"
@@ -266,6 +305,41 @@ def compare_clips(
     return out
 
 
+# --------------------------------------------------------------------------------------------- back-translation
+def back_translation_metrics(readings: Optional[Sequence[Sequence[str]]], real_readings: Optional[Sequence[Sequence[str]]],
+                             references: Sequence[Sequence[str]], splits: Sequence[str],
+                             unavailable: Optional[dict] = None) -> dict:
+    """The `BT_COLUMNS` (and their statuses) of one weight set: per caption split, `backtranslate.back_translation` of
+    the generated clips' readings and the real clips' readings against the references of that split's clips.
+
+    readings / real_readings / references / splits: one entry per evaluation clip (readings None: no recognizer).
+    unavailable: {split: reason} for splits that are empty or cannot be scored, or {"*": reason} for all of them.
+    """
+    from . import backtranslate
+
+    unavailable = dict(unavailable or {})
+    out: dict = {c: None for c in BT_COLUMNS}
+    for split in CAPTION_SPLITS:
+        reason = unavailable.get("*") or unavailable.get(split)
+        members = [i for i, s in enumerate(splits) if s == split]
+        if reason is None and not members:
+            reason = f"no {split} evaluation clips"
+        if reason is None:
+            try:
+                found = backtranslate.back_translation([readings[i] for i in members],
+                                                       [real_readings[i] for i in members],
+                                                       [references[i] for i in members])
+            except ValueError as exc:
+                reason = str(exc)
+            else:
+                for key, value in found.items():
+                    score, _, part = key.partition("_")
+                    out[f"bt_{score}_{split}" + (f"_{part}" if part else "")] = value
+        for score in BT_SCORES:
+            out[f"bt_{score}_{split}_status"] = reason or OK
+    return out
+
+
 # --------------------------------------------------------------------------------------------- cost helpers
 def proc_status_bytes(field: str) -> Optional[int]:
     """A memory line of /proc/self/status ("VmHWM": peak resident set, "VmRSS": current) in bytes; None off Linux."""
@@ -377,7 +451,7 @@ def _log_tensorboard(run: RunDir, rows: list[dict], step: int) -> None:
         for row in rows:
             for key in EVALUATION_COLUMNS:
                 value = row.get(key)
-                if key in ("num_clips",) or key.endswith("_status") or isinstance(value, (str, bool)) or value is None:
+                if key.startswith("num_clips") or key.endswith("_status") or isinstance(value, (str, bool)) or value is None:
                     continue
                 writer.add_scalar(f"eval/{row['weights']}/{key}", float(value), step)
     finally:
@@ -397,24 +471,23 @@ def _load_metric_models(device, i3d_weights, lpips_weights):
     return extractor, extractor_status, lpips_model, lpips_status
 
 
-def _evaluation_set(val_set, n: int) -> tuple[list[int], torch.Tensor]:
-    """The first n decodable validation clips: (indices into val_set, real clips (n, 3, F, H, W) in [-1, 1])."""
-    from .data import to_clip
+def _recognizer(cfg: Config, train_set, val_set):
+    """(the back-translation recognizer of this data and split, {}) or (None, {"*": why there is none})."""
+    from . import backtranslate
+    from .data import caption_key, recognizer_dir
 
-    indices, clips = [], []
-    for i in range(len(val_set)):
-        if len(indices) == n:
-            break
-        try:
-            frames = val_set.frames(i)
-        except Exception as exc:  # decoders raise many types; skip the clip as training does
-            warnings.warn(f"evaluation skips validation clip {val_set.records[i].video}: {type(exc).__name__}: {exc}")
-            continue
-        indices.append(i)
-        clips.append(to_clip(np.asarray(frames)))
-    if not indices:
-        raise RuntimeError(f"none of the {len(val_set)} validation clips could be decoded")
-    return indices, torch.stack(clips)
+    if cfg.dataset != "synthsign" or not train_set.has_keypoints:
+        return None, {"*": f"back-translation reads synthsign glosses: needs dataset synthsign, not {cfg.dataset!r}"}
+    settings = backtranslate.RecognizerSettings(train_frames=cfg.bt_train_frames, epochs=cfg.bt_epochs,
+                                                seed=cfg.bt_seed)
+    signers = [synthsign.signer_index(s) for s in train_set.signers]
+    held_out = {caption_key(r.caption, True) for r in val_set.records}  # never trained on a held-out caption
+    try:
+        recognizer = backtranslate.load_or_train(cfg.image_size, cfg.num_frames, signers, held_out,
+                                                 recognizer_dir(cfg), settings)
+    except Exception as exc:  # a failure here must not cost the other metrics: null with the reason
+        return None, {"*": f"the back-translation recognizer could not be trained: {type(exc).__name__}: {exc}"}
+    return recognizer, {}
 
 
 def _check_run(run_dir: Union[str, Path]) -> tuple[RunDir, Config, dict]:
@@ -460,7 +533,7 @@ def evaluate_run(
     """
     from tqdm.auto import tqdm
 
-    from .data import build_datasets
+    from .data import build_datasets, evaluation_clips, to_clip
     from .diffusion import build_train_scheduler
     from .pipeline import TextToSignPipeline, load_run_models
     from .runtime import resolve_mixed_precision
@@ -487,30 +560,48 @@ def evaluate_run(
     if batch < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
 
-    # data: the evaluation set, its captions and ground truth
-    _, val_set, _ = build_datasets(cfg)
-    indices, real = _evaluation_set(val_set, n_wanted)
-    if len(indices) < n_wanted and num_clips is not None:  # eval_num_clips is documented as an upper bound
-        warnings.warn(f"the validation split has {len(indices)} usable clips; evaluating those instead of {n_wanted}")
-    captions = [val_set.item_info(i)[0] for i in indices]
-    signers = [val_set.item_info(i)[1] for i in indices]
-    keypoints = [val_set.keypoints(i) for i in indices] if val_set.has_keypoints else None
-    n = len(indices)
+    # data: the evaluation set (caption splits), its captions and ground truth
+    train_set, val_set, _ = build_datasets(cfg)
+    clips, short = evaluation_clips(cfg, train_set, val_set, n_wanted)
+    if not clips:
+        raise RuntimeError(f"no evaluation clips: {short}")
+    if len(clips) < n_wanted and num_clips is not None:  # eval_num_clips is documented as an upper bound
+        warnings.warn(f"the caption splits hold {len(clips)} usable clips; evaluating those instead of {n_wanted}")
+    n = len(clips)
+    captions, seeds, splits = [c.caption for c in clips], [c.seed for c in clips], [c.split for c in clips]
+    references = [list(c.glosses) for c in clips]
+    real = torch.stack([to_clip(c.frames) for c in clips])  # (n, 3, F, H, W)
+    # whole-set metrics: the seen and novel clips (a paraphrase repeats its seen clip's real clip and glosses)
+    whole = [i for i, c in enumerate(clips) if c.split != "paraphrase"]
+    keypoints = [clips[i].keypoints for i in whole] if all(clips[i].keypoints is not None for i in whole) else None
+    control_keys = [" ".join(clips[i].glosses) for i in whole]  # same glosses = no control pair
 
     extractor, extractor_status, lpips_model, lpips_status = _load_metric_models(dev, i3d_weights, lpips_weights)
-    real_features = extractor.features(real) if extractor is not None and n >= 2 else None
+    real_features = extractor.features(real[whole]) if extractor is not None and len(whole) >= 2 else None
+    recognizer, bt_unavailable = _recognizer(cfg, train_set, val_set)
+    if recognizer is not None:
+        real_readings = recognizer.read(real)
+        bt_unavailable.update({split: f"no {split} evaluation clips ({why})" for split, why in short.items()
+                               if split not in splits})
+    else:
+        real_readings = None
     autocast = None
     precision = resolve_mixed_precision(cfg.mixed_precision)
     if precision == "bf16" or (dev.type == "cuda" and precision == "fp16"):
         dtype = torch.bfloat16 if precision == "bf16" else torch.float16
         autocast = lambda: torch.autocast(dev.type, dtype=dtype)  # noqa: E731  (as training's validation ran)
 
+    def entry(i: int, weights: str, file: str, reading) -> dict:
+        clip = clips[i]
+        return {"prompt": clip.caption, "file": file, "weights": weights, "index": i, "split": clip.split,
+                "seed": None if weights == "real" else clip.seed, "signer": clip.signer,
+                "glosses": " ".join(clip.glosses), "reading": None if reading is None else " ".join(reading[i])}
+
     bar = tqdm(total=n * len(weight_sets), disable=not progress, desc=f"evaluate {run.root.name}", unit="clip")
     rows, gif_entries, gif_clips = [], [], {}
-    for i, (caption, signer) in enumerate(zip(captions, signers)):
-        name = f"real_{i:03d}.gif"
-        gif_entries.append({"prompt": caption, "file": name, "weights": "real", "index": i, "seed": None, "signer": signer})
-        gif_clips[name] = real[i]
+    for i in range(n):
+        gif_entries.append(entry(i, "real", f"real_{i:03d}.gif", real_readings))
+        gif_clips[f"real_{i:03d}.gif"] = real[i]
     sampling = dict(guidance_scale=cfg.guidance_scale, eta=cfg.eta)
     try:
         for w in weight_sets:
@@ -521,31 +612,34 @@ def evaluate_run(
             with PeakMemory(dev) as peak:
                 _sync(dev)
                 t0 = time.perf_counter()
-                generated = pipe(captions, seeds=range(n), num_inference_steps=steps, batch_size=batch,
-                                 callback=bar.update, **sampling)  # clip i from seed i
+                generated = pipe(captions, seeds=seeds, num_inference_steps=steps, batch_size=batch,
+                                 callback=bar.update, **sampling)  # clip i from seeds[i]
                 _sync(dev)
                 seconds = time.perf_counter() - t0
             generated = generated.float().cpu()  # (n, 3, F, H, W)
+            readings = recognizer.read(generated) if recognizer is not None else None
             row = {
                 "model_name": run.root.name,
                 "config_name": cfg.variant,
                 "weights": w,
                 **compare_clips(
-                    generated, real, keypoints, captions, extractor, extractor_status, lpips_model, lpips_status,
-                    real_features, cfg.fvd_min_clips,
+                    generated[whole], real[whole], keypoints, control_keys, extractor, extractor_status, lpips_model,
+                    lpips_status, real_features, cfg.fvd_min_clips,
                 ),
+                **back_translation_metrics(readings, real_readings, references, splits, bt_unavailable),
                 "val_loss": held_out_loss(denoiser, text, build_train_scheduler(cfg), val_set, cfg, dev, autocast),
                 "inference_time_ms": 1000.0 * seconds / n,  # per clip
                 "inference_memory_gb": peak.peak_gb,
                 "num_parameters_millions": metrics.count_parameters(denoiser) / 1e6,
-                "num_clips": n,
+                "num_clips": len(whole),
+                **{f"num_clips_{split}": splits.count(split) for split in CAPTION_SPLITS},
+                "bt_recognizer": recognizer.info["key"][:16] if recognizer is not None else None,
                 "timestamp": _dt.datetime.now().isoformat(timespec="seconds"),
             }
             rows.append({k: row.get(k) for k in EVALUATION_COLUMNS})
-            for i, (caption, signer) in enumerate(zip(captions, signers)):
-                name = f"{w}_{i:03d}.gif"
-                gif_entries.append({"prompt": caption, "file": name, "weights": w, "index": i, "seed": i, "signer": signer})
-                gif_clips[name] = generated[i]
+            for i in range(n):
+                gif_entries.append(entry(i, w, f"{w}_{i:03d}.gif", readings))
+                gif_clips[f"{w}_{i:03d}.gif"] = generated[i]
             del denoiser, text, pipe
     finally:
         bar.close()

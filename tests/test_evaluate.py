@@ -2,6 +2,7 @@
 init, saved as a user's real file would be); nothing is downloaded and the user's caches are never consulted."""
 import csv
 import hashlib
+import itertools
 import json
 import math
 import shutil
@@ -29,6 +30,19 @@ EXPECTED_COLUMNS = [
     "fvd_status", "kvd_status", "kvd_std_status", "lpips_status", "ssim_status", "psnr_status", "dtw_error_status",
     "dtw_error_shuffled_status", "dtw_gap_status", "hand_detection_rate_status",
 ]
+# back-translation (issue 12): per caption split, each score with its ceiling and floor, BLEU-4's interval, a status
+SPLITS, SCORES = ("seen", "novel", "paraphrase"), ("bleu4", "wer", "exact")
+BT_COLUMNS = [c for split in SPLITS for c in [
+    *(f"bt_{score}_{split}{part}" for score in SCORES for part in ("", "_ceiling", "_floor")),
+    f"bt_bleu4_{split}_low", f"bt_bleu4_{split}_high"]]
+at = EXPECTED_COLUMNS.index("val_loss")
+EXPECTED_COLUMNS[at:at] = BT_COLUMNS
+at = EXPECTED_COLUMNS.index("feature_extractor")
+EXPECTED_COLUMNS[at:at] = ["num_clips_seen", "num_clips_novel", "num_clips_paraphrase"]
+EXPECTED_COLUMNS.insert(EXPECTED_COLUMNS.index("timestamp"), "bt_recognizer")
+EXPECTED_COLUMNS += [f"bt_{score}_{split}_status" for split in SPLITS for score in SCORES]
+# a small recognizer for the micro runs here (its accuracy is tests/test_backtranslate.py's business)
+SMALL_RECOGNIZER = {"bt_train_frames": 2000, "bt_epochs": 5}
 
 
 def _refuse(*args, **kwargs):
@@ -64,7 +78,7 @@ def one_torch_thread():
 def micro_run(tmp_path_factory):
     """A finished micro baseline run (EMA on), trained once for the whole module."""
     root = tmp_path_factory.mktemp("evaluate")
-    cfg = t2s.load_config("baseline", "micro", {"data_dir": str(root / "synthsign")})
+    cfg = t2s.load_config("baseline", "micro", {"data_dir": str(root / "synthsign"), **SMALL_RECOGNIZER})
     result = t2s.train(cfg, root / "baseline-seed0", progress=False)
     assert result.status == "finished"
     return result.run_dir
@@ -112,6 +126,17 @@ def copy_run(run_dir, dest):
     return dest
 
 
+def real_clip_of_each_caption(run_dir, num_clips=None):
+    """{caption: real clip (3, F, H, W)} of a run's evaluation set (every split), and the evaluation clips."""
+    from t2s.config import load_config_file
+    from t2s.data import build_datasets, evaluation_clips
+
+    cfg = load_config_file(run_dir / "config.json")
+    train_set, val_set, _ = build_datasets(cfg)
+    clips, _ = evaluation_clips(cfg, train_set, val_set, cfg.eval_num_clips if num_clips is None else num_clips)
+    return {c.caption: to_clip(c.frames) for c in clips}, clips
+
+
 # --- the evaluation of a run ---------------------------------------------------------------------------------
 
 def test_csv_and_json_have_exactly_the_columns_and_one_row_per_weight_set(evaluated):
@@ -144,22 +169,24 @@ def test_missing_metric_weights_give_null_and_a_status_saying_how_to_provide_the
             assert row[f"{metric}_status"] == "ok", metric
             assert math.isfinite(float(row[metric])), metric
         assert row["dtw_gap"] == "" and "at least 5" in row["dtw_gap_status"]  # 2 clips: no bootstrap interval
+        # micro's 2 evaluation clips: 1 seen and 1 novel caption (no floor without 2 captions), no paraphrase
+        for score in ("bleu4", "wer", "exact"):
+            for split in ("seen", "novel"):
+                assert row[f"bt_{score}_{split}"] == "" and row[f"bt_{score}_{split}_ceiling"] == ""
+                assert "at least 2 different reference gloss sequences" in row[f"bt_{score}_{split}_status"]
+            assert row[f"bt_{score}_paraphrase"] == ""
+            assert "no paraphrase evaluation clips (eval_num_clips = 2 leaves none" in row[
+                f"bt_{score}_paraphrase_status"]
+        assert len(row["bt_recognizer"]) == 16
 
 
 def test_sign_fidelity_on_synthsign_is_a_finite_number_that_sees_the_caption(micro_run, tmp_path, monkeypatch):
     """With an oracle sampler (it returns the real clip of each caption) the whole evaluate_run path gives a finite
     DTW error near 0, far below the shuffled-caption control: the metric sees conditioning."""
-    from t2s.data import build_datasets
-    from t2s.config import load_config_file
-    cfg = load_config_file(micro_run / "config.json")
-    _, val_set, _ = build_datasets(cfg)
-    by_caption = {}
-    for i in range(len(val_set)):
-        clip, caption, _ = val_set[i]
-        by_caption.setdefault(caption, clip)
+    by_caption, _ = real_clip_of_each_caption(micro_run)
 
     def oracle(self, prompts, seeds=None, callback=None, **kwargs):
-        return torch.stack([by_caption.get(p, torch.zeros_like(next(iter(by_caption.values())))) for p in prompts])
+        return torch.stack([by_caption[p] for p in prompts])
 
     monkeypatch.setattr(TextToSignPipeline, "__call__", oracle)
     isolate_metric_weights(monkeypatch, tmp_path)
@@ -210,6 +237,8 @@ def test_gifs_index_and_tensorboard_scalars_are_written(evaluated):
     assert len(index) == 3 * 2
     for entry in index:
         assert (run_dir / "evaluation" / entry["file"]).is_file() and entry["prompt"]
+        assert entry["split"] in ("seen", "novel") and entry["glosses"] == entry["prompt"]  # vocabulary captions
+        assert isinstance(entry["reading"], str) and entry["reading"]  # the recognizer's reading of that clip
     events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
     tags = set(events.Tags()["scalars"])
     for weights in ("raw", "ema"):
@@ -274,17 +303,13 @@ def test_a_run_without_ema_yields_only_a_raw_row(micro_run, tmp_path, monkeypatc
 
 
 def test_an_oracle_model_scores_perfectly_so_clips_captions_and_ground_truth_line_up(micro_run, tmp_path, monkeypatch):
-    """A stand-in sampler that returns the real validation clip of each caption: every paired metric must then be
-    perfect, and the shuffled control must be worse -- which holds only if evaluate_run keeps clip i, its real clip
-    and its caption's ground truth together and re-pairs them for the control."""
-    from t2s.config import load_config_file
-    from t2s.data import build_datasets
-
+    """A stand-in sampler that returns the real clip of each evaluation caption: every paired metric must then be
+    perfect, back-translation must equal its ceiling, and the shuffled control must be worse -- which holds only if
+    evaluate_run keeps clip i, its real clip and its caption's ground truth together and re-pairs them for the
+    control."""
     run_dir = copy_run(micro_run, tmp_path / "baseline-seed0")
-    _, val_set, _ = build_datasets(load_config_file(run_dir / "config.json"))
-    real_by_caption = {val_set.item_info(i)[0]: to_clip(val_set.frames(i)) for i in range(len(val_set))}
-    assert len(real_by_caption) == len(val_set) >= 3  # distinct captions, so the oracle is unambiguous
-
+    real_by_caption, clips = real_clip_of_each_caption(run_dir, 9)
+    assert len(real_by_caption) == len(clips) == 9  # distinct captions, so the oracle is unambiguous
     calls = []
 
     def oracle(self, prompts, seeds=None, num_inference_steps=50, guidance_scale=7.5, eta=0.0, batch_size=8,
@@ -295,18 +320,26 @@ def test_an_oracle_model_scores_perfectly_so_clips_captions_and_ground_truth_lin
 
     monkeypatch.setattr(TextToSignPipeline, "__call__", oracle)
     isolate_metric_weights(monkeypatch, tmp_path)
-    rows = evaluate_run(run_dir, num_clips=len(val_set), weights=["raw"], progress=False, batch_size=2)
+    rows = evaluate_run(run_dir, num_clips=9, weights=["raw"], progress=False, batch_size=2)
     row = rows[0]
-    assert row["num_clips"] == len(val_set)
+    # micro's validation split holds 2 clips of novel captions: 9 = 4 seen + 2 novel + 3 paraphrases
+    assert [c.split for c in clips] == ["seen"] * 4 + ["novel"] * 2 + ["paraphrase"] * 3
+    assert (row["num_clips"], row["num_clips_seen"], row["num_clips_novel"], row["num_clips_paraphrase"]) == (6, 4, 2, 3)
     assert row["ssim"] == pytest.approx(1.0, abs=1e-9) and row["psnr"] == pytest.approx(metrics.PSNR_CAP_DB)
     assert row["motion_magnitude"] == row["motion_magnitude_real"]
     # at 16x16 a few small gloves are missed by the colour finder, each costing 1 image width in its frame
     assert row["dtw_error"] <= 1 - row["hand_detection_rate"] + 1e-9 < row["dtw_error_shuffled"]
-    # one warm-up clip, then every clip in one batched call: clip i from seed i, with the run's sampling settings
+    # one warm-up clip, then every clip in one batched call, each from its seed, with the run's sampling settings
     cfg = json.loads((run_dir / "config.json").read_text())
     warm_up, sampled = calls
     assert warm_up["prompts"] == sampled["prompts"][:1] and warm_up["steps"] == 1
-    assert sampled["seeds"] == list(range(len(val_set))) and sampled["batch_size"] == 2
+    assert sampled["prompts"] == [c.caption for c in clips] and sampled["batch_size"] == 2
+    assert sampled["seeds"] == [0, 1, 2, 3, 4, 5, 0, 1, 2]  # a paraphrase is sampled with its seen caption's seed
+    # back-translation: the oracle's clips are the real clips, so each split scores exactly its ceiling
+    for split, score in itertools.product(("seen", "novel", "paraphrase"), ("bleu4", "wer", "exact")):
+        assert row[f"bt_{score}_{split}_status"] == "ok"
+        assert row[f"bt_{score}_{split}"] == row[f"bt_{score}_{split}_ceiling"], (split, score)
+    assert row["bt_bleu4_seen_low"] is None  # 4 clips: too few for the bootstrap interval
     assert (sampled["steps"], sampled["guidance_scale"], sampled["eta"]) == (
         cfg["num_inference_steps"], cfg["guidance_scale"], cfg["eta"])
 
@@ -353,7 +386,8 @@ def test_real_clips_against_themselves_score_perfectly(rendered, weight_files):
     assert out["dtw_error_shuffled"] > 0.02
     assert out["dtw_gap"] is None and "at least 5 evaluation clips, got 4" in out["dtw_gap_status"]
     unavailable = ("fvd", "kvd", "kvd_std", "dtw_gap")
-    assert all(out[f"{m}_status"] == "ok" for m in evaluate.STATUS_METRICS if m not in unavailable)
+    compared = [m for m in evaluate.STATUS_METRICS if m not in evaluate.BT_METRICS]  # back-translation: evaluate_run
+    assert all(out[f"{m}_status"] == "ok" for m in compared if m not in unavailable)
     for m in ("fvd", "kvd", "kvd_std"):
         assert out[m] is None and out[f"{m}_status"] == "I3D skipped"
 
@@ -474,3 +508,47 @@ def test_weights_status_reports_paths_or_how_to_without_downloading(weight_files
     status = metrics.weights_status()
     assert status["I3D (FVD)"].startswith(f"ok: {weight_files[0]} ({metrics.STATE_DICT_OTHER}, sha256 ")
     assert status["AlexNet (LPIPS)"] == f"ok: {weight_files[1]}"
+
+
+# --- back-translation columns ----------------------------------------------------------------------------------
+
+def test_back_translation_columns_hold_each_splits_scores_ceiling_and_floor():
+    refs = [["good", "night", "my", "friend"], ["thank", "you", "very", "much"], ["where", "is", "the", "bus", "today"],
+            ["good", "night", "my", "friend"], ["please", "help", "my", "family"]] * 2
+    splits = ["seen"] * 5 + ["novel"] * 5
+    real = [list(r) for r in refs]
+    generated = real[:5] + [["good", "night", "my", "friend"]] * 5  # seen: signed right; novel: one caption for all
+    out = evaluate.back_translation_metrics(generated, real, refs, splits)
+    assert set(out) == set(evaluate.BT_COLUMNS) | {f"{m}_status" for m in evaluate.BT_METRICS}
+    assert out["bt_exact_seen"] == out["bt_exact_seen_ceiling"] == 1.0 and out["bt_bleu4_seen"] == pytest.approx(100)
+    assert out["bt_exact_novel"] == pytest.approx(2 / 5) and out["bt_exact_novel_ceiling"] == 1.0
+    assert out["bt_wer_novel_floor"] > out["bt_wer_seen"] == 0.0
+    assert out["bt_bleu4_seen_low"] <= out["bt_bleu4_seen"] <= out["bt_bleu4_seen_high"]
+    assert all(out[f"bt_{s}_{split}_status"] == "ok" for s in ("bleu4", "wer", "exact") for split in ("seen", "novel"))
+    assert out["bt_bleu4_paraphrase"] is None and out["bt_wer_paraphrase_status"] == "no paraphrase evaluation clips"
+
+
+def test_back_translation_without_a_recognizer_is_null_with_the_reason(folder_run_config):
+    from t2s.data import build_datasets
+
+    cfg = folder_run_config
+    train_set, val_set, _ = build_datasets(cfg)
+    recognizer, unavailable = evaluate._recognizer(cfg, train_set, val_set)
+    assert recognizer is None and "needs dataset synthsign, not 'folder'" in unavailable["*"]
+    out = evaluate.back_translation_metrics(None, None, [["a"], ["b"]], ["seen", "novel"], unavailable)
+    assert all(out[c] is None for c in evaluate.BT_COLUMNS)
+    assert all(out[f"{m}_status"] == unavailable["*"] for m in evaluate.BT_METRICS)
+
+
+@pytest.fixture
+def folder_run_config(tmp_path):
+    """A folder dataset of 6 synthsign GIFs (no keypoints): what a user's own videos look like to evaluation."""
+    from t2s.data import write_gif
+
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for i, caption in enumerate(["good night", "thank you", "where is the bus", "help", "good morning", "home"]):
+        frames, _ = synthsign.render_clip(caption, i % 3, 4, 16, seed=i)
+        write_gif(folder / f"signer{i % 3}_{i}.gif", frames)
+        (folder / f"signer{i % 3}_{i}.txt").write_text(caption)
+    return t2s.load_config("baseline", "micro", {"dataset": "folder", "data_dir": str(folder)})
