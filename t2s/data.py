@@ -51,7 +51,7 @@ import av
 import numpy as np
 import torch
 from PIL import Image, ImageSequence
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from t2s import synthsign
 from t2s.config import PROJECT_ROOT, Config
@@ -868,30 +868,3 @@ def evaluation_clips(config: Config, train: ClipDataset, val: ClipDataset, num_c
     if not synth:
         short["paraphrase"] = "paraphrases need synthsign's synonym table (dataset synthsign)"
     return clips, short
-
-
-def make_dataloader(
-    dataset: Dataset,
-    config: Config,
-    shuffle: bool,
-    generator: Optional[torch.Generator] = None,
-    drop_last: Optional[bool] = None,
-) -> DataLoader:
-    """A DataLoader of `config.batch_size` items: batches (clip (B, 3, F, H, W), captions [B], signers [B]).
-
-    drop_last defaults to `shuffle` (training) but is off when the dataset is smaller than one batch (so an epoch is
-    never empty); workers are persistent and memory is pinned when CUDA is available.
-    """
-    drop = shuffle if drop_last is None else drop_last
-    if drop and len(dataset) < config.batch_size:
-        drop = False
-    return DataLoader(
-        dataset,
-        batch_size=config.batch_size,
-        shuffle=shuffle,
-        num_workers=config.num_workers,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=config.num_workers > 0,
-        drop_last=drop,
-        generator=generator,
-    )

@@ -347,29 +347,6 @@ def test_random_split_is_seeded_and_keeps_at_least_one_validation_clip():
         data.split_indices(["a"], "random", 0.5, 0)
 
 
-def test_dataloader_batches_clips_captions_and_signers(folder):
-    cfg = config(dataset="folder", data_dir=str(folder), split_mode="random", train_ratio=0.5, batch_size=2)
-    train, val, _ = data.build_datasets(cfg)
-    loader = data.make_dataloader(train, cfg, shuffle=True, generator=torch.Generator().manual_seed(0))
-    batches = list(loader)
-    assert len(batches) == len(train) // 2  # drop_last for training
-    clips, captions, signers = batches[0]
-    assert clips.shape == (2, 3, FRAMES, SIZE, SIZE) and len(captions) == 2 and len(signers) == 2
-    tiny = data.make_dataloader(val.subset([0]), cfg, shuffle=True)
-    assert len(list(tiny)) == 1  # smaller than a batch: kept, so an epoch is never empty
-    assert len(list(data.make_dataloader(val, cfg, shuffle=False))) == -(-len(val) // 2)
-
-
-def test_dataloader_with_worker_processes_yields_the_same_batches(folder):
-    cfg = config(dataset="folder", data_dir=str(folder), split_mode="random", batch_size=3)
-    dataset, _ = data.load_dataset(cfg)
-    serial = list(data.make_dataloader(dataset, cfg, shuffle=False))
-    loader = data.make_dataloader(dataset, cfg.replace(num_workers=1), shuffle=False)
-    assert loader.persistent_workers and loader.num_workers == 1
-    for (a, captions_a, _), (b, captions_b, _) in zip(serial, loader):
-        assert torch.equal(a, b) and captions_a == captions_b
-
-
 # ------------------------------------------------------------------------------------------------ synthsign
 def synth_config(tmp_path, **overrides) -> Config:
     return config(**{"dataset": "synthsign", "data_dir": str(tmp_path / "cache"), "synthsign_num_clips": 40, **overrides})

@@ -307,6 +307,27 @@ def test_generate_writes_gifs_from_a_run(baseline_run, tmp_path):
     assert (raw[0]["clip"] - results[0]["clip"]).abs().max() > 1e-3  # the EMA weights are really used
 
 
+def test_the_epoch_loader_gives_whole_steps_in_the_epochs_order_with_or_without_workers(synth_dir):
+    """The engine's loader (the trainer's and the benchmark's): batches of (clips, captions, signers), only whole
+    optimizer steps, the epoch's seeded order from any position on, the same batches from a worker process."""
+    from t2s.data import build_datasets
+    from t2s.train import epoch_loader, steps_per_epoch
+
+    cfg = micro(synth_dir)
+    train_set, _, _ = build_datasets(cfg)
+    serial = list(epoch_loader(train_set, cfg, epoch=0, micro=0))
+    assert len(serial) == steps_per_epoch(len(train_set), cfg) * cfg.gradient_accumulation_steps == len(train_set) // 2
+    clips, captions, signers = serial[0]
+    assert clips.shape == (2, 3, 4, 16, 16) and len(captions) == len(signers) == 2
+    later = list(epoch_loader(train_set, cfg, epoch=0, micro=3))
+    assert len(later) == len(serial) - 3 and all(torch.equal(a[0], b[0]) for a, b in zip(serial[3:], later))
+    assert any(a[1] != b[1] for a, b in zip(serial, epoch_loader(train_set, cfg, epoch=1, micro=0)))  # reshuffled
+    workers = epoch_loader(train_set, cfg.replace(num_workers=1), epoch=0, micro=0)
+    assert workers.num_workers == 1
+    for (a, captions_a, _), (b, captions_b, _) in zip(serial, workers, strict=True):
+        assert torch.equal(a, b) and captions_a == captions_b
+
+
 def test_a_key_missing_from_an_older_checkpoint_counts_as_its_default(tmp_path):
     """A checkpoint written before a config key existed resumes when the key is at its default, and only then."""
     cfg = load_config("baseline", "micro")
