@@ -303,7 +303,8 @@ def evaluation_metrics(study: Study) -> list:
     columns: dict = {}
     for run in study.finished_runs:
         for column in run.evaluation.columns:
-            if column in EVALUATION_NON_METRICS or column.endswith(("_status",) + EVALUATION_QUALIFIERS):
+            if (column in EVALUATION_NON_METRICS or column.startswith("num_clips")
+                    or column.endswith(("_status",) + EVALUATION_QUALIFIERS)):
                 continue
             if pd.to_numeric(run.evaluation[column], errors="coerce").notna().any():
                 columns[column] = True
