@@ -235,8 +235,8 @@ class Recognizer:
 # --------------------------------------------------------------------------------------------- training
 @contextmanager
 def _one_thread():
-    """One intra-op thread: the model is tiny, and two OpenMP threads on a shared 2-core CPU wait on each other (a
-    batch took ~10x longer with 2 threads here); one thread also makes the arithmetic order fixed."""
+    """One intra-op thread: the model is tiny, and OpenMP threads on a shared CPU wait on each other far longer than
+    they save; one thread also fixes the order of the arithmetic."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
