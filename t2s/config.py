@@ -49,6 +49,7 @@ RANGES: dict[str, tuple] = {
     "text_encoder_lr": (0.0, None, False, True),
     "num_train_timesteps": (2, None, True, True),
     "cond_drop_prob": (0.0, 1.0, True, True),
+    "motion_loss_weight": (0.0, None, True, True),
     "num_inference_steps": (1, None, True, True),
     "guidance_scale": (0.0, None, True, True),
     "eta": (0.0, 1.0, True, True),
@@ -99,6 +100,12 @@ class Config:
     attention_resolutions: list[int] = field(default_factory=lambda: [16, 8])
     num_heads: int = 4
     gradient_checkpointing: bool = False
+    # the caption's pooled (masked mean) token state added to the timestep embedding, as Imagen and SD-XL do, next to
+    # the cross-attention: every res block sees the caption
+    pooled_text_conditioning: bool = False
+    # each frame's relative position in the clip, embedded and added to its timestep embedding, so a frame's
+    # cross-attention knows which word is being signed now (t2s.model.VideoUNet)
+    frame_position_embedding: bool = False
     # --- text encoder ---
     text_encoder: str = PACKAGED_TEXT_ENCODER
     max_text_length: int = 77
@@ -111,6 +118,10 @@ class Config:
     prediction_type: str = "v_prediction"
     zero_terminal_snr: bool = True
     cond_drop_prob: float = 0.1
+    # > 0: the training loss weights each pixel by 1 + motion_loss_weight * (its distance from the clip's temporal
+    # mean, normalised per clip) -- the small moving hands against the static background (t2s.diffusion.motion_weights);
+    # the held-out loss stays plain MSE
+    motion_loss_weight: float = 0.0
     num_inference_steps: int = 50
     guidance_scale: float = 7.5
     eta: float = 0.0

@@ -55,6 +55,7 @@ from torch.utils.data import Dataset
 
 from t2s import synthsign
 from t2s.config import PROJECT_ROOT, Config
+from t2s.rundir import atomic_write_bytes
 
 VIDEO_EXTENSIONS = (".gif", ".mp4", ".webm", ".avi", ".mov", ".mkv", ".m4v")
 PIL_VIDEO_EXTENSIONS = (".gif",)
@@ -121,7 +122,7 @@ def to_frames(clip: torch.Tensor) -> np.ndarray:
 
 
 def write_gif(path: Path, frames: np.ndarray, duration_ms: int = GIF_FRAME_MS) -> None:
-    """Write uint8 (F, H, W, 3) as a looping GIF. Colours are exact when a clip has at most 256 of them (a palette
+    """Write uint8 (F, H, W, 3) as a looping GIF, atomically (the kit's one GIF writer). Colours are exact when a clip has at most 256 of them (a palette
     of the clip's own colours); otherwise PIL's adaptive palette quantizes. Identical consecutive frames are merged
     by Pillow into longer frames, which `read_video` expands again."""
     frames = np.ascontiguousarray(frames, dtype=np.uint8)
@@ -137,7 +138,10 @@ def write_gif(path: Path, frames: np.ndarray, duration_ms: int = GIF_FRAME_MS) -
             images.append(image)
     else:
         images = [Image.fromarray(frame).convert("P", palette=Image.Palette.ADAPTIVE) for frame in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=duration_ms, loop=0, optimize=False)
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=duration_ms, loop=0,
+                   optimize=False)
+    atomic_write_bytes(Path(path), buffer.getvalue())  # a reader never sees half a GIF
 
 
 # ================================================================================================ decoding

@@ -55,7 +55,9 @@ What is evaluated
 * Back-translation (synthsign only; `t2s.backtranslate`): a small recognizer, trained once per data and split on
   clips rendered for it (training-split signers, none of the held-out captions, `bt_train_frames` / `bt_epochs` /
   `bt_seed`) and cached (`bt_recognizer`: the first 16 hex digits of its key), reads each clip's gloss sequence; the
-  reading is scored against the clip's glosses, per split (`<split>` = seen, novel, paraphrase):
+  reading is scored against the clip's glosses, per split (`<split>` = seen, novel, paraphrase) and on `unseen`
+  (novel and paraphrase clips pooled: every caption whose wording never occurred in training; the text-encoder
+  question's primary metric):
   - `bt_bleu4_<split>`: sacrebleu corpus BLEU-4 (0-100) of the generated clips' readings, gloss tokens space-joined,
     tokenize "none" (glosses are tokens already); `bt_bleu4_<split>_low` / `_high`: 95% percentile bootstrap interval
     over the split's clips (1000 resamples, seed 0; null below 5 clips).
@@ -96,7 +98,6 @@ import datetime as _dt
 import io
 import math
 import os
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -109,6 +110,7 @@ from . import metrics, synthsign
 from .config import Config
 from .diffusion import VAL_NOISE_SEED, held_out_loss  # noqa: F401 (re-exported: one definition, in diffusion.py)
 from .rundir import RunDir, atomic_write_bytes, atomic_write_json, read_json
+from .runtime import PeakMemory, sync
 
 DTW_BOOTSTRAP_SEED = 0  # the bootstrap of dtw_gap's interval: identical resamples for every run and weight set
 DTW_BOOTSTRAP_RESAMPLES = 1000
@@ -120,9 +122,12 @@ DTW_GAP_MIN_CLIPS = 5
 ALLOW_DOWNLOAD_ENV_VAR = "T2S_ALLOW_DOWNLOAD"
 CAPTION_SPLITS = ("seen", "novel", "paraphrase")  # = t2s.data.CAPTION_SPLITS
 BT_SCORES = ("bleu4", "wer", "exact")
-# back-translation: bt_<score>_<split> (the metric), with _ceiling and _floor beside it; bt_bleu4_<split>_low/_high
-BT_METRICS = tuple(f"bt_{score}_{split}" for split in CAPTION_SPLITS for score in BT_SCORES)
-BT_COLUMNS = [column for split in CAPTION_SPLITS for column in [
+# back-translation is scored per caption split and on "unseen" = novel + paraphrase pooled (captions whose wording
+# never occurred in training: the text-encoder question's primary metric)
+BT_GROUPS = {**{split: (split,) for split in CAPTION_SPLITS}, "unseen": ("novel", "paraphrase")}
+# back-translation: bt_<score>_<group> (the metric), with _ceiling and _floor beside it; bt_bleu4_<group>_low/_high
+BT_METRICS = tuple(f"bt_{score}_{split}" for split in BT_GROUPS for score in BT_SCORES)
+BT_COLUMNS = [column for split in BT_GROUPS for column in [
     *(f"bt_{score}_{split}{part}" for score in BT_SCORES for part in ("", "_ceiling", "_floor")),
     f"bt_bleu4_{split}_low", f"bt_bleu4_{split}_high"]]
 STATUS_METRICS = ("fvd", "kvd", "kvd_std", "lpips", "ssim", "psnr", "dtw_error", "dtw_error_shuffled", "dtw_gap",
@@ -309,21 +314,25 @@ def compare_clips(
 def back_translation_metrics(readings: Optional[Sequence[Sequence[str]]], real_readings: Optional[Sequence[Sequence[str]]],
                              references: Sequence[Sequence[str]], splits: Sequence[str],
                              unavailable: Optional[dict] = None) -> dict:
-    """The `BT_COLUMNS` (and their statuses) of one weight set: per caption split, `backtranslate.back_translation` of
-    the generated clips' readings and the real clips' readings against the references of that split's clips.
+    """The `BT_COLUMNS` (and their statuses) of one weight set: per `BT_GROUPS` group (a caption split, or "unseen":
+    novel and paraphrase pooled), `backtranslate.back_translation` of the generated clips' readings and the real
+    clips' readings against the references of the group's clips.
 
     readings / real_readings / references / splits: one entry per evaluation clip (readings None: no recognizer).
     unavailable: {split: reason} for splits that are empty or cannot be scored, or {"*": reason} for all of them.
+    A pooled group is scored on its members that can be; it is null only when none can.
     """
     from . import backtranslate
 
     unavailable = dict(unavailable or {})
     out: dict = {c: None for c in BT_COLUMNS}
-    for split in CAPTION_SPLITS:
-        reason = unavailable.get("*") or unavailable.get(split)
-        members = [i for i, s in enumerate(splits) if s == split]
+    for split, parts in BT_GROUPS.items():
+        reasons = [unavailable.get("*") or unavailable.get(part) for part in parts]
+        usable = [part for part, why in zip(parts, reasons) if why is None]
+        reason = None if usable else "; ".join(dict.fromkeys(r for r in reasons if r))
+        members = [i for i, s in enumerate(splits) if s in usable]
         if reason is None and not members:
-            reason = f"no {split} evaluation clips"
+            reason = f"no {' or '.join(parts)} evaluation clips"
         if reason is None:
             try:
                 found = backtranslate.back_translation([readings[i] for i in members],
@@ -338,70 +347,6 @@ def back_translation_metrics(readings: Optional[Sequence[Sequence[str]]], real_r
         for score in BT_SCORES:
             out[f"bt_{score}_{split}_status"] = reason or OK
     return out
-
-
-# --------------------------------------------------------------------------------------------- cost helpers
-def proc_status_bytes(field: str) -> Optional[int]:
-    """A memory line of /proc/self/status ("VmHWM": peak resident set, "VmRSS": current) in bytes; None off Linux."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith(f"{field}:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-class PeakMemory:
-    """Peak memory (GB) of the block: CUDA max_memory_allocated, else the process's peak RSS (see module doc)."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.peak_gb = device, None
-        self._thread, self._stop, self._max = None, threading.Event(), 0
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            return self
-        self._hwm = False
-        try:
-            with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
-                fh.write("5")  # Linux: reset the peak RSS (VmHWM) to the current RSS
-            self._hwm = proc_status_bytes("VmHWM") is not None
-        except OSError:
-            pass
-        if not self._hwm:
-            import psutil
-
-            process = psutil.Process()
-
-            def poll():
-                while not self._stop.is_set():
-                    self._max = max(self._max, process.memory_info().rss)
-                    self._stop.wait(0.01)
-
-            self._thread = threading.Thread(target=poll, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak_gb = torch.cuda.max_memory_allocated(self.device) / 1e9
-        elif self._hwm:
-            self.peak_gb = (proc_status_bytes("VmHWM") or 0) / 1e9
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.peak_gb = self._max / 1e9
-        return False
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # --------------------------------------------------------------------------------------------- files
@@ -536,7 +481,7 @@ def evaluate_run(
     from .data import build_datasets, evaluation_clips, to_clip
     from .diffusion import build_train_scheduler
     from .pipeline import TextToSignPipeline, load_run_models
-    from .runtime import resolve_mixed_precision
+    from .runtime import autocast_factory, resolve_mixed_precision
 
     run, cfg, checkpoint = _check_run(run_dir)
     if run.status not in (None, "finished"):
@@ -585,11 +530,10 @@ def evaluate_run(
                                if split not in splits})
     else:
         real_readings = None
-    autocast = None
     precision = resolve_mixed_precision(cfg.mixed_precision)
-    if precision == "bf16" or (dev.type == "cuda" and precision == "fp16"):
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        autocast = lambda: torch.autocast(dev.type, dtype=dtype)  # noqa: E731  (as training's validation ran)
+    if precision == "fp16" and dev.type != "cuda":
+        precision = "no"  # as training's validation ran: fp16 autocast on CUDA only
+    autocast = autocast_factory(dev, precision)
 
     def entry(i: int, weights: str, file: str, reading) -> dict:
         clip = clips[i]
@@ -610,11 +554,11 @@ def evaluate_run(
             pipe = TextToSignPipeline.from_config(denoiser, text, cfg)
             pipe(captions[:1], seeds=[0], num_inference_steps=1, **sampling)  # warm-up, untimed
             with PeakMemory(dev) as peak:
-                _sync(dev)
+                sync(dev)
                 t0 = time.perf_counter()
                 generated = pipe(captions, seeds=seeds, num_inference_steps=steps, batch_size=batch,
                                  callback=bar.update, **sampling)  # clip i from seeds[i]
-                _sync(dev)
+                sync(dev)
                 seconds = time.perf_counter() - t0
             generated = generated.float().cpu()  # (n, 3, F, H, W)
             readings = recognizer.read(generated) if recognizer is not None else None

@@ -173,12 +173,23 @@ class VideoUNet(nn.Module):
         num_heads: int = 4,
         max_frames: int = 64,
         gradient_checkpointing: bool = False,
+        pooled_text: bool = False,
+        frame_position: bool = False,
     ):
         super().__init__()
         self.gradient_checkpointing = gradient_checkpointing
         emb_dim = 4 * model_channels
         self.model_channels = model_channels
         self.time_mlp = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        # the caption's masked mean token state, projected and added to the timestep embedding (Imagen, SD-XL): every
+        # res block at every resolution sees the caption, not only the cross-attention levels
+        self.text_mlp = (nn.Sequential(nn.Linear(context_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+                         if pooled_text else None)
+        # each frame's relative position in the clip (0 = first, 1 = last), embedded like a timestep and added to
+        # that frame's embedding: without it a frame's cross-attention cannot tell which word of the caption is being
+        # signed now (spatial layers see one frame; only the temporal attention knew the frame index)
+        self.frame_mlp = (nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+                          if frame_position else None)
         self.stem = nn.Conv2d(in_channels, model_channels, 3, padding=1)
 
         chans = [model_channels * m for m in channel_mult]
@@ -230,7 +241,15 @@ class VideoUNet(nn.Module):
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(b)
         emb = self.time_mlp(timestep_embedding(timesteps, self.model_channels).to(x.dtype))
+        if self.text_mlp is not None:
+            weights = (torch.ones(context.shape[:2], device=context.device) if context_mask is None
+                       else context_mask.to(context.dtype))
+            pooled = (context * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp_min(1.0)
+            emb = emb + self.text_mlp(pooled.to(emb.dtype))
         emb = emb.repeat_interleave(frames, dim=0)  # (b f) e
+        if self.frame_mlp is not None:
+            where = torch.arange(frames, device=x.device, dtype=torch.float32) * (1000.0 / max(frames - 1, 1))
+            emb = emb + self.frame_mlp(timestep_embedding(where, self.model_channels).to(emb.dtype)).repeat(b, 1)
         ctx = context.repeat_interleave(frames, dim=0)  # (b f) s d
         mask = None if context_mask is None else context_mask.repeat_interleave(frames, dim=0)
 
@@ -262,6 +281,8 @@ def build_denoiser(cfg, context_dim: int) -> VideoUNet:
         num_heads=cfg.num_heads,
         max_frames=max(64, cfg.num_frames),
         gradient_checkpointing=cfg.gradient_checkpointing,
+        pooled_text=cfg.pooled_text_conditioning,
+        frame_position=cfg.frame_position_embedding,
     )
 
 

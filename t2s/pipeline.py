@@ -23,22 +23,21 @@ encoder, the denoiser with its raw or EMA weights); `generate` writes clips of a
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 import torch
 from diffusers import DDIMScheduler
 from diffusers.utils.torch_utils import randn_tensor
-from PIL import Image
 
 from .checkpoint import latest_good_checkpoint
 from .config import Config, load_config_file
 from .data import to_frames
+from .data import write_gif as data_write_gif
 from .diffusion import MAX_ETA, build_sample_scheduler
 from .ema import copy_shadow
 from .model import build_denoiser
-from .rundir import RunDir, atomic_write_bytes, atomic_write_json
+from .rundir import RunDir, atomic_write_json
 from .text import TextEncoder, pad_to
 
 # what a bare pipeline samples with when neither the call nor a config says otherwise
@@ -168,11 +167,8 @@ def load_run_models(run_dir: Union[str, Path], weights: str = "ema", device: Opt
 
 
 def write_gif(path: Path, clip: torch.Tensor, fps: int = 8) -> Path:
-    """Write a (c, f, h, w) clip in [-1, 1] as a looping GIF, atomically."""
-    frames = [Image.fromarray(f) for f in to_frames(clip)]
-    buf = io.BytesIO()
-    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
-    atomic_write_bytes(path, buf.getvalue())
+    """Write a (c, f, h, w) clip in [-1, 1] as a looping GIF, atomically (`t2s.data.write_gif`)."""
+    data_write_gif(Path(path), to_frames(clip), duration_ms=int(1000 / fps))
     return Path(path)
 
 

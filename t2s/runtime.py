@@ -210,3 +210,65 @@ def package_version(name: str) -> Optional[str]:
 
 def package_versions(names: tuple[str, ...] = RECORDED_PACKAGES) -> dict:
     return {n: package_version(n) for n in names}
+
+
+def proc_status_bytes(field: str) -> Optional[int]:
+    """A memory line of /proc/self/status ("VmHWM": peak resident set, "VmRSS": current) in bytes; None off Linux."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+class PeakMemory:
+    """Peak memory (GB) of the block: CUDA `max_memory_allocated`; on CPU the process's peak resident set size, reset
+    before the block on Linux through /proc/self/clear_refs, else sampled every 10 ms (psutil)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak_gb = device, None
+        self._thread, self._stop, self._max = None, threading.Event(), 0
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        self._hwm = False
+        try:
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+                fh.write("5")  # Linux: reset the peak RSS (VmHWM) to the current RSS
+            self._hwm = proc_status_bytes("VmHWM") is not None
+        except OSError:
+            pass
+        if not self._hwm:
+            process = psutil.Process()
+
+            def poll():
+                while not self._stop.is_set():
+                    self._max = max(self._max, process.memory_info().rss)
+                    self._stop.wait(0.01)
+
+            self._thread = threading.Thread(target=poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_gb = torch.cuda.max_memory_allocated(self.device) / 1e9
+        elif self._hwm:
+            self.peak_gb = (proc_status_bytes("VmHWM") or 0) / 1e9
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak_gb = self._max / 1e9
+        return False
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

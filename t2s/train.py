@@ -253,7 +253,8 @@ class Engine:
                 noise = torch.randn((b * self.world_size, *clips.shape[1:]), generator=self.generator, device=self.device)[mine]
                 t = torch.randint(0, cfg.num_train_timesteps, (b * self.world_size,), generator=self.generator, device=self.device)[mine]
                 with acc.autocast():
-                    loss = diffusion_loss(self.denoiser, self.noise_schedule, clips, noise, t, context, mask)
+                    loss = diffusion_loss(self.denoiser, self.noise_schedule, clips, noise, t, context, mask,
+                                          cfg.motion_loss_weight)
                 acc.backward(loss)
                 step_loss += loss.detach() / cfg.gradient_accumulation_steps
             if acc.sync_gradients:

@@ -127,6 +127,16 @@ def make_run(
             rows.append({c: row.get(c) for c in EVALUATION_COLUMNS})
         pd.DataFrame(rows).to_csv(logs / "evaluation_metrics.csv", index=False)
         _write_json(logs / "evaluation_metrics.json", rows)
+        # evaluation clips as t2s.evaluate writes them: the real clip and each weight set's clip, with readings
+        index = []
+        for i, (prompt, split) in enumerate(zip(prompts, ("seen", "novel"))):
+            for weights in ["real"] + (["raw", "ema"] if use_ema else ["raw"]):
+                name = f"{weights}_{i:03d}.gif"
+                write_gif(run_dir / "evaluation" / name, seed=100 + i)
+                index.append({"prompt": prompt, "file": name, "weights": weights, "index": i, "split": split,
+                              "seed": None if weights == "real" else i, "signer": "signer07", "glosses": prompt,
+                              "reading": prompt if weights == "real" else " ".join(prompt.split()[:2])})
+        _write_json(run_dir / "evaluation" / "index.json", index)
 
     entries = []
     for sample_step in (steps // 2, steps):

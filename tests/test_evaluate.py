@@ -30,8 +30,9 @@ EXPECTED_COLUMNS = [
     "fvd_status", "kvd_status", "kvd_std_status", "lpips_status", "ssim_status", "psnr_status", "dtw_error_status",
     "dtw_error_shuffled_status", "dtw_gap_status", "hand_detection_rate_status",
 ]
-# back-translation (issue 12): per caption split, each score with its ceiling and floor, BLEU-4's interval, a status
-SPLITS, SCORES = ("seen", "novel", "paraphrase"), ("bleu4", "wer", "exact")
+# back-translation (issue 12): per caption split and on "unseen" (novel + paraphrase pooled), each score with its
+# ceiling and floor, BLEU-4's interval, a status
+SPLITS, SCORES = ("seen", "novel", "paraphrase", "unseen"), ("bleu4", "wer", "exact")
 BT_COLUMNS = [c for split in SPLITS for c in [
     *(f"bt_{score}_{split}{part}" for score in SCORES for part in ("", "_ceiling", "_floor")),
     f"bt_bleu4_{split}_low", f"bt_bleu4_{split}_high"]]
@@ -526,6 +527,12 @@ def test_back_translation_columns_hold_each_splits_scores_ceiling_and_floor():
     assert out["bt_bleu4_seen_low"] <= out["bt_bleu4_seen"] <= out["bt_bleu4_seen_high"]
     assert all(out[f"bt_{s}_{split}_status"] == "ok" for s in ("bleu4", "wer", "exact") for split in ("seen", "novel"))
     assert out["bt_bleu4_paraphrase"] is None and out["bt_wer_paraphrase_status"] == "no paraphrase evaluation clips"
+    # unseen pools novel and paraphrase: here the novel clips alone
+    assert all(out[f"bt_{s}_unseen{part}"] == out[f"bt_{s}_novel{part}"] for s in ("bleu4", "wer", "exact")
+               for part in ("", "_ceiling", "_floor"))
+    pooled = evaluate.back_translation_metrics(generated, real, refs, ["seen"] * 5 + ["novel", "paraphrase", "paraphrase", "novel", "novel"])
+    assert pooled["bt_exact_unseen"] == pytest.approx(2 / 5) and pooled["bt_exact_novel"] == pytest.approx(2 / 3)
+    assert pooled["bt_exact_paraphrase"] == 0.0 and pooled["bt_wer_unseen_status"] == "ok"
 
 
 def test_back_translation_without_a_recognizer_is_null_with_the_reason(folder_run_config):

@@ -218,13 +218,19 @@ def _paired_study(tmp_path, name="paired", seeds=(0, 1, 2)):
 def test_findings_come_from_the_variant_files_and_are_paired_by_seed(tmp_path):
     encoder, ema, best = report.findings(_paired_study(tmp_path))
     assert encoder.question == "Does fine-tuning the text encoder help? (text_finetuned vs baseline)"
-    assert encoder.primary == "validation loss (deployed weights)"
-    assert encoder.answer.startswith("text_finetuned is better than baseline on validation loss (deployed weights): "
-                                     "-0.0495, 95% CI")
+    # the text encoder is judged by back-translation on captions never seen in training (params/text_finetuned.yaml);
+    # the factory's evaluation numbers move with its loss shift, so BLEU-4 (higher is better) is 0.0495 lower
+    assert encoder.primary == "back-translation BLEU-4, unseen captions (novel + paraphrased)"
+    assert encoder.answer.startswith("text_finetuned is worse than baseline on back-translation BLEU-4, unseen captions "
+                                     "(novel + paraphrased): -0.0495, 95% CI")
     assert "(paired, n=3); the interval excludes zero." in encoder.answer
     primary = encoder.table.iloc[0]
     assert (primary["role"], primary["test"], primary["verdict"]) == ("primary", "paired, n=3",
-                                                                      "better (interval excludes zero)")
+                                                                      "worse (interval excludes zero)")
+    # text following is reported next to the primary metric: back-translation on seen captions and the DTW gap
+    assert "Text following (exploratory; back-translation BLEU-4, seen captions" in encoder.answer
+    assert "Text following (exploratory; text-following gap (DTW" in encoder.answer
+    assert "Text following (exploratory; back-translation BLEU-4, unseen" not in encoder.answer  # it is the primary
     assert ema.question == "Is EMA important? (no_ema vs baseline)"
     assert ema.answer.startswith("no_ema is worse than baseline on validation loss (deployed weights)")
     # EMA vs raw inside the baseline runs: the factory's EMA is 0.01 lower in every seed, so no interval, no verdict
@@ -249,10 +255,13 @@ def test_other_metrics_are_exploratory_holm_adjusted_or_descriptive(tmp_path):
     raw = report.seed_difference(values["text_finetuned"].to_dict(), values["baseline"].to_dict())
     shown = float(rows.loc["validation loss, raw weights ↓", "p (Holm within the question)"])
     assert raw.p < shown <= 1.0  # adjusted upwards within the family
+    shown = float(rows.loc["validation loss (deployed weights) ↓", "p (Holm within the question)"])
     by_label = {m.label: m.key for m in report.available_metrics(study)}
     table = study.values.set_index(["variant", "seed"])
     family_keys = [by_label[label.split(": ", 1)[1]] for label in encoder.family]
-    assert family_keys[0] == "val_loss_raw" and "val_loss" not in family_keys  # the primary is not in the family
+    assert family_keys[0] == "val_loss" and "bt_bleu4_unseen" not in family_keys  # the primary is not in the family
+    assert "val_loss_raw" in family_keys and "bt_bleu4_seen" in family_keys and "bt_wer_seen" not in family_keys
+    assert rows.loc["back-translation WER, seen captions ↓", "role"] == "descriptive"
     unadjusted = [report.seed_difference(table[key]["text_finetuned"].to_dict(), table[key]["baseline"].to_dict()).p
                   for key in family_keys]
     assert shown == pytest.approx(report.holm(unadjusted)[0], rel=1e-2)
@@ -440,6 +449,45 @@ def test_sample_captions_are_escaped(tmp_path):
         assert page.count("data:image/gif;base64,") >= 2
 
 
+def test_evaluation_clips_show_the_real_clip_beside_each_variant_with_readings_escaped(tmp_path):
+    executed = make_study(tmp_path, "x", seeds=(0,), prompts=(XSS, "thank you very much"))
+    page = report.evaluation_samples_html(report.load_study("x", executed))
+    assert XSS not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "<th>real clip<br>" in page and "<th>baseline<br>" in page and "<th>text_finetuned<br>" in page
+    # per caption: the real clip and each variant's deployed (EMA) clip, each with the recognizer's reading
+    assert page.count("data:image/gif;base64,") == 2 * 3
+    assert "reads: thank you very much" in page and "reads: thank you</figcaption>" in page
+    assert "<b>seen</b>" in page and "<b>novel</b>" in page
+
+
+def test_following_checks_each_run_against_the_thresholds(tmp_path):
+    study_dir = tmp_path / "executed" / "f"
+    run = make_run(study_dir, "baseline", 0)
+    frame = pd.read_csv(run / "logs" / "evaluation_metrics.csv")
+    good = {"bt_bleu4_seen": 40.0, "bt_bleu4_seen_low": 30.0, "bt_bleu4_seen_high": 50.0, "bt_bleu4_seen_ceiling": 70.0,
+            "bt_bleu4_seen_floor": 2.0, "dtw_gap": 0.1, "dtw_gap_low": 0.05, "dtw_gap_high": 0.15,
+            "dtw_error_shuffled": 0.3, "hand_detection_rate": 0.9}
+    for key, value in good.items():
+        frame[key] = value
+    frame.loc[frame["weights"] == "ema", "bt_bleu4_seen_low"] = 1.0  # the deployed row: interval reaches the floor
+    frame.loc[frame["weights"] == "ema", "hand_detection_rate"] = None
+    frame.to_csv(run / "logs" / "evaluation_metrics.csv", index=False)
+    table = report.following_table(report.load_study("f", tmp_path / "executed"))
+    row = table.iloc[0]
+    checks = [c.name for c in report.CHECKS]
+    assert (row["run"], row["weights"]) == ("baseline-seed0", "ema")
+    assert row[checks[0]].startswith("NOT met: BLEU-4 40.0 [1.0, 50.0]; floor 2.0, ceiling 70.0")
+    assert row[checks[1]] == "met: gap 0.100 [0.050, 0.150] = 33% of 0.300"
+    assert row[checks[2]] == "not measured: hand_detection_rate"
+
+
+def test_back_translation_figure_marks_floor_and_ceiling(two_by_two):
+    fig = report.back_translation_figure(two_by_two)
+    names = [trace.name for trace in fig.data]
+    assert names == ["baseline", "text_finetuned", "ceiling", "floor"]
+    assert list(fig.data[0].x[:4]) == ["unseen", "novel", "paraphrase", "seen"]
+
+
 def test_unavailable_metrics_give_their_reason(two_by_two):
     table = report.unavailable_metrics(two_by_two)
     assert table.to_dict("records") == [{
@@ -504,8 +552,9 @@ def test_exported_report_is_self_contained_and_escaped(tmp_path):
     for absolute in ("/work/", "/root/", str(tmp_path), str(PROJECT_ROOT)):
         assert absolute not in page, absolute
     assert len(re.findall(r"\* plotly\.js v\d", page)) == 1, "plotly.js embedded exactly once"
-    assert page.count('class="plotly-graph-div"') == 7
-    assert page.count("data:image/gif;base64,") == 6  # 2 prompts × 3 variants
+    assert page.count('class="plotly-graph-div"') == 8
+    # training samples: 2 prompts × 3 variants; evaluation clips: 2 captions × (the real clip + 3 variants)
+    assert page.count("data:image/gif;base64,") == 6 + 8
     assert "&lt;img src=x onerror=alert(1)&gt;" in page and XSS not in page
     assert "report.show(" not in page and "executed_dir =" not in page  # no code
     assert "widget-view" not in page and "jupyter-widgets" not in page

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..config import Config
 from ..counting import count_parameters
-from ..evaluate import PeakMemory, proc_status_bytes
+from ..runtime import PeakMemory, proc_status_bytes
 from ..pipeline import TextToSignPipeline
 from ..train import Engine
 from .flops import mfu, training_step_flops

@@ -9,7 +9,8 @@ The rooms, in reading order (each imports only those before it):
     stats     means and intervals over seeds, paired and Welch differences, Holm's adjustment
     tables    the comparison table (also written as CSV/Markdown), run status, paths shown in a shared report
     figures   Plotly figures (one helper draws every per-variant seed band)
-    samples   GIF sample grids
+    samples   GIF sample grids: training samples, and evaluation clips beside the real clip with their readings
+    following does the model follow the text? calibration checks and back-translation between floor and ceiling
     findings  the study's questions (declared by the variant files) answered from the numbers
     pages     the overview and provenance sections
     notebook  display in a notebook and the ipywidgets explorer
@@ -19,6 +20,7 @@ from .stats import *  # noqa: F401,F403
 from .tables import *  # noqa: F401,F403
 from .figures import *  # noqa: F401,F403
 from .samples import *  # noqa: F401,F403
+from .following import *  # noqa: F401,F403
 from .findings import *  # noqa: F401,F403
 from .pages import *  # noqa: F401,F403
 from .notebook import *  # noqa: F401,F403

@@ -14,8 +14,8 @@ How a question is answered (README, "Statistics"):
   costs, pixel metrics against a held-out signer, the DTW control) are shown and never judged.
 * When the two variants differ in `use_ema`, the question also compares EMA with raw weights within each run that
   keeps an EMA (paired by run).
-* The text-following gap (`dtw_gap`: shuffled − matched DTW hand error) is reported next to the primary metric in
-  every answer where it was measured.
+* Text following -- back-translation BLEU-4 on unseen and on seen captions, and the DTW gap (shuffled − matched
+  hand error) -- is reported next to the primary metric in every answer where it was measured.
 """
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ from .tables import _frame_html
 __all__ = ['TEXT_FOLLOWING', 'Question', 'questions', 'metric_role', 'Finding', 'findings', 'scope_text',
            'findings_html']
 
-TEXT_FOLLOWING = "dtw_gap"
+# reported next to every question's primary metric, where measured: does the clip say its caption?
+TEXT_FOLLOWING = ("bt_bleu4_unseen", "bt_bleu4_seen", "dtw_gap")
 README_STATISTICS = "README.md#statistics-how-a-finding-is-decided"
 
 
@@ -214,11 +215,15 @@ def _adjust(rows: list) -> list:
 
 
 def _text_following(rows: list, a: str, b: str) -> str:
-    row = next((r for r in rows if r.metric.key == TEXT_FOLLOWING and r.role != "primary"), None)
-    if row is None or not math.isfinite(row.d.diff):
-        return ""
-    return (f" Text following (exploratory; {row.metric.label}, higher = the clip depends more on its caption), "
-            f"{a} − {b}: {describe_difference(row.d)}: {row.verdict()}.")
+    """The TEXT_FOLLOWING metrics that were measured and are not the primary one, as sentences."""
+    out = ""
+    for key in TEXT_FOLLOWING:
+        row = next((r for r in rows if r.metric.key == key and r.role != "primary"), None)
+        if row is None or not math.isfinite(row.d.diff):
+            continue
+        out += (f" Text following ({row.role}; {row.metric.label}, higher = the clip says more of its caption), "
+                f"{a} − {b}: {describe_difference(row.d)}: {row.verdict()}.")
+    return out
 
 
 def _resolve_primary(key: str, metrics: list) -> Optional[Metric]:
@@ -306,8 +311,8 @@ def scope_text(study: Study) -> str:
     return (f"Scope: replicates differ only in the training seed (seeds {', '.join(map(str, seeds)) or 'none'}: "
             f"initial weights, data order, noise and timestep draws), so every interval covers training randomness "
             f"only. Held fixed in every run: the train/validation split (split_mode {values('split_mode')}, "
-            f"split_seed {values('split_seed')}), the evaluation captions (the first eval_num_clips = "
-            f"{values('eval_num_clips')} validation clips) and the sampling noise (clip i is sampled from seed i). "
+            f"split_seed {values('split_seed')}), the evaluation captions (eval_num_clips = "
+            f"{values('eval_num_clips')} clips of the seen, novel and paraphrase caption splits) and the sampling noise (clip i is sampled from seed i). "
             "To vary them, set split_seed, eval_num_clips or the data with -p (see the README's configuration).")
 
 

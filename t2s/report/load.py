@@ -18,7 +18,7 @@ import pandas as pd
 from t2s.config import DEFAULT_VARIANTS
 from t2s.rundir import FAILURES_FILE, STUDY_FILE, RunDir
 
-__all__ = ['DEFAULT_VARIANTS', 'BASELINE', 'RUN_NAME', 'Metric', 'ONE_BATCH', 'COST', 'NO_DIRECTION', 'CONTROL', 'PRIMARY', 'TRAINING_METRICS', 'EVALUATION_METRICS', 'EVALUATION_NON_METRICS', 'EVALUATION_QUALIFIERS', 'Run', 'load_run', 'Study', 'load_study', 'evaluation_row', 'missing_values', 'evaluation_metrics', 'run_metrics', 'available_metrics']
+__all__ = ['DEFAULT_VARIANTS', 'BASELINE', 'RUN_NAME', 'Metric', 'ONE_BATCH', 'COST', 'NO_DIRECTION', 'CONTROL', 'PRIMARY', 'TRAINING_METRICS', 'EVALUATION_METRICS', 'EVALUATION_NON_METRICS', 'EVALUATION_QUALIFIERS', 'BT_GROUPS', 'BT_SCORE_LABELS', 'Run', 'load_run', 'Study', 'load_study', 'evaluation_row', 'missing_values', 'evaluation_metrics', 'run_metrics', 'available_metrics']
 
 
 BASELINE = "baseline"
@@ -49,6 +49,7 @@ ONE_BATCH = "the loss of a single mini-batch: too noisy to decide anything"
 COST = "a cost measured on a shared machine: a description of this hardware, not of the method"
 NO_DIRECTION = "neither direction is better"
 CONTROL = "the control of the DTW gap, not a quality"
+SAME_READING = "the same recognizer readings as back-translation BLEU-4, which is the one judged (fewer tests, more power)"
 # The default primary metric: validation loss of the weights a variant would ship (EMA where it keeps one, raw
 # otherwise). A variant file may name another (`primary_metric`).
 PRIMARY = "val_loss"
@@ -63,7 +64,14 @@ TRAINING_METRICS = (
     Metric("clips_per_s", "throughput (clips/s)", "higher", "training", "descriptive", COST),
     Metric("num_parameters_millions", "parameters (M)", None, "training", "descriptive", NO_DIRECTION),
 )
+# back-translation (t2s.evaluate, "Back-translation"): caption groups, and each score's label and direction
+BT_GROUPS = {"unseen": "unseen captions (novel + paraphrased)", "novel": "novel captions",
+             "paraphrase": "paraphrased captions", "seen": "seen captions"}
+BT_SCORE_LABELS = (("bleu4", "BLEU-4", "higher"), ("wer", "WER", "lower"), ("exact", "exact sequence", "higher"))
 EVALUATION_METRICS = (  # the columns of t2s.evaluate's logs/evaluation_metrics.csv, with the way they are read
+    *(Metric(f"bt_{score}_{group}", f"back-translation {label}, {words}", better, "evaluation",
+             *(() if score == "bleu4" else ("descriptive", SAME_READING)))
+      for group, words in BT_GROUPS.items() for score, label, better in BT_SCORE_LABELS),
     Metric("dtw_gap", "text-following gap (DTW, shuffled − matched captions)", "higher", "evaluation"),
     Metric("dtw_error", "DTW hand error", "lower", "evaluation"),
     Metric("dtw_error_shuffled", "DTW hand error, shuffled captions (control)", None, "evaluation", "descriptive",
@@ -86,9 +94,10 @@ EVALUATION_METRICS = (  # the columns of t2s.evaluate's logs/evaluation_metrics.
 )
 # Columns of evaluation_metrics.csv that are not metrics, or repeat one summary.json already gives.
 EVALUATION_NON_METRICS = {"model_name", "config_name", "weights", "timestamp", "num_clips", "val_loss",
-                          "num_parameters_millions", "feature_extractor", "feature_weights_sha256"}
+                          "num_parameters_millions", "feature_extractor", "feature_weights_sha256", "bt_recognizer"}
 # Columns that qualify another one (an interval's bounds, a spread): shown beside it, never compared on their own.
-EVALUATION_QUALIFIERS = ("_low", "_high", "_std")
+# (_ceiling / _floor: back-translation's bounds, the same real clips and shuffled references for every variant)
+EVALUATION_QUALIFIERS = ("_low", "_high", "_std", "_ceiling", "_floor")
 
 
 # ----------------------------------------------------------------------------------------------- loading runs

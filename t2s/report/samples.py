@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 from pathlib import Path
 from typing import Optional, Union
 
@@ -10,7 +11,8 @@ from t2s.rundir import RunDir
 
 from .load import Run, Study
 
-__all__ = ['gif_data_uri', 'latest_samples', 'samples_html', 'run_samples_html']
+__all__ = ['gif_data_uri', 'latest_samples', 'samples_html', 'run_samples_html', 'evaluation_entries',
+           'evaluation_samples_html']
 
 def gif_data_uri(path: Union[str, Path]) -> str:
     """A GIF file as a data URI, so the HTML needs no file next to it."""
@@ -37,8 +39,8 @@ def latest_samples(run: Run) -> dict:
     return {str(e.get("prompt")): e for e in entries if (e.get("step") or 0) == last}
 
 
-def _img(run: Run, entry: dict, caption: str) -> str:
-    uri = gif_data_uri(RunDir(run.folder).samples / entry["file"])
+def _img(run: Run, entry: dict, caption: str, folder: Optional[Path] = None) -> str:
+    uri = gif_data_uri((folder or RunDir(run.folder).samples) / entry["file"])
     text = html.escape(caption)
     return (f'<figure style="display:inline-block;margin:4px;text-align:center">'
             f'<img src="{uri}" alt="{text}" style="width:128px;image-rendering:pixelated">'
@@ -74,3 +76,58 @@ def run_samples_html(run: Run, last_steps: int = 3) -> Optional[str]:
         return None
     figures = [_img(run, e, f"step {e.get('step')} · {e.get('weights')} · {e.get('prompt')}") for e in entries]
     return "<div>" + "".join(figures) + "</div>"
+
+
+def evaluation_entries(run: Run) -> list:
+    """The run's evaluation/index.json entries whose GIF exists (a plain file name inside evaluation/); [] without."""
+    folder = RunDir(run.folder).evaluation
+    try:
+        entries = json.loads(RunDir(run.folder).evaluation_index.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    plain = [e for e in entries if isinstance(e, dict) and Path(str(e.get("file", ""))).name == e.get("file")]
+    return [e for e in plain if (folder / e["file"]).is_file()]
+
+
+def evaluation_samples_html(study: Study, per_split: int = 2) -> Optional[str]:
+    """Per evaluation caption (the first `per_split` of each caption split), the real clip beside each variant's clip
+    (lowest finished seed, deployed weights), each with the back-translation recognizer's reading under it."""
+    chosen = {v: study.runs_of(v)[0] for v in study.variants_with_results}
+    entries = {v: evaluation_entries(run) for v, run in chosen.items()}
+    source = next((v for v in chosen if any(e.get("weights") == "real" for e in entries[v])), None)
+    if source is None:
+        return None
+    real = [e for e in entries[source] if e.get("weights") == "real"]
+    shown, counts = [], {}
+    for e in real:
+        split = str(e.get("split"))
+        if counts.get(split, 0) < per_split:
+            counts[split] = counts.get(split, 0) + 1
+            shown.append(e)
+
+    def reading(entry: dict) -> str:
+        text = entry.get("reading")
+        return "reads: " + (text if text else "(nothing)") if text is not None else "no recognizer reading"
+
+    def cell(variant: str, entry: Optional[dict]) -> str:
+        if entry is None:
+            return "<td>—</td>"
+        folder = RunDir(chosen[variant].folder).evaluation
+        return "<td>" + _img(chosen[variant], entry, reading(entry), folder) + "</td>"
+
+    e_ = html.escape
+    head = f"<th>real clip<br><small>held-out signer ({e_(chosen[source].name)})</small></th>" + "".join(
+        f"<th>{e_(v)}<br><small>{e_(chosen[v].name)}, {e_(chosen[v].deployed_weights)} weights</small></th>"
+        for v in chosen)
+    body = ""
+    for item in shown:
+        key = (item.get("index"), item.get("prompt"))
+        row = cell(source, item)
+        for variant in chosen:
+            match = next((e for e in entries[variant] if e.get("weights") == chosen[variant].deployed_weights
+                          and (e.get("index"), e.get("prompt")) == key), None)
+            row += cell(variant, match)
+        label = (f"<b>{e_(str(item.get('split')))}</b>: {e_(str(item.get('prompt')))}"
+                 f"<br><small>glosses: {e_(str(item.get('glosses') or '—'))}</small>")
+        body += f"<tr><th style='max-width:220px;text-align:left'>{label}</th>{row}</tr>"
+    return f"<table><thead><tr><th>caption</th>{head}</tr></thead><tbody>{body}</tbody></table>"

@@ -1,0 +1,113 @@
+"""Does the model follow the text? The calibration checks of a study's runs, and back-translation between its bounds.
+
+A text-encoder question is only worth asking of a model whose clips depend on their caption. Each finished run's
+deployed weights are checked against `CHECKS` (README, "Back-translation"): a study whose runs fail them answers its
+questions about a model that does not sign its captions, and the report says so.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from .load import BT_GROUPS, Study, _number, evaluation_row
+
+__all__ = ['Check', 'CHECKS', 'following_table', 'back_translation_figure']
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    needs: tuple  # evaluation columns
+    passes: Callable[[dict], bool]
+    shows: Callable[[dict], str]
+
+
+CHECKS = (
+    Check("back-translation on seen captions ≥ ½ of the ceiling, interval above the floor",
+          ("bt_bleu4_seen", "bt_bleu4_seen_ceiling", "bt_bleu4_seen_floor", "bt_bleu4_seen_low"),
+          lambda v: v["bt_bleu4_seen"] >= 0.5 * v["bt_bleu4_seen_ceiling"] and v["bt_bleu4_seen_low"] > v["bt_bleu4_seen_floor"],
+          lambda v: f"BLEU-4 {v['bt_bleu4_seen']:.1f} [{v['bt_bleu4_seen_low']:.1f}, {v['bt_bleu4_seen_high']:.1f}]; "
+                    f"floor {v['bt_bleu4_seen_floor']:.1f}, ceiling {v['bt_bleu4_seen_ceiling']:.1f}"),
+    Check("DTW gap ≥ 25% of the shuffled error, interval above 0",
+          ("dtw_gap", "dtw_gap_low", "dtw_error_shuffled"),
+          lambda v: v["dtw_gap"] >= 0.25 * v["dtw_error_shuffled"] and v["dtw_gap_low"] > 0,
+          lambda v: f"gap {v['dtw_gap']:.3f} [{v['dtw_gap_low']:.3f}, {v['dtw_gap_high']:.3f}] = "
+                    f"{100 * v['dtw_gap'] / v['dtw_error_shuffled']:.0f}% of {v['dtw_error_shuffled']:.3f}"),
+    Check("hand detection ≥ 80%", ("hand_detection_rate",),
+          lambda v: v["hand_detection_rate"] >= 0.8, lambda v: f"{100 * v['hand_detection_rate']:.0f}%"),
+)
+
+
+def _values(row: dict, check: Check) -> Optional[dict]:
+    keys = set(check.needs) | {"bt_bleu4_seen_high", "dtw_gap_high"}
+    values = {k: _number(row.get(k)) for k in keys}
+    return None if any(values[k] is None for k in check.needs) else values
+
+
+def following_table(study: Study) -> pd.DataFrame:
+    """One row per finished run (deployed weights): each check's numbers and 'met' / 'NOT met' / why it is unknown."""
+    rows = []
+    for run in study.finished_runs:
+        row = evaluation_row(run)
+        record = {"run": run.name, "weights": run.deployed_weights}
+        for check in CHECKS:
+            values = _values(row, check) if row else None
+            if values is None:
+                missing = [k for k in check.needs if _number(row.get(k)) is None] if row else ["(no evaluation row)"]
+                record[check.name] = "not measured: " + ", ".join(missing)
+            else:
+                verdict = "met" if check.passes(values) else "NOT met"
+                record[check.name] = f"{verdict}: {check.shows(values)}"
+        rows.append(record)
+    return pd.DataFrame(rows, columns=["run", "weights"] + [c.name for c in CHECKS])
+
+
+def back_translation_figure(study: Study) -> Optional[go.Figure]:
+    """Back-translation BLEU-4 per caption group: each finished run (deployed weights) as a point with its bootstrap
+    interval, between the floor (readings against other captions) and the ceiling (the real clips)."""
+    fig = go.Figure()
+    groups = list(BT_GROUPS)
+    bounds = {}
+    shown = False
+    for variant in study.variants_with_results:
+        xs, ys, lows, highs, texts = [], [], [], [], []
+        for run in study.runs_of(variant):
+            if not run.finished:
+                continue
+            row = evaluation_row(run)
+            for group in groups:
+                value = _number(row.get(f"bt_bleu4_{group}"))
+                if value is None:
+                    continue
+                low, high = _number(row.get(f"bt_bleu4_{group}_low")), _number(row.get(f"bt_bleu4_{group}_high"))
+                xs.append(group)
+                ys.append(value)
+                lows.append(value - low if low is not None else 0.0)
+                highs.append(high - value if high is not None else 0.0)
+                texts.append(run.name)
+                for part in ("floor", "ceiling"):
+                    bound = _number(row.get(f"bt_bleu4_{group}_{part}"))
+                    if bound is not None:
+                        bounds.setdefault((group, part), bound)
+        if xs:
+            shown = True
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=variant, text=texts,
+                                     error_y=dict(type="data", array=highs, arrayminus=lows),
+                                     hovertemplate="%{text}<br>%{x}: BLEU-4 %{y:.1f}<extra></extra>"))
+    if not shown:
+        return None
+    for part, dash in (("ceiling", "dash"), ("floor", "dot")):
+        xs = [g for g in groups if (g, part) in bounds]
+        fig.add_trace(go.Scatter(x=xs, y=[bounds[(g, part)] for g in xs], mode="markers", name=part,
+                                 marker=dict(symbol="line-ew-open", size=30, color="black"),
+                                 hovertemplate=f"{part}: %{{y:.1f}}<extra></extra>"))
+    fig.update_layout(title="Back-translation BLEU-4 by caption group (points: runs with 95% bootstrap intervals; "
+                            "bars: ceiling and floor)", yaxis_title="BLEU-4 (0-100)", xaxis_title="caption group",
+                      template="plotly_white", scattermode="group", height=420)
+    if all(math.isfinite(v) for v in bounds.values()):
+        fig.update_yaxes(rangemode="tozero")
+    return fig

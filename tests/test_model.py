@@ -1,0 +1,81 @@
+"""The denoiser's conditioning paths: the pooled caption embedding and the frame-position embedding."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from t2s.model import VideoUNet
+
+
+def _unet(**options) -> VideoUNet:
+    """A small UNet with every weight random (the zero-initialized output layers would make any output 0)."""
+    torch.manual_seed(0)
+    unet = VideoUNet(context_dim=12, image_size=8, model_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                     attention_resolutions=(4,), num_heads=2, **options).eval()
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.normal_(0.0, 0.2)
+    return unet
+
+
+def test_pooled_text_ignores_padding_tokens_and_depends_on_the_caption():
+    unet = _unet(pooled_text=True)
+    x, t = torch.randn(2, 3, 4, 8, 8), torch.tensor([10, 500])
+    context = torch.randn(2, 3, 12)
+    padded = torch.cat([context, torch.randn(2, 2, 12) * 100], dim=1)  # two padding tokens of large values
+    mask = torch.tensor([[True] * 3 + [False] * 2] * 2)
+    with torch.no_grad():
+        plain = unet(x, t, context, torch.ones(2, 3, dtype=torch.bool))
+        assert torch.allclose(unet(x, t, padded, mask), plain, atol=1e-5)
+        # the pooled path alone carries the caption: with cross-attention's output zeroed, the output still changes
+        for module in unet.modules():
+            if hasattr(module, "cross_attn"):
+                torch.nn.init.zeros_(module.cross_attn.to_out.weight)
+                torch.nn.init.zeros_(module.cross_attn.to_out.bias)
+        a = unet(x, t, context, None)
+        b = unet(x, t, context + 1.0, None)
+    assert not torch.allclose(a, b)
+    assert "text_mlp.0.weight" in unet.state_dict() and "text_mlp.0.weight" not in _unet().state_dict()
+
+
+def test_frame_position_is_relative_and_tells_frames_apart():
+    unet = _unet(frame_position=True)
+    assert "frame_mlp.0.weight" in unet.state_dict() and "frame_mlp.0.weight" not in _unet().state_dict()
+    captured = []
+    unet.down[0].res[0].register_forward_pre_hook(lambda module, args: captured.append(args[1].clone()))
+    with torch.no_grad():
+        for frames in (4, 7):
+            unet(torch.zeros(1, 3, frames, 8, 8), torch.tensor([3]), torch.zeros(1, 2, 12), None)
+    four, seven = captured  # the per-frame embeddings (frames, emb)
+    assert torch.allclose(four[0], seven[0]) and torch.allclose(four[-1], seven[-1])  # first and last frame
+    assert not torch.allclose(four[0], four[1]) and not torch.allclose(four[1], four[2])
+
+
+def test_motion_weights_favour_moving_pixels_and_leave_a_static_clip_alone():
+    from t2s.diffusion import motion_weights
+
+    static = torch.rand(1, 3, 1, 6, 6).expand(2, 3, 5, 6, 6).clone()
+    assert torch.allclose(motion_weights(static, 10.0), torch.ones(2, 1, 5, 6, 6), atol=1e-3)
+    moving = static.clone()
+    moving[0, :, 2, 1, 1] += 1.0  # one pixel of one frame of the first clip changes
+    weights = motion_weights(moving, 10.0)
+    assert weights[0, 0, 2, 1, 1] > 10 * weights[0, 0, 2, 4, 4]
+    assert weights[0].mean().item() == pytest.approx(11.0)  # 1 + strength on average
+    assert torch.allclose(weights[1], torch.ones(1, 5, 6, 6), atol=1e-3)  # the other clip is unaffected
+
+
+def test_the_motion_weighted_loss_is_the_plain_loss_at_zero_strength_and_on_static_clips():
+    from diffusers import DDPMScheduler
+
+    from t2s.diffusion import diffusion_loss
+
+    scheduler = DDPMScheduler(num_train_timesteps=10, prediction_type="sample")
+    unet = _unet()
+    clean = torch.rand(1, 3, 1, 8, 8).expand(2, 3, 4, 8, 8).clone()
+    noise, t, context = torch.randn(2, 3, 4, 8, 8), torch.tensor([2, 7]), torch.randn(2, 3, 12)
+    with torch.no_grad():
+        plain = diffusion_loss(unet, scheduler, clean, noise, t, context, None)
+        assert diffusion_loss(unet, scheduler, clean, noise, t, context, None, 10.0) == pytest.approx(plain.item(), rel=1e-3)
+        clean[:, :, 1:, 2:4, 2:4] = 1.0  # a moving patch
+        weighted = diffusion_loss(unet, scheduler, clean, noise, t, context, None, 10.0)
+        assert weighted != pytest.approx(diffusion_loss(unet, scheduler, clean, noise, t, context, None).item())
