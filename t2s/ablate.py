@@ -100,18 +100,21 @@ def run_study(
     slurm: Optional[SlurmOptions] = None,
     submitit_folder: Optional[Union[str, Path]] = None,
     poll_seconds: Optional[float] = None,
+    share: bool = True,
 ) -> StudyResult:
     """Train every variant × seed (validated first; finished runs skipped unless force), then build the report.
 
     executor: "default" runs here (one after another, or one per GPU with `gpus`); "local" and "slurm" submit each
     run as a submitit job (`slurm`: the SlurmOptions of each job; `submitit_folder`: where submitit keeps the jobs'
     pickles and logs, default executed/<study>/.submitit/), wait for them and collect the outcomes.
+    share: a run whose training another run of the study does (`t2s.share`: no_ema and baseline of one seed) is
+    derived from that run after it finishes instead of trained again; False trains every run.
     """
     _check_executor_options(executor, slurm, submitit_folder, gpus)
     executed_dir, reports_dir = Path(executed_dir).resolve(), Path(reports_dir).resolve()
     overrides = normalize_overrides(overrides, epochs, data_dir)
     plans = plan_study(study, list(variants), list(seeds), scale, overrides, executed_dir,
-                       Path(params_dir).resolve() if params_dir else None)
+                       Path(params_dir).resolve() if params_dir else None, share=share)
     gpus = _gpu_list(gpus)
     if executor == "slurm":
         check_slurm_available()  # before anything is written, moved aside or submitted
@@ -205,8 +208,10 @@ def _skip_or_prepare(plans: list, force: bool, failures: "FailureLog", log) -> t
 
 def _run_here(todo: list, total: int, forced: set, gpus: list, log) -> dict:
     """Run the plans in this process's notebooks: one after another, or one per GPU (the rest queued)."""
+    at_once = min(len(gpus), len(todo)) or 1  # the notebooks running together share this machine's CPUs
+
     def run(i: int, plan: RunPlan, gpu: Optional[str]) -> RunOutcome:
-        return run_planned(plan, i, total, plan.name in forced, gpu, log)
+        return run_planned(plan, i, total, plan.name in forced, gpu, log, jobs_at_once=at_once)
 
     if not gpus:
         return {plan.name: run(i, plan, None) for i, plan in todo}

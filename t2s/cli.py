@@ -88,7 +88,7 @@ def cmd_ablate(args) -> int:
         result = run_study(
             args.study, variants=args.variants, seeds=args.seeds, scale=args.scale, overrides=_overrides(args),
             force=args.force, gpus=gpus, executed_dir=args.executed_dir, reports_dir=args.reports_dir,
-            executor=args.executor, slurm=slurm, submitit_folder=args.submitit_folder,
+            executor=args.executor, slurm=slurm, submitit_folder=args.submitit_folder, share=not args.no_share,
         )
     except KeyboardInterrupt:  # with submitit, run_study has said what keeps running and how to build the report
         if args.executor == "default":
@@ -249,6 +249,9 @@ def _add_ablate(sub) -> None:
     sp.add_argument("--seeds", nargs="+", type=int, default=[0])
     sp.add_argument("--gpus", help="comma-separated GPU ids: one run per GPU at a time (default: sequential)")
     sp.add_argument("--force", action="store_true", help="rerun finished runs")
+    sp.add_argument("--no-share", action="store_true",
+                    help="train every run itself (default: a variant that differs from another only in keys that do "
+                         "not change training, e.g. no_ema from baseline, takes that run's weights; see t2s/share.py)")
     sp.add_argument("--reports-dir", default=str(REPORTS))
     sp.add_argument("--executor", choices=["default", "local", "slurm"], default="default",
                     help="default: run here (one after another, or one per GPU with --gpus); local: each run as a "

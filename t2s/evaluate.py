@@ -110,7 +110,8 @@ from . import metrics, synthsign
 from .config import Config
 from .diffusion import VAL_NOISE_SEED, held_out_loss  # noqa: F401 (re-exported: one definition, in diffusion.py)
 from .rundir import RunDir, atomic_write_bytes, atomic_write_json, read_json
-from .runtime import PeakMemory, sync
+from .runtime import PeakMemory, size_threads, sync
+from .share import reuse_evaluation
 
 DTW_BOOTSTRAP_SEED = 0  # the bootstrap of dtw_gap's interval: identical resamples for every run and weight set
 DTW_BOOTSTRAP_RESAMPLES = 1000
@@ -484,6 +485,7 @@ def evaluate_run(
     from .runtime import autocast_factory, resolve_mixed_precision
 
     run, cfg, checkpoint = _check_run(run_dir)
+    size_threads()  # the CPUs this process may use (affinity, cgroup quota, ablate's share)
     if run.status not in (None, "finished"):
         warnings.warn(f"{run.root} has status {run.status!r}: evaluating its latest checkpoint ({checkpoint['file']})")
     if isinstance(weights, str):
@@ -496,6 +498,10 @@ def evaluate_run(
             raise ValueError(f"{run.root} was trained without EMA (use_ema false): evaluate weights 'raw' only")
     if not weight_sets:
         raise ValueError("weights is empty: give 'raw' and/or 'ema'")
+    reused = reuse_evaluation(run, cfg, weight_sets) if num_clips is None and num_inference_steps is None else None
+    if reused is not None:  # a run that shares another's training and evaluation settings: its rows and clips
+        write_rows(run, reused)
+        return reused
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     steps = num_inference_steps or cfg.num_inference_steps
     n_wanted = int(cfg.eval_num_clips if num_clips is None else num_clips)

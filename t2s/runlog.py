@@ -68,6 +68,7 @@ def record_start(run: RunDir, meta: dict, resumed_from: Optional[Path], trainer)
         parameters=trainer.parameter_counts(), split=trainer.split, steps_per_epoch=trainer.steps_per_epoch,
         total_steps=trainer.total_steps, effective_batch_size=trainer.global_batch_size,
         world_size=trainer.world_size, mixed_precision=trainer.accelerator.mixed_precision,
+        torch_threads=torch.get_num_threads(),
     )
 
 

@@ -104,6 +104,63 @@ def eval_mode(*modules: torch.nn.Module) -> Iterator[None]:
             m.training = mode
 
 
+# ablate sets this for the jobs it runs at once on one machine: each job's share of the usable CPUs
+THREADS_ENV_VAR = "T2S_THREADS"
+
+
+def cgroup_cpu_limit(root: str = "/sys/fs/cgroup") -> Optional[float]:
+    """The CPU quota of this process's cgroup in CPUs (quota / period; cgroup v2 cpu.max or v1 cfs files), None when
+    there is none or it cannot be read."""
+    try:
+        with open(os.path.join(root, "cpu.max"), encoding="ascii") as fh:
+            quota, period = fh.read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(os.path.join(root, "cpu", "cpu.cfs_quota_us"), encoding="ascii") as fh:
+            quota = int(fh.read())
+        with open(os.path.join(root, "cpu", "cpu.cfs_period_us"), encoding="ascii") as fh:
+            period = int(fh.read())
+        return None if quota <= 0 else quota / period
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may use: its affinity mask (taskset, Slurm's binding), capped by its cgroup's CPU quota
+    (containers, Slurm), at least 1."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cpus = os.cpu_count() or 1
+    limit = cgroup_cpu_limit()
+    if limit is not None:
+        cpus = min(cpus, max(1, int(limit)))
+    return max(1, cpus)
+
+
+def thread_count(jobs_at_once: int = 1) -> int:
+    """torch threads for one of `jobs_at_once` jobs sharing this machine's usable CPUs; `T2S_THREADS`, when set (by
+    ablate for its jobs), wins."""
+    given = os.environ.get(THREADS_ENV_VAR, "").strip()
+    if given:
+        try:
+            return max(1, int(given))
+        except ValueError:
+            raise ValueError(f"{THREADS_ENV_VAR}={given!r} is not a whole number of threads") from None
+    return max(1, usable_cpus() // max(1, jobs_at_once))
+
+
+def size_threads(jobs_at_once: int = 1) -> int:
+    """Set torch's intra-op threads to `thread_count(jobs_at_once)` (the process's usable CPUs, or its share); returns
+    it. torch's own default counts the machine's cores, not the ones this process may use."""
+    n = thread_count(jobs_at_once)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
 @contextmanager
 def torch_threads(n: Optional[int]) -> Iterator[None]:
     """torch's intra-op threads set to `n` within the block (None: unchanged), restored afterwards."""

@@ -27,6 +27,8 @@ from papermill.exceptions import PapermillExecutionError
 
 from t2s.config import PARAMS_DIR, PROJECT_ROOT, ConfigError, load_config, parse_override
 from t2s.rundir import FAILURES_FILE, STUDY_FILE, RunDir, atomic_write_json, read_json
+from t2s.runtime import THREADS_ENV_VAR, thread_count
+from t2s.share import find_provider
 
 TRAIN_NOTEBOOK = PROJECT_ROOT / "notebooks" / "train.ipynb"
 ANALYSIS_NOTEBOOK = PROJECT_ROOT / "notebooks" / "analysis.ipynb"
@@ -111,12 +113,15 @@ def _for_notebook(path: Path) -> str:
 
 
 def plan_study(study: str, variants: Sequence[str], seeds: Sequence[int], scale: str, overrides: dict,
-               executed_dir: Path, params_dir: Optional[Path] = None) -> list:
-    """One RunPlan per variant × seed; every config is loaded (and so validated) here, before anything runs."""
+               executed_dir: Path, params_dir: Optional[Path] = None, share: bool = True) -> list:
+    """One RunPlan per variant × seed; every config is loaded (and so validated) here, before anything runs.
+
+    With `share`, a run whose training another planned run already does (`t2s.share.shares_training`: e.g. no_ema
+    and baseline of one seed) gets that run's folder as its notebook's `weights_from` and is planned after it."""
     study_dir = Path(executed_dir) / check_study_name(study)
     if not variants or not seeds:
         raise ConfigError("a study needs at least one variant and one seed")
-    plans, names = [], set()
+    plans, names, configs = [], set(), []
     for variant in variants:
         for seed in seeds:
             if isinstance(seed, bool) or not isinstance(seed, int):
@@ -128,10 +133,20 @@ def plan_study(study: str, variants: Sequence[str], seeds: Sequence[int], scale:
             typed = {key: getattr(config, key) for key in overrides}  # as validated: "3e-4" from YAML is 0.0003
             parameters = {"variant": variant, "scale": scale, "study": study, "seed": seed, "overrides": typed,
                           "executed_dir": _for_notebook(executed_dir),
-                          "params_dir": _for_notebook(params_dir) if params_dir else None}
+                          "params_dir": _for_notebook(params_dir) if params_dir else None, "weights_from": None}
             plans.append(RunPlan(variant, seed, config.run_name, study_dir / config.run_name,
                                  study_dir / f"{config.run_name}.ipynb", parameters))
-    return plans
+            configs.append(config)
+    if not share:
+        return plans
+    providers = [c.to_dict() for c in configs]
+    consumers = []
+    for plan, config in zip(plans, configs):
+        found = find_provider(config, providers)
+        if found is not None:
+            plan.parameters["weights_from"] = _for_notebook(plans[found].run_dir)
+            consumers.append(plan)
+    return [p for p in plans if p not in consumers] + consumers  # each provider trains before its consumers
 
 
 def run_status(run_dir: Path) -> Optional[str]:
@@ -223,11 +238,21 @@ def execute_in_process(plan: RunPlan) -> None:
                                kernel_name=KERNEL, progress_bar=False, cwd=str(PROJECT_ROOT))
 
 
-def execute_on_gpu(plan: RunPlan, gpu: str) -> None:
-    """Run train.ipynb in a `python -m papermill` subprocess that sees only GPU `gpu`."""
+def share_cpus_env(jobs_at_once: int) -> dict:
+    """Environment for one of `jobs_at_once` jobs on this machine: its share of the usable CPUs as torch threads
+    (`runtime.THREADS_ENV_VAR`) and, when shared, OpenMP threads that sleep instead of spinning while they wait
+    (spinning threads of one job steal the cores another job computes on)."""
+    if jobs_at_once <= 1:
+        return {}
+    return {THREADS_ENV_VAR: str(thread_count(jobs_at_once)), "OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def execute_on_gpu(plan: RunPlan, gpu: str, jobs_at_once: int = 1) -> None:
+    """Run train.ipynb in a `python -m papermill` subprocess that sees only GPU `gpu`; `jobs_at_once` such
+    subprocesses share this machine's CPUs (`share_cpus_env`)."""
     command = [sys.executable, "-m", "papermill", str(TRAIN_NOTEBOOK), str(plan.notebook),
                "-y", yaml.safe_dump(plan.parameters), "-k", KERNEL, "--cwd", str(PROJECT_ROOT), "--no-progress-bar"]
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)}
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu), **share_cpus_env(jobs_at_once)}
     process = subprocess.run(command, env=env, capture_output=True, text=True)
     if process.returncode != 0:
         found = error_from_notebook(plan.notebook)
@@ -262,7 +287,7 @@ def run_lock(plan: RunPlan):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _run_one(plan: RunPlan, gpu: Optional[str], failures: FailureLog) -> RunOutcome:
+def _run_one(plan: RunPlan, gpu: Optional[str], failures: FailureLog, jobs_at_once: int = 1) -> RunOutcome:
     failures.clear(plan.name)
     started = time.monotonic()
     error = None
@@ -270,7 +295,7 @@ def _run_one(plan: RunPlan, gpu: Optional[str], failures: FailureLog) -> RunOutc
         if gpu is None:
             execute_in_process(plan)
         else:
-            execute_on_gpu(plan, gpu)
+            execute_on_gpu(plan, gpu, jobs_at_once)
     except PapermillExecutionError as exc:
         error = _error(plan, exc.ename, exc.evalue, "\n".join(exc.traceback or []), exc.cell_index, exc.source)
     except NotebookFailed as exc:
@@ -294,7 +319,7 @@ def _outcome_line(tag: str, outcome: RunOutcome, notebook: Path) -> str:
 
 
 def run_planned(plan: RunPlan, index: int, total: int, forced: bool = False, gpu: Optional[str] = None,
-                log: Callable[[str], None] = _print) -> RunOutcome:
+                log: Callable[[str], None] = _print, jobs_at_once: int = 1) -> RunOutcome:
     """One run as every executor runs it (in this process, or inside a submitit job): take the run's lock (a run that
     another ablate holds is skipped as "locked"), skip it if it finished meanwhile (unless forced), execute
     train.ipynb (train() resumes an unfinished run), record a failure in failures.json, log the outcome."""
@@ -308,6 +333,6 @@ def run_planned(plan: RunPlan, index: int, total: int, forced: bool = False, gpu
             return RunOutcome(plan.name, plan.variant, plan.seed, "skipped", plan.notebook)
         on = f" on GPU {gpu}" if gpu is not None else ""
         log(f"{tag}: started{on} at {datetime.now():%H:%M:%S}")
-        outcome = _run_one(plan, gpu, FailureLog(plan.run_dir.parent))
+        outcome = _run_one(plan, gpu, FailureLog(plan.run_dir.parent), jobs_at_once)
         log(_outcome_line(tag, outcome, plan.notebook))
         return outcome

@@ -53,7 +53,8 @@ from .model import build_denoiser, to_channels_last
 from .pipeline import TextToSignPipeline
 from .rundir import RunDir, atomic_write_json, read_json, truncate_rows_after
 from .runlog import LogWindow, RunLog, check_finite, record_start, summarize
-from .runtime import StopSignals, eval_mode, make_accelerator, now, use_cpu, uses_channels_last
+from . import share
+from .runtime import StopSignals, eval_mode, make_accelerator, now, size_threads, use_cpu, uses_channels_last
 from .text import TextEncoder, build_text_encoder
 
 
@@ -494,8 +495,14 @@ class Trainer(Engine):
 
 
 # --------------------------------------------------------------------------------------------- public API
-def train(config: Config, run_dir: Union[str, Path], progress: bool = True, stop_after: Optional[int] = None) -> RunResult:
+def train(config: Config, run_dir: Union[str, Path], progress: bool = True, stop_after: Optional[int] = None,
+          weights_from: Optional[Union[str, Path]] = None) -> RunResult:
     """Train one variant into `run_dir`; an unfinished run there is resumed from its latest checkpoint.
+
+    `weights_from`: a finished run whose training this config shares (`t2s.share`: it differs only in keys that do
+    not change training, e.g. `use_ema` false where that run kept an EMA); `run_dir` is then derived from it instead
+    of trained, and says so in metadata.json. If that run cannot be shared (unfinished, another training config),
+    the reason is printed and this run trains itself.
 
     `stop_after` ends the run after that many optimizer steps with a resumable checkpoint (status "interrupted"),
     as a pre-emption would; `train` again resumes it.
@@ -505,7 +512,17 @@ def train(config: Config, run_dir: Union[str, Path], progress: bool = True, stop
     """
     if not isinstance(config, Config):
         config = from_dict(dict(config))
+    if weights_from is not None and RunDir(run_dir).read_metadata().get("status") != "finished":
+        why = share.why_not_shared(config, RunDir(weights_from))
+        if why is None:
+            summary = share.derive_run(config, RunDir(run_dir), RunDir(weights_from))
+            print(f"{config.run_name} shares the training of {Path(weights_from).name}: its raw weights, logs and "
+                  f"samples are that run's (t2s.share); nothing was trained")
+            return RunResult(RunDir(run_dir).root, summary, "finished")
+        print(f"{config.run_name} trains itself: it cannot share the training of {weights_from}: {why}")
     state = PartialState(cpu=use_cpu())  # joins the process group of a multi-process launch (a no-op alone)
+    # the CPUs this process may use (affinity, cgroup quota, ablate's share), split among a launch's local processes
+    size_threads(state.num_processes if state.device.type == "cpu" else 1)
     main, run = state.is_main_process, RunDir(run_dir)
     resume = find_resume_point(run, config)  # every process reads the same files...
     meta = run.read_metadata()

@@ -92,7 +92,9 @@ def test_every_variant_and_seed_runs_the_train_notebook(tmp_path, fake):
     assert call["output"] == tmp_path / "executed" / "s" / "baseline-seed1.ipynb"
     assert call["parameters"] == {"variant": "baseline", "scale": "tiny", "study": "s", "seed": 1,
                                   "overrides": {"learning_rate": 3e-4, "num_epochs": 2},
-                                  "executed_dir": str(tmp_path / "executed"), "params_dir": None}
+                                  "executed_dir": str(tmp_path / "executed"), "params_dir": None, "weights_from": None}
+    # no_ema shares the training of the baseline of its seed (t2s/share.py)
+    assert fake.calls[4]["parameters"]["weights_from"] == str(tmp_path / "executed" / "s" / "baseline-seed0")
     assert (call["kernel_name"], call["progress_bar"], call["cwd"]) == ("python3", False, str(PROJECT_ROOT))
     assert [r.status for r in result.runs] == ["finished"] * 6 and result.ok
     plan = json.loads((tmp_path / "executed" / "s" / "study.json").read_text())
@@ -234,7 +236,7 @@ from pathlib import Path
 sys.path[:0] = [{root!r}, {tests!r}]
 import runfactory
 
-def train(config, run_dir, progress=True):
+def train(config, run_dir, progress=True, weights_from=None):
     """Stand-in for t2s.train.train: writes a finished run in the contract's format."""
     run_dir = Path(run_dir)
     runfactory.make_run(run_dir.parent, config.variant, config.seed, prompts=["<b>bold</b> caption"], notebook=False)

@@ -65,3 +65,27 @@ def test_a_second_ablate_skips_finished_runs(study):
                       overrides={"data_dir": str(root / "synthsign"), "sample_prompts": ["thank you very much", XSS]},
                       executed_dir=root / "executed", reports_dir=root / "reports", build_report=False)
     assert [r.status for r in again.runs] == ["skipped", "skipped"]
+
+
+def test_no_ema_shares_the_baselines_training_and_the_tables_equal_an_unshared_study(study, tmp_path):
+    root, result = study
+    shared = root / "executed" / "micro-e2e"
+    meta = json.loads((shared / "no_ema-seed0" / "metadata.json").read_text())
+    assert meta["weights_from"].endswith("baseline-seed0") and meta["shared_training"]["differing_keys"] == [
+        "compare_to", "description", "primary_metric", "question", "use_ema", "variant"]
+    notebook = (shared / "no_ema-seed0.ipynb").read_text()
+    assert "shares the training of baseline-seed0" in notebook
+    unshared = run_study("micro-e2e", variants=["baseline", "no_ema"], seeds=[0], scale="micro",
+                         overrides={"data_dir": str(root / "synthsign"), "sample_prompts": ["thank you very much", XSS]},
+                         executed_dir=tmp_path / "executed", reports_dir=tmp_path / "reports", share=False)
+    assert unshared.ok
+    assert "weights_from" not in json.loads((tmp_path / "executed" / "micro-e2e" / "no_ema-seed0" / "metadata.json")
+                                            .read_text())
+    costs = {"train_time_hours", "clips_per_s", "peak_memory_gb", "inference_time_ms", "inference_memory_gb"}
+
+    def table(reports):
+        with open(reports / "micro-e2e" / "comparison_table.csv", newline="", encoding="utf-8") as fh:
+            return {(r["variant"], r["metric"]): r["mean"] for r in csv.DictReader(fh) if r["metric"] not in costs}
+
+    a, b = table(root / "reports"), table(tmp_path / "reports")
+    assert a == b and len(a) > 20

@@ -1,0 +1,126 @@
+"""Train each distinct configuration once: a variant whose training is another variant's shares it.
+
+`baseline` and `no_ema` differ only in `use_ema`, and an EMA never feeds back into training: with the same seed their
+raw weights, losses and samples are bit-identical. So a study trains the EMA variant once and *derives* the other
+run directory from it (`derive_run`): the same logs and raw samples, the latest checkpoint without its EMA and with
+the consumer's own config, a summary without EMA numbers, and `metadata.json` saying where the weights come from
+(`weights_from`, `shared_training`). The derived run is then evaluated with its own settings; where those equal the
+provider's, its raw evaluation row and clips are the provider's (`reuse_evaluation`), since they would be recomputed
+bit for bit.
+
+Rules (`shares_training`): the consumer keeps no EMA, the provider keeps one, and their resolved configs differ only in
+`TRAINING_NEUTRAL` keys (the EMA's settings, the question a variant asks, evaluation and sampling settings used after
+training). Any other difference (a learning rate, the text encoder's freezing, the seed) means two trainings.
+`python -m t2s ablate --no-share` trains every run itself.
+
+Imports config, rundir, checkpoint and runlog; `train` and `evaluate` use it, `study_runs` plans with it.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from .checkpoint import latest_good_checkpoint, save_checkpoint
+from .config import Config
+from .rundir import RunDir, atomic_write_json, read_json
+from .runlog import ema_summary
+from .runtime import now
+
+# Keys that do not change the raw weights' training trajectory (nor the data, the split or the held-out loss).
+EMA_KEYS = {"use_ema", "ema_decay", "ema_update_every", "ema_warmup"}
+QUESTION_KEYS = {"variant", "description", "compare_to", "question", "primary_metric"}
+EVALUATION_KEYS = {"guidance_scale", "num_inference_steps", "eta", "eval_num_clips", "eval_batch_size", "fvd_min_clips",
+                   "bt_train_frames", "bt_epochs", "bt_seed", "resume_from"}
+TRAINING_NEUTRAL = EMA_KEYS | QUESTION_KEYS | EVALUATION_KEYS
+
+
+def differing_keys(a: dict, b: dict) -> set:
+    return {k for k in set(a) | set(b) if a.get(k) != b.get(k)}
+
+
+def shares_training(consumer: dict, provider: dict) -> bool:
+    """Whether a run of config `consumer` may take its weights from a run of config `provider` (see module doc)."""
+    return (not consumer.get("use_ema") and bool(provider.get("use_ema"))
+            and not differing_keys(consumer, provider) - TRAINING_NEUTRAL)
+
+
+def find_provider(config: Config, candidates: list) -> Optional[int]:
+    """The index of the first candidate config (dicts) `config` may share the training of, else None."""
+    mine = config.to_dict()
+    return next((i for i, other in enumerate(candidates) if shares_training(mine, other)), None)
+
+
+def why_not_shared(config: Config, provider: RunDir) -> Optional[str]:
+    """None when `provider` is a finished run whose training `config` shares; else the reason, in words."""
+    if read_json(provider.metadata, {}).get("status") != "finished":
+        return f"{provider.root} has not finished"
+    theirs = read_json(provider.config, None)
+    if not isinstance(theirs, dict):
+        return f"{provider.config} is missing or unreadable"
+    if not shares_training(config.to_dict(), theirs):
+        keys = sorted(differing_keys(config.to_dict(), theirs) - TRAINING_NEUTRAL)
+        return f"its config differs in training keys {keys}" if keys else "the provider keeps no EMA or this run does"
+    return None
+
+
+def _without_ema_column(source: Path, target: Path, column: str) -> None:
+    frame = pd.read_csv(source)
+    if column in frame:
+        frame[column] = float("nan")
+    frame.to_csv(target, index=False)
+
+
+def derive_run(config: Config, run: RunDir, provider: RunDir) -> dict:
+    """Write `run` from the finished `provider` (see module doc); returns the summary written."""
+    found = latest_good_checkpoint(provider)
+    if found is None:
+        raise FileNotFoundError(f"cannot share the training of {provider.root}: no checkpoint verifies")
+    path, state = found
+    run.make()
+    atomic_write_json(run.config, config.to_dict())
+    for source, target, column in ((provider.training_csv, run.training_csv, "ema_decay"),
+                                   (provider.validation_csv, run.validation_csv, "val_loss_ema"),
+                                   (provider.memory_csv, run.memory_csv, None)):
+        if source.exists():
+            _without_ema_column(source, target, column) if column else shutil.copyfile(source, target)
+    state = {**state, "ema": None, "config": config.to_dict()}
+    save_checkpoint(run, path.name, state, config.keep_checkpoints)
+    samples = [e for e in read_json(provider.samples_json, []) or [] if e.get("weights") == "raw"]
+    for entry in samples:
+        shutil.copyfile(provider.samples / entry["file"], run.samples / entry["file"])
+    atomic_write_json(run.samples_json, samples)
+    summary = {**read_json(provider.summary, {}), "val_loss_ema": None, **ema_summary(None, int(state["step"]))}
+    atomic_write_json(run.summary, summary)
+    theirs = read_json(provider.metadata, {})
+    shared = {"from": provider.root.name, "checkpoint": path.name, "step": int(state["step"]),
+              "differing_keys": sorted(differing_keys(config.to_dict(), read_json(provider.config, {})))}
+    run.update_metadata(**{**theirs, "status": "finished", "error": None, "start_time": now(), "end_time": now(),
+                           "resumed_from": None, "weights_from": str(provider.root), "shared_training": shared})
+    return summary
+
+
+def reuse_evaluation(run: RunDir, config: Config, weights: list) -> Optional[list]:
+    """The provider's raw evaluation row (renamed for this run) and its clips, when this run shares its training,
+    asks for raw weights only, and evaluates with the same settings; None otherwise (then evaluate as usual)."""
+    meta = read_json(run.metadata, {})
+    source = meta.get("weights_from")
+    if not source or weights != ["raw"]:
+        return None
+    provider = RunDir(source)
+    theirs = read_json(provider.config, {})
+    if differing_keys(config.to_dict(), theirs) - EMA_KEYS - QUESTION_KEYS:
+        return None  # other evaluation settings: evaluate with this run's own
+    rows = [r for r in read_json(provider.evaluation_json, []) or [] if r.get("weights") == "raw"]
+    index = read_json(provider.evaluation_index, []) or []
+    if len(rows) != 1 or not index:
+        return None
+    row = {**rows[0], "model_name": run.root.name, "config_name": config.variant}
+    entries = [e for e in index if e.get("weights") in ("raw", "real")]
+    run.evaluation.mkdir(parents=True, exist_ok=True)
+    for entry in entries:
+        shutil.copyfile(provider.evaluation / entry["file"], run.evaluation / entry["file"])
+    atomic_write_json(run.evaluation_index, entries)
+    return [row]
