@@ -86,7 +86,7 @@ def evaluation_clips(config: Config, train: ClipDataset, val: ClipDataset, num_c
     val_seen, val_novel = [], []
     for i, record in enumerate(val.records):
         (val_seen if caption_key(record.caption, synth) in train_keys else val_novel).append(i)
-    rng = np.random.default_rng(EVAL_CAPTION_SEED)
+    rng = np.random.default_rng(EVAL_CAPTION_SEED)  # drawn in this order: seen-caption order, render seeds, paraphrases
     if synth:
         prompts = [k for k in dict.fromkeys(caption_key(p, True) for p in config.sample_prompts) if k in train_keys]
         rest = sorted(set(train_keys) - set(prompts))
@@ -98,40 +98,60 @@ def evaluation_clips(config: Config, train: ClipDataset, val: ClipDataset, num_c
     if synth:
         sizes["paraphrase"] = min(sizes["paraphrase"], sizes["seen"])
 
-    def from_validation(split: str, indices: list[int], wanted: int, first_seed: int) -> list[EvaluationClip]:
-        out = []
-        for i in indices:
-            if len(out) == wanted:
-                break
-            try:
-                frames = val.frames(i)
-            except Exception as exc:  # decoders raise many types; skip the clip as training does
-                warnings.warn(f"evaluation skips validation clip {val.records[i].video}: {type(exc).__name__}: {exc}")
-                continue
-            record = val.records[i]
-            out.append(EvaluationClip(split, record.caption, caption_key(record.caption, synth), record.signer,
-                                      first_seed + len(out), f"validation {record.id}", np.asarray(frames),
-                                      val.keypoints(i)))
-        return out
-
-    clips: list[EvaluationClip] = []
     if synth:
-        held_out = [synthsign.signer_index(s) for s in val.signers]
-        everyone = sorted({synthsign.signer_index(r.signer) for r in train.records} | set(held_out))
-        for i, key in enumerate(seen_keys[: sizes["seen"]]):
-            busy = {synthsign.signer_index(s) for s in train_signers[key]}
-            choices = [s for s in held_out if s not in busy] or [s for s in everyone if s not in busy] or everyone
-            signer, render_seed = choices[i % len(choices)], int(rng.integers(0, 2**31))
-            caption = train_keys[key]
-            frames, keypoints = synthsign.render_clip(caption, signer, config.num_frames, config.image_size, render_seed)
-            clips.append(EvaluationClip("seen", caption, key, synthsign.signer_name(signer), i,
-                                        f"rendered with seed {render_seed}", frames, keypoints))
+        clips = _rendered_seen(config, train, val, seen_keys[: sizes["seen"]], train_keys, train_signers, rng)
     else:
-        clips += from_validation("seen", val_seen, sizes["seen"], 0)
-    clips += from_validation("novel", val_novel, sizes["novel"], len(clips))
+        clips = _from_validation(val, "seen", val_seen, sizes["seen"], 0, synth)
+    clips += _from_validation(val, "novel", val_novel, sizes["novel"], len(clips), synth)
     if synth:
         for seen in clips[: sizes["paraphrase"]]:
             clips.append(dataclasses.replace(seen, split="paraphrase", caption=glosses.paraphrase(seen.caption, rng)))
+    return clips, _shortfalls(clips, splits, capacities, sizes, num_clips, synth)
+
+
+def _from_validation(val: ClipDataset, split: str, indices: list[int], wanted: int, first_seed: int,
+                     synth: bool) -> list[EvaluationClip]:
+    """Up to `wanted` evaluation clips of `split` from the validation clips `indices`, in order, skipping (with a
+    warning) those that do not decode; sampling seeds first_seed, first_seed + 1, ..."""
+    out = []
+    for i in indices:
+        if len(out) == wanted:
+            break
+        try:
+            frames = val.frames(i)
+        except Exception as exc:  # decoders raise many types; skip the clip as training does
+            warnings.warn(f"evaluation skips validation clip {val.records[i].video}: {type(exc).__name__}: {exc}")
+            continue
+        record = val.records[i]
+        out.append(EvaluationClip(split, record.caption, caption_key(record.caption, synth), record.signer,
+                                  first_seed + len(out), f"validation {record.id}", np.asarray(frames),
+                                  val.keypoints(i)))
+    return out
+
+
+def _rendered_seen(config: Config, train: ClipDataset, val: ClipDataset, seen_keys: list[tuple],
+                   train_keys: dict[tuple, str], train_signers: dict[tuple, set],
+                   rng: np.random.Generator) -> list[EvaluationClip]:
+    """synthsign's seen clips: training caption i (of `seen_keys`) rendered for a signer who does not sign it in
+    training (round-robin over the held-out signers, else over all others), with a render seed drawn from `rng`;
+    sampling seed i."""
+    clips = []
+    held_out = [synthsign.signer_index(s) for s in val.signers]
+    everyone = sorted({synthsign.signer_index(r.signer) for r in train.records} | set(held_out))
+    for i, key in enumerate(seen_keys):
+        busy = {synthsign.signer_index(s) for s in train_signers[key]}
+        choices = [s for s in held_out if s not in busy] or [s for s in everyone if s not in busy] or everyone
+        signer, render_seed = choices[i % len(choices)], int(rng.integers(0, 2**31))
+        caption = train_keys[key]
+        frames, keypoints = synthsign.render_clip(caption, signer, config.num_frames, config.image_size, render_seed)
+        clips.append(EvaluationClip("seen", caption, key, synthsign.signer_name(signer), i,
+                                    f"rendered with seed {render_seed}", frames, keypoints))
+    return clips
+
+
+def _shortfalls(clips: list[EvaluationClip], splits: Sequence[str], capacities: Sequence[int], sizes: dict,
+                num_clips: int, synth: bool) -> dict:
+    """{split: why it is empty, or short of its share} of the evaluation set."""
     counts = Counter(c.split for c in clips)
     short = {}
     for split, capacity in zip(splits, capacities):
@@ -144,4 +164,4 @@ def evaluation_clips(config: Config, train: ClipDataset, val: ClipDataset, num_c
             short[split] = f"{sizes[split] - counts[split]} of its {sizes[split]} validation clips did not decode"
     if not synth:
         short["paraphrase"] = "paraphrases need synthsign's synonym table (dataset synthsign)"
-    return clips, short
+    return short

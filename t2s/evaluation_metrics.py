@@ -145,66 +145,70 @@ def compare_clips(
     generated, real = generated.detach().float().cpu(), real.detach().float().cpu()
     if generated.shape != real.shape:
         raise ValueError(f"generated {tuple(generated.shape)} and real {tuple(real.shape)} clips differ in shape")
-    n = len(generated)
     out: dict = {"feature_extractor": None, "feature_weights_sha256": None}
-
-    def put(metric: str, value, status: str = OK) -> None:
+    if extractor is not None:
+        out["feature_extractor"], out["feature_weights_sha256"] = extractor.name, extractor.sha256
+    found = _distribution_part(generated, real, extractor, extractor_status, real_features, fvd_min_clips)
+    found += _paired_part(generated, real, lpips_model, lpips_status)
+    found += _sign_part(generated, keypoints, captions)
+    for metric, value, status in found:
         ok = value is not None and math.isfinite(value)
         out[metric] = float(value) if ok else None
         if metric in STATUS_METRICS:
             out[f"{metric}_status"] = status if ok or status != OK else f"{metric} is not a finite number"
+    return out
 
-    # FVD and KVD
+
+def _distribution_part(generated: torch.Tensor, real: torch.Tensor, extractor, extractor_status: str,
+                       real_features: Optional[torch.Tensor], fvd_min_clips: int) -> list[tuple]:
+    """compare_clips' [(metric, value, status)] of FVD and KVD."""
+    n = len(generated)
     if extractor is None:
-        for m in ("fvd", "kvd", "kvd_std"):
-            put(m, None, extractor_status)
-    else:
-        out["feature_extractor"], out["feature_weights_sha256"] = extractor.name, extractor.sha256
-        if n < 2:
-            for m in ("fvd", "kvd", "kvd_std"):
-                put(m, None, f"distribution metrics need at least 2 clips per set, got {n}")
-        else:
-            features = extractor.features(generated)
-            reference = real_features if real_features is not None else extractor.features(real)
-            found = distribution_metrics(features, reference, fvd_min_clips)
-            for m in ("fvd", "kvd", "kvd_std"):
-                put(m, found[m], found[f"{m}_status"])
-    # paired pixel and perceptual metrics
+        return [(m, None, extractor_status) for m in ("fvd", "kvd", "kvd_std")]
+    if n < 2:
+        return [(m, None, f"distribution metrics need at least 2 clips per set, got {n}") for m in ("fvd", "kvd", "kvd_std")]
+    features = extractor.features(generated)
+    reference = real_features if real_features is not None else extractor.features(real)
+    found = distribution_metrics(features, reference, fvd_min_clips)
+    return [(m, found[m], found[f"{m}_status"]) for m in ("fvd", "kvd", "kvd_std")]
+
+
+def _paired_part(generated: torch.Tensor, real: torch.Tensor, lpips_model, lpips_status: str) -> list[tuple]:
+    """compare_clips' [(metric, value, status)] of the paired pixel and perceptual metrics and temporal statistics."""
     if lpips_model is None:
-        put("lpips", None, lpips_status)
+        found = [("lpips", None, lpips_status)]
     else:
-        put("lpips", metrics.compute_lpips(generated, real, lpips_model))
-    put("ssim", metrics.ssim(generated, real))
-    put("psnr", metrics.psnr(generated, real))
-    # temporal statistics (need 2 frames)
-    if generated.shape[2] >= 2:
-        put("temporal_consistency", metrics.temporal_consistency(generated))
-        put("temporal_consistency_real", metrics.temporal_consistency(real))
-        put("motion_magnitude", metrics.motion_magnitude(generated))
-        put("motion_magnitude_real", metrics.motion_magnitude(real))
-    else:
-        for m in ("temporal_consistency", "temporal_consistency_real", "motion_magnitude", "motion_magnitude_real"):
-            put(m, None)
-    # sign fidelity
-    sign_metrics = ("dtw_error", "dtw_error_shuffled", "dtw_gap", "dtw_gap_low", "dtw_gap_high", "hand_detection_rate")
+        found = [("lpips", metrics.compute_lpips(generated, real, lpips_model), OK)]
+    found += [("ssim", metrics.ssim(generated, real), OK), ("psnr", metrics.psnr(generated, real), OK)]
+    temporal = ("temporal_consistency", "temporal_consistency_real", "motion_magnitude", "motion_magnitude_real")
+    if generated.shape[2] < 2:  # temporal statistics need 2 frames
+        return found + [(m, None, OK) for m in temporal]
+    return found + [
+        ("temporal_consistency", metrics.temporal_consistency(generated), OK),
+        ("temporal_consistency_real", metrics.temporal_consistency(real), OK),
+        ("motion_magnitude", metrics.motion_magnitude(generated), OK),
+        ("motion_magnitude_real", metrics.motion_magnitude(real), OK),
+    ]
+
+
+def _sign_part(generated: torch.Tensor, keypoints: Optional[Sequence[np.ndarray]],
+               captions: Optional[Sequence[str]]) -> list[tuple]:
+    """compare_clips' [(metric, value, status)] of sign fidelity (null without ground-truth keypoints)."""
+    n = len(generated)
     if keypoints is None:
-        for m in sign_metrics:
-            put(m, None, NO_KEYPOINTS)
-        return out
+        return [(m, None, NO_KEYPOINTS) for m in ("dtw_error", "dtw_error_shuffled", "dtw_gap", "dtw_gap_low",
+                                                  "dtw_gap_high", "hand_detection_rate")]
     if len(keypoints) != n:
         raise ValueError(f"{len(keypoints)} keypoint tracks for {n} clips")
     captions = list(captions) if captions is not None else [str(i) for i in range(n)]
     if len(captions) != n:
         raise ValueError(f"{len(captions)} captions for {n} clips")
     tracks, found = hand_tracks(generated)
-    put("hand_detection_rate", metrics.hand_detection_rate(found))
     body_size = float(generated.shape[-1])  # the image size: errors are in image widths
     fidelity = sign_fidelity(dtw_matrix(tracks, keypoints, body_size), captions)
-    for m in ("dtw_error", "dtw_error_shuffled", "dtw_gap"):
-        put(m, fidelity[m], fidelity[f"{m}_status"])
-    for m in ("dtw_gap_low", "dtw_gap_high"):
-        put(m, fidelity[m])
-    return out
+    return [("hand_detection_rate", metrics.hand_detection_rate(found), OK),
+            *((m, fidelity[m], fidelity[f"{m}_status"]) for m in ("dtw_error", "dtw_error_shuffled", "dtw_gap")),
+            *((m, fidelity[m], OK) for m in ("dtw_gap_low", "dtw_gap_high"))]
 
 
 # --------------------------------------------------------------------------------------------- back-translation
