@@ -25,7 +25,7 @@ How it reads a clip
 How it is trained
 -----------------
 On clips rendered for it (`RecognizerSettings.train_frames` frames' worth), never on evaluation clips: random captions of 2-5
-vocabulary glosses (`synthsign.random_caption`, a uniform prior over gloss sequences, so the recognizer has no
+vocabulary glosses (`t2s.glosses.random_caption`, a uniform prior over gloss sequences, so the recognizer has no
 preference for captions seen in training), none of whose gloss sequences is in `exclude` (evaluation passes every
 held-out caption's glosses), signed by the training split's signers only. A `degraded_fraction` of them is degraded
 once before feature extraction as generated clips are (Gaussian blur, colours washed toward the frame mean,
@@ -44,6 +44,9 @@ smoothing) with tokenize "none": the glosses are already tokens, and "13a" would
 (an unknown word's fallback gloss such as "don't"). As sacrebleu defines it, a corpus whose readings hold no 4-gram
 scores 0 (synthsign captions have 2-5 glosses, so a split of several clips has 4-grams). WER is jiwer's corpus WER (edits / reference glosses; can
 exceed 1). Exact is the fraction of clips whose reading equals its reference sequence.
+
+Imports `t2s.metrics` (the hand finder), `t2s.glosses` and `t2s.synthsign` (the vocabulary and the renderer),
+`t2s.synthdata` (the data version in the cache key), `t2s.video` and `t2s.rundir`.
 """
 from __future__ import annotations
 
@@ -63,7 +66,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import synthsign
+from . import metrics, synthsign
+from .glosses import VOCABULARY, random_caption
+from .rundir import atomic_write_bytes
+from .synthdata import SYNTHSIGN_VERSION
+from .video import to_frames
 
 RECOGNIZER_VERSION = 1  # bump when features, model, training or decoding change: old cached weights are not reused
 CROP = 9  # hand-shape crops are resampled to CROP x CROP
@@ -76,7 +83,7 @@ INTERVAL_MIN_CLIPS = 5  # as the DTW gap: fewer clips have too few distinct resa
 
 def vocabulary() -> list[str]:
     """The glosses a recognizer can read, in its output order."""
-    return sorted(synthsign.VOCABULARY)
+    return sorted(VOCABULARY)
 
 
 @dataclass(frozen=True)
@@ -96,8 +103,6 @@ class RecognizerSettings:
 def frame_features(frames: np.ndarray) -> np.ndarray:
     """uint8 (F, H, W, 3) -> float32 (F, 2 hands, 3 + CROP * CROP): per hand x / W, y / H, found (0 or 1), and the
     glove-similarity crop around the found centre (zeros where the hand finder found none); see the module doc."""
-    from . import metrics
-
     frames = np.asarray(frames)
     num_frames, height, width, _ = frames.shape
     keypoints, found = metrics.find_hands(frames, synthsign.HAND_COLORS)
@@ -153,8 +158,6 @@ def degrade(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def clip_frames(clips: torch.Tensor) -> list[np.ndarray]:
     """(B, 3, F, H, W) in [-1, 1] -> [uint8 (F, H, W, 3)]."""
-    from .data import to_frames
-
     return [to_frames(clip) for clip in clips]
 
 
@@ -247,8 +250,6 @@ def _one_thread():
 
 def recognizer_key(image_size: int, num_frames: int, signers: Sequence[int], exclude, settings: RecognizerSettings) -> str:
     """SHA-256 (hex) of everything that determines a recognizer's weights."""
-    from .data import SYNTHSIGN_VERSION
-
     spec = {
         "recognizer_version": RECOGNIZER_VERSION, "synthsign_version": SYNTHSIGN_VERSION, "vocabulary": vocabulary(),
         "image_size": int(image_size), "num_frames": int(num_frames), "signers": sorted(int(s) for s in set(signers)),
@@ -268,9 +269,9 @@ def training_clips(image_size: int, num_frames: int, signers: Sequence[int], exc
     signers = sorted(int(s) for s in set(signers))
     features, labels, starts, captions = [], [], [], []
     for i in range(math.ceil(settings.train_frames / num_frames)):
-        caption = synthsign.random_caption(rng)
+        caption = random_caption(rng)
         while tuple(caption.split()) in excluded:
-            caption = synthsign.random_caption(rng)
+            caption = random_caption(rng)
         glosses = caption.split()
         frames, _ = synthsign.render_clip(caption, signers[i % len(signers)], num_frames, image_size,
                                           seed=int(rng.integers(0, 2**31)))
@@ -321,8 +322,6 @@ def train_recognizer(image_size: int, num_frames: int, signers: Sequence[int], e
 
 def save_recognizer(recognizer: Recognizer, path: Path) -> None:
     """The weights and what they are, as plain types (loadable with weights_only=True), written atomically."""
-    from .rundir import atomic_write_bytes
-
     info = {k: v for k, v in recognizer.info.items() if k not in ("source", "path")}
     state = {"state_dict": recognizer.model.state_dict(), "glosses": list(recognizer.glosses),
              "image_size": recognizer.image_size, "num_frames": recognizer.num_frames, "info": json.dumps(info)}

@@ -12,65 +12,64 @@ Sources (`config.dataset`):
 - `synthsign` (default): clips rendered by `t2s.synthsign`, generated once into a cache folder
   `<data_dir or <project>/.cache/synthsign>/<hash of the generation parameters>/` and then read like `folder`.
 
-Frame sampling: `num_frames` frames uniformly over the source's timeline (np.linspace, rounded). A clip with fewer
-frames than `num_frames` is LOOPED (frame i is source frame i mod n). A GIF's timeline honours frame durations:
-GIF writers (Pillow among them) merge identical consecutive frames into one longer frame, so a frame shown k times
-as long as the shortest counts k times. Frames are centre-cropped to a square (if not square) and resized to
-`image_size` with PIL bilinear (which averages over the source footprint when shrinking); frames already at
-`image_size` are used untouched. Sampled, resized clips are kept in an in-memory LRU (uint8, bounded by bytes) so
-later epochs do not decode again; with DataLoader workers each worker holds its own cache.
+Frame sampling, decoding and GIF writing are `t2s.video`'s (`load_clip`: `num_frames` frames uniformly over the
+source's timeline, LOOPED if it is shorter, centre-cropped and resized to `image_size`). Sampled, resized clips are
+kept in an in-memory LRU (`ClipCache`: uint8, bounded by bytes) so later epochs do not decode again; with DataLoader
+workers each worker holds its own cache.
 
 Bad input: a missing folder or manifest, a manifest without a needed column, or nothing usable is a `DataError`
 naming the file. A clip without a caption file, with an empty or non-UTF-8 caption, or whose video cannot be
 opened is skipped with a `DataWarning` and listed in `split_stats["skipped_files"]`. A video that passes the cheap
 header check but fails to decode in `__getitem__` is replaced by the next decodable clip, with a warning, and
 recorded in `dataset.decode_failures`, so one bad file never stops a training run.
+
+This room: records (`ClipRecord`, `scan_folder`, `read_manifest`), `ClipCache`, `ClipDataset`, the sources
+(`load_dataset`, `load_synthsign` reading the synthsign cache), splits (`split_indices`, `build_datasets`). It imports
+`t2s.config`, `t2s.video`, `t2s.synthdata` (generating the synthsign cache) and `t2s.captions`. Re-exported here from
+their homes (import them from there): from `t2s.video` `read_video`, `load_clip`, `probe_video`, `write_gif`,
+`to_clip`, `to_frames`, `sample_frame_indices`, `square_resize`, `list_frame_images`, `UnusableFile`,
+`VIDEO_EXTENSIONS`, `PIL_VIDEO_EXTENSIONS`, `IMAGE_EXTENSIONS`, `GIF_FRAME_MS`; from `t2s.synthdata`
+`synthsign_params`, `synthsign_dir`, `synthsign_plan`, `generate_synthsign`, `recognizer_dir`, `SYNTHSIGN_SEED`,
+`SYNTHSIGN_VERSION`, `SYNTHSIGN_CACHE_ROOT`, `PARALLEL_MIN_CLIPS`; from `t2s.captions` `evaluation_clips`,
+`EvaluationClip`, `split_sizes`, `caption_key`, `CAPTION_SPLITS`, `EVAL_CAPTION_SEED`.
 """
 from __future__ import annotations
 
 import csv
-import dataclasses
-import hashlib
 import io
 import json
-import multiprocessing
 import operator
-import os
 import re
-import shutil
-import sys
-import tempfile
 import warnings
 from collections import Counter, OrderedDict
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import av
 import numpy as np
 import torch
-from PIL import Image, ImageSequence
 from torch.utils.data import Dataset
 
-from t2s import synthsign
-from t2s.config import PROJECT_ROOT, Config
-from t2s.rundir import atomic_write_bytes
+from .captions import (  # noqa: F401 (re-exported: the evaluation captions' old home)
+    CAPTION_SPLITS, EVAL_CAPTION_SEED, EvaluationClip, caption_key, evaluation_clips, split_sizes,
+)
+from .config import PROJECT_ROOT, Config  # noqa: F401 (PROJECT_ROOT re-exported: callers read data.PROJECT_ROOT)
+from .synthdata import (  # noqa: F401 (re-exported: the synthsign generation's old home)
+    PARALLEL_MIN_CLIPS, SYNTHSIGN_CACHE_ROOT, SYNTHSIGN_SEED, SYNTHSIGN_VERSION, generate_synthsign, recognizer_dir,
+    synthsign_dir, synthsign_params, synthsign_plan,
+)
+from .video import (  # noqa: F401 (re-exported: the video functions' old home)
+    GIF_FRAME_MS, IMAGE_EXTENSIONS, PIL_VIDEO_EXTENSIONS, VIDEO_EXTENSIONS, UnusableFile, _frame_folder,
+    list_frame_images, load_clip, probe_video, read_video, sample_frame_indices, square_resize, to_clip, to_frames,
+    write_gif,
+)
 
-VIDEO_EXTENSIONS = (".gif", ".mp4", ".webm", ".avi", ".mov", ".mkv", ".m4v")
-PIL_VIDEO_EXTENSIONS = (".gif",)
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
     "video": ("video", "video_path", "path", "file"),
     "caption": ("caption", "text", "sentence", "translation"),
     "signer": ("signer", "signer_id", "speaker"),
 }
 DEFAULT_CACHE_BYTES = 2 << 30  # 2 GiB of decoded clips per dataset
-SYNTHSIGN_SEED = 0  # the generation seed: the synthetic data stays fixed across training seeds and split seeds
-SYNTHSIGN_VERSION = 2  # bump when the renderer changes, so old caches are not reused (2: synonyms and filler words)
-SYNTHSIGN_CACHE_ROOT = PROJECT_ROOT / ".cache" / "synthsign"
-GIF_FRAME_MS = 100
-PARALLEL_MIN_CLIPS = 600  # below this, forking workers costs more than it saves
 
 
 class DataError(ValueError):
@@ -79,190 +78,6 @@ class DataError(ValueError):
 
 class DataWarning(UserWarning):
     """A file was skipped or replaced; the message names it and says why."""
-
-
-class UnusableFile(Exception):
-    """Internal: one file cannot be used; `str(exc)` is the reason."""
-
-
-# ================================================================================================ frames
-def sample_frame_indices(num_source: int, num_frames: int) -> np.ndarray:
-    """Indices (num_frames,) into a timeline of `num_source` frames: uniform (np.linspace, rounded) when the source
-    is long enough, else the source LOOPED (index i -> i mod num_source)."""
-    if num_source < 1:
-        raise ValueError("a clip needs at least one frame")
-    if num_source < num_frames:
-        return np.arange(num_frames) % num_source
-    return np.round(np.linspace(0, num_source - 1, num_frames)).astype(np.int64)
-
-
-def square_resize(frame: np.ndarray, image_size: int) -> np.ndarray:
-    """uint8 (H, W, 3) -> uint8 (image_size, image_size, 3): centre-crop to a square, then PIL bilinear resize."""
-    h, w = frame.shape[:2]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    frame = frame[top : top + side, left : left + side]
-    if side == image_size:
-        return frame
-    return np.asarray(Image.fromarray(frame).resize((image_size, image_size), Image.Resampling.BILINEAR))
-
-
-def to_clip(frames: np.ndarray) -> torch.Tensor:
-    """uint8 (F, H, W, 3) -> float32 tensor (3, F, H, W) in [-1, 1] (converted in numpy: fast on CPU)."""
-    clip = np.ascontiguousarray(frames.transpose(3, 0, 1, 2), dtype=np.float32)  # (3, F, H, W)
-    clip /= 127.5
-    clip -= 1.0
-    return torch.from_numpy(clip)
-
-
-def to_frames(clip: torch.Tensor) -> np.ndarray:
-    """float (3, F, H, W) in [-1, 1] -> uint8 (F, H, W, 3) (values outside [-1, 1] are clamped)."""
-    values = clip.detach().float().cpu().numpy().transpose(1, 2, 3, 0)  # (F, H, W, 3)
-    return np.round((np.clip(values, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
-
-
-def write_gif(path: Path, frames: np.ndarray, duration_ms: int = GIF_FRAME_MS) -> None:
-    """Write uint8 (F, H, W, 3) as a looping GIF, atomically (the kit's one GIF writer). Colours are exact when a clip has at most 256 of them (a palette
-    of the clip's own colours); otherwise PIL's adaptive palette quantizes. Identical consecutive frames are merged
-    by Pillow into longer frames, which `read_video` expands again."""
-    frames = np.ascontiguousarray(frames, dtype=np.uint8)
-    packed = (frames[..., 0].astype(np.uint32) << 16) | (frames[..., 1].astype(np.uint32) << 8) | frames[..., 2]
-    colours = np.unique(packed)
-    if len(colours) <= 256:
-        index = np.searchsorted(colours, packed)
-        palette = np.stack([(colours >> 16) & 255, (colours >> 8) & 255, colours & 255], axis=1).astype(np.uint8)
-        images = []
-        for f in range(len(frames)):
-            image = Image.fromarray(index[f].astype(np.uint8))  # mode L; putpalette makes it P
-            image.putpalette(palette.tobytes())
-            images.append(image)
-    else:
-        images = [Image.fromarray(frame).convert("P", palette=Image.Palette.ADAPTIVE) for frame in frames]
-    buffer = io.BytesIO()
-    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=duration_ms, loop=0,
-                   optimize=False)
-    atomic_write_bytes(Path(path), buffer.getvalue())  # a reader never sees half a GIF
-
-
-# ================================================================================================ decoding
-def _natural_key(path: Path) -> list:
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
-
-
-def _frame_folder(path: Path) -> Optional[tuple[Path, str]]:
-    """(folder, glob pattern) when `path` is a frame folder or `folder/*.png`-style pattern; else None."""
-    if ("*" in path.name or "?" in path.name) and not path.exists():
-        return path.parent, path.name
-    if path.is_dir():
-        return path, "*"
-    return None
-
-
-def list_frame_images(folder: Path, pattern: str = "*") -> list[Path]:
-    """The png/jpg frames of a frame folder, in natural name order (frame2 before frame10)."""
-    images = [p for p in folder.glob(pattern) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
-    return sorted(images, key=_natural_key)
-
-
-def _read_image(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
-
-
-def _read_gif(path: Path) -> tuple[list[np.ndarray], np.ndarray]:
-    """(distinct frames uint8 (H, W, 3), timeline: index into them for each displayed time step)."""
-    frames, durations = [], []
-    with Image.open(path) as image:
-        for frame in ImageSequence.Iterator(image):
-            frames.append(np.asarray(frame.convert("RGB")))
-            durations.append(frame.info.get("duration"))
-    if not frames:
-        raise UnusableFile("no frames")
-    repeats = np.ones(len(frames), dtype=np.int64)
-    if all(isinstance(d, (int, float)) and d > 0 for d in durations):
-        d = np.asarray(durations, dtype=np.float64)
-        repeats = np.maximum(1, np.round(d / d.min())).astype(np.int64)
-    return frames, np.repeat(np.arange(len(frames)), repeats)
-
-
-def _read_av(path: Path) -> list[np.ndarray]:
-    with av.open(str(path)) as container:
-        if not container.streams.video:
-            raise UnusableFile("no video stream")
-        stream = container.streams.video[0]
-        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
-    if not frames:
-        raise UnusableFile("zero frames")
-    return frames
-
-
-def _read_sampled(path: Path, num_frames: int) -> list[np.ndarray]:
-    """`num_frames` frames (uint8 (H, W, 3) each) sampled uniformly (or looped) from the video at `path`."""
-    folder = _frame_folder(path)
-    if folder is not None:
-        images = list_frame_images(*folder)
-        if not images:
-            raise UnusableFile("no frame images (png/jpg)")
-        return [_read_image(images[i]) for i in sample_frame_indices(len(images), num_frames)]
-    if path.suffix.lower() in PIL_VIDEO_EXTENSIONS:
-        distinct, timeline = _read_gif(path)
-        return [distinct[timeline[i]] for i in sample_frame_indices(len(timeline), num_frames)]
-    frames = _read_av(path)
-    return [frames[i] for i in sample_frame_indices(len(frames), num_frames)]
-
-
-def read_video(path: Path | str) -> np.ndarray:
-    """Every displayed frame of a video (GIF timeline expanded by durations): uint8 (T, H, W, 3)."""
-    path = Path(path)
-    folder = _frame_folder(path)
-    if folder is not None:
-        frames = [_read_image(p) for p in list_frame_images(*folder)]
-    elif path.suffix.lower() in PIL_VIDEO_EXTENSIONS:
-        distinct, timeline = _read_gif(path)
-        frames = [distinct[i] for i in timeline]
-    else:
-        frames = _read_av(path)
-    if not frames:
-        raise UnusableFile("no frames")
-    return np.stack(frames)
-
-
-def load_clip(path: Path | str, num_frames: int, image_size: int) -> np.ndarray:
-    """A video as uint8 (num_frames, image_size, image_size, 3): sampled (looped if short), cropped, resized.
-    Any decoder failure comes out as UnusableFile(reason)."""
-    try:
-        frames = _read_sampled(Path(path), num_frames)
-        if not frames:
-            raise UnusableFile("no frames")
-        return np.stack([square_resize(frame, image_size) for frame in frames])
-    except UnusableFile:
-        raise
-    except Exception as exc:  # decoders raise many types (OSError, av.error.*, PIL's UnidentifiedImageError, ...)
-        raise UnusableFile(f"cannot decode video ({type(exc).__name__}: {exc})") from None
-
-
-def probe_video(path: Path) -> None:
-    """Cheap check that a video opens and its first frame decodes; raises UnusableFile(reason) if not."""
-    try:
-        folder = _frame_folder(path)
-        if folder is not None:
-            images = list_frame_images(*folder)
-            if not images:
-                raise UnusableFile("no frame images (png/jpg) in the folder")
-            _read_image(images[0])
-        elif path.suffix.lower() in PIL_VIDEO_EXTENSIONS:
-            with Image.open(path) as image:
-                image.load()
-        else:
-            with av.open(str(path)) as container:
-                if not container.streams.video:
-                    raise UnusableFile("no video stream")
-                if next(container.decode(container.streams.video[0]), None) is None:
-                    raise UnusableFile("zero frames")
-    except UnusableFile:
-        raise
-    except Exception as exc:  # decoders raise many types (OSError, av.error.*, SyntaxError from PIL ...)
-        raise UnusableFile(f"cannot decode video ({type(exc).__name__}: {exc})") from None
 
 
 # ================================================================================================ records
@@ -528,98 +343,7 @@ class ClipDataset(Dataset):
         )
 
 
-# ================================================================================================ synthsign
-def synthsign_params(config: Config) -> dict:
-    """Everything that determines the generated synthsign clips (its hash names the cache folder)."""
-    return {
-        "version": SYNTHSIGN_VERSION,
-        "num_clips": config.synthsign_num_clips,
-        "num_signers": config.synthsign_num_signers,
-        "image_size": config.image_size,
-        "num_frames": config.num_frames,
-        "seed": SYNTHSIGN_SEED,
-        "prompts": list(config.sample_prompts),
-    }
-
-
-def synthsign_dir(config: Config) -> Path:
-    """`<data_dir or <project>/.cache/synthsign>/<16 hex digits of the generation parameters' hash>/`."""
-    root = Path(config.data_dir) if config.data_dir else SYNTHSIGN_CACHE_ROOT
-    digest = hashlib.sha256(json.dumps(synthsign_params(config), sort_keys=True).encode()).hexdigest()[:16]
-    return root / digest
-
-
-def synthsign_plan(num_clips: int, num_signers: int, prompts: Sequence[str], seed: int) -> list[dict]:
-    """The clips to render: [{id, caption, signer (int), seed}]. Each sample prompt is signed by up to
-    `num_signers` different signers (at most a quarter of the clips are prompts); the rest are random sentences
-    of 2-5 vocabulary glosses, assigned to signers round-robin."""
-    rng = np.random.default_rng(seed)
-    prompts = [p for p in prompts if p.strip()]
-    repeats = max(1, min(num_signers, num_clips // (4 * len(prompts)))) if prompts else 0
-    chosen = [(prompt, r % num_signers) for r in range(repeats) for prompt in prompts][:num_clips]
-    while len(chosen) < num_clips:
-        chosen.append((synthsign.random_caption(rng), len(chosen) % num_signers))
-    clip_seeds = rng.integers(0, 2**31, size=num_clips)
-    return [
-        {"id": f"{synthsign.signer_name(s)}_{i:05d}", "caption": caption, "signer": s, "seed": int(clip_seeds[i])}
-        for i, (caption, s) in enumerate(chosen)
-    ]
-
-
-def _render_clips(folder: Path, params: dict, clips: list[dict]) -> np.ndarray:
-    """Render `clips` into `folder` as `<id>.gif` + `<id>.txt`; returns their keypoints float32 (N, F, 2, 2)."""
-    keypoints = []
-    for clip in clips:
-        frames, kp = synthsign.render_clip(
-            clip["caption"], clip["signer"], params["num_frames"], params["image_size"], seed=clip["seed"]
-        )
-        write_gif(folder / f"{clip['id']}.gif", frames)
-        (folder / f"{clip['id']}.txt").write_text(clip["caption"] + "\n", encoding="utf-8")
-        keypoints.append(kp)
-    return np.stack(keypoints)
-
-
-def _render_all(folder: Path, params: dict, plan: list[dict]) -> np.ndarray:
-    """`_render_clips` over the plan, in forked worker processes (one per usable core) for large plans on Linux.
-    Each clip depends only on its plan entry, so the result is the same either way."""
-    workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1, 8)
-    if workers < 2 or len(plan) < PARALLEL_MIN_CLIPS or sys.platform != "linux":
-        return _render_clips(folder, params, plan)
-    chunks = [plan[i : i + 64] for i in range(0, len(plan), 64)]
-    context = multiprocessing.get_context("fork")  # workers only use numpy and PIL
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        parts = list(pool.map(_render_clips, [folder] * len(chunks), [params] * len(chunks), chunks))
-    return np.concatenate(parts)
-
-
-def generate_synthsign(target: Path, params: dict) -> Path:
-    """Render the clips of `params` into `target` atomically: everything is written to a temporary sibling folder
-    which is renamed to `target` at the end, so a crash never leaves a half-written cache.
-
-    Layout: `<id>.gif`, `<id>.txt`, `keypoints.npz` (`ids` (N,), `keypoints` float32 (N, F, 2, 2)),
-    `manifest.json` ({params, clips: [{id, caption, signer, seed}]}).
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    plan = synthsign_plan(params["num_clips"], params["num_signers"], params["prompts"], params["seed"])
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
-        keypoints = _render_all(tmp, params, plan)
-        np.savez(tmp / "keypoints.npz", ids=np.array([c["id"] for c in plan]), keypoints=keypoints)
-        (tmp / "manifest.json").write_text(json.dumps({"params": params, "clips": plan}, indent=1), encoding="utf-8")
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "manifest.json").is_file():  # not a concurrent generator winning the race
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
-
-
+# ================================================================================================ the synthsign cache
 def _check_synthsign_cache(folder: Path, params: dict) -> None:
     """Raise a DataError (and leave the folder alone) if an existing cache folder is not a complete cache of `params`."""
     hint = f"delete the folder {folder} to regenerate it"
@@ -660,12 +384,6 @@ def load_synthsign(config: Config, cache: Optional[ClipCache] = None) -> tuple[C
         raise DataError(f"synthsign cache {folder}: no keypoints for {missing[:3]}; delete the folder to regenerate it")
     dataset = ClipDataset(records, config.num_frames, config.image_size, keypoints, cache, source=str(folder))
     return dataset, skipped
-
-
-def recognizer_dir(config: Config) -> Path:
-    """Where back-translation recognizers are cached: `<data_dir or <project>/.cache/synthsign>/recognizers/`."""
-    return synthsign_dir(config).parent / "recognizers"
-
 
 # ================================================================================================ splits
 def load_dataset(config: Config, cache_bytes: int = DEFAULT_CACHE_BYTES) -> tuple[ClipDataset, list[dict]]:
@@ -747,128 +465,3 @@ def build_datasets(config: Config, cache_bytes: int = DEFAULT_CACHE_BYTES) -> tu
         "num_skipped": len(skipped),
     }
     return train, val, stats
-
-
-# ================================================================================================ evaluation captions
-CAPTION_SPLITS = ("seen", "novel", "paraphrase")
-EVAL_CAPTION_SEED = 0  # which seen captions, their signers and render seeds, and the paraphrases' words: fixed
-
-
-@dataclass(frozen=True)
-class EvaluationClip:
-    """One evaluation clip: the caption the model is given, what it must sign, and the real clip that signs it."""
-
-    split: str  # "seen", "novel" or "paraphrase"
-    caption: str
-    glosses: tuple[str, ...]  # synthsign: `synthsign.gloss_sequence(caption)`; other data: the caption's words
-    signer: str  # the real clip's signer
-    seed: int  # the generated clip's sampling seed
-    source: str  # "validation <id>", or "rendered with seed <render seed>" (a seen caption by a held-out signer)
-    frames: np.ndarray  # the real clip, uint8 (F, H, W, 3)
-    keypoints: Optional[np.ndarray]  # its ground-truth hand centres (F, 2, 2), or None
-
-
-def caption_key(caption: str, synthsign_glosses: bool) -> tuple[str, ...]:
-    """What makes two captions 'the same' for the splits: the gloss sequence (synthsign) or the lower-cased words."""
-    return tuple(synthsign.gloss_sequence(caption) if synthsign_glosses else synthsign.tokenize(caption))
-
-
-def split_sizes(total: int, capacities: Sequence[int]) -> list[int]:
-    """`total` clips divided among splits as evenly as their capacities allow: equal shares (the remainder to the first
-    splits), each capped by its capacity, and what a capped split leaves given one by one to the others in order."""
-    sizes = [min(total // len(capacities) + (i < total % len(capacities)), c) for i, c in enumerate(capacities)]
-    left = total - sum(sizes)
-    while left > 0 and any(s < c for s, c in zip(sizes, capacities)):
-        for i, c in enumerate(capacities):
-            if left > 0 and sizes[i] < c:
-                sizes[i], left = sizes[i] + 1, left - 1
-    return sizes
-
-
-def evaluation_clips(config: Config, train: ClipDataset, val: ClipDataset, num_clips: int) -> tuple[list[EvaluationClip], dict]:
-    """The evaluation set, split by caption: ([EvaluationClip] ordered seen, novel, paraphrase; {split: why it is
-    empty, or short of its share}).
-
-    * seen: captions whose `caption_key` occurs in the training split, each signed by a signer who does not sign it in
-      training. synthsign: the distinct training gloss sequences, the sample prompts' first, then the rest in an
-      `EVAL_CAPTION_SEED` order, each RENDERED for a held-out signer (round-robin over the validation signers who do not
-      sign it in training; all other signers if none) with a seeded render seed. Other data: the validation clips
-      whose caption occurs in training, in split order.
-    * novel: the validation clips, in split order, whose caption key does not occur in training.
-    * paraphrase (synthsign only): the first seen clips with their caption reworded by `synthsign.paraphrase` (same
-      glosses, so the same real clip and signer); sampled with the seen clip's seed, so seen and paraphrase differ in
-      wording only.
-    num_clips is divided by `split_sizes` (capacities: distinct seen captions, novel validation clips, seen clips).
-    Sampling seeds: seen clip i gets seed i, novel clip j gets n_seen + j. Validation clips that do not decode are
-    skipped with a warning. Deterministic.
-    """
-    synth = train.has_keypoints and config.dataset == "synthsign"
-    splits = CAPTION_SPLITS if synth else CAPTION_SPLITS[:2]
-    train_keys: dict[tuple, str] = {}
-    train_signers: dict[tuple, set] = {}
-    for record in train.records:
-        key = caption_key(record.caption, synth)
-        train_keys.setdefault(key, record.caption)
-        train_signers.setdefault(key, set()).add(record.signer)
-    val_seen, val_novel = [], []
-    for i, record in enumerate(val.records):
-        (val_seen if caption_key(record.caption, synth) in train_keys else val_novel).append(i)
-    rng = np.random.default_rng(EVAL_CAPTION_SEED)
-    if synth:
-        prompts = [k for k in dict.fromkeys(caption_key(p, True) for p in config.sample_prompts) if k in train_keys]
-        rest = sorted(set(train_keys) - set(prompts))
-        seen_keys = prompts + [rest[i] for i in rng.permutation(len(rest))]
-        capacities = [len(seen_keys), len(val_novel), len(seen_keys)]
-    else:
-        capacities = [len(val_seen), len(val_novel)]
-    sizes = dict(zip(splits, split_sizes(num_clips, capacities)))
-    if synth:
-        sizes["paraphrase"] = min(sizes["paraphrase"], sizes["seen"])
-
-    def from_validation(split: str, indices: list[int], wanted: int, first_seed: int) -> list[EvaluationClip]:
-        out = []
-        for i in indices:
-            if len(out) == wanted:
-                break
-            try:
-                frames = val.frames(i)
-            except Exception as exc:  # decoders raise many types; skip the clip as training does
-                warnings.warn(f"evaluation skips validation clip {val.records[i].video}: {type(exc).__name__}: {exc}")
-                continue
-            record = val.records[i]
-            out.append(EvaluationClip(split, record.caption, caption_key(record.caption, synth), record.signer,
-                                      first_seed + len(out), f"validation {record.id}", np.asarray(frames),
-                                      val.keypoints(i)))
-        return out
-
-    clips: list[EvaluationClip] = []
-    if synth:
-        held_out = [synthsign.signer_index(s) for s in val.signers]
-        everyone = sorted({synthsign.signer_index(r.signer) for r in train.records} | set(held_out))
-        for i, key in enumerate(seen_keys[: sizes["seen"]]):
-            busy = {synthsign.signer_index(s) for s in train_signers[key]}
-            choices = [s for s in held_out if s not in busy] or [s for s in everyone if s not in busy] or everyone
-            signer, render_seed = choices[i % len(choices)], int(rng.integers(0, 2**31))
-            caption = train_keys[key]
-            frames, keypoints = synthsign.render_clip(caption, signer, config.num_frames, config.image_size, render_seed)
-            clips.append(EvaluationClip("seen", caption, key, synthsign.signer_name(signer), i,
-                                        f"rendered with seed {render_seed}", frames, keypoints))
-    else:
-        clips += from_validation("seen", val_seen, sizes["seen"], 0)
-    clips += from_validation("novel", val_novel, sizes["novel"], len(clips))
-    if synth:
-        for seen in clips[: sizes["paraphrase"]]:
-            clips.append(dataclasses.replace(seen, split="paraphrase", caption=synthsign.paraphrase(seen.caption, rng)))
-    counts = Counter(c.split for c in clips)
-    short = {}
-    for split, capacity in zip(splits, capacities):
-        if counts[split] == 0 and capacity == 0:
-            short[split] = f"no validation clip has a caption {'un' if split == 'novel' else ''}seen in training"
-        elif counts[split] == 0 and sizes[split] == 0:
-            shares = ", ".join(f"{k} {v}" for k, v in sizes.items())
-            short[split] = f"eval_num_clips = {num_clips} leaves none for it ({shares})"
-        elif counts[split] < sizes[split]:
-            short[split] = f"{sizes[split] - counts[split]} of its {sizes[split]} validation clips did not decode"
-    if not synth:
-        short["paraphrase"] = "paraphrases need synthsign's synonym table (dataset synthsign)"
-    return clips, short

@@ -4,14 +4,14 @@
 
 What is evaluated
 -----------------
-* The evaluation set (`t2s.data.evaluation_clips`): `num_clips` (default `cfg.eval_num_clips`, an upper bound) clips
-  divided among three caption splits as evenly as their candidates allow (`data.split_sizes`; e.g. 24 -> 8 + 8 + 8,
+* The evaluation set (`t2s.captions.evaluation_clips`): `num_clips` (default `cfg.eval_num_clips`, an upper bound) clips
+  divided among three caption splits as evenly as their candidates allow (`captions.split_sizes`; e.g. 24 -> 8 + 8 + 8,
   8 -> 3 + 3 + 2), each scored separately by back-translation:
   - `seen`: captions that occur in the training split, signed by a signer who does not sign them there. synthsign:
     distinct training gloss sequences (the sample prompts first, then a fixed-seed order), each rendered for a held-out
     (validation) signer; other data: validation clips whose caption occurs in training.
   - `novel`: validation clips whose caption (gloss sequence) never occurs in training, in split order.
-  - `paraphrase` (synthsign only): the first seen captions reworded by `synthsign.paraphrase` (synonyms, phrases,
+  - `paraphrase` (synthsign only): the first seen captions reworded by `glosses.paraphrase` (synonyms, phrases,
     filler words: "thanks a lot" for "thank you very much"); same glosses, so the same real clip. Only a text encoder
     that maps wordings it never saw to their meaning can sign them.
   Sampling seeds: seen clip i gets seed i, novel clip j seed n_seen + j, a paraphrase its seen clip's seed (so seen
@@ -90,6 +90,13 @@ Files (in the run directory)
 Metric weights are looked up as `t2s.metrics.load_i3d` / `load_lpips` document (argument, environment variable,
 cache folder); nothing is downloaded unless the environment variable `T2S_ALLOW_DOWNLOAD=1` is set (I3D only: the
 pinned StyleGAN-V TorchScript file, kept only if its SHA-256 matches).
+
+This room: the orchestration of one run's evaluation (arguments, the evaluation set and its references, sampling each
+weight set, the rows) and its files. The metrics of a row are `t2s.evaluation_metrics`'s (its public names are
+re-exported here, their old home: `compare_clips`, `back_translation_metrics`, `hand_tracks`, `dtw_matrix`,
+`sign_fidelity`, `distribution_metrics`, `STATUS_METRICS`, `BT_*`, `DTW_*`, `NO_KEYPOINTS`, `OK`, and
+`CAPTION_SPLITS` from `t2s.captions`). Imports the data rooms (`data`, `captions`, `synthdata`, `video`), `pipeline`,
+`checkpoint`, `diffusion`, `runtime`, `rundir`, `backtranslate`, `metrics` and `evaluation_metrics`.
 """
 from __future__ import annotations
 
@@ -100,39 +107,33 @@ import math
 import os
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from . import metrics, synthsign
-from .config import Config
-from .diffusion import VAL_NOISE_SEED, held_out_loss  # noqa: F401 (re-exported: one definition, in diffusion.py)
+from . import backtranslate, metrics, synthsign
+from .captions import CAPTION_SPLITS, EvaluationClip, caption_key, evaluation_clips
+from .checkpoint import latest_good_checkpoint, list_checkpoints
+from .config import Config, load_config_file
+from .data import ClipDataset, build_datasets
+from .diffusion import VAL_NOISE_SEED, build_train_scheduler, held_out_loss  # noqa: F401 (VAL_NOISE_SEED re-exported)
+from .evaluation_metrics import (  # noqa: F401 (re-exported: the comparison metrics' old home)
+    BT_COLUMNS, BT_GROUPS, BT_METRICS, BT_SCORES, DTW_BOOTSTRAP_RESAMPLES, DTW_BOOTSTRAP_SEED, DTW_GAP_MIN_CLIPS,
+    DTW_INTERVAL, NO_KEYPOINTS, OK, STATUS_METRICS, back_translation_metrics, compare_clips, distribution_metrics,
+    dtw_matrix, hand_tracks, sign_fidelity,
+)
+from .pipeline import TextToSignPipeline, load_run_models, write_gif
 from .rundir import RunDir, atomic_write_bytes, atomic_write_json, read_json
-from .runtime import PeakMemory, size_threads, sync
+from .runtime import PeakMemory, autocast_factory, resolve_mixed_precision, size_threads, sync
 from .share import reuse_evaluation
+from .synthdata import recognizer_dir
+from .video import to_clip
 
-DTW_BOOTSTRAP_SEED = 0  # the bootstrap of dtw_gap's interval: identical resamples for every run and weight set
-DTW_BOOTSTRAP_RESAMPLES = 1000
-DTW_INTERVAL = 0.95
-# dtw_gap needs this many clips: n clips have C(2n - 1, n) distinct bootstrap resamples (35 at n = 4, 126 at n = 5), too
-# few below 5 for the 2.5% tails of a 95% percentile interval -- at n = 2 every usable resample gives the same gap,
-# a zero-width interval that would read as certainty.
-DTW_GAP_MIN_CLIPS = 5
 ALLOW_DOWNLOAD_ENV_VAR = "T2S_ALLOW_DOWNLOAD"
-CAPTION_SPLITS = ("seen", "novel", "paraphrase")  # = t2s.data.CAPTION_SPLITS
-BT_SCORES = ("bleu4", "wer", "exact")
-# back-translation is scored per caption split and on "unseen" = novel + paraphrase pooled (captions whose wording
-# never occurred in training: the text-encoder question's primary metric)
-BT_GROUPS = {**{split: (split,) for split in CAPTION_SPLITS}, "unseen": ("novel", "paraphrase")}
-# back-translation: bt_<score>_<group> (the metric), with _ceiling and _floor beside it; bt_bleu4_<group>_low/_high
-BT_METRICS = tuple(f"bt_{score}_{split}" for split in BT_GROUPS for score in BT_SCORES)
-BT_COLUMNS = [column for split in BT_GROUPS for column in [
-    *(f"bt_{score}_{split}{part}" for score in BT_SCORES for part in ("", "_ceiling", "_floor")),
-    f"bt_bleu4_{split}_low", f"bt_bleu4_{split}_high"]]
-STATUS_METRICS = ("fvd", "kvd", "kvd_std", "lpips", "ssim", "psnr", "dtw_error", "dtw_error_shuffled", "dtw_gap",
-                  "hand_detection_rate") + BT_METRICS
 EVALUATION_COLUMNS = [
     "model_name", "config_name", "weights",
     "fvd", "kvd", "kvd_std", "lpips", "ssim", "psnr",
@@ -143,211 +144,6 @@ EVALUATION_COLUMNS = [
     "num_clips_seen", "num_clips_novel", "num_clips_paraphrase",
     "feature_extractor", "feature_weights_sha256", "bt_recognizer", "timestamp",
 ] + [f"{m}_status" for m in STATUS_METRICS]
-NO_KEYPOINTS = "no ground-truth keypoints (synthsign only)"
-OK = "ok"
-
-
-# --------------------------------------------------------------------------------------------- comparing clips
-def hand_tracks(clips: torch.Tensor) -> tuple[list[np.ndarray], np.ndarray]:
-    """Hands found in clips (B, 3, F, H, W) in [-1, 1]: keypoints [(F, 2, 2)] (NaN where missing), found (B, F, 2)."""
-    from .data import to_frames
-
-    tracks, found = [], []
-    for clip in clips:
-        kp, mask = metrics.find_hands(to_frames(clip), synthsign.HAND_COLORS)
-        tracks.append(kp)
-        found.append(mask)
-    return tracks, np.stack(found)
-
-
-def dtw_matrix(tracks: Sequence[np.ndarray], keypoints: Sequence[np.ndarray], body_size: float) -> np.ndarray:
-    """E (n, n): E[j, i] = DTW joint error of generated clip j's hand track against ground-truth track i."""
-    return np.array([[metrics.dtw_joint_error(track, gt, body_size) for gt in keypoints] for track in tracks])
-
-
-def sign_fidelity(errors: np.ndarray, captions: Sequence[str], resamples: int = DTW_BOOTSTRAP_RESAMPLES,
-                  seed: int = DTW_BOOTSTRAP_SEED, level: float = DTW_INTERVAL) -> dict:
-    """dtw_error, dtw_error_shuffled, dtw_gap and its bootstrap interval from E = `dtw_matrix(...)` (see the module
-    docstring), with a status for each; captions[i] is the caption of ground truth i (and of generated clip i).
-    dtw_gap is null below `DTW_GAP_MIN_CLIPS` clips; resamples that hold a single caption (no control pair) are
-    skipped."""
-    n = len(errors)
-    index = {caption: k for k, caption in enumerate(dict.fromkeys(captions))}
-    codes = np.array([index[c] for c in captions])
-    out = {"dtw_error": float(np.mean(np.diag(errors))), "dtw_error_status": OK}
-    other = codes[:, None] != codes[None, :]
-    if not other.any():
-        reason = "needs at least 2 evaluation clips with different captions"
-        out.update(dtw_error_shuffled=None, dtw_error_shuffled_status=reason, dtw_gap=None, dtw_gap_low=None,
-                   dtw_gap_high=None, dtw_gap_status=reason)
-        return out
-    out["dtw_error_shuffled"], out["dtw_error_shuffled_status"] = float(errors[other].mean()), OK
-    if n < DTW_GAP_MIN_CLIPS:
-        reason = f"dtw_gap and its bootstrap interval need at least {DTW_GAP_MIN_CLIPS} evaluation clips, got {n}"
-        out.update(dtw_gap=None, dtw_gap_low=None, dtw_gap_high=None, dtw_gap_status=reason)
-        return out
-    out["dtw_gap"], out["dtw_gap_status"] = out["dtw_error_shuffled"] - out["dtw_error"], OK
-    rng, gaps = np.random.default_rng(seed), []
-    for _ in range(resamples):
-        b = rng.integers(0, n, size=n)
-        sub, pairs = errors[np.ix_(b, b)], codes[b][:, None] != codes[b][None, :]
-        if pairs.any():  # a resample of one caption only has no control pairs: it is left out
-            gaps.append(sub[pairs].mean() - np.diag(sub).mean())
-    tail = 100 * (1 - level) / 2
-    out["dtw_gap_low"], out["dtw_gap_high"] = (float(v) for v in np.percentile(gaps, [tail, 100 - tail]))
-    return out
-
-
-def distribution_metrics(generated_features: torch.Tensor, real_features: torch.Tensor, fvd_min_clips: int) -> dict:
-    """fvd, kvd, kvd_std (with statuses) between I3D features (n, D) of the generated and the real clips."""
-    n = min(len(generated_features), len(real_features))
-    out: dict = {}
-    if n < fvd_min_clips:
-        out["fvd"], out["fvd_status"] = None, (
-            f"FVD needs at least fvd_min_clips = {fvd_min_clips} clips per set, got {n}: below the I3D feature dimension "
-            f"+ 1 (401) the covariances are singular and FVD is biased (see kvd instead; raise eval_num_clips and the "
-            f"held-out split, or lower fvd_min_clips knowingly)")
-    else:
-        try:
-            mu_g, sigma_g = metrics.feature_statistics(generated_features)
-            mu_r, sigma_r = metrics.feature_statistics(real_features)
-            out["fvd"], out["fvd_status"] = metrics.frechet_distance(mu_g, sigma_g, mu_r, sigma_r), OK
-        except ValueError as exc:
-            out["fvd"], out["fvd_status"] = None, f"FVD could not be computed: {exc}"
-    if n < 2:
-        out["kvd"], out["kvd_status"] = None, f"KVD needs at least 2 clips per set, got {n}"
-    else:
-        out["kvd"], out["kvd_status"] = metrics.kernel_distance(generated_features, real_features), OK
-    if n < 4:
-        out["kvd_std"], out["kvd_std_status"] = None, f"the KVD interval needs at least 4 clips per set, got {n}"
-    else:
-        out["kvd_std"], out["kvd_std_status"] = metrics.kernel_distance_std(generated_features, real_features), OK
-    return out
-
-
-def compare_clips(
-    generated: torch.Tensor,
-    real: torch.Tensor,
-    keypoints: Optional[Sequence[np.ndarray]] = None,
-    captions: Optional[Sequence[str]] = None,
-    extractor: Optional[metrics.VideoFeatureExtractor] = None,
-    extractor_status: str = "no I3D model given",
-    lpips_model=None,
-    lpips_status: str = "no LPIPS model given",
-    real_features: Optional[torch.Tensor] = None,
-    fvd_min_clips: int = Config.fvd_min_clips,
-) -> dict:
-    """Every metric of `generated` clips against `real` clips of the same captions, with a status per metric.
-
-    generated, real: (B, 3, F, H, W) in [-1, 1], clip i of one is compared with clip i of the other.
-    keypoints: ground-truth hand tracks [(F, 2, 2)] of the real clips' captions (synthsign), or None.
-    captions: the caption of each clip (which pairs form the dtw_error_shuffled control); default: all distinct.
-    extractor: a loaded I3D (`metrics.load_i3d`), or None with the reason in extractor_status; likewise lpips_model.
-    real_features: the real clips' I3D features if already computed (saves a pass over the real clips).
-    Returns {metric: float | None, f"{metric}_status": "ok" | reason, feature_extractor, feature_weights_sha256}.
-    """
-    generated, real = generated.detach().float().cpu(), real.detach().float().cpu()
-    if generated.shape != real.shape:
-        raise ValueError(f"generated {tuple(generated.shape)} and real {tuple(real.shape)} clips differ in shape")
-    n = len(generated)
-    out: dict = {"feature_extractor": None, "feature_weights_sha256": None}
-
-    def put(metric: str, value, status: str = OK) -> None:
-        ok = value is not None and math.isfinite(value)
-        out[metric] = float(value) if ok else None
-        if metric in STATUS_METRICS:
-            out[f"{metric}_status"] = status if ok or status != OK else f"{metric} is not a finite number"
-
-    # FVD and KVD
-    if extractor is None:
-        for m in ("fvd", "kvd", "kvd_std"):
-            put(m, None, extractor_status)
-    else:
-        out["feature_extractor"], out["feature_weights_sha256"] = extractor.name, extractor.sha256
-        if n < 2:
-            for m in ("fvd", "kvd", "kvd_std"):
-                put(m, None, f"distribution metrics need at least 2 clips per set, got {n}")
-        else:
-            features = extractor.features(generated)
-            reference = real_features if real_features is not None else extractor.features(real)
-            found = distribution_metrics(features, reference, fvd_min_clips)
-            for m in ("fvd", "kvd", "kvd_std"):
-                put(m, found[m], found[f"{m}_status"])
-    # paired pixel and perceptual metrics
-    if lpips_model is None:
-        put("lpips", None, lpips_status)
-    else:
-        put("lpips", metrics.compute_lpips(generated, real, lpips_model))
-    put("ssim", metrics.ssim(generated, real))
-    put("psnr", metrics.psnr(generated, real))
-    # temporal statistics (need 2 frames)
-    if generated.shape[2] >= 2:
-        put("temporal_consistency", metrics.temporal_consistency(generated))
-        put("temporal_consistency_real", metrics.temporal_consistency(real))
-        put("motion_magnitude", metrics.motion_magnitude(generated))
-        put("motion_magnitude_real", metrics.motion_magnitude(real))
-    else:
-        for m in ("temporal_consistency", "temporal_consistency_real", "motion_magnitude", "motion_magnitude_real"):
-            put(m, None)
-    # sign fidelity
-    sign_metrics = ("dtw_error", "dtw_error_shuffled", "dtw_gap", "dtw_gap_low", "dtw_gap_high", "hand_detection_rate")
-    if keypoints is None:
-        for m in sign_metrics:
-            put(m, None, NO_KEYPOINTS)
-        return out
-    if len(keypoints) != n:
-        raise ValueError(f"{len(keypoints)} keypoint tracks for {n} clips")
-    captions = list(captions) if captions is not None else [str(i) for i in range(n)]
-    if len(captions) != n:
-        raise ValueError(f"{len(captions)} captions for {n} clips")
-    tracks, found = hand_tracks(generated)
-    put("hand_detection_rate", metrics.hand_detection_rate(found))
-    body_size = float(generated.shape[-1])  # the image size: errors are in image widths
-    fidelity = sign_fidelity(dtw_matrix(tracks, keypoints, body_size), captions)
-    for m in ("dtw_error", "dtw_error_shuffled", "dtw_gap"):
-        put(m, fidelity[m], fidelity[f"{m}_status"])
-    for m in ("dtw_gap_low", "dtw_gap_high"):
-        put(m, fidelity[m])
-    return out
-
-
-# --------------------------------------------------------------------------------------------- back-translation
-def back_translation_metrics(readings: Optional[Sequence[Sequence[str]]], real_readings: Optional[Sequence[Sequence[str]]],
-                             references: Sequence[Sequence[str]], splits: Sequence[str],
-                             unavailable: Optional[dict] = None) -> dict:
-    """The `BT_COLUMNS` (and their statuses) of one weight set: per `BT_GROUPS` group (a caption split, or "unseen":
-    novel and paraphrase pooled), `backtranslate.back_translation` of the generated clips' readings and the real
-    clips' readings against the references of the group's clips.
-
-    readings / real_readings / references / splits: one entry per evaluation clip (readings None: no recognizer).
-    unavailable: {split: reason} for splits that are empty or cannot be scored, or {"*": reason} for all of them.
-    A pooled group is scored on its members that can be; it is null only when none can.
-    """
-    from . import backtranslate
-
-    unavailable = dict(unavailable or {})
-    out: dict = {c: None for c in BT_COLUMNS}
-    for split, parts in BT_GROUPS.items():
-        reasons = [unavailable.get("*") or unavailable.get(part) for part in parts]
-        usable = [part for part, why in zip(parts, reasons) if why is None]
-        reason = None if usable else "; ".join(dict.fromkeys(r for r in reasons if r))
-        members = [i for i, s in enumerate(splits) if s in usable]
-        if reason is None and not members:
-            reason = f"no {' or '.join(parts)} evaluation clips"
-        if reason is None:
-            try:
-                found = backtranslate.back_translation([readings[i] for i in members],
-                                                       [real_readings[i] for i in members],
-                                                       [references[i] for i in members])
-            except ValueError as exc:
-                reason = str(exc)
-            else:
-                for key, value in found.items():
-                    score, _, part = key.partition("_")
-                    out[f"bt_{score}_{split}" + (f"_{part}" if part else "")] = value
-        for score in BT_SCORES:
-            out[f"bt_{score}_{split}_status"] = reason or OK
-    return out
 
 
 # --------------------------------------------------------------------------------------------- files
@@ -375,8 +171,6 @@ def _merge(old: list[dict], new: list[dict], key: str) -> list[dict]:
 
 
 def _write_gifs(run: RunDir, entries: list[dict], clips: dict) -> None:
-    from .pipeline import write_gif
-
     folder = run.root / "evaluation"
     for entry in entries:
         write_gif(folder / entry["file"], clips[entry["file"]])
@@ -390,7 +184,7 @@ def _write_gifs(run: RunDir, entries: list[dict], clips: dict) -> None:
 
 
 def _log_tensorboard(run: RunDir, rows: list[dict], step: int) -> None:
-    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard import SummaryWriter  # imported when used: it loads the tensorboard package
 
     writer = SummaryWriter(str(run.tensorboard))
     try:
@@ -419,9 +213,6 @@ def _load_metric_models(device, i3d_weights, lpips_weights):
 
 def _recognizer(cfg: Config, train_set, val_set):
     """(the back-translation recognizer of this data and split, {}) or (None, {"*": why there is none})."""
-    from . import backtranslate
-    from .data import caption_key, recognizer_dir
-
     if cfg.dataset != "synthsign" or not train_set.has_keypoints:
         return None, {"*": f"back-translation reads synthsign glosses: needs dataset synthsign, not {cfg.dataset!r}"}
     settings = backtranslate.RecognizerSettings(train_frames=cfg.bt_train_frames, epochs=cfg.bt_epochs,
@@ -438,9 +229,6 @@ def _recognizer(cfg: Config, train_set, val_set):
 
 def _check_run(run_dir: Union[str, Path]) -> tuple[RunDir, Config, dict]:
     """(run, config, the checkpoint's {file, step}) of a run directory, or a FileNotFoundError saying what is missing."""
-    from .config import load_config_file
-    from .checkpoint import latest_good_checkpoint, list_checkpoints
-
     run = RunDir(run_dir)
     if not run.root.is_dir():
         raise FileNotFoundError(f"cannot evaluate {run.root}: no such directory")
@@ -456,6 +244,191 @@ def _check_run(run_dir: Union[str, Path]) -> tuple[RunDir, Config, dict]:
         raise FileNotFoundError(f"cannot evaluate {run.root}: no checkpoint in {run.checkpoints} verifies and loads")
     path, state = found
     return run, cfg, {"file": path.name, "step": int(state["step"])}
+
+
+
+def _check_arguments(run: RunDir, cfg: Config, num_clips: Optional[int], weights, batch_size: Optional[int]
+                     ) -> tuple[list[str], int, int]:
+    """(weight sets, clips wanted, clips sampled together) from `evaluate_run`'s arguments and the run's config; a
+    ValueError names a bad argument."""
+    if isinstance(weights, str):
+        weights = [weights]
+    weight_sets = list(dict.fromkeys(weights)) if weights is not None else (["raw", "ema"] if cfg.use_ema else ["raw"])
+    for w in weight_sets:
+        if w not in ("raw", "ema"):
+            raise ValueError(f"weights must be 'raw' or 'ema', not {w!r}")
+        if w == "ema" and not cfg.use_ema:
+            raise ValueError(f"{run.root} was trained without EMA (use_ema false): evaluate weights 'raw' only")
+    if not weight_sets:
+        raise ValueError("weights is empty: give 'raw' and/or 'ema'")
+    n_wanted = int(cfg.eval_num_clips if num_clips is None else num_clips)
+    if n_wanted < 1:
+        raise ValueError(f"num_clips must be positive, got {num_clips}")
+    batch = int(cfg.eval_batch_size if batch_size is None else batch_size)
+    if batch < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    return weight_sets, n_wanted, batch
+
+
+@dataclass
+class _EvaluationSet:
+    """The evaluation clips with their captions, seeds and ground truth (see the module docstring)."""
+
+    clips: list[EvaluationClip]
+    short: dict  # {split: why it is empty, or short of its share}
+    real: torch.Tensor  # the real clips (n, 3, F, H, W) in [-1, 1]
+    whole: list[int]  # the clips of the whole-set metrics: seen and novel (a paraphrase repeats its seen clip's real clip)
+    keypoints: Optional[list[np.ndarray]]  # the whole-set clips' ground-truth hand tracks, or None
+    control_keys: list[str]  # the whole-set clips' glosses, space-joined: same glosses = no control pair
+
+    @property
+    def captions(self) -> list[str]:
+        return [c.caption for c in self.clips]
+
+    @property
+    def seeds(self) -> list[int]:
+        return [c.seed for c in self.clips]
+
+    @property
+    def splits(self) -> list[str]:
+        return [c.split for c in self.clips]
+
+    @property
+    def references(self) -> list[list[str]]:
+        return [list(c.glosses) for c in self.clips]
+
+
+def _evaluation_set(cfg: Config, train_set: ClipDataset, val_set: ClipDataset, n_wanted: int,
+                    num_clips: Optional[int]) -> _EvaluationSet:
+    """The caption splits' clips (`captions.evaluation_clips`); a RuntimeError if there are none."""
+    clips, short = evaluation_clips(cfg, train_set, val_set, n_wanted)
+    if not clips:
+        raise RuntimeError(f"no evaluation clips: {short}")
+    if len(clips) < n_wanted and num_clips is not None:  # eval_num_clips is documented as an upper bound
+        warnings.warn(f"the caption splits hold {len(clips)} usable clips; evaluating those instead of {n_wanted}")
+    whole = [i for i, c in enumerate(clips) if c.split != "paraphrase"]
+    keypoints = [clips[i].keypoints for i in whole] if all(clips[i].keypoints is not None for i in whole) else None
+    return _EvaluationSet(clips, short, torch.stack([to_clip(c.frames) for c in clips]), whole, keypoints,
+                          [" ".join(clips[i].glosses) for i in whole])
+
+
+@dataclass
+class _References:
+    """The metric models and what they make of the real clips, shared by every weight set."""
+
+    extractor: Optional[metrics.VideoFeatureExtractor]
+    extractor_status: str
+    lpips_model: object
+    lpips_status: str
+    real_features: Optional[torch.Tensor]  # I3D features of the whole-set real clips
+    recognizer: Optional[backtranslate.Recognizer]
+    real_readings: Optional[list[list[str]]]  # the recognizer's reading of every real clip
+    bt_unavailable: dict  # {split or "*": why back-translation cannot score it}
+
+
+def _references(cfg: Config, train_set: ClipDataset, val_set: ClipDataset, evaluation: _EvaluationSet,
+                device: torch.device, i3d_weights, lpips_weights) -> _References:
+    """Load the metric models and the recognizer, and compute the real clips' features and readings."""
+    extractor, extractor_status, lpips_model, lpips_status = _load_metric_models(device, i3d_weights, lpips_weights)
+    whole = evaluation.whole
+    real_features = extractor.features(evaluation.real[whole]) if extractor is not None and len(whole) >= 2 else None
+    recognizer, bt_unavailable = _recognizer(cfg, train_set, val_set)
+    if recognizer is not None:
+        real_readings = recognizer.read(evaluation.real)
+        splits = evaluation.splits
+        bt_unavailable.update({split: f"no {split} evaluation clips ({why})" for split, why in evaluation.short.items()
+                               if split not in splits})
+    else:
+        real_readings = None
+    return _References(extractor, extractor_status, lpips_model, lpips_status, real_features, recognizer,
+                       real_readings, bt_unavailable)
+
+
+def _autocast(cfg: Config, device: torch.device) -> Callable:
+    """The autocast of the held-out loss: the run's mixed precision, as training's validation ran it."""
+    precision = resolve_mixed_precision(cfg.mixed_precision)
+    if precision == "fp16" and device.type != "cuda":
+        precision = "no"  # as training's validation ran: fp16 autocast on CUDA only
+    return autocast_factory(device, precision)
+
+
+@dataclass
+class _Evaluation:
+    """What one `evaluate_run` shares across its weight sets."""
+
+    run: RunDir
+    cfg: Config
+    device: torch.device
+    steps: int  # sampling steps
+    batch: int  # clips sampled together
+    val_set: ClipDataset
+    clips: _EvaluationSet
+    references: _References
+    autocast: Callable
+
+
+def _sample(pipe: TextToSignPipeline, ev: _Evaluation, bar) -> tuple[torch.Tensor, float, float]:
+    """Every evaluation clip, clip i from seed i's noise: (clips (n, 3, F, H, W) float32 on the CPU, seconds, peak
+    memory in GB). A one-step warm-up runs first, untimed."""
+    sampling = dict(guidance_scale=ev.cfg.guidance_scale, eta=ev.cfg.eta)
+    captions = ev.clips.captions
+    pipe(captions[:1], seeds=[0], num_inference_steps=1, **sampling)  # warm-up, untimed
+    with PeakMemory(ev.device) as peak:
+        sync(ev.device)
+        t0 = time.perf_counter()
+        generated = pipe(captions, seeds=ev.clips.seeds, num_inference_steps=ev.steps, batch_size=ev.batch,
+                         callback=bar.update, **sampling)  # clip i from seeds[i]
+        sync(ev.device)
+        seconds = time.perf_counter() - t0
+    return generated.float().cpu(), seconds, peak.peak_gb
+
+
+def _evaluate_weights(ev: _Evaluation, weights: str, bar) -> tuple[dict, torch.Tensor, Optional[list[list[str]]]]:
+    """Sample the evaluation clips with one weight set and score them: (its row, the generated clips (n, 3, F, H, W),
+    the recognizer's readings of them or None)."""
+    _, denoiser, text = load_run_models(ev.run.root, weights, str(ev.device))
+    bar.set_postfix(weights=weights)
+    pipe = TextToSignPipeline.from_config(denoiser, text, ev.cfg)
+    generated, seconds, peak_gb = _sample(pipe, ev, bar)
+    refs, clips, whole, splits = ev.references, ev.clips, ev.clips.whole, ev.clips.splits
+    readings = refs.recognizer.read(generated) if refs.recognizer is not None else None
+    row = {
+        "model_name": ev.run.root.name,
+        "config_name": ev.cfg.variant,
+        "weights": weights,
+        **compare_clips(
+            generated[whole], clips.real[whole], clips.keypoints, clips.control_keys, refs.extractor,
+            refs.extractor_status, refs.lpips_model, refs.lpips_status, refs.real_features, ev.cfg.fvd_min_clips,
+        ),
+        **back_translation_metrics(readings, refs.real_readings, clips.references, splits, refs.bt_unavailable),
+        "val_loss": held_out_loss(denoiser, text, build_train_scheduler(ev.cfg), ev.val_set, ev.cfg, ev.device,
+                                  ev.autocast),
+        "inference_time_ms": 1000.0 * seconds / len(clips.clips),  # per clip
+        "inference_memory_gb": peak_gb,
+        "num_parameters_millions": metrics.count_parameters(denoiser) / 1e6,
+        "num_clips": len(whole),
+        **{f"num_clips_{split}": splits.count(split) for split in CAPTION_SPLITS},
+        "bt_recognizer": refs.recognizer.info["key"][:16] if refs.recognizer is not None else None,
+        "timestamp": _dt.datetime.now().isoformat(timespec="seconds"),
+    }
+    return {k: row.get(k) for k in EVALUATION_COLUMNS}, generated, readings
+
+
+def _gif_entry(clip: EvaluationClip, index: int, weights: str, readings: Optional[list[list[str]]]) -> dict:
+    """The evaluation/index.json entry of clip `index` as generated by `weights` (or the real clip: "real")."""
+    return {"prompt": clip.caption, "file": f"{weights}_{index:03d}.gif", "weights": weights, "index": index,
+            "split": clip.split, "seed": None if weights == "real" else clip.seed, "signer": clip.signer,
+            "glosses": " ".join(clip.glosses), "reading": None if readings is None else " ".join(readings[index])}
+
+
+def _write_results(run: RunDir, rows: list[dict], gif_entries: list[dict], gif_clips: dict, step: int) -> None:
+    """The rows merged into the run's earlier ones (a weight set not evaluated keeps its row), the GIFs, TensorBoard."""
+    old = read_json(run.logs / "evaluation_metrics.json", []) or []
+    all_rows = _merge(old if isinstance(old, list) else [], rows, "weights")
+    all_rows.sort(key=lambda r: {"raw": 0, "ema": 1}.get(r.get("weights"), 2))
+    write_rows(run, all_rows)
+    _write_gifs(run, gif_entries, gif_clips)
+    _log_tensorboard(run, rows, step)
 
 
 def evaluate_run(
@@ -477,127 +450,35 @@ def evaluate_run(
     num_inference_steps: sampling steps (default cfg.num_inference_steps).
     batch_size: clips sampled together (default cfg.eval_batch_size); the clips do not depend on it.
     """
-    from tqdm.auto import tqdm
-
-    from .data import build_datasets, evaluation_clips, to_clip
-    from .diffusion import build_train_scheduler
-    from .pipeline import TextToSignPipeline, load_run_models
-    from .runtime import autocast_factory, resolve_mixed_precision
-
     run, cfg, checkpoint = _check_run(run_dir)
     size_threads()  # the CPUs this process may use (affinity, cgroup quota, ablate's share)
     if run.status not in (None, "finished"):
         warnings.warn(f"{run.root} has status {run.status!r}: evaluating its latest checkpoint ({checkpoint['file']})")
-    if isinstance(weights, str):
-        weights = [weights]
-    weight_sets = list(dict.fromkeys(weights)) if weights is not None else (["raw", "ema"] if cfg.use_ema else ["raw"])
-    for w in weight_sets:
-        if w not in ("raw", "ema"):
-            raise ValueError(f"weights must be 'raw' or 'ema', not {w!r}")
-        if w == "ema" and not cfg.use_ema:
-            raise ValueError(f"{run.root} was trained without EMA (use_ema false): evaluate weights 'raw' only")
-    if not weight_sets:
-        raise ValueError("weights is empty: give 'raw' and/or 'ema'")
+    weight_sets, n_wanted, batch = _check_arguments(run, cfg, num_clips, weights, batch_size)
     reused = reuse_evaluation(run, cfg, weight_sets) if num_clips is None and num_inference_steps is None else None
     if reused is not None:  # a run that shares another's training and evaluation settings: its rows and clips
         write_rows(run, reused)
         return reused
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    steps = num_inference_steps or cfg.num_inference_steps
-    n_wanted = int(cfg.eval_num_clips if num_clips is None else num_clips)
-    if n_wanted < 1:
-        raise ValueError(f"num_clips must be positive, got {num_clips}")
-    batch = int(cfg.eval_batch_size if batch_size is None else batch_size)
-    if batch < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
 
-    # data: the evaluation set (caption splits), its captions and ground truth
     train_set, val_set, _ = build_datasets(cfg)
-    clips, short = evaluation_clips(cfg, train_set, val_set, n_wanted)
-    if not clips:
-        raise RuntimeError(f"no evaluation clips: {short}")
-    if len(clips) < n_wanted and num_clips is not None:  # eval_num_clips is documented as an upper bound
-        warnings.warn(f"the caption splits hold {len(clips)} usable clips; evaluating those instead of {n_wanted}")
-    n = len(clips)
-    captions, seeds, splits = [c.caption for c in clips], [c.seed for c in clips], [c.split for c in clips]
-    references = [list(c.glosses) for c in clips]
-    real = torch.stack([to_clip(c.frames) for c in clips])  # (n, 3, F, H, W)
-    # whole-set metrics: the seen and novel clips (a paraphrase repeats its seen clip's real clip and glosses)
-    whole = [i for i, c in enumerate(clips) if c.split != "paraphrase"]
-    keypoints = [clips[i].keypoints for i in whole] if all(clips[i].keypoints is not None for i in whole) else None
-    control_keys = [" ".join(clips[i].glosses) for i in whole]  # same glosses = no control pair
+    clips = _evaluation_set(cfg, train_set, val_set, n_wanted, num_clips)
+    references = _references(cfg, train_set, val_set, clips, dev, i3d_weights, lpips_weights)
+    ev = _Evaluation(run, cfg, dev, num_inference_steps or cfg.num_inference_steps, batch, val_set, clips, references,
+                     _autocast(cfg, dev))
 
-    extractor, extractor_status, lpips_model, lpips_status = _load_metric_models(dev, i3d_weights, lpips_weights)
-    real_features = extractor.features(real[whole]) if extractor is not None and len(whole) >= 2 else None
-    recognizer, bt_unavailable = _recognizer(cfg, train_set, val_set)
-    if recognizer is not None:
-        real_readings = recognizer.read(real)
-        bt_unavailable.update({split: f"no {split} evaluation clips ({why})" for split, why in short.items()
-                               if split not in splits})
-    else:
-        real_readings = None
-    precision = resolve_mixed_precision(cfg.mixed_precision)
-    if precision == "fp16" and dev.type != "cuda":
-        precision = "no"  # as training's validation ran: fp16 autocast on CUDA only
-    autocast = autocast_factory(dev, precision)
-
-    def entry(i: int, weights: str, file: str, reading) -> dict:
-        clip = clips[i]
-        return {"prompt": clip.caption, "file": file, "weights": weights, "index": i, "split": clip.split,
-                "seed": None if weights == "real" else clip.seed, "signer": clip.signer,
-                "glosses": " ".join(clip.glosses), "reading": None if reading is None else " ".join(reading[i])}
-
+    n = len(clips.clips)
+    gif_entries = [_gif_entry(clips.clips[i], i, "real", references.real_readings) for i in range(n)]
+    gif_clips = {f"real_{i:03d}.gif": clips.real[i] for i in range(n)}
+    rows = []
     bar = tqdm(total=n * len(weight_sets), disable=not progress, desc=f"evaluate {run.root.name}", unit="clip")
-    rows, gif_entries, gif_clips = [], [], {}
-    for i in range(n):
-        gif_entries.append(entry(i, "real", f"real_{i:03d}.gif", real_readings))
-        gif_clips[f"real_{i:03d}.gif"] = real[i]
-    sampling = dict(guidance_scale=cfg.guidance_scale, eta=cfg.eta)
     try:
         for w in weight_sets:
-            _, denoiser, text = load_run_models(run.root, w, str(dev))
-            bar.set_postfix(weights=w)
-            pipe = TextToSignPipeline.from_config(denoiser, text, cfg)
-            pipe(captions[:1], seeds=[0], num_inference_steps=1, **sampling)  # warm-up, untimed
-            with PeakMemory(dev) as peak:
-                sync(dev)
-                t0 = time.perf_counter()
-                generated = pipe(captions, seeds=seeds, num_inference_steps=steps, batch_size=batch,
-                                 callback=bar.update, **sampling)  # clip i from seeds[i]
-                sync(dev)
-                seconds = time.perf_counter() - t0
-            generated = generated.float().cpu()  # (n, 3, F, H, W)
-            readings = recognizer.read(generated) if recognizer is not None else None
-            row = {
-                "model_name": run.root.name,
-                "config_name": cfg.variant,
-                "weights": w,
-                **compare_clips(
-                    generated[whole], real[whole], keypoints, control_keys, extractor, extractor_status, lpips_model,
-                    lpips_status, real_features, cfg.fvd_min_clips,
-                ),
-                **back_translation_metrics(readings, real_readings, references, splits, bt_unavailable),
-                "val_loss": held_out_loss(denoiser, text, build_train_scheduler(cfg), val_set, cfg, dev, autocast),
-                "inference_time_ms": 1000.0 * seconds / n,  # per clip
-                "inference_memory_gb": peak.peak_gb,
-                "num_parameters_millions": metrics.count_parameters(denoiser) / 1e6,
-                "num_clips": len(whole),
-                **{f"num_clips_{split}": splits.count(split) for split in CAPTION_SPLITS},
-                "bt_recognizer": recognizer.info["key"][:16] if recognizer is not None else None,
-                "timestamp": _dt.datetime.now().isoformat(timespec="seconds"),
-            }
-            rows.append({k: row.get(k) for k in EVALUATION_COLUMNS})
-            for i in range(n):
-                gif_entries.append(entry(i, w, f"{w}_{i:03d}.gif", readings))
-                gif_clips[f"{w}_{i:03d}.gif"] = generated[i]
-            del denoiser, text, pipe
+            row, generated, readings = _evaluate_weights(ev, w, bar)
+            rows.append(row)
+            gif_entries += [_gif_entry(clips.clips[i], i, w, readings) for i in range(n)]
+            gif_clips.update({f"{w}_{i:03d}.gif": generated[i] for i in range(n)})
     finally:
         bar.close()
-
-    old = read_json(run.logs / "evaluation_metrics.json", []) or []
-    all_rows = _merge(old if isinstance(old, list) else [], rows, "weights")
-    all_rows.sort(key=lambda r: {"raw": 0, "ema": 1}.get(r.get("weights"), 2))
-    write_rows(run, all_rows)
-    _write_gifs(run, gif_entries, gif_clips)
-    _log_tensorboard(run, rows, checkpoint["step"])
+    _write_results(run, rows, gif_entries, gif_clips, checkpoint["step"])
     return rows

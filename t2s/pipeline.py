@@ -32,13 +32,13 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .checkpoint import latest_good_checkpoint
 from .config import Config, load_config_file
-from .data import to_frames
-from .data import write_gif as data_write_gif
 from .diffusion import MAX_ETA, build_sample_scheduler
 from .ema import copy_shadow
 from .model import build_denoiser
 from .rundir import RunDir, atomic_write_json
 from .text import TextEncoder, pad_to
+from .video import to_frames
+from .video import write_gif as video_write_gif
 
 # what a bare pipeline samples with when neither the call nor a config says otherwise
 DEFAULT_SAMPLING = {"num_inference_steps": 50, "guidance_scale": 7.5, "eta": 0.0}
@@ -167,8 +167,8 @@ def load_run_models(run_dir: Union[str, Path], weights: str = "ema", device: Opt
 
 
 def write_gif(path: Path, clip: torch.Tensor, fps: int = 8) -> Path:
-    """Write a (c, f, h, w) clip in [-1, 1] as a looping GIF, atomically (`t2s.data.write_gif`)."""
-    data_write_gif(Path(path), to_frames(clip), duration_ms=int(1000 / fps))
+    """Write a (c, f, h, w) clip in [-1, 1] as a looping GIF, atomically (`t2s.video.write_gif`)."""
+    video_write_gif(Path(path), to_frames(clip), duration_ms=int(1000 / fps))
     return Path(path)
 
 

@@ -1,5 +1,6 @@
 """Make run directories in the real on-disk format (config/metadata/summary JSON, logs CSVs, GIF samples),
-filled with made-up numbers, so the report can be tested without training anything.
+filled with made-up numbers, so the report can be tested without training anything. test_evaluate checks that a
+made run holds the files, CSV columns and JSON keys of a real (micro) run, checkpoints and TensorBoard aside.
 
     executed = make_study(tmp_path, "demo", variants=("baseline", "text_finetuned"), seeds=(0, 1))
 """
@@ -16,6 +17,7 @@ import pandas as pd
 
 from t2s.config import ConfigError, load_config
 from t2s.evaluate import EVALUATION_COLUMNS, STATUS_METRICS
+from t2s.runtime import RECORDED_PACKAGES
 
 PROMPTS = ("hello my name is anna", "where is the train station")
 # The evaluation columns come from t2s.evaluate (one definition); these are the ones that hold no made-up metric value.
@@ -35,6 +37,16 @@ def _config(variant: str, seed: int) -> dict:
         return load_config(variant, "tiny", {"seed": seed}).to_dict()
     except ConfigError:  # a variant with no params file: the baseline under another name
         return {**load_config("baseline", "tiny", {"seed": seed}).to_dict(), "variant": variant}
+
+
+def _ema_summary(use_ema: bool, steps: int) -> dict:
+    """summary.json's EMA keys (t2s.runlog.ema_summary's), made up: an update every step at decay 0.999."""
+    keys = ("ema_updates", "ema_update_every", "ema_decay_per_step", "ema_decay_per_update", "ema_horizon_steps",
+            "ema_final_decay_per_step", "ema_final_horizon_steps", "ema_mass_first_half")
+    if not use_ema:
+        return dict.fromkeys(keys)
+    final = min(0.999, steps / (9 + steps))
+    return dict(zip(keys, (int(steps), 1, 0.999, 0.999, 1000.0, final, 1 / (1 - final), 0.01)))
 
 
 def write_gif(path: Path, seed: int = 0, frames: int = 4, size: int = 8) -> None:
@@ -97,12 +109,14 @@ def make_run(
     _write_json(run_dir / "metadata.json", {
         "status": status, "error": error, "start_time": stamp(0), "end_time": stamp(steps), "git_commit": "abc1234",
         "host": "testhost", "device_name": "cpu", "torch_version": "2.14.1", "cuda_version": None,
-        "packages": {"torch": "2.14.1", "numpy": "2.4.6"},
+        "packages": {**dict.fromkeys(RECORDED_PACKAGES, "1.0.0"), "torch": "2.14.1", "numpy": "2.4.6"},
         "parameters": {"denoiser": 1_000_000, "text_encoder": 22_000_000,
                        "text_encoder_trainable": 0 if config["freeze_text_encoder"] else 22_000_000, "total": 23_000_000},
-        "split": {"mode": "signer_disjoint", "train_clips": 200, "val_clips": 40, "train_signers": 6, "val_signers": 2,
+        "split": {"mode": "signer_disjoint", "dataset": "synthsign", "source": "made-up/synthsign/0123456789abcdef",
+                  "train_clips": 200, "val_clips": 40, "train_signers": 6, "val_signers": 2,
                   "num_skipped": 0, "skipped_files": []},
-        "effective_batch_size": 4, "world_size": 1,
+        "effective_batch_size": 4, "world_size": 1, "mixed_precision": "no", "resumed_from": None,
+        "steps_per_epoch": 50, "total_steps": int(steps),
     })
     if status == "finished":
         _write_json(run_dir / "summary.json", {
@@ -111,6 +125,7 @@ def make_run(
             "mean_memory_gb": 0.0, "clips_per_s": float(training["clips_per_s"].mean()),
             "val_loss_step0": 1.0, "val_loss_raw": float(val_raw[-1]),
             "val_loss_ema": float(val_raw[-1] - 0.01) if use_ema else None, "num_parameters_millions": 23.0,
+            "world_size": 1, "effective_batch_size": 4, **_ema_summary(use_ema, steps),
         })
     if evaluation and status == "finished":
         rows = []
@@ -138,13 +153,13 @@ def make_run(
                               "reading": prompt if weights == "real" else " ".join(prompt.split()[:2])})
         _write_json(run_dir / "evaluation" / "index.json", index)
 
+    # training samples as t2s.train writes them: one clip per prompt and sampling step, of the EMA weights when kept
     entries = []
     for sample_step in (steps // 2, steps):
         for i, prompt in enumerate(prompts):
-            for weights in (["raw", "ema"] if use_ema else ["raw"]):
-                name = f"step{sample_step:06d}_{i}_{weights}.gif"
-                write_gif(run_dir / "samples" / name, seed=sample_step + i)
-                entries.append({"file": name, "prompt": prompt, "step": int(sample_step), "weights": weights})
+            name = f"step{sample_step:06d}_{i}.gif"
+            write_gif(run_dir / "samples" / name, seed=sample_step + i)
+            entries.append({"file": name, "prompt": prompt, "step": int(sample_step), "weights": "ema" if use_ema else "raw"})
     _write_json(run_dir / "samples" / "samples.json", entries)
     if notebook:
         run_dir.with_suffix(".ipynb").write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4,

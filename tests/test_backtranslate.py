@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from t2s import backtranslate as bt
+from t2s import glosses
 from t2s import synthsign as ss
 from t2s.data import to_clip
 
@@ -100,7 +101,7 @@ def test_training_clips_avoid_excluded_captions_and_held_out_signers(monkeypatch
 
     monkeypatch.setattr(ss, "render_clip", recording_render)
     # with only 3 glosses to draw from, excluded sequences would come up often if they were not skipped
-    monkeypatch.setattr(ss, "VOCABULARY", {w: ss.VOCABULARY[w] for w in ("hello", "my", "thank", "you")})
+    monkeypatch.setattr(glosses, "VOCABULARY", {w: glosses.VOCABULARY[w] for w in ("hello", "my", "thank", "you")})
     monkeypatch.setattr(bt, "vocabulary", lambda: ["hello", "my", "thank", "you"])
     features, labels, starts, captions = bt.training_clips(SIZE, FRAMES, [3, 5], excluded, settings)
     assert len(captions) == 300 and set(signers) == {3, 5}

@@ -17,11 +17,6 @@ HIDDEN = 384  # all-MiniLM-L6-v2's hidden size, the cross-attention width
 
 
 @pytest.fixture(scope="module")
-def synth_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("synthsign"))
-
-
-@pytest.fixture(scope="module")
 def micro_cfg(synth_dir):
     return load_config("baseline", "micro", {"data_dir": synth_dir})
 
@@ -38,15 +33,6 @@ def datasets(micro_cfg):
     from t2s.data import build_datasets
 
     return build_datasets(micro_cfg)  # (train, validation, split)
-
-
-@pytest.fixture
-def single_thread():
-    """One torch thread: on a shared 2-core machine two spinning OpenMP threads can be 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ------------------------------------------------------------------------------------------ accounting

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from t2s import data, synthsign
+from t2s import data, synthdata, synthsign
 from t2s.config import Config, from_dict
 from t2s.data import DataError, DataWarning
 
@@ -410,7 +410,7 @@ def test_synthsign_cache_is_reused_and_deterministic(tmp_path):
 def test_synthsign_parallel_generation_equals_serial(tmp_path, monkeypatch):
     params = {**data.synthsign_params(synth_config(tmp_path)), "num_clips": 130}
     data.generate_synthsign(tmp_path / "serial", params)
-    monkeypatch.setattr(data, "PARALLEL_MIN_CLIPS", 1)
+    monkeypatch.setattr(synthdata, "PARALLEL_MIN_CLIPS", 1)
     data.generate_synthsign(tmp_path / "parallel", params)
     for path in (tmp_path / "serial").iterdir():
         assert path.read_bytes() == (tmp_path / "parallel" / path.name).read_bytes(), path.name

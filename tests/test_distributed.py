@@ -3,7 +3,6 @@ with the same global batch. The two-process side runs under torchrun, as a user 
 the worker script of the gradient test (`__main__` at the bottom)."""
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -24,6 +23,8 @@ from t2s.launch import free_port  # noqa: E402
 from t2s.rundir import RunDir  # noqa: E402
 from t2s.train import EpochSampler, Trainer  # noqa: E402
 
+from conftest import read_csv  # noqa: E402
+
 # the gradient test: a trainable text encoder (DDP-wrapped too), accumulation over 2 micro-batches, caption dropout
 GRAD_OVERRIDES = {"gradient_accumulation_steps": 2, "cond_drop_prob": 0.5, "max_steps": 2}
 # the run test: a few dozen steps over three epochs, samples mid-run, checkpoints every epoch
@@ -38,11 +39,6 @@ def torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc
-
-
-def read_csv(path: Path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
 
 
 def first_step_gradients(cfg, run_dir: Path, steps: int) -> dict:

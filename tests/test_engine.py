@@ -1,7 +1,6 @@
 """The engine: a micro training run, determinism, EMA isolation, exact resume, freeze modes, and bad input."""
 from __future__ import annotations
 
-import csv
 import json
 import os
 
@@ -15,10 +14,7 @@ from t2s.rundir import RunDir
 from t2s.runlog import NonFiniteLossError
 from t2s.train import Trainer
 
-
-@pytest.fixture(scope="module")
-def synth_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("synthsign"))
+from conftest import read_csv
 
 
 def micro(synth_dir, variant="baseline", **over):
@@ -28,11 +24,6 @@ def micro(synth_dir, variant="baseline", **over):
 def weights(run_dir):
     ckpts = list_checkpoints(RunDir(run_dir))
     return load_checkpoint(RunDir(run_dir).checkpoints / ckpts[-1]["file"])
-
-
-def read_csv(path):
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
 
 
 @pytest.fixture(scope="module")

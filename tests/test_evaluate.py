@@ -5,8 +5,10 @@ import hashlib
 import itertools
 import json
 import math
+import re
 import shutil
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +21,9 @@ from t2s import evaluate, metrics, synthsign
 from t2s.data import to_clip
 from t2s.evaluate import EVALUATION_COLUMNS, NO_KEYPOINTS, compare_clips, evaluate_run, sign_fidelity
 from t2s.pipeline import TextToSignPipeline
+
+from conftest import refuse_network
+from runfactory import make_run
 
 # The column set the issue asks for, written out here so the module's constant cannot drift from it silently.
 EXPECTED_COLUMNS = [
@@ -46,13 +51,9 @@ EXPECTED_COLUMNS += [f"bt_{score}_{split}_status" for split in SPLITS for score 
 SMALL_RECOGNIZER = {"bt_train_frames": 2000, "bt_epochs": 5}
 
 
-def _refuse(*args, **kwargs):
-    raise OSError("network disabled in tests")
-
-
 def isolate_metric_weights(mp: pytest.MonkeyPatch, tmp) -> None:
     """Point every metric-weights lookup at paths that do not exist, away from the user's real caches."""
-    mp.setattr(urllib.request, "urlopen", _refuse)
+    mp.setattr(urllib.request, "urlopen", refuse_network)
     mp.setenv("HOME", str(tmp / "home"))
     mp.setattr(torch.hub, "get_dir", lambda: str(tmp / "hub"))
     mp.setenv("T2S_I3D_WEIGHTS", str(tmp / "absent" / "i3d.pt"))
@@ -60,19 +61,7 @@ def isolate_metric_weights(mp: pytest.MonkeyPatch, tmp) -> None:
     mp.delenv("T2S_ALLOW_DOWNLOAD", raising=False)
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    monkeypatch.setattr(urllib.request, "urlopen", _refuse)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread while this module runs: with other processes on the 2 cores, two OpenMP threads that
-    wait on each other make the micro model's convolutions tens of times slower; one thread costs little here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("no_network", "one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +98,7 @@ def weight_files(tmp_path_factory):
     return folder / "i3d.pt", folder / "alexnet-owt-7be5be79.pth"
 
 
-def read_csv(run_dir):
+def read_evaluation_csv(run_dir):
     with open(run_dir / "logs" / "evaluation_metrics.csv", newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         return reader.fieldnames, list(reader)
@@ -143,7 +132,7 @@ def real_clip_of_each_caption(run_dir, num_clips=None):
 def test_csv_and_json_have_exactly_the_columns_and_one_row_per_weight_set(evaluated):
     run_dir, rows = evaluated
     assert EVALUATION_COLUMNS == EXPECTED_COLUMNS
-    header, csv_rows = read_csv(run_dir)
+    header, csv_rows = read_evaluation_csv(run_dir)
     assert header == EXPECTED_COLUMNS
     assert [r["weights"] for r in csv_rows] == ["raw", "ema"]
     json_rows = read_json(run_dir)
@@ -155,9 +144,46 @@ def test_csv_and_json_have_exactly_the_columns_and_one_row_per_weight_set(evalua
         assert row["num_clips"] == "2"  # micro: eval_num_clips 2
 
 
+def run_layout(run_dir: Path) -> dict:
+    """What a run directory holds, numbers aside: its files (digits in GIF names as '#': the factory samples other
+    steps and prompts), each CSV's header, and each JSON file's keys (of its entries for a list, one level into
+    nested objects). Checkpoints and TensorBoard event files (named by time, host and process) are left out: the
+    run factory does not make them, and the report reads neither."""
+    layout = {}
+    for path in sorted(run_dir.rglob("*")):
+        rel = path.relative_to(run_dir).as_posix()
+        if not path.is_file() or rel.split("/")[0] in ("checkpoints", "tensorboard"):
+            continue
+        if path.suffix == ".gif":
+            layout[re.sub(r"[0-9]", "#", rel)] = "gif"
+        elif path.suffix == ".csv":
+            with open(path, newline="", encoding="utf-8") as fh:
+                layout[rel] = next(csv.reader(fh))
+        elif path.suffix == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            items = data if isinstance(data, list) else [data]
+            layout[rel] = sorted({f"{k}.{sub}" if isinstance(v, dict) else k
+                                  for item in items for k, v in item.items()
+                                  for sub in (v if isinstance(v, dict) else [None])})
+        else:
+            layout[rel] = "file"
+    return layout
+
+
+def test_the_report_tests_run_factory_makes_what_a_real_run_writes(evaluated, tmp_path):
+    """tests/runfactory.py's made-up runs stand in for real ones in the report tests: the same files, CSV columns
+    and JSON keys as this trained and evaluated micro run (EMA on, as the factory's baseline)."""
+    run_dir, _ = evaluated
+    made = make_run(tmp_path, "baseline", 0, notebook=False)
+    real, fake = run_layout(run_dir), run_layout(made)
+    assert sorted(fake) == sorted(real)
+    for name in real:
+        assert fake[name] == real[name], name
+
+
 def test_missing_metric_weights_give_null_and_a_status_saying_how_to_provide_them(evaluated):
     run_dir, rows = evaluated
-    _, csv_rows = read_csv(run_dir)
+    _, csv_rows = read_evaluation_csv(run_dir)
     for row, json_row in zip(csv_rows, read_json(run_dir)):
         for metric in ("fvd", "kvd", "kvd_std"):  # one I3D serves all three: each says how to provide it
             assert row[metric] == "" and json_row[metric] is None
@@ -267,7 +293,7 @@ def test_with_metric_weights_kvd_and_lpips_are_finite_and_fvd_waits_for_enough_c
     assert row["kvd_std"] is None and "at least 4 clips" in row["kvd_std_status"]
     assert row["feature_extractor"] == metrics.STATE_DICT_OTHER
     assert row["feature_weights_sha256"] == hashlib.sha256(weight_files[0].read_bytes()).hexdigest()
-    _, csv_rows = read_csv(run_dir)
+    _, csv_rows = read_evaluation_csv(run_dir)
     assert float(csv_rows[0]["kvd"]) == pytest.approx(row["kvd"])
     assert csv_rows[0]["feature_weights_sha256"] == row["feature_weights_sha256"]
     # the run's own fvd_min_clips decides: lowered to the two clips there are, FVD is computed
@@ -296,7 +322,7 @@ def test_a_run_without_ema_yields_only_a_raw_row(micro_run, tmp_path, monkeypatc
     rows = evaluate_run(run_dir, progress=False)
     assert [r["weights"] for r in rows] == ["raw"]
     assert rows[0]["config_name"] == "no_ema"
-    _, csv_rows = read_csv(run_dir)
+    _, csv_rows = read_evaluation_csv(run_dir)
     assert [r["weights"] for r in csv_rows] == ["raw"]
     assert {e["weights"] for e in json.loads((run_dir / "evaluation" / "index.json").read_text())} == {"raw", "real"}
     with pytest.raises(ValueError, match="without EMA"):

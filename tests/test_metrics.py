@@ -42,12 +42,7 @@ def random_clips(*shape, seed=0):
     return torch.rand(*shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """No test may reach the network: any urlopen call fails loudly."""
-    def refuse(*args, **kwargs):
-        raise OSError("network disabled in tests")
-    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+pytestmark = pytest.mark.usefixtures("no_network")
 
 
 # --- Fréchet distance ---------------------------------------------------------------------------------------

@@ -1,0 +1,53 @@
+"""Fixtures and helpers shared by the test modules, each defined once here.
+
+Fixtures: `synth_dir` (a module's own synthsign cache folder), `one_torch_thread` (one torch thread for a whole
+module: request it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`), `single_thread` (the same for
+one test), `no_network` (any urlopen fails loudly). Helper: `read_csv` (a CSV file's rows as dicts;
+`from conftest import read_csv`). Run directories with made-up numbers come from `runfactory.py`.
+"""
+from __future__ import annotations
+
+import csv
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from t2s.runtime import torch_threads
+
+
+def read_csv(path: Path) -> list[dict]:
+    """The rows of a CSV file (a run's logs/*.csv) as dicts of strings."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def refuse_network(*args, **kwargs):
+    raise OSError("network disabled in tests")
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """No test may reach the network: any urlopen call fails loudly."""
+    monkeypatch.setattr(urllib.request, "urlopen", refuse_network)
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory) -> str:
+    """A synthsign data folder (`data_dir`) for one test module: its clips are generated on first use."""
+    return str(tmp_path_factory.mktemp("synthsign"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread while a module runs: with other processes on the 2 cores, two OpenMP threads that wait on
+    each other make the micro model's convolutions tens of times slower; one thread costs little here."""
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture
+def single_thread():
+    """One torch thread for one test (see `one_torch_thread`)."""
+    with torch_threads(1):
+        yield
