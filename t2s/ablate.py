@@ -43,7 +43,7 @@ from t2s.report_build import ReportError, build_report, export_html, report_comm
 from t2s.rundir import FAILURES_FILE
 from t2s.study_runs import (ANALYSIS_NOTEBOOK, ANSI, EXECUTED_DIR, KERNEL, REPORTS_DIR, STUDY_NAME, TRAIN_NOTEBOOK,
                             FailureLog, NotebookFailed, RunOutcome, RunPlan, _print, _shown, _update_study_file,
-                            check_study_name, error_from_notebook, execute_in_process, execute_on_gpu, lock_path,
+                            check_study_name, error_from_notebook, execute_in_process, execute_in_subprocess, lock_path,
                             normalize_overrides, plan_study, run_lock, run_planned, run_status)
 
 __all__ = [
@@ -51,7 +51,7 @@ __all__ = [
     # study_runs
     "TRAIN_NOTEBOOK", "ANALYSIS_NOTEBOOK", "EXECUTED_DIR", "REPORTS_DIR", "KERNEL", "STUDY_NAME", "ANSI",
     "check_study_name", "RunPlan", "RunOutcome", "normalize_overrides", "plan_study", "run_status", "FailureLog",
-    "error_from_notebook", "NotebookFailed", "execute_in_process", "execute_on_gpu", "lock_path", "run_lock",
+    "error_from_notebook", "NotebookFailed", "execute_in_process", "execute_in_subprocess", "lock_path", "run_lock",
     "run_planned",
     # executors
     "RunJob", "SlurmOptions", "parse_time_minutes", "parse_mem_gb", "parse_sbatch", "LOCAL_TIMEOUT_MIN",
@@ -101,6 +101,7 @@ def run_study(
     submitit_folder: Optional[Union[str, Path]] = None,
     poll_seconds: Optional[float] = None,
     share: bool = True,
+    jobs: int = 1,
 ) -> StudyResult:
     """Train every variant × seed (validated first; finished runs skipped unless force), then build the report.
 
@@ -109,8 +110,15 @@ def run_study(
     pickles and logs, default executed/<study>/.submitit/), wait for them and collect the outcomes.
     share: a run whose training another run of the study does (`t2s.share`: no_ema and baseline of one seed) is
     derived from that run after it finishes instead of trained again; False trains every run.
+    jobs: without GPUs, how many runs train at once on this machine's CPUs, each with its share of them (a small
+    model uses one thread about as well as two: two tiny runs at once take about as long as one).
     """
     _check_executor_options(executor, slurm, submitit_folder, gpus)
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"jobs {jobs!r}: a positive whole number of runs at once")
+    if jobs > 1 and (gpus or executor != "default"):
+        raise ConfigError("jobs is for runs on this machine's CPUs (executor 'default' without gpus); with gpus one "
+                          "run goes to each GPU, with a submitit executor to each job")
     executed_dir, reports_dir = Path(executed_dir).resolve(), Path(reports_dir).resolve()
     overrides = normalize_overrides(overrides, epochs, data_dir)
     plans = plan_study(study, list(variants), list(seeds), scale, overrides, executed_dir,
@@ -126,7 +134,7 @@ def run_study(
     study_dir.mkdir(parents=True, exist_ok=True)
     _update_study_file(study_dir, study, plans, scale, overrides)
     log(f"study {study}: {len(plans)} runs ({len(variants)} variants × {len(seeds)} seeds), scale {scale}, "
-        f"{_where(executor, gpus)}")
+        f"{_where(executor, gpus, jobs)}")
 
     outcomes, todo = _skip_or_prepare(plans, force, FailureLog(study_dir), log)
     forced = {p.name for p in plans} if force else set()
@@ -135,7 +143,7 @@ def run_study(
         outcomes.update(run_with_submitit(executor, todo, len(plans), forced, study_dir, folder, slurm,
                                           report_command(study, executed_dir, reports_dir), log, poll_seconds))
     else:
-        outcomes.update(_run_here(todo, len(plans), forced, gpus, log))
+        outcomes.update(_run_here(todo, len(plans), forced, gpus, log, jobs))
     result = StudyResult(study, study_dir, [outcomes[p.name] for p in plans])
     _summarize(result, log)
     if build_report:
@@ -154,13 +162,15 @@ def _gpu_list(gpus: Union[Sequence[str], str, None]) -> list:
     return list(gpus or [])
 
 
-def _where(executor: str, gpus: list) -> str:
+def _where(executor: str, gpus: list, jobs: int = 1) -> str:
     """Where the runs go, as the study's first line says it."""
     if executor == "slurm":
         return "as Slurm jobs through submitit"
     if executor == "local":
         return "as local submitit jobs, one after another"
-    return f"on GPUs {', '.join(gpus)}, one run per GPU" if gpus else "one run after another"
+    if gpus:
+        return f"on GPUs {', '.join(gpus)}, one run per GPU"
+    return f"{jobs} runs at once on this machine's CPUs" if jobs > 1 else "one run after another"
 
 
 def _summarize(result: StudyResult, log: Callable[[str], None]) -> None:
@@ -206,28 +216,37 @@ def _skip_or_prepare(plans: list, force: bool, failures: "FailureLog", log) -> t
     return outcomes, todo
 
 
-def _run_here(todo: list, total: int, forced: set, gpus: list, log) -> dict:
-    """Run the plans in this process's notebooks: one after another, or one per GPU (the rest queued)."""
-    at_once = min(len(gpus), len(todo)) or 1  # the notebooks running together share this machine's CPUs
+def _run_here(todo: list, total: int, forced: set, gpus: list, log, jobs: int = 1) -> dict:
+    """Run the plans' notebooks here: one after another in this process, one per GPU, or `jobs` at once on the CPUs
+    (each in a papermill subprocess with its share of the CPUs). Runs that share another's training (`weights_from`)
+    start once every other run has ended, so their provider has finished."""
+    slots = list(gpus) or [None] * max(1, jobs)
+    first = [item for item in todo if not item[1].parameters.get("weights_from")]
+    later = [item for item in todo if item[1].parameters.get("weights_from")]
+    outcomes = {}
+    for wave in (first, later):
+        at_once = min(len(slots), len(wave)) or 1  # the notebooks running together share this machine's CPUs
 
-    def run(i: int, plan: RunPlan, gpu: Optional[str]) -> RunOutcome:
-        return run_planned(plan, i, total, plan.name in forced, gpu, log, jobs_at_once=at_once)
+        def run(i: int, plan: RunPlan, slot: Optional[str], at_once=at_once) -> RunOutcome:
+            return run_planned(plan, i, total, plan.name in forced, slot, log, jobs_at_once=at_once)
 
-    if not gpus:
-        return {plan.name: run(i, plan, None) for i, plan in todo}
-    free = queue.Queue()
-    for gpu in gpus:
-        free.put(gpu)
+        if at_once == 1 and not gpus:
+            outcomes.update({plan.name: run(i, plan, None) for i, plan in wave})
+            continue
+        free = queue.Queue()
+        for slot in slots[:at_once]:
+            free.put(slot)
 
-    def on_free_gpu(i: int, plan: RunPlan) -> RunOutcome:
-        gpu = free.get()
-        try:
-            return run(i, plan, gpu)
-        finally:
-            free.put(gpu)
+        def on_free_slot(i: int, plan: RunPlan, run=run) -> RunOutcome:
+            slot = free.get()
+            try:
+                return run(i, plan, slot)
+            finally:
+                free.put(slot)
 
-    with ThreadPoolExecutor(max_workers=len(gpus)) as pool:
-        return {outcome.name: outcome for outcome in pool.map(lambda item: on_free_gpu(*item), todo)}
+        with ThreadPoolExecutor(max_workers=at_once) as pool:
+            outcomes.update({o.name: o for o in pool.map(lambda item: on_free_slot(*item), wave)})
+    return outcomes
 
 
 def _move_aside(plan: RunPlan) -> Optional[Path]:

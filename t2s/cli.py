@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .config import DEFAULT_VARIANTS, PROJECT_ROOT, ConfigError, available, load_config
 from .rundir import RunDir
+from .runtime import usable_cpus
 
 EXECUTED = PROJECT_ROOT / "executed"
 REPORTS = PROJECT_ROOT / "reports"
@@ -79,6 +80,18 @@ def slurm_options(args):
     return SlurmOptions(**options)
 
 
+def _jobs_value(text: str):
+    """argparse type of --jobs: 'auto' or a whole number of at least 1."""
+    return "auto" if text == "auto" else _positive_int(text)
+
+
+def _jobs(value, gpus, executor: str) -> int:
+    """--jobs: a number, or auto = one run per usable CPU when runs train on this machine's CPUs, else 1."""
+    if value == "auto":
+        return usable_cpus() if not gpus and executor == "default" else 1
+    return value
+
+
 def cmd_ablate(args) -> int:
     from .ablate import run_study
 
@@ -89,6 +102,7 @@ def cmd_ablate(args) -> int:
             args.study, variants=args.variants, seeds=args.seeds, scale=args.scale, overrides=_overrides(args),
             force=args.force, gpus=gpus, executed_dir=args.executed_dir, reports_dir=args.reports_dir,
             executor=args.executor, slurm=slurm, submitit_folder=args.submitit_folder, share=not args.no_share,
+            jobs=_jobs(args.jobs, gpus, args.executor),
         )
     except KeyboardInterrupt:  # with submitit, run_study has said what keeps running and how to build the report
         if args.executor == "default":
@@ -249,6 +263,9 @@ def _add_ablate(sub) -> None:
     sp.add_argument("--seeds", nargs="+", type=int, default=[0])
     sp.add_argument("--gpus", help="comma-separated GPU ids: one run per GPU at a time (default: sequential)")
     sp.add_argument("--force", action="store_true", help="rerun finished runs")
+    sp.add_argument("--jobs", default="auto", type=_jobs_value,
+                    help="without --gpus: runs that train at once on this machine's CPUs, each with its share of them "
+                         "(default auto: one per usable CPU; 1: one after another)")
     sp.add_argument("--no-share", action="store_true",
                     help="train every run itself (default: a variant that differs from another only in keys that do "
                          "not change training, e.g. no_ema from baseline, takes that run's weights; see t2s/share.py)")

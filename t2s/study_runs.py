@@ -247,12 +247,13 @@ def share_cpus_env(jobs_at_once: int) -> dict:
     return {THREADS_ENV_VAR: str(thread_count(jobs_at_once)), "OMP_WAIT_POLICY": "PASSIVE"}
 
 
-def execute_on_gpu(plan: RunPlan, gpu: str, jobs_at_once: int = 1) -> None:
-    """Run train.ipynb in a `python -m papermill` subprocess that sees only GPU `gpu`; `jobs_at_once` such
-    subprocesses share this machine's CPUs (`share_cpus_env`)."""
+def execute_in_subprocess(plan: RunPlan, gpu: Optional[str], jobs_at_once: int = 1) -> None:
+    """Run train.ipynb in a `python -m papermill` subprocess (that sees only GPU `gpu`, when given); `jobs_at_once`
+    such subprocesses share this machine's CPUs (`share_cpus_env`)."""
     command = [sys.executable, "-m", "papermill", str(TRAIN_NOTEBOOK), str(plan.notebook),
                "-y", yaml.safe_dump(plan.parameters), "-k", KERNEL, "--cwd", str(PROJECT_ROOT), "--no-progress-bar"]
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu), **share_cpus_env(jobs_at_once)}
+    env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": str(gpu)} if gpu is not None else {}),
+           **share_cpus_env(jobs_at_once)}
     process = subprocess.run(command, env=env, capture_output=True, text=True)
     if process.returncode != 0:
         found = error_from_notebook(plan.notebook)
@@ -292,10 +293,10 @@ def _run_one(plan: RunPlan, gpu: Optional[str], failures: FailureLog, jobs_at_on
     started = time.monotonic()
     error = None
     try:
-        if gpu is None:
+        if gpu is None and jobs_at_once == 1:
             execute_in_process(plan)
         else:
-            execute_on_gpu(plan, gpu, jobs_at_once)
+            execute_in_subprocess(plan, gpu, jobs_at_once)
     except PapermillExecutionError as exc:
         error = _error(plan, exc.ename, exc.evalue, "\n".join(exc.traceback or []), exc.cell_index, exc.source)
     except NotebookFailed as exc:

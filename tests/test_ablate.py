@@ -188,6 +188,42 @@ def test_gpus_get_one_papermill_process_each(tmp_path, monkeypatch):
     assert command[command.index("-k") + 1] == "python3" and command[command.index("--cwd") + 1] == str(PROJECT_ROOT)
 
 
+def test_jobs_train_runs_at_once_on_the_cpus_and_shared_runs_wait_for_their_provider(tmp_path, monkeypatch):
+    from t2s import runtime
+
+    running, peak, events = [0], [0], []
+    lock = threading.Lock()
+    monkeypatch.setattr(runtime, "usable_cpus", lambda: 4)
+    monkeypatch.delenv(runtime.THREADS_ENV_VAR, raising=False)
+
+    def fake_run(command, env, capture_output, text):
+        parameters = yaml.safe_load(command[command.index("-y") + 1])
+        name = f"{parameters['variant']}-seed{parameters['seed']}"
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            events.append(("start", name, env.get(runtime.THREADS_ENV_VAR), env.get("OMP_WAIT_POLICY")))
+        time.sleep(0.2)
+        make_run(Path(command[4]).parent, parameters["variant"], parameters["seed"])
+        with lock:
+            running[0] -= 1
+            events.append(("end", name, None, None))
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    result = ablate.run_study("c", seeds=(0, 1), jobs=2, **study_args(tmp_path))
+    assert result.ok and peak[0] == 2
+    starts = [e for e in events if e[0] == "start"]
+    assert {(threads, wait) for _, _, threads, wait in starts} == {("2", "PASSIVE")}  # 4 CPUs / 2 at once
+    first_no_ema = next(i for i, e in enumerate(events) if e[:2] == ("start", "no_ema-seed0"))
+    assert all(("end", f"{v}-seed{k}", None, None) in events[:first_no_ema]
+               for v in ("baseline", "text_finetuned") for k in (0, 1))
+    with pytest.raises(ConfigError, match="jobs is for runs on this machine's CPUs"):
+        ablate.run_study("c", jobs=2, gpus="0", **study_args(tmp_path))
+    with pytest.raises(ConfigError, match="jobs 0"):
+        ablate.run_study("c", jobs=0, **study_args(tmp_path))
+
+
 def test_a_failing_gpu_run_reports_the_cell_error_from_its_notebook(tmp_path, monkeypatch):
     def fake_run(command, env, capture_output, text):
         nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("train()")])
