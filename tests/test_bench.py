@@ -275,3 +275,37 @@ def test_quick_run_on_micro_writes_json_and_markdown(synth_dir, tmp_path):
     for needle in ("# t2s benchmark", "load average", "| forward_backward |", "residual", "MFU", "Race", "## Goals",
                    result["machine"]["cpu"]):
         assert needle in md
+
+
+# --- contention: one training alone against two at once ------------------------------------------------------------
+
+def test_contention_slowdowns_are_pair_wall_over_single_wall(monkeypatch):
+    from t2s.bench import contention
+
+    clock = iter([0.0, 10.0, 100.0, 121.0, 200.0, 270.0])  # alone 10 s, shared pair 21 s, unshared pair 70 s
+    monkeypatch.setattr(contention.time, "perf_counter", lambda: next(clock))
+    started = []
+
+    def start(scale, steps, warmup, env):
+        started.append(env)
+        return env
+
+    monkeypatch.setattr(contention, "_start", start)
+    monkeypatch.setattr(contention, "_finish", lambda env: {"seconds": 8.0 if not env["T2S_THREADS"] else 9.0,
+                                                            "steps": 5, "threads": 1, "torch_threads": 1})
+    monkeypatch.setattr(contention, "usable_cpus", lambda: 2)
+    result = contention.measure_contention("micro", steps=5, warmup=1)
+    assert [e["T2S_THREADS"] for e in started] == ["", "1", "1", "2", "2"]
+    assert [e["OMP_WAIT_POLICY"] for e in started[1:3]] == ["PASSIVE", "PASSIVE"]
+    assert result["shared"]["slowdown"] == pytest.approx(2.1) and result["unshared"]["slowdown"] == pytest.approx(7.0)
+    assert result["shared"]["step_slowdown"] == pytest.approx(9.0 / 8.0)
+    text = contention.to_markdown(result)
+    assert "| two at once, shared (T2S_THREADS, passive wait) | 1, 1 | 21.0 | 2.10x |" in text
+    assert "within 2.4x of one alone: met (2.10x)" in text
+
+
+def test_a_contention_worker_trains_engine_steps():
+    from t2s.bench import contention
+
+    out = contention.worker("micro", steps=2, warmup=1)
+    assert out["steps"] == 2 and out["seconds"] > 0 and out["torch_threads"] == out["threads"] >= 1

@@ -6,8 +6,8 @@ The benchmark drives the engine: it times `t2s.train.Engine.train_step` itself (
 phase, for t2s's denoiser and for diffusers' UNet behind the same interface. The package, read in order:
 `timing` (the machine, `PhaseTimer`, the summary and amortized shares), `flops` (FlopCounterMode on the meta device,
 the matmul peak, MFU), `diffusers_model` (the matched UNet), `step` (the engine's step measured, sampling time, the
-race), `goals` (the goals table, as data), `report` (bench.json and bench.md), `run` (the whole run), and below, the
-command line.
+race), `goals` (the goals table, as data), `report` (bench.json and bench.md), `run` (the whole run), `contention` (one
+training alone against two at once, `--contention`), and below, the command line.
 
 Phases of one engine step (the config with gradient_accumulation_steps 1 and ema_update_every 1, so every step runs
 every phase):
@@ -36,6 +36,9 @@ from pathlib import Path
 from typing import Optional
 
 from ..config import ConfigError
+from ..rundir import atomic_write_bytes, atomic_write_json
+from .contention import measure_contention
+from .contention import to_markdown as contention_markdown
 from .diffusers_model import DiffusersDenoiser, diffusers_unet_kwargs, match_diffusers, parameters_on_meta
 from .flops import count_flops, matmul_peak, measure_peaks, mfu, training_step_flops
 from .goals import GOALS, REFERENCE_SCALE, evaluate_goals
@@ -89,6 +92,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one per core)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default reports/bench)")
+    parser.add_argument("--contention", action="store_true",
+                        help="only measure one tiny training alone against two at once (shared and unshared cores); "
+                             "writes contention.json and contention.md to --out")
     return parser
 
 
@@ -96,7 +102,20 @@ def _split(text: Optional[str]) -> list[str]:
     return [s.strip() for s in (text or "").split(",") if s.strip()]
 
 
+def run_contention(args: argparse.Namespace) -> int:
+    result = measure_contention(steps=args.steps or 20, warmup=args.warmup or 3)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "contention.json", result)
+    text = contention_markdown(result)
+    atomic_write_bytes(out / "contention.md", text.encode("utf-8"))
+    print(text)
+    return 0
+
+
 def run_from_args(args: argparse.Namespace) -> int:
+    if args.contention:
+        return run_contention(args)
     overrides = list(args.param or [])
     if args.data_dir:
         overrides.append(f"data_dir={args.data_dir}")

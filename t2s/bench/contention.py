@@ -1,0 +1,130 @@
+"""Sharing the cores: one training alone against two at once on this machine.
+
+`python -m t2s bench --contention` runs the engine's training step (`t2s.train.Engine.train_step`, the baseline at
+the tiny scale by default) for a fixed number of steps in worker processes (`python -m t2s.bench.contention
+--worker`), each timing its own steps after a warm-up:
+
+* alone: one worker with the threads `t2s.runtime.size_threads` gives it (the CPUs this process may use);
+* together, shared: two workers started at once, each with its share (`T2S_THREADS` = usable CPUs // 2) and
+  `OMP_WAIT_POLICY=PASSIVE`, as `ablate --jobs 2` starts them;
+* together, unshared: two workers started at once, each sized to every usable CPU with OpenMP's default waiting, as
+  two studies started side by side without `T2S_THREADS` would be.
+
+The slowdown of a pair is its wall time (start of both to the end of the later) over the single worker's wall time:
+sharing two cores should cost about 2x (each job gets half); the goal is at most 2.4x. Timings are wall-clock on a
+shared machine: a description of this hardware at that moment, never asserted in tests.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Optional
+
+import torch
+
+from ..config import load_config
+from ..runtime import THREADS_ENV_VAR, size_threads, usable_cpus
+from ..train import Engine
+from .step import endless_batches
+
+CONTENTION_GOAL = 2.4  # a pair of runs on shared cores may take at most this many times one run alone
+
+
+def worker(scale: str, steps: int, warmup: int) -> dict:
+    """Train `warmup` + `steps` engine steps of the baseline at `scale` on the CPU; the measured steps' seconds."""
+    threads = size_threads()
+    engine = Engine(load_config("baseline", scale), cpu=True)
+    batches = endless_batches(engine)
+    for _ in range(warmup):
+        engine.train_step(batches)
+    start = time.perf_counter()
+    for _ in range(steps):
+        engine.train_step(batches)
+    return {"seconds": time.perf_counter() - start, "steps": steps, "threads": threads,
+            "torch_threads": torch.get_num_threads()}
+
+
+def _start(scale: str, steps: int, warmup: int, env: dict) -> subprocess.Popen:
+    command = [sys.executable, "-m", "t2s.bench.contention", "--worker", "--scale", scale, "--steps", str(steps),
+               "--warmup", str(warmup)]
+    return subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _finish(process: subprocess.Popen) -> dict:
+    out, err = process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"contention worker failed ({process.returncode}): {err.strip()[-2000:]}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _together(scale: str, steps: int, warmup: int, env: dict) -> dict:
+    start = time.perf_counter()
+    processes = [_start(scale, steps, warmup, env) for _ in range(2)]
+    workers = [_finish(p) for p in processes]
+    return {"wall_s": time.perf_counter() - start, "workers": workers, "env": env}
+
+
+def measure_contention(scale: str = "tiny", steps: int = 20, warmup: int = 3, unshared: bool = True) -> dict:
+    """The three cases of the module docstring; slowdowns are pair wall time / single wall time."""
+    cpus = usable_cpus()
+    base_env = {THREADS_ENV_VAR: "", "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "")}
+    start = time.perf_counter()
+    alone = _finish(_start(scale, steps, warmup, base_env))
+    alone_wall = time.perf_counter() - start
+    shared_env = {THREADS_ENV_VAR: str(max(1, cpus // 2)), "OMP_WAIT_POLICY": "PASSIVE"}
+    result = {"scale": scale, "steps": steps, "warmup": warmup, "usable_cpus": cpus,
+              "alone": {"wall_s": alone_wall, "workers": [alone], "env": base_env},
+              "shared": _together(scale, steps, warmup, shared_env), "goal": CONTENTION_GOAL}
+    if unshared:
+        result["unshared"] = _together(scale, steps, warmup, {THREADS_ENV_VAR: str(cpus), "OMP_WAIT_POLICY": ""})
+    for case in ("shared", "unshared"):
+        if case in result:
+            result[case]["slowdown"] = result[case]["wall_s"] / alone_wall
+            result[case]["step_slowdown"] = (max(w["seconds"] for w in result[case]["workers"]) / alone["seconds"])
+    return result
+
+
+def to_markdown(result: dict) -> str:
+    """The contention section of bench.md."""
+    lines = [f"## Two trainings at once ({result['scale']}, {result['steps']} steps after {result['warmup']} warm-up, "
+             f"{result['usable_cpus']} usable CPUs)", "",
+             "| case | threads per run | wall (s) | slowdown vs alone | measured steps, slowest run (s) |",
+             "| --- | --- | --- | --- | --- |"]
+    alone = result["alone"]
+    lines.append(f"| one run alone | {alone['workers'][0]['torch_threads']} | {alone['wall_s']:.1f} | 1.00x | "
+                 f"{alone['workers'][0]['seconds']:.1f} |")
+    for case, label in (("shared", "two at once, shared (T2S_THREADS, passive wait)"),
+                        ("unshared", "two at once, each on every CPU (active wait)")):
+        if case in result:
+            r = result[case]
+            threads = ", ".join(str(w["torch_threads"]) for w in r["workers"])
+            lines.append(f"| {label} | {threads} | {r['wall_s']:.1f} | {r['slowdown']:.2f}x | "
+                         f"{max(w['seconds'] for w in r['workers']):.1f} |")
+    met = result["shared"]["slowdown"] <= result["goal"]
+    lines += ["", f"Goal: two runs at once within {result['goal']}x of one alone: "
+                  f"{'met' if met else 'NOT met'} ({result['shared']['slowdown']:.2f}x)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[list] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m t2s.bench.contention", description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", action="store_true", help="run one timed worker and print its JSON")
+    parser.add_argument("--scale", default="tiny")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args.scale, args.steps, args.warmup)))
+        return 0
+    result = measure_contention(args.scale, args.steps, args.warmup)
+    print(to_markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
