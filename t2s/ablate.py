@@ -113,22 +113,14 @@ def run_study(
     jobs: without GPUs, how many runs train at once on this machine's CPUs, each with its share of them (a small
     model uses one thread about as well as two: two tiny runs at once take about as long as one).
     """
-    _check_executor_options(executor, slurm, submitit_folder, gpus)
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ConfigError(f"jobs {jobs!r}: a positive whole number of runs at once")
-    if jobs > 1 and (gpus or executor != "default"):
-        raise ConfigError("jobs is for runs on this machine's CPUs (executor 'default' without gpus); with gpus one "
-                          "run goes to each GPU, with a submitit executor to each job")
+    _check_executor_options(executor, slurm, submitit_folder, gpus, jobs)
     executed_dir, reports_dir = Path(executed_dir).resolve(), Path(reports_dir).resolve()
     overrides = normalize_overrides(overrides, epochs, data_dir)
     plans = plan_study(study, list(variants), list(seeds), scale, overrides, executed_dir,
                        Path(params_dir).resolve() if params_dir else None, share=share)
     gpus = _gpu_list(gpus)
     if executor == "slurm":
-        check_slurm_available()  # before anything is written, moved aside or submitted
-        if slurm is not None and slurm.gpus_per_job > 1:  # the job's run trains data parallel on its GPUs
-            for plan in plans:
-                plan.parameters["num_processes"] = slurm.gpus_per_job
+        _prepare_slurm(plans, slurm)
 
     study_dir = executed_dir / study
     study_dir.mkdir(parents=True, exist_ok=True)
@@ -181,8 +173,20 @@ def _summarize(result: StudyResult, log: Callable[[str], None]) -> None:
         log(f"failures recorded in {_shown(result.folder / FAILURES_FILE)}")
 
 
-def _check_executor_options(executor: str, slurm, submitit_folder, gpus) -> None:
+def _prepare_slurm(plans: list, slurm: Optional[SlurmOptions]) -> None:
+    check_slurm_available()  # before anything is written, moved aside or submitted
+    if slurm is not None and slurm.gpus_per_job > 1:  # the job's run trains data parallel on its GPUs
+        for plan in plans:
+            plan.parameters["num_processes"] = slurm.gpus_per_job
+
+
+def _check_executor_options(executor: str, slurm, submitit_folder, gpus, jobs: int = 1) -> None:
     """Each option belongs to an executor: a misplaced one is an error naming it, before anything is written."""
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"jobs {jobs!r}: a positive whole number of runs at once")
+    if jobs > 1 and (gpus or executor != "default"):
+        raise ConfigError("jobs is for runs on this machine's CPUs (executor 'default' without gpus); with gpus one "
+                          "run goes to each GPU, with a submitit executor to each job")
     if executor not in EXECUTORS:
         raise ConfigError(f"executor {executor!r}: one of {', '.join(EXECUTORS)}")
     if slurm is not None and executor != "slurm":

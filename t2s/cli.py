@@ -260,7 +260,9 @@ def _add_ablate(sub) -> None:
     sp = sub.add_parser("ablate", help="run variants x seeds through the training notebook, then build the report")
     _add_common(sp)
     sp.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), help="params/<name>.yaml (default: the three)")
-    sp.add_argument("--seeds", nargs="+", type=int, default=[0])
+    sp.add_argument("--seeds", nargs="+", type=int, default=[0, 1],
+                    help="training seeds of every variant (default 0 1: two seeds, so every difference has an "
+                         "interval)")
     sp.add_argument("--gpus", help="comma-separated GPU ids: one run per GPU at a time (default: sequential)")
     sp.add_argument("--force", action="store_true", help="rerun finished runs")
     sp.add_argument("--jobs", default="auto", type=_jobs_value,
