@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import DEFAULT_VARIANTS, PROJECT_ROOT, ConfigError, available, load_config
+from .config import DEFAULT_VARIANTS, PROJECT_ROOT, ConfigError, available, load_config, parse_override
 from .rundir import RunDir
 from .runtime import usable_cpus
 
@@ -16,12 +16,31 @@ EXECUTED = PROJECT_ROOT / "executed"
 REPORTS = PROJECT_ROOT / "reports"
 
 
-def _overrides(args) -> list[str]:
-    over = list(args.param or [])
-    if getattr(args, "epochs", None):
-        over.append(f"num_epochs={args.epochs}")
-    if getattr(args, "data_dir", None):
-        over.append(f"data_dir={args.data_dir}")
+OPTION_KEYS = {"epochs": "num_epochs", "data_dir": "data_dir", "seed": "seed"}  # option -> the config key it sets
+
+
+def _given(args) -> dict:
+    """The -p overrides as {key: value} (read as YAML, as load_config reads them)."""
+    return dict(parse_override(text) for text in (args.param or []))
+
+
+def _agreed(args, option: str):
+    """The value of an option that sets a config key, checked against an explicit -p of that key: both given and
+    different is an error naming both; the option's absence leaves the -p value (never a default over it)."""
+    value, key = getattr(args, option, None), OPTION_KEYS[option]
+    given = _given(args)
+    if value is not None and key in given and given[key] != value:
+        raise ConfigError(f"--{option.replace('_', '-')} {value} and -p {key}={given[key]} disagree: give one of them")
+    return value if value is not None else given.get(key)
+
+
+def _overrides(args, without: tuple = ()) -> list[str]:
+    """-p overrides (less the keys `without`) plus the options that set config keys (--epochs, --data-dir), each
+    checked to agree with an explicit -p of its key."""
+    over = [text for text in (args.param or []) if parse_override(text)[0] not in without]
+    for option in ("epochs", "data_dir"):
+        if getattr(args, option, None) is not None:
+            over.append(f"{OPTION_KEYS[option]}={_agreed(args, option)}")
     return over
 
 
@@ -29,14 +48,16 @@ def cmd_run(args) -> int:
     """One variant, one seed, trained in this process into executed/<study>/<variant>-seed<k>/."""
     from .train import train
 
-    cfg = load_config(args.variant, args.scale, _overrides(args) + [f"seed={args.seed}"])
+    seed = _agreed(args, "seed")
+    seed = 0 if seed is None else seed
+    cfg = load_config(args.variant, args.scale, _overrides(args, without=("seed",)) + [f"seed={seed}"])
     run_dir = Path(args.executed_dir) / args.study / cfg.run_name
     if args.notebook:
         from .ablate import run_study
 
-        result = run_study(args.study, variants=[args.variant], seeds=[args.seed], scale=args.scale,
-                           overrides=_overrides(args), force=args.force, executed_dir=args.executed_dir,
-                           build_report=False)
+        result = run_study(args.study, variants=[args.variant], seeds=[cfg.seed], scale=args.scale,
+                           overrides=_overrides(args, without=("seed",)), force=args.force,
+                           executed_dir=args.executed_dir, build_report=False)
         return 0 if result.ok else 1
     result = train(cfg, run_dir, progress=True)
     print(f"{result.status}: {result.run_dir}")
@@ -94,6 +115,9 @@ def _jobs(value, gpus, executor: str) -> int:
 
 def cmd_ablate(args) -> int:
     from .ablate import run_study
+
+    if "seed" in _given(args):
+        raise ConfigError(f"-p seed={_given(args)['seed']}: a study's seeds are given with --seeds (default 0 1)")
 
     slurm = slurm_options(args)
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
@@ -293,7 +317,7 @@ def _add_run_commands(sub) -> None:
     sp = sub.add_parser("run", help="train one variant into executed/<study>/<variant>-seed<k>/")
     _add_common(sp)
     sp.add_argument("--variant", default="baseline")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=int, help="training seed (default 0, or -p seed=K)")
     sp.add_argument("--notebook", action="store_true", help="run through the papermill training notebook")
     sp.add_argument("--force", action="store_true", help="with --notebook: rerun a finished run")
     sp.set_defaults(func=cmd_run)

@@ -99,3 +99,41 @@ def test_the_resolved_config_round_trips_through_json(tmp_path):
     assert json.loads(path.read_text())["freeze_text_encoder"] is False
     with pytest.raises(ConfigError, match="unknown key 'bogus'"):
         from_dict({**cfg.to_dict(), "bogus": 1})
+
+
+# --- command-line options and -p overrides never silently disagree ----------------------------------------------------
+
+def test_run_takes_the_seed_from_p_and_a_conflicting_option_is_an_error(monkeypatch, tmp_path, capsys):
+    from t2s import cli
+
+    trained = []
+
+    def fake_train(cfg, run_dir, progress=True):
+        trained.append((cfg.seed, cfg.num_epochs, run_dir))
+
+        class Result:
+            status, run_dir = "finished", tmp_path
+
+        return Result()
+
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("t2s.train"), "train", fake_train)
+    common = ["--scale", "micro", "--executed-dir", str(tmp_path)]
+    assert cli.main(["run", *common, "-p", "seed=3"]) == 0
+    assert trained[-1][0] == 3 and trained[-1][2].name == "baseline-seed3"
+    assert cli.main(["run", *common, "--seed", "2"]) == 0 and trained[-1][0] == 2
+    assert cli.main(["run", *common]) == 0 and trained[-1][0] == 0  # the default when neither is given
+    assert cli.main(["run", *common, "--seed", "2", "-p", "seed=3"]) == 2
+    assert "--seed 2 and -p seed=3 disagree: give one of them" in capsys.readouterr().err
+    assert cli.main(["run", *common, "--epochs", "4", "-p", "num_epochs=4"]) == 0 and trained[-1][1] == 4
+    assert cli.main(["run", *common, "--epochs", "4", "-p", "num_epochs=5"]) == 2
+    assert "--epochs 4 and -p num_epochs=5 disagree" in capsys.readouterr().err
+    assert len(trained) == 4  # the two conflicts trained nothing
+
+
+def test_ablate_refuses_a_seed_override(tmp_path, capsys):
+    from t2s import cli
+
+    assert cli.main(["ablate", "--executed-dir", str(tmp_path), "-p", "seed=3"]) == 2
+    assert "-p seed=3: a study's seeds are given with --seeds" in capsys.readouterr().err
