@@ -139,6 +139,11 @@ def cmd_ablate(args) -> int:
 def cmd_report(args) -> int:
     from .ablate import build_report
 
+    folder = Path(args.executed_dir) / args.study
+    if not folder.is_dir():
+        found = sorted(p.name for p in Path(args.executed_dir).glob("*") if p.is_dir() and not p.name.startswith("."))
+        raise ConfigError(f"no study {args.study!r}: {folder} does not exist; studies in {args.executed_dir}: "
+                          f"{', '.join(found) or 'none (run python -m t2s ablate first)'}")
     path = build_report(args.study, executed_dir=args.executed_dir, reports_dir=args.reports_dir)
     print(f"report: {path}")
     return 0

@@ -137,3 +137,12 @@ def test_ablate_refuses_a_seed_override(tmp_path, capsys):
 
     assert cli.main(["ablate", "--executed-dir", str(tmp_path), "-p", "seed=3"]) == 2
     assert "-p seed=3: a study's seeds are given with --seeds" in capsys.readouterr().err
+
+
+def test_a_report_for_a_study_that_does_not_exist_names_the_ones_that_do(tmp_path, capsys):
+    from t2s import cli
+
+    (tmp_path / "quickstart").mkdir()
+    assert cli.main(["report", "--study", "quickstrat", "--executed-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no study 'quickstrat'" in err and f"studies in {tmp_path}: quickstart" in err
