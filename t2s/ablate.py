@@ -34,6 +34,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
+import torch
+
 from t2s import report_build
 from t2s.config import DEFAULT_VARIANTS, ConfigError
 from t2s.executors import (LOCAL_TIMEOUT_MIN, RunJob, SlurmOptions, SubmissionError, check_slurm_available,
@@ -119,6 +121,7 @@ def run_study(
     plans = plan_study(study, list(variants), list(seeds), scale, overrides, executed_dir,
                        Path(params_dir).resolve() if params_dir else None, share=share)
     gpus = _gpu_list(gpus)
+    _check_gpus_exist(gpus)
     if executor == "slurm":
         _prepare_slurm(plans, slurm)
 
@@ -171,6 +174,18 @@ def _summarize(result: StudyResult, log: Callable[[str], None]) -> None:
     log(f"study {result.study}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     if result.failed:
         log(f"failures recorded in {_shown(result.folder / FAILURES_FILE)}")
+
+
+def _check_gpus_exist(gpus: list) -> None:
+    """Every id of `gpus` is a CUDA device of this machine, or a ConfigError says which are not."""
+    if not gpus:
+        return
+    count = torch.cuda.device_count()
+    missing = [g for g in gpus if not g.isdigit() or int(g) >= count]
+    if missing:
+        have = f"CUDA devices 0-{count - 1}" if count else "no CUDA device"
+        raise ConfigError(f"--gpus {','.join(gpus)}: {', '.join(missing)} not on this machine, which has {have}; "
+                          "leave --gpus out to train on the CPU")
 
 
 def _prepare_slurm(plans: list, slurm: Optional[SlurmOptions]) -> None:

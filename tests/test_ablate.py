@@ -12,6 +12,7 @@ from pathlib import Path
 import nbformat
 import papermill
 import pytest
+import torch
 import yaml
 from papermill.exceptions import PapermillExecutionError
 
@@ -179,6 +180,7 @@ def test_gpus_get_one_papermill_process_each(tmp_path, monkeypatch):
         return subprocess.CompletedProcess(command, 0, "", "")
 
     monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     result = ablate.run_study("g", seeds=(0, 1), gpus="0,1", **study_args(tmp_path))
     assert [r.status for r in result.runs] == ["finished"] * 6
     assert peak[0] == 2  # both GPUs busy at once, never more than one run per GPU
@@ -224,6 +226,16 @@ def test_jobs_train_runs_at_once_on_the_cpus_and_shared_runs_wait_for_their_prov
         ablate.run_study("c", jobs=0, **study_args(tmp_path))
 
 
+def test_gpus_that_this_machine_does_not_have_stop_before_any_run(tmp_path, fake, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(ConfigError, match="--gpus 0: 0 not on this machine, which has no CUDA device"):
+        ablate.run_study("g", gpus="0", **study_args(tmp_path))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match="--gpus 1,2,x: 2, x not on this machine, which has CUDA devices 0-1"):
+        ablate.run_study("g", gpus="1,2,x", **study_args(tmp_path))
+    assert fake.calls == []
+
+
 def test_a_failing_gpu_run_reports_the_cell_error_from_its_notebook(tmp_path, monkeypatch):
     def fake_run(command, env, capture_output, text):
         nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("train()")])
@@ -233,6 +245,7 @@ def test_a_failing_gpu_run_reports_the_cell_error_from_its_notebook(tmp_path, mo
         return subprocess.CompletedProcess(command, 1, "", "papermill.exceptions.PapermillExecutionError")
 
     monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     result = ablate.run_study("g", variants=("baseline",), gpus=["3"], **study_args(tmp_path))
     assert result.runs[0].status == "failed"
     entry = json.loads((tmp_path / "executed" / "g" / "failures.json").read_text())["baseline-seed0"]
