@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -199,7 +200,8 @@ def metric_bars_figure(study: Study) -> Optional[go.Figure]:
     metrics = available_metrics(study)
     cols = 3
     rows = math.ceil(len(metrics) / cols)
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[m.title for m in metrics], vertical_spacing=0.5 / rows)
+    titles = [textwrap.fill(m.title, 38).replace("\n", "<br>") for m in metrics]  # long labels on two lines
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, vertical_spacing=0.5 / rows)
     colors = _colors(study.variants_with_results)
     for i, metric in enumerate(metrics):
         part = estimates[estimates["metric"] == metric.key]
