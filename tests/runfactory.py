@@ -115,7 +115,7 @@ def make_run(
         "split": {"mode": "signer_disjoint", "dataset": "synthsign", "source": "made-up/synthsign/0123456789abcdef",
                   "train_clips": 200, "val_clips": 40, "train_signers": 6, "val_signers": 2,
                   "num_skipped": 0, "skipped_files": []},
-        "effective_batch_size": 4, "world_size": 1, "mixed_precision": "no", "resumed_from": None,
+        "effective_batch_size": 4, "world_size": 1, "mixed_precision": "no", "resumed_from": None, "torch_threads": 2,
         "steps_per_epoch": 50, "total_steps": int(steps),
     })
     if status == "finished":
