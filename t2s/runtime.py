@@ -152,6 +152,15 @@ def thread_count(jobs_at_once: int = 1) -> int:
     return max(1, usable_cpus() // max(1, jobs_at_once))
 
 
+def share_cpus_env(jobs_at_once: int) -> dict:
+    """Environment for one of `jobs_at_once` jobs on this machine: its share of the usable CPUs as torch threads
+    (`runtime.THREADS_ENV_VAR`) and, when shared, OpenMP threads that sleep instead of spinning while they wait
+    (spinning threads of one job steal the cores another job computes on)."""
+    if jobs_at_once <= 1:
+        return {}
+    return {THREADS_ENV_VAR: str(thread_count(jobs_at_once)), "OMP_WAIT_POLICY": "PASSIVE"}
+
+
 def size_threads(jobs_at_once: int = 1) -> int:
     """Set torch's intra-op threads to `thread_count(jobs_at_once)` (the process's usable CPUs, or its share); returns
     it. torch's own default counts the machine's cores, not the ones this process may use."""

@@ -66,6 +66,21 @@ def why_not_shared(config: Config, provider: RunDir) -> Optional[str]:
     return None
 
 
+def take_shared(config: Config, run: RunDir, provider: RunDir) -> Optional[dict]:
+    """Derive `run` from `provider` when this config shares its training (returns the summary written); None, after
+    saying why, when it cannot and the run trains itself, or when `run` has finished already."""
+    if run.read_metadata().get("status") == "finished":
+        return None  # train() finds it finished
+    why = why_not_shared(config, provider)
+    if why is None:
+        summary = derive_run(config, run, provider)
+        print(f"{config.run_name} shares the training of {provider.root.name}: its raw weights, logs and samples "
+              f"are that run's (t2s.share); nothing was trained")
+        return summary
+    print(f"{config.run_name} trains itself: it cannot share the training of {provider.root}: {why}")
+    return None
+
+
 def _without_ema_column(source: Path, target: Path, column: str) -> None:
     frame = pd.read_csv(source)
     if column in frame:

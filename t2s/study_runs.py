@@ -27,7 +27,7 @@ from papermill.exceptions import PapermillExecutionError
 
 from t2s.config import PARAMS_DIR, PROJECT_ROOT, ConfigError, load_config, parse_override
 from t2s.rundir import FAILURES_FILE, STUDY_FILE, RunDir, atomic_write_json, read_json
-from t2s.runtime import THREADS_ENV_VAR, thread_count
+from t2s.runtime import share_cpus_env
 from t2s.share import find_provider
 
 TRAIN_NOTEBOOK = PROJECT_ROOT / "notebooks" / "train.ipynb"
@@ -236,15 +236,6 @@ def execute_in_process(plan: RunPlan) -> None:
     """Run train.ipynb for one plan with papermill in this process (its kernel is a child process)."""
     papermill.execute_notebook(str(TRAIN_NOTEBOOK), str(plan.notebook), parameters=plan.parameters,
                                kernel_name=KERNEL, progress_bar=False, cwd=str(PROJECT_ROOT))
-
-
-def share_cpus_env(jobs_at_once: int) -> dict:
-    """Environment for one of `jobs_at_once` jobs on this machine: its share of the usable CPUs as torch threads
-    (`runtime.THREADS_ENV_VAR`) and, when shared, OpenMP threads that sleep instead of spinning while they wait
-    (spinning threads of one job steal the cores another job computes on)."""
-    if jobs_at_once <= 1:
-        return {}
-    return {THREADS_ENV_VAR: str(thread_count(jobs_at_once)), "OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def execute_in_subprocess(plan: RunPlan, gpu: Optional[str], jobs_at_once: int = 1) -> None:

@@ -495,21 +495,6 @@ class Trainer(Engine):
 
 
 # --------------------------------------------------------------------------------------------- public API
-def _take_shared(config: Config, run_dir: Union[str, Path], weights_from: Union[str, Path]) -> Optional[RunResult]:
-    """`run_dir` derived from the finished run `weights_from` when this config shares its training (`t2s.share`);
-    None (after saying why) when it cannot, and this run trains itself."""
-    if RunDir(run_dir).read_metadata().get("status") == "finished":
-        return None  # train() finds it finished
-    why = share.why_not_shared(config, RunDir(weights_from))
-    if why is None:
-        summary = share.derive_run(config, RunDir(run_dir), RunDir(weights_from))
-        print(f"{config.run_name} shares the training of {Path(weights_from).name}: its raw weights, logs and "
-              f"samples are that run's (t2s.share); nothing was trained")
-        return RunResult(RunDir(run_dir).root, summary, "finished")
-    print(f"{config.run_name} trains itself: it cannot share the training of {weights_from}: {why}")
-    return None
-
-
 def train(config: Config, run_dir: Union[str, Path], progress: bool = True, stop_after: Optional[int] = None,
           weights_from: Optional[Union[str, Path]] = None) -> RunResult:
     """Train one variant into `run_dir`; an unfinished run there is resumed from its latest checkpoint.
@@ -527,9 +512,9 @@ def train(config: Config, run_dir: Union[str, Path], progress: bool = True, stop
     """
     if not isinstance(config, Config):
         config = from_dict(dict(config))
-    shared = _take_shared(config, run_dir, weights_from) if weights_from is not None else None
+    shared = share.take_shared(config, RunDir(run_dir), RunDir(weights_from)) if weights_from is not None else None
     if shared is not None:
-        return shared
+        return RunResult(RunDir(run_dir).root, shared, "finished")
     state = PartialState(cpu=use_cpu())  # joins the process group of a multi-process launch (a no-op alone)
     # the CPUs this process may use (affinity, cgroup quota, ablate's share), split among a launch's local processes
     size_threads(state.num_processes if state.device.type == "cpu" else 1)

@@ -293,7 +293,11 @@ def test_contention_slowdowns_are_pair_wall_over_single_wall(monkeypatch):
     monkeypatch.setattr(contention, "_start", start)
     monkeypatch.setattr(contention, "_finish", lambda env: {"seconds": 8.0 if not env["T2S_THREADS"] else 9.0,
                                                             "steps": 5, "threads": 1, "torch_threads": 1})
+    from t2s import runtime
+
     monkeypatch.setattr(contention, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(runtime, "usable_cpus", lambda: 2)  # the shared pair's env: runtime.share_cpus_env(2)
+    monkeypatch.delenv(runtime.THREADS_ENV_VAR, raising=False)
     result = contention.measure_contention("micro", steps=5, warmup=1)
     assert [e["T2S_THREADS"] for e in started] == ["", "1", "1", "2", "2"]
     assert [e["OMP_WAIT_POLICY"] for e in started[1:3]] == ["PASSIVE", "PASSIVE"]

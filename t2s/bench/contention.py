@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 
 from ..config import load_config
-from ..runtime import THREADS_ENV_VAR, size_threads, usable_cpus
+from ..runtime import THREADS_ENV_VAR, share_cpus_env, size_threads, usable_cpus
 from ..train import Engine
 from .step import endless_batches
 
@@ -76,7 +76,7 @@ def measure_contention(scale: str = "tiny", steps: int = 20, warmup: int = 3, un
     start = time.perf_counter()
     alone = _finish(_start(scale, steps, warmup, base_env))
     alone_wall = time.perf_counter() - start
-    shared_env = {THREADS_ENV_VAR: str(max(1, cpus // 2)), "OMP_WAIT_POLICY": "PASSIVE"}
+    shared_env = share_cpus_env(2)  # as ablate --jobs 2 starts its runs
     result = {"scale": scale, "steps": steps, "warmup": warmup, "usable_cpus": cpus,
               "alone": {"wall_s": alone_wall, "workers": [alone], "env": base_env},
               "shared": _together(scale, steps, warmup, shared_env), "goal": CONTENTION_GOAL}
