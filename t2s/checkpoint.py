@@ -4,7 +4,7 @@ containers, never arbitrary pickled objects), the newest good one found, and whe
 
 A checkpoint is a dict: model, text_encoder (fine-tuned runs), ema, optimizer, lr_schedule, grad_scaler, step,
 epoch, micro, train_seconds, generator, drop_generator, rng, config, world_size. The functions that read and write
-it take the training engine (`t2s.train.Engine`: its models, optimizer, schedule, EMA, generators and position).
+it take the training engine (`t2s.engine.Engine`: its models, optimizer, schedule, EMA, generators and position).
 """
 from __future__ import annotations
 

@@ -301,8 +301,10 @@ def train_processes(config, run_dir, num_processes, progress=False):
 
 module = types.ModuleType("t2s.train")
 module.train = train
-module.train_processes = train_processes
 sys.modules["t2s.train"] = module
+launch = types.ModuleType("t2s.launch")
+launch.train_processes = train_processes
+sys.modules["t2s.launch"] = launch
 evaluation = types.ModuleType("t2s.evaluate")
 evaluation.evaluate_run = evaluate_run
 sys.modules["t2s.evaluate"] = evaluation

@@ -105,7 +105,7 @@ def test_the_engine_step_brackets_each_phase_once_per_micro_batch(micro_cfg, tex
     """The benchmark's PhaseTimer around the engine's own step, on a clock that ticks once per reading: every phase
     entry is one interval of one tick, so the phases show the step's structure, and the gaps between them (the
     bookkeeping: lr schedule, step count) are the residual = total - phases."""
-    from t2s.train import Engine
+    from t2s.engine import Engine
 
     engine = bench.make_engine(micro_cfg, lambda: build_denoiser(micro_cfg, HIDDEN), text, datasets, torch.device("cpu"))
     timing, record = bench.timed_step(engine, bench.endless_batches(engine), PhaseTimer(clock=Tick()))

@@ -21,7 +21,8 @@ from t2s.config import load_config  # noqa: E402
 from t2s.checkpoint import list_checkpoints, load_checkpoint  # noqa: E402
 from t2s.launch import free_port  # noqa: E402
 from t2s.rundir import RunDir  # noqa: E402
-from t2s.train import EpochSampler, Trainer  # noqa: E402
+from t2s.engine import EpochSampler  # noqa: E402
+from t2s.train import Trainer  # noqa: E402
 
 from conftest import read_csv  # noqa: E402
 

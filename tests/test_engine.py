@@ -225,20 +225,18 @@ def test_bf16_channels_last_training_runs_and_its_checkpoint_loads_anywhere(synt
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(synth_dir, tmp_path, monkeypatch):
-    import importlib
-
-    train_mod = importlib.import_module("t2s.train")  # the module (t2s.train the attribute is the function)
+    import t2s.engine as engine_module  # the step's module: it calls diffusion_loss
 
     cfg = micro(synth_dir, max_steps=12, log_every=1, save_every=1)
     calls = {"n": 0}
-    real_loss = train_mod.diffusion_loss
+    real_loss = engine_module.diffusion_loss
 
     def poisoned(denoiser, *args, **kwargs):
         loss = real_loss(denoiser, *args, **kwargs)
         calls["n"] += denoiser.training  # training steps only (validation runs in eval mode)
         return loss * float("nan") if calls["n"] == 11 else loss  # step 11: after epoch 1 (10 steps) was saved
 
-    monkeypatch.setattr(train_mod, "diffusion_loss", poisoned)
+    monkeypatch.setattr(engine_module, "diffusion_loss", poisoned)
     run_dir = tmp_path / "nan"
     with pytest.raises(NonFiniteLossError, match=r"became nan at optimizer step 11 \(epoch 2\)") as info:
         t2s.train(cfg, run_dir, progress=False)
@@ -302,7 +300,7 @@ def test_the_epoch_loader_gives_whole_steps_in_the_epochs_order_with_or_without_
     """The engine's loader (the trainer's and the benchmark's): batches of (clips, captions, signers), only whole
     optimizer steps, the epoch's seeded order from any position on, the same batches from a worker process."""
     from t2s.data import build_datasets
-    from t2s.train import epoch_loader, steps_per_epoch
+    from t2s.engine import epoch_loader, steps_per_epoch
 
     cfg = micro(synth_dir)
     train_set, _, _ = build_datasets(cfg)

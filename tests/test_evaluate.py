@@ -237,7 +237,7 @@ def test_held_out_loss_reproduces_the_training_engines_validation_loss(evaluated
     assert by_weights["raw"]["val_loss"] == pytest.approx(summary["val_loss_raw"], rel=1e-5)
     assert by_weights["ema"]["val_loss"] == pytest.approx(summary["val_loss_ema"], rel=1e-5)
     assert by_weights["raw"]["val_loss"] != by_weights["ema"]["val_loss"]
-    from t2s.train import VAL_NOISE_SEED
+    from t2s.diffusion import VAL_NOISE_SEED
 
     assert evaluate.VAL_NOISE_SEED == VAL_NOISE_SEED
 

@@ -1,7 +1,7 @@
 """`python -m t2s bench`: where the time of a training step goes on this device, and how t2s's denoiser compares
 with diffusers' `UNet3DConditionModel` at a matched parameter count.
 
-The benchmark drives the engine: it times `t2s.train.Engine.train_step` itself (the optimizer groups of
+The benchmark drives the engine: it times `t2s.engine.Engine.train_step` itself (the optimizer groups of
 `build_optimizer`, caption-dropout conditioning, the epoch loader, accelerate's autocast and accumulation), phase by
 phase, for t2s's denoiser and for diffusers' UNet behind the same interface. The package, read in order:
 `timing` (the machine, `PhaseTimer`, the summary and amortized shares), `flops` (FlopCounterMode on the meta device,

@@ -1,6 +1,6 @@
 """Sharing the cores: one training alone against two at once on this machine.
 
-`python -m t2s bench --contention` runs the engine's training step (`t2s.train.Engine.train_step`, the baseline at
+`python -m t2s bench --contention` runs the engine's training step (`t2s.engine.Engine.train_step`, the baseline at
 the tiny scale by default) for a fixed number of steps in worker processes (`python -m t2s.bench.contention
 --worker`), each timing its own steps after a warm-up:
 
@@ -28,7 +28,7 @@ import torch
 
 from ..config import load_config
 from ..runtime import THREADS_ENV_VAR, share_cpus_env, size_threads, usable_cpus
-from ..train import Engine
+from ..engine import Engine
 from .step import endless_batches
 
 CONTENTION_GOAL = 2.4  # a pair of runs on shared cores may take at most this many times one run alone

@@ -1,4 +1,4 @@
-"""The measured work: the engine's own training step (`t2s.train.Engine.train_step`, phase by phase through a
+"""The measured work: the engine's own training step (`t2s.engine.Engine.train_step`, phase by phase through a
 `PhaseTimer`), for t2s's denoiser or any other with its interface; one clip's sampling time through the pipeline;
 and the race, each contender trained by its own engine for the same wall-clock budget.
 
@@ -21,7 +21,7 @@ from ..config import Config
 from ..counting import count_parameters
 from ..runtime import PeakMemory, proc_status_bytes
 from ..pipeline import TextToSignPipeline
-from ..train import Engine
+from ..engine import Engine
 from .flops import mfu, training_step_flops
 from .timing import PhaseTimer, StepTiming, amortized_shares, load_average, log, make_sync, runnable_now, summarize_steps
 

@@ -21,7 +21,7 @@ import torch
 from ..config import Config
 from ..runtime import cpu_has_native_bf16, package_version
 
-# the phases of one micro-batch and its optimizer step, as `t2s.train.Engine.train_step` brackets them
+# the phases of one micro-batch and its optimizer step, as `t2s.engine.Engine.train_step` brackets them
 PHASES = ("data", "text", "forward_backward", "grad_clip", "optimizer", "ema")
 
 
