@@ -120,8 +120,7 @@ def run_study(
     overrides = normalize_overrides(overrides, epochs, data_dir)
     plans = plan_study(study, list(variants), list(seeds), scale, overrides, executed_dir,
                        Path(params_dir).resolve() if params_dir else None, share=share)
-    gpus = _gpu_list(gpus)
-    _check_gpus_exist(gpus)
+    gpus = _check_gpus_exist(_gpu_list(gpus))
     if executor == "slurm":
         _prepare_slurm(plans, slurm)
 
@@ -142,12 +141,17 @@ def run_study(
     result = StudyResult(study, study_dir, [outcomes[p.name] for p in plans])
     _summarize(result, log)
     if build_report:
-        try:
-            result.report = report_build.build_report(study, executed_dir, reports_dir, log=log)
-        except ReportError as exc:
-            result.report_error = str(exc)
-            log(f"report: failed: {exc}")
+        _report(result, executed_dir, reports_dir, log)
     return result
+
+
+def _report(result: StudyResult, executed_dir: Path, reports_dir: Path, log: Callable[[str], None]) -> None:
+    """Build the study's report into `result` (its path, or the error that stopped it: the runs stay)."""
+    try:
+        result.report = report_build.build_report(result.study, executed_dir, reports_dir, log=log)
+    except ReportError as exc:
+        result.report_error = str(exc)
+        log(f"report: failed: {exc}")
 
 
 def _gpu_list(gpus: Union[Sequence[str], str, None]) -> list:
@@ -176,16 +180,17 @@ def _summarize(result: StudyResult, log: Callable[[str], None]) -> None:
         log(f"failures recorded in {_shown(result.folder / FAILURES_FILE)}")
 
 
-def _check_gpus_exist(gpus: list) -> None:
-    """Every id of `gpus` is a CUDA device of this machine, or a ConfigError says which are not."""
+def _check_gpus_exist(gpus: list) -> list:
+    """`gpus`, once every id in it is a CUDA device of this machine; else a ConfigError says which are not."""
     if not gpus:
-        return
+        return gpus
     count = torch.cuda.device_count()
     missing = [g for g in gpus if not g.isdigit() or int(g) >= count]
     if missing:
         have = f"CUDA devices 0-{count - 1}" if count else "no CUDA device"
         raise ConfigError(f"--gpus {','.join(gpus)}: {', '.join(missing)} not on this machine, which has {have}; "
                           "leave --gpus out to train on the CPU")
+    return gpus
 
 
 def _prepare_slurm(plans: list, slurm: Optional[SlurmOptions]) -> None:

@@ -61,8 +61,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
+import jiwer
 import numpy as np
 import torch
+from sacrebleu.metrics import BLEU
+from scipy import ndimage
 from torch import nn
 from torch.nn import functional as F
 
@@ -143,8 +146,6 @@ def _area_matrix(size: int, target: int) -> np.ndarray:
 def degrade(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A rendered clip made to look generated: blur (sigma 0.2-0.8 px per 32 px of image), colours washed toward the
     frame mean by 0-15%, brightness x0.85-1.15 and +-15, Gaussian noise of sigma 0-10. uint8 in and out."""
-    from scipy import ndimage
-
     size = frames.shape[1]
     x = frames.astype(np.float32)
     sigma = rng.uniform(0.2, 0.8) * size / 32
@@ -360,8 +361,6 @@ def load_or_train(image_size: int, num_frames: int, signers: Sequence[int], excl
 
 # --------------------------------------------------------------------------------------------- scores
 def _bleu():
-    from sacrebleu.metrics import BLEU
-
     return BLEU(tokenize="none")
 
 
@@ -376,8 +375,6 @@ def bleu4(hypotheses: Sequence[Sequence[str]], references: Sequence[Sequence[str
 
 def wer(hypotheses: Sequence[Sequence[str]], references: Sequence[Sequence[str]]) -> float:
     """jiwer corpus WER: (substitutions + deletions + insertions) / reference glosses."""
-    import jiwer
-
     if any(len(r) == 0 for r in references):
         raise ValueError("WER needs a non-empty reference gloss sequence for every clip")
     return float(jiwer.wer([_text(r) for r in references], [_text(h) for h in hypotheses]))
@@ -409,8 +406,6 @@ def sentence_statistics(hypotheses, references) -> np.ndarray:
 
 def bleu_from_statistics(total: np.ndarray) -> float:
     """Corpus BLEU-4 (sacrebleu's formula and smoothing) from summed `sentence_statistics`."""
-    from sacrebleu.metrics import BLEU
-
     bleu, order = _bleu(), (len(total) - 2) // 2
     return float(BLEU.compute_bleu(total[2 : 2 + order].tolist(), total[2 + order :].tolist(), int(total[0]),
                                    int(total[1]), smooth_method=bleu.smooth_method).score)

@@ -5,12 +5,22 @@ Every command validates its input before any work starts and prints an error tha
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+import torch
+
+from . import bench, metrics
+from .ablate import SlurmOptions, build_report, parse_mem_gb, parse_sbatch, parse_time_minutes, run_study
 from .config import DEFAULT_VARIANTS, PROJECT_ROOT, ConfigError, available, load_config, parse_override
+from .data import DataError, build_datasets
+from .evaluate import EVALUATION_COLUMNS, evaluate_run
+from .pipeline import generate
 from .rundir import RunDir
 from .runtime import usable_cpus
+from .text import TextEncoder
+from .train import train
 
 EXECUTED = PROJECT_ROOT / "executed"
 REPORTS = PROJECT_ROOT / "reports"
@@ -46,15 +56,11 @@ def _overrides(args, without: tuple = ()) -> list[str]:
 
 def cmd_run(args) -> int:
     """One variant, one seed, trained in this process into executed/<study>/<variant>-seed<k>/."""
-    from .train import train
-
     seed = _agreed(args, "seed")
     seed = 0 if seed is None else seed
     cfg = load_config(args.variant, args.scale, _overrides(args, without=("seed",)) + [f"seed={seed}"])
     run_dir = Path(args.executed_dir) / args.study / cfg.run_name
     if args.notebook:
-        from .ablate import run_study
-
         result = run_study(args.study, variants=[args.variant], seeds=[cfg.seed], scale=args.scale,
                            overrides=_overrides(args, without=("seed",)), force=args.force,
                            executed_dir=args.executed_dir, build_report=False)
@@ -74,8 +80,6 @@ def _option(name: str) -> str:
 def slurm_options(args):
     """The SlurmOptions of `ablate --executor slurm`; a Slurm option given with another executor is an error naming
     it (and --gpus, --submitit-folder where they do not apply)."""
-    from .ablate import SlurmOptions, parse_mem_gb, parse_sbatch, parse_time_minutes
-
     given = [name for name in SLURM_OPTIONS if getattr(args, name, None) not in (None, [])]
     if args.executor != "slurm":
         if given:
@@ -114,8 +118,6 @@ def _jobs(value, gpus, executor: str) -> int:
 
 
 def cmd_ablate(args) -> int:
-    from .ablate import run_study
-
     if "seed" in _given(args):
         raise ConfigError(f"-p seed={_given(args)['seed']}: a study's seeds are given with --seeds (default 0 1)")
 
@@ -137,8 +139,6 @@ def cmd_ablate(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .ablate import build_report
-
     folder = Path(args.executed_dir) / args.study
     if not folder.is_dir():
         found = sorted(p.name for p in Path(args.executed_dir).glob("*") if p.is_dir() and not p.name.startswith("."))
@@ -150,8 +150,6 @@ def cmd_report(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from .pipeline import generate
-
     results = generate(args.run_dir, args.prompts, weights=args.weights, seed=args.seed, out_dir=args.out,
                        num_inference_steps=args.steps, guidance_scale=args.guidance)
     for r in results:
@@ -161,8 +159,6 @@ def cmd_generate(args) -> int:
 
 def cmd_evaluate(args) -> int:
     """FVD, LPIPS, SSIM/PSNR, temporal metrics, sign fidelity and cost of a finished run, raw and EMA weights."""
-    from .evaluate import EVALUATION_COLUMNS, evaluate_run
-
     rows = evaluate_run(args.run_dir, num_clips=args.num_clips, weights=args.weights, device=args.device,
                         num_inference_steps=args.steps, batch_size=args.batch_size)
     identity = {"model_name", "config_name", "weights", "timestamp", "feature_weights_sha256"}
@@ -179,15 +175,11 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from . import bench
-
     return bench.run_from_args(args)
 
 
 def cmd_doctor(args) -> int:
     """What the setup test did, better: params, data, text encoder, metric weights, devices. Exit 1 on a problem."""
-    import torch
-
     problems = 0
 
     def report(ok: bool, what: str, detail: str = "") -> None:
@@ -205,8 +197,6 @@ def cmd_doctor(args) -> int:
                 report(False, f"{variant} @ {scale}", str(exc))
     print("data")
     try:
-        from .data import build_datasets
-
         cfg = load_config("baseline", args.scale, _overrides(args))
         train_set, val_set, split = build_datasets(cfg)
         report(True, f"{cfg.dataset}", f"{len(train_set)} train / {len(val_set)} validation clips, "
@@ -215,8 +205,6 @@ def cmd_doctor(args) -> int:
         report(False, "dataset", f"{type(exc).__name__}: {exc}")
     print("text encoder")
     try:
-        from .text import TextEncoder
-
         cfg = load_config("baseline", args.scale, _overrides(args))
         enc = TextEncoder(cfg.text_encoder, cfg.max_text_length, True)
         states, _ = enc.encode(["hello"])
@@ -225,8 +213,6 @@ def cmd_doctor(args) -> int:
         report(False, "text encoder", f"{type(exc).__name__}: {exc}")
     print("metric weights (optional: a missing one makes that metric null with this reason)")
     try:
-        from . import metrics
-
         for name, status in metrics.weights_status().items():
             print(f"  [{'ok' if status.startswith('ok') else 'missing'}] {name}: {status}")
     except (ImportError, AttributeError) as exc:
@@ -236,8 +222,6 @@ def cmd_doctor(args) -> int:
     for i in range(torch.cuda.device_count()):
         p = torch.cuda.get_device_properties(i)
         print(f"  cuda:{i} {p.name} {p.total_memory / 2**30:.1f} GiB")
-    import os
-
     print(f"  CPU cores: {os.cpu_count()}, torch threads: {torch.get_num_threads()}")
     print("all checks passed" if not problems else f"{problems} problem(s) found")
     return 1 if problems else 0
@@ -250,9 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_commands(sub)
     sp = sub.add_parser("bench", help="benchmark the training step, sampling, FLOP utilization, and diffusers' UNet3D")
     try:
-        from . import bench
-
-        bench.add_arguments(sp)
+            bench.add_arguments(sp)
     except (ImportError, AttributeError):
         pass
     sp.set_defaults(func=cmd_bench)
@@ -354,8 +336,6 @@ def _add_run_commands(sub) -> None:
 
 
 def main(argv=None) -> int:
-    from .data import DataError
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

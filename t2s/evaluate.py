@@ -113,6 +113,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from . import backtranslate, metrics, synthsign
@@ -184,8 +185,6 @@ def _write_gifs(run: RunDir, entries: list[dict], clips: dict) -> None:
 
 
 def _log_tensorboard(run: RunDir, rows: list[dict], step: int) -> None:
-    from torch.utils.tensorboard import SummaryWriter  # imported when used: it loads the tensorboard package
-
     writer = SummaryWriter(str(run.tensorboard))
     try:
         for row in rows:

@@ -116,9 +116,7 @@ def test_run_takes_the_seed_from_p_and_a_conflicting_option_is_an_error(monkeypa
 
         return Result()
 
-    import importlib
-
-    monkeypatch.setattr(importlib.import_module("t2s.train"), "train", fake_train)
+    monkeypatch.setattr(cli, "train", fake_train)
     common = ["--scale", "micro", "--executed-dir", str(tmp_path)]
     assert cli.main(["run", *common, "-p", "seed=3"]) == 0
     assert trained[-1][0] == 3 and trained[-1][2].name == "baseline-seed3"

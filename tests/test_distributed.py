@@ -13,18 +13,17 @@ from pathlib import Path
 import pytest
 import torch
 
+import t2s
+from t2s.checkpoint import list_checkpoints, load_checkpoint
+from t2s.config import load_config
+from t2s.engine import EpochSampler
+from t2s.launch import free_port
+from t2s.rundir import RunDir
+from t2s.train import Trainer
+
+from conftest import read_csv  # tests/ is on sys.path: pytest's rootdir, or this file's folder when run as a script
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import t2s  # noqa: E402
-from t2s.config import load_config  # noqa: E402
-from t2s.checkpoint import list_checkpoints, load_checkpoint  # noqa: E402
-from t2s.launch import free_port  # noqa: E402
-from t2s.rundir import RunDir  # noqa: E402
-from t2s.engine import EpochSampler  # noqa: E402
-from t2s.train import Trainer  # noqa: E402
-
-from conftest import read_csv  # noqa: E402
 
 # the gradient test: a trainable text encoder (DDP-wrapped too), accumulation over 2 micro-batches, caption dropout
 GRAD_OVERRIDES = {"gradient_accumulation_steps": 2, "cond_drop_prob": 0.5, "max_steps": 2}
