@@ -139,3 +139,23 @@ def test_bad_arguments_are_refused(setting, text):
         pipe(CAPTIONS[:2], seeds=[0])
     with pytest.raises(ValueError, match="batch_size"):
         pipe(CAPTIONS[:2], batch_size=0)
+
+
+@pytest.mark.parametrize("mixed_precision, expected", [("bf16", torch.bfloat16), ("fp16", torch.float32),
+                                                       ("no", torch.float32)])
+def test_the_denoiser_samples_in_the_runs_mixed_precision_and_the_clips_stay_float32(text, mixed_precision, expected):
+    """bf16 autocast on the CPU as training ran it; fp16 autocast is for CUDA only (as training's validation)."""
+    cfg = load_config("baseline", "micro", {"mixed_precision": mixed_precision, "guidance_scale": 2.0})
+    denoiser = model(cfg, text)
+    seen = []
+    handle = denoiser.out.register_forward_hook(lambda module, args, out: seen.append(out.dtype))  # the last conv
+    pipe = TextToSignPipeline.from_config(denoiser, text, cfg)
+    assert pipe.precision == mixed_precision
+    clips = run(pipe, cfg, CAPTIONS[:2], [0, 1], batch_size=2)
+    handle.remove()
+    assert set(seen) == {expected} and len(seen) == STEPS
+    assert clips.dtype == torch.float32 and torch.isfinite(clips).all()
+    if mixed_precision == "bf16":  # close to the float32 sampler, not equal to it
+        full = run(TextToSignPipeline(denoiser, text, pipe.scheduler, pipe.clip_shape, pipe.sampling), cfg,
+                   CAPTIONS[:2], [0, 1], batch_size=2)
+        assert not torch.equal(clips, full) and (clips - full).abs().mean() < 0.05
