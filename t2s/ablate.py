@@ -43,10 +43,11 @@ from t2s.executors import (LOCAL_TIMEOUT_MIN, RunJob, SlurmOptions, SubmissionEr
                            run_with_submitit)
 from t2s.report_build import ReportError, build_report, export_html, report_command
 from t2s.rundir import FAILURES_FILE
-from t2s.study_runs import (ANALYSIS_NOTEBOOK, ANSI, EXECUTED_DIR, KERNEL, REPORTS_DIR, STUDY_NAME, TRAIN_NOTEBOOK,
-                            FailureLog, NotebookFailed, RunOutcome, RunPlan, _print, _shown, _update_study_file,
-                            check_study_name, error_from_notebook, execute_in_process, execute_in_subprocess, lock_path,
-                            normalize_overrides, plan_study, run_lock, run_planned, run_status)
+from t2s.study_runs import (ANALYSIS_NOTEBOOK, ANSI, EXECUTED_DIR, KERNEL, REPORTS_DIR, STUDY_NAME, SUBPROCESS_CODE,
+                            TRAIN_NOTEBOOK, FailureLog, IpcKernelManager, NotebookFailed, RunOutcome, RunPlan, _print,
+                            _shown, _update_study_file, check_study_name, error_from_notebook, execute_in_process,
+                            execute_in_subprocess, execute_notebook, lock_path, normalize_overrides, plan_study,
+                            run_lock, run_planned, run_status)
 
 __all__ = [
     "run_study", "StudyResult", "DEFAULT_VARIANTS", "EXECUTORS",
@@ -54,7 +55,7 @@ __all__ = [
     "TRAIN_NOTEBOOK", "ANALYSIS_NOTEBOOK", "EXECUTED_DIR", "REPORTS_DIR", "KERNEL", "STUDY_NAME", "ANSI",
     "check_study_name", "RunPlan", "RunOutcome", "normalize_overrides", "plan_study", "run_status", "FailureLog",
     "error_from_notebook", "NotebookFailed", "execute_in_process", "execute_in_subprocess", "lock_path", "run_lock",
-    "run_planned",
+    "run_planned", "execute_notebook", "IpcKernelManager", "SUBPROCESS_CODE",
     # executors
     "RunJob", "SlurmOptions", "parse_time_minutes", "parse_mem_gb", "parse_sbatch", "LOCAL_TIMEOUT_MIN",
     "SubmissionError", "executor_parameters", "check_slurm_available", "make_executor",

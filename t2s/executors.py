@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from t2s.config import PROJECT_ROOT, ConfigError
 from t2s.rundir import STUDY_FILE, atomic_write_json, read_json
-from t2s.study_runs import ANSI, FailureLog, RunOutcome, RunPlan, _error, _now, _outcome_line, _shown, run_planned
+from t2s.study_runs import (ANSI, FailureLog, RunOutcome, RunPlan, _error, _now, _outcome_line, _shown,
+                            pythonpath_with_project, run_planned)
 
 class RunJob:
     """What a submitit job runs: run_planned() for one plan. Module-level and stateless, so it pickles by reference;
@@ -119,12 +120,6 @@ class SubmissionError(ConfigError):
     the message has sbatch's reason. A ConfigError, so the command line prints it without a traceback."""
 
 
-def _pythonpath_with_project() -> str:
-    """PYTHONPATH with the folder that holds the t2s package first, so a job's fresh python process imports it."""
-    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(PROJECT_ROOT)]
-    return os.pathsep.join([str(PROJECT_ROOT)] + rest)
-
-
 def executor_parameters(kind: str, study: str, slurm: Optional[SlurmOptions] = None) -> dict:
     """The parameters given to submitit.AutoExecutor.update_parameters for each job of a study."""
     if kind == "local":
@@ -207,7 +202,7 @@ def _record_jobs(study_dir: Path, jobs: dict) -> None:
 def _project_on_pythonpath():
     """PYTHONPATH with the project first while a job is submitted: a local job inherits this process's environment."""
     saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = _pythonpath_with_project()
+    os.environ["PYTHONPATH"] = pythonpath_with_project()
     try:
         yield
     finally:

@@ -14,14 +14,12 @@ from typing import Callable, Union
 
 import jinja2
 import nbformat
-import papermill
 from nbconvert import HTMLExporter
 from nbconvert.preprocessors import TagRemovePreprocessor
 from papermill.exceptions import PapermillExecutionError
 
-from t2s.config import PROJECT_ROOT
-from t2s.study_runs import (ANALYSIS_NOTEBOOK, EXECUTED_DIR, KERNEL, REPORTS_DIR, _for_notebook, _print, _shown,
-                            check_study_name)
+from t2s.study_runs import (ANALYSIS_NOTEBOOK, EXECUTED_DIR, REPORTS_DIR, _for_notebook, _print, _shown,
+                            check_study_name, execute_notebook)
 
 
 class ReportError(RuntimeError):
@@ -74,8 +72,7 @@ def build_report(study: str, executed_dir: Union[str, Path] = EXECUTED_DIR, repo
     parameters = {"study": study, "executed_dir": _for_notebook(executed_dir), "reports_dir": _for_notebook(reports_dir),
                   "interactive": False}
     try:
-        papermill.execute_notebook(str(ANALYSIS_NOTEBOOK), str(notebook), parameters=parameters, kernel_name=KERNEL,
-                                   progress_bar=False, cwd=str(PROJECT_ROOT))
+        execute_notebook(ANALYSIS_NOTEBOOK, notebook, parameters)
     except PapermillExecutionError as exc:
         raise ReportError(f"{_shown(notebook)}, cell {exc.cell_index}: {exc.ename}: {exc.evalue}") from exc
     html_path = export_html(notebook, reports_dir / f"{study}.html", title=f"t2s study {study}")

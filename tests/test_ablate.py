@@ -13,7 +13,6 @@ import nbformat
 import papermill
 import pytest
 import torch
-import yaml
 from papermill.exceptions import PapermillExecutionError
 
 from runfactory import make_run
@@ -173,7 +172,7 @@ def test_gpus_get_one_papermill_process_each(tmp_path, monkeypatch):
             peak[0] = max(peak[0], running[0])
             seen.append((env["CUDA_VISIBLE_DEVICES"], command))
         time.sleep(0.2)
-        parameters = yaml.safe_load(command[command.index("-y") + 1])
+        parameters = json.loads(command[5])
         make_run(Path(command[4]).parent, parameters["variant"], parameters["seed"])
         with lock:
             running[0] -= 1
@@ -185,9 +184,8 @@ def test_gpus_get_one_papermill_process_each(tmp_path, monkeypatch):
     assert [r.status for r in result.runs] == ["finished"] * 6
     assert peak[0] == 2  # both GPUs busy at once, never more than one run per GPU
     assert {gpu for gpu, _ in seen} == {"0", "1"}
-    command = seen[0][1]
-    assert command[1:4] == ["-m", "papermill", str(ablate.TRAIN_NOTEBOOK)]
-    assert command[command.index("-k") + 1] == "python3" and command[command.index("--cwd") + 1] == str(PROJECT_ROOT)
+    command = seen[0][1]  # python -c <execute_notebook(notebook, output, parameters)>: papermill as in this process
+    assert command[1:4] == ["-c", ablate.SUBPROCESS_CODE, str(ablate.TRAIN_NOTEBOOK)]
 
 
 def test_jobs_train_runs_at_once_on_the_cpus_and_shared_runs_wait_for_their_provider(tmp_path, monkeypatch):
@@ -199,7 +197,7 @@ def test_jobs_train_runs_at_once_on_the_cpus_and_shared_runs_wait_for_their_prov
     monkeypatch.delenv(runtime.THREADS_ENV_VAR, raising=False)
 
     def fake_run(command, env, capture_output, text):
-        parameters = yaml.safe_load(command[command.index("-y") + 1])
+        parameters = json.loads(command[5])
         name = f"{parameters['variant']}-seed{parameters['seed']}"
         with lock:
             running[0] += 1
@@ -311,8 +309,9 @@ sys.modules["t2s.evaluate"] = evaluation
 '''
 
 
-def test_train_notebook_runs_against_the_training_contract(tmp_path, monkeypatch):
-    """A real kernel runs notebooks/train.ipynb; IPython's startup folder swaps in a stand-in train()."""
+def test_train_notebook_runs_against_the_training_contract(tmp_path, monkeypatch, capfd):
+    """A real kernel runs notebooks/train.ipynb as ablate runs it (`execute_notebook`); IPython's startup folder swaps
+    in a stand-in train(). The kernel is reached over IPC, so it does not warn that it runs over TCP unencrypted."""
     startup = tmp_path / "ipython" / "profile_default" / "startup"
     startup.mkdir(parents=True)
     (startup / "00-fake-train.py").write_text(textwrap.dedent(FAKE_TRAIN.format(root=str(PROJECT_ROOT),
@@ -320,10 +319,10 @@ def test_train_notebook_runs_against_the_training_contract(tmp_path, monkeypatch
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
     output = tmp_path / "executed" / "s" / "no_ema-seed3.ipynb"
     output.parent.mkdir(parents=True)
-    papermill.execute_notebook(str(ablate.TRAIN_NOTEBOOK), str(output), kernel_name="python3", progress_bar=False,
-                               cwd=str(PROJECT_ROOT), parameters={"variant": "no_ema", "seed": 3, "study": "s",
-                                                                  "executed_dir": str(tmp_path / "executed"),
-                                                                  "overrides": {"num_epochs": 1}})
+    ablate.execute_notebook(ablate.TRAIN_NOTEBOOK, output, {"variant": "no_ema", "seed": 3, "study": "s",
+                                                            "executed_dir": str(tmp_path / "executed"),
+                                                            "overrides": {"num_epochs": 1}})
+    assert "without encryption" not in capfd.readouterr().err  # the kernel's stderr is this process's
     assert json.loads((tmp_path / "executed" / "s" / "no_ema-seed3" / "config.json").read_text())["seed"] == 3
     nb = nbformat.read(str(output), as_version=4)
     outputs = [o for c in nb.cells for o in c.get("outputs", [])]
