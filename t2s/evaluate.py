@@ -366,7 +366,36 @@ class _Evaluation:
     autocast: Callable
 
 
-def _sample(pipe: TextToSignPipeline, ev: _Evaluation, bar) -> tuple[torch.Tensor, float, float]:
+class _Progress:
+    """The evaluation's tqdm bar and the run's progress.json (phase "evaluating": clips generated of all, clips/s),
+    advanced together by the pipeline's callback."""
+
+    def __init__(self, run: RunDir, total: int, show: bool):
+        self.run, self.total, self.done, self.weights = run, total, 0, None
+        self.bar = tqdm(total=total, disable=not show, desc=f"evaluate {run.root.name}", unit="clip")
+        self.start = time.perf_counter()
+        self.write("evaluating")
+
+    def write(self, phase: str) -> None:
+        seconds = time.perf_counter() - self.start
+        self.run.write_progress(phase, self.done, self.total, "clip", weights=self.weights,
+                                rate=self.done / seconds if self.done and seconds > 0 else None)
+
+    def set_weights(self, weights: str) -> None:
+        self.weights = weights
+        self.bar.set_postfix(weights=weights)
+        self.write("evaluating")
+
+    def update(self, clips: int) -> None:
+        self.done += clips
+        self.bar.update(clips)
+        self.write("evaluating")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _sample(pipe: TextToSignPipeline, ev: _Evaluation, bar: _Progress) -> tuple[torch.Tensor, float, float]:
     """Every evaluation clip, clip i from seed i's noise: (clips (n, 3, F, H, W) float32 on the CPU, seconds, peak
     memory in GB). A one-step warm-up runs first, untimed."""
     sampling = dict(guidance_scale=ev.cfg.guidance_scale, eta=ev.cfg.eta)
@@ -382,11 +411,12 @@ def _sample(pipe: TextToSignPipeline, ev: _Evaluation, bar) -> tuple[torch.Tenso
     return generated.float().cpu(), seconds, peak.peak_gb
 
 
-def _evaluate_weights(ev: _Evaluation, weights: str, bar) -> tuple[dict, torch.Tensor, Optional[list[list[str]]]]:
+def _evaluate_weights(ev: _Evaluation, weights: str, bar: _Progress
+                      ) -> tuple[dict, torch.Tensor, Optional[list[list[str]]]]:
     """Sample the evaluation clips with one weight set and score them: (its row, the generated clips (n, 3, F, H, W),
     the recognizer's readings of them or None)."""
     _, denoiser, text = load_run_models(ev.run.root, weights, str(ev.device))
-    bar.set_postfix(weights=weights)
+    bar.set_weights(weights)
     pipe = TextToSignPipeline.from_config(denoiser, text, ev.cfg)
     generated, seconds, peak_gb = _sample(pipe, ev, bar)
     refs, clips, whole, splits = ev.references, ev.clips, ev.clips.whole, ev.clips.splits
@@ -457,8 +487,11 @@ def evaluate_run(
     reused = reuse_evaluation(run, cfg, weight_sets) if num_clips is None and num_inference_steps is None else None
     if reused is not None:  # a run that shares another's training and evaluation settings: its rows and clips
         write_rows(run, reused)
+        clips = sum(int(reused[0].get(f"num_clips_{split}") or 0) for split in CAPTION_SPLITS)
+        run.write_progress("evaluated", clips, clips, "clip", weights="raw")
         return reused
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    run.write_progress("evaluating", 0, 0, "clip")  # 0 of 0: the data and metric models load first
 
     train_set, val_set, _ = build_datasets(cfg)
     clips = _evaluation_set(cfg, train_set, val_set, n_wanted, num_clips)
@@ -470,7 +503,7 @@ def evaluate_run(
     gif_entries = [_gif_entry(clips.clips[i], i, "real", references.real_readings) for i in range(n)]
     gif_clips = {f"real_{i:03d}.gif": clips.real[i] for i in range(n)}
     rows = []
-    bar = tqdm(total=n * len(weight_sets), disable=not progress, desc=f"evaluate {run.root.name}", unit="clip")
+    bar = _Progress(run, n * len(weight_sets), progress)
     try:
         for w in weight_sets:
             row, generated, readings = _evaluate_weights(ev, w, bar)
@@ -480,4 +513,5 @@ def evaluate_run(
     finally:
         bar.close()
     _write_results(run, rows, gif_entries, gif_clips, checkpoint["step"])
+    bar.write("evaluated")
     return rows

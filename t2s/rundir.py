@@ -12,6 +12,7 @@
 <run_dir>/samples/*.gif, samples.json sample clips for the fixed prompts
 <run_dir>/logs/evaluation_metrics.csv one row per evaluated weight set (and .json, the same rows)
 <run_dir>/evaluation/*.gif, index.json the evaluation clips, generated and real
+<run_dir>/progress.json               what the run is doing now (phase, done of total, rate, loss), for live progress
 <run_dir>.ipynb                       the executed training notebook, beside the folder
 executed/<study>/study.json           the variants and seeds asked for, and the jobs
 executed/<study>/failures.json        run name -> the failing cell's error
@@ -25,6 +26,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -35,8 +37,10 @@ VALIDATION_COLUMNS = ["epoch", "step", "val_loss_raw", "val_loss_ema", "timestam
 MEMORY_COLUMNS = ["step", "device", "allocated_gb", "reserved_gb", "peak_gb", "rss_gb", "timestamp"]
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename: a crash never leaves a half-written file."""
+def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename: a crash never leaves a half-written file.
+    durable=False skips the fsync: a reader still never sees a half-written file (for files rewritten often, whose
+    loss in a crash does not matter: progress.json)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -44,7 +48,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
         try:
@@ -67,8 +72,9 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(_jsonable(data), indent=2, sort_keys=True, default=str) + "\n").encode("utf-8"))
+def atomic_write_json(path: Path, data: Any, durable: bool = True) -> None:
+    text = json.dumps(_jsonable(data), indent=2, sort_keys=True, default=str) + "\n"
+    atomic_write_bytes(path, text.encode("utf-8"), durable)
 
 
 def read_json(path: Path, default: Any = None) -> Any:
@@ -80,6 +86,11 @@ def read_json(path: Path, default: Any = None) -> Any:
 
 STUDY_FILE = "study.json"
 FAILURES_FILE = "failures.json"
+# progress.json: every key is always there (None where it does not apply). phase: validating, training, sampling,
+# trained (training done, evaluation next), evaluating, evaluated; done of total units ("step" while training,
+# "clip" while evaluating); rate: units per second lately; loss and clips_per_s of the last log window; weights: the
+# weight set being evaluated; time: when it was written (seconds since the epoch).
+PROGRESS_KEYS = ["phase", "done", "total", "unit", "rate", "loss", "clips_per_s", "epoch", "weights", "time"]
 
 
 class RunDir:
@@ -102,6 +113,7 @@ class RunDir:
         self.evaluation = self.root / "evaluation"
         self.evaluation_index = self.evaluation / "index.json"
         self.samples_json = self.samples / "samples.json"
+        self.progress = self.root / "progress.json"
         self.notebook = self.root.with_suffix(".ipynb")
 
     def make(self) -> "RunDir":
@@ -120,6 +132,20 @@ class RunDir:
     @property
     def status(self) -> str | None:
         return self.read_metadata().get("status")
+
+    def write_progress(self, phase: str, done: int, total: int, unit: str, **fields: Any) -> None:
+        """progress.json, replaced atomically (not fsynced: it is rewritten at every log point and phase change)."""
+        unknown = set(fields) - set(PROGRESS_KEYS)
+        if unknown:
+            raise ValueError(f"progress.json has no key {sorted(unknown)}; its keys: {PROGRESS_KEYS}")
+        record = {**dict.fromkeys(PROGRESS_KEYS), **fields, "phase": phase, "done": int(done), "total": int(total),
+                  "unit": unit, "time": time.time()}
+        atomic_write_json(self.progress, record, durable=False)
+
+    def read_progress(self) -> dict | None:
+        """progress.json as written, or None when there is none (or it is not a JSON object)."""
+        record = read_json(self.progress, None)
+        return record if isinstance(record, dict) else None
 
 
 def append_rows(path: Path, columns: list[str], rows: Iterable[dict]) -> None:

@@ -1,6 +1,7 @@
 """What a training run writes as it goes (main process only), and its summary: the per-step CSV rows and TensorBoard
 scalars, flushed once per log window (the losses stay on the device in between: one host-device sync per window);
-the validation rows; the sample GIFs and their index; summary.json.
+the validation rows; the sample GIFs and their index; progress.json (what the run is doing now, which `ablate`
+shows live); summary.json.
 
 File names and columns come from `t2s.rundir`; the trainer decides when to write, this module how.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 import csv
 import math
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -78,6 +80,26 @@ class RunLog:
     def __init__(self, run: RunDir, is_main: bool, device: torch.device):
         self.run, self.is_main, self.device = run, is_main, device
         self.writer: Optional[SummaryWriter] = None
+        self.last_progress: Optional[dict] = None
+
+    def progress(self, phase: str, step: int, total_steps: int, **fields) -> None:
+        """progress.json: `phase` at optimizer step `step` of `total_steps` (loss, rate in steps/s, clips_per_s, epoch
+        from the last log window)."""
+        if self.is_main:
+            self.last_progress = dict(fields, phase=phase, step=step, total_steps=total_steps)
+            self.run.write_progress(phase, step, total_steps, "step", **fields)
+
+    @contextmanager
+    def phase(self, phase: str, step: int, total_steps: int):
+        """progress.json says `phase` (validating, sampling) while the block runs, then what it said before."""
+        before = self.last_progress
+        self.progress(phase, step, total_steps, **{k: v for k, v in (before or {}).items()
+                                                   if k not in ("phase", "step", "total_steps")})
+        try:
+            yield
+        finally:
+            if before is not None:
+                self.progress(**before)
 
     def open(self, step: int) -> None:
         """TensorBoard events from `step` on (a resumed run drops the events logged after its checkpoint)."""

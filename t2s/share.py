@@ -114,6 +114,7 @@ def derive_run(config: Config, run: RunDir, provider: RunDir) -> dict:
               "differing_keys": sorted(differing_keys(config.to_dict(), read_json(provider.config, {})))}
     run.update_metadata(**{**theirs, "status": "finished", "error": None, "start_time": now(), "end_time": now(),
                            "resumed_from": None, "weights_from": str(provider.root), "shared_training": shared})
+    run.write_progress("trained", int(state["step"]), int(state["step"]), "step")  # evaluation next, as a trained run
     return summary
 
 

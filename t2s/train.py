@@ -63,6 +63,7 @@ class Trainer(Engine):
         """Train to total_steps (or `stop_after` steps, or a stop signal); the final validation row, or
         {stopped_at, signal} when stopped early with a checkpoint."""
         self.log.open(self.step)
+        self.log.progress("training", self.step, self.total_steps, epoch=self.epoch)
         if self.step == 0 and self.is_main and not self.run.validation_csv.exists():
             self.validate()  # the step-0 held-out loss, the reference the curve is read against
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.progress and self.is_main),
@@ -81,6 +82,7 @@ class Trainer(Engine):
         final_val = last if last is not None and int(last["step"]) == self.step else self.validate()
         if self.step % self.cfg.sample_every:
             self.samples()
+        self.log.progress("trained", self.step, self.total_steps, epoch=self.epoch)
         self.log.close()
         return final_val
 
@@ -147,6 +149,8 @@ class Trainer(Engine):
         losses = losses.cpu().tolist()
         check_finite(losses, pending, self.run)
         clips_per_s = self.log.training_rows(pending, losses, self.global_batch_size, seconds)
+        self.log.progress("training", self.step, self.total_steps, loss=losses[-1], clips_per_s=clips_per_s,
+                          rate=len(pending) / seconds if seconds > 0 else None, epoch=self.epoch)
         if self.is_main:
             bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{pending[-1]['lr']:.2e}", clips_s=f"{clips_per_s or 0:.1f}")
 
@@ -169,11 +173,12 @@ class Trainer(Engine):
         on every rank, and the others meet it again at the next gradient all-reduce."""
         if not self.is_main:
             return {}
-        raw = self.held_out_loss()
-        ema = None
-        if self.ema:
-            with self.ema.swapped():
-                ema = self.held_out_loss()
+        with self.log.phase("validating", self.step, self.total_steps):
+            raw = self.held_out_loss()
+            ema = None
+            if self.ema:
+                with self.ema.swapped():
+                    ema = self.held_out_loss()
         return self.log.validation_row(self.epoch, self.step, raw, ema)
 
     @torch.no_grad()
@@ -187,7 +192,8 @@ class Trainer(Engine):
         cfg, text = self.cfg, self.accelerator.unwrap_model(self.text)
         devices = [self.device] if self.device.type == "cuda" else []
         with eval_mode(self.model, text), torch.random.fork_rng(devices=devices), \
-                self.ema.swapped() if self.ema else nullcontext():
+                self.ema.swapped() if self.ema else nullcontext(), \
+                self.log.phase("sampling", self.step, self.total_steps):
             pipe = TextToSignPipeline.from_config(self.model, text, cfg)
             clips = pipe(cfg.sample_prompts, seeds=range(len(cfg.sample_prompts)), batch_size=cfg.eval_batch_size)
         return self.log.samples(self.step, cfg.sample_prompts, clips, "ema" if self.ema else "raw")

@@ -17,6 +17,7 @@ import pandas as pd
 
 from t2s.config import ConfigError, load_config
 from t2s.evaluate import EVALUATION_COLUMNS, STATUS_METRICS
+from t2s.rundir import PROGRESS_KEYS
 from t2s.runtime import RECORDED_PACKAGES
 
 PROMPTS = ("hello my name is anna", "where is the train station")
@@ -152,6 +153,20 @@ def make_run(
                               "seed": None if weights == "real" else i, "signer": "signer07", "glosses": prompt,
                               "reading": prompt if weights == "real" else " ".join(prompt.split()[:2])})
         _write_json(run_dir / "evaluation" / "index.json", index)
+
+    # progress.json as the run left it: evaluated (clips of every weight set), trained, or training at its last log point
+    weight_sets = 2 if use_ema else 1
+    if status == "finished" and evaluation:
+        progress = {"phase": "evaluated", "done": 8 * weight_sets, "total": 8 * weight_sets, "unit": "clip",
+                    "rate": 2.0, "weights": "ema" if use_ema else "raw"}
+    elif status == "finished":
+        progress = {"phase": "trained", "done": int(steps), "total": int(steps), "unit": "step", "epoch": int(steps // 50)}
+    else:
+        progress = {"phase": "training", "done": int(logged[-1]), "total": int(steps), "unit": "step", "rate": 10.0,
+                    "loss": float(loss[-1]), "clips_per_s": float(training["clips_per_s"].iloc[-1]),
+                    "epoch": int(logged[-1] // 50)}
+    _write_json(run_dir / "progress.json", {**dict.fromkeys(PROGRESS_KEYS), **progress,
+                                            "time": (START + timedelta(seconds=float(steps))).timestamp()})
 
     # training samples as t2s.train writes them: one clip per prompt and sampling step, of the EMA weights when kept
     entries = []

@@ -66,6 +66,9 @@ def test_a_derived_run_holds_the_providers_raw_weights_and_no_ema(provider):
     assert summary["val_loss_ema"] is None and summary["ema_updates"] is None
     assert summary["val_loss_raw"] == read_json(source.summary, {})["val_loss_raw"]
     assert {e["weights"] for e in read_json(run.samples_json, [])} <= {"raw"}
+    # what ablate's live line shows while the notebook goes on to evaluate it: trained, at the provider's last step
+    progress = run.read_progress()
+    assert (progress["phase"], progress["done"], progress["total"]) == ("trained", summary["steps"], summary["steps"])
 
 
 def test_a_run_whose_training_differs_trains_itself(provider, capsys):
