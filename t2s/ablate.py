@@ -20,6 +20,7 @@ code, to reports/<study>.html: self-contained (plotly.js and the GIFs embedded),
 
 The rooms (each imports only those before it; this module re-exports their public names, so `t2s.ablate.X` works):
     study_runs    paths and names, planning, locks, one run through train.ipynb, failures.json
+    progress      the live display: each running run's progress.json as a line, the study's runs done
     executors     submitit jobs (local, Slurm): SlurmOptions, job parameters, submission, collection, study.json jobs
     report_build  the analysis notebook executed and exported to HTML
     ablate        run_study: validate, skip or move aside, run here or as jobs, then the report
@@ -41,6 +42,7 @@ from t2s.config import DEFAULT_VARIANTS, ConfigError
 from t2s.executors import (LOCAL_TIMEOUT_MIN, RunJob, SlurmOptions, SubmissionError, check_slurm_available,
                            executor_parameters, make_executor, parse_mem_gb, parse_sbatch, parse_time_minutes,
                            run_with_submitit)
+from t2s.progress import StudyProgress
 from t2s.report_build import ReportError, build_report, export_html, report_command
 from t2s.rundir import FAILURES_FILE
 from t2s.study_runs import (ANALYSIS_NOTEBOOK, ANSI, EXECUTED_DIR, KERNEL, REPORTS_DIR, STUDY_NAME, SUBPROCESS_CODE,
@@ -56,6 +58,8 @@ __all__ = [
     "check_study_name", "RunPlan", "RunOutcome", "normalize_overrides", "plan_study", "run_status", "FailureLog",
     "error_from_notebook", "NotebookFailed", "execute_in_process", "execute_in_subprocess", "lock_path", "run_lock",
     "run_planned", "execute_notebook", "IpcKernelManager", "SUBPROCESS_CODE",
+    # progress
+    "StudyProgress",
     # executors
     "RunJob", "SlurmOptions", "parse_time_minutes", "parse_mem_gb", "parse_sbatch", "LOCAL_TIMEOUT_MIN",
     "SubmissionError", "executor_parameters", "check_slurm_available", "make_executor",
@@ -105,6 +109,7 @@ def run_study(
     poll_seconds: Optional[float] = None,
     share: bool = True,
     jobs: int = 1,
+    progress: bool = True,
 ) -> StudyResult:
     """Train every variant × seed (validated first; finished runs skipped unless force), then build the report.
 
@@ -115,6 +120,8 @@ def run_study(
     derived from that run after it finishes instead of trained again; False trains every run.
     jobs: without GPUs, how many runs train at once on this machine's CPUs, each with its share of them (a small
     model uses one thread about as well as two: two tiny runs at once take about as long as one).
+    progress: show each running run's progress (step of total, loss, clips/s, time left: `t2s.progress`, read from
+    its progress.json) and the study's runs done, live; False shows only the lines of `log`.
     """
     _check_executor_options(executor, slurm, submitit_folder, gpus, jobs)
     executed_dir, reports_dir = Path(executed_dir).resolve(), Path(reports_dir).resolve()
@@ -133,12 +140,15 @@ def run_study(
 
     outcomes, todo = _skip_or_prepare(plans, force, FailureLog(study_dir), log)
     forced = {p.name for p in plans} if force else set()
-    if executor != "default":
-        folder = Path(submitit_folder).resolve() if submitit_folder else study_dir / ".submitit"
-        outcomes.update(run_with_submitit(executor, todo, len(plans), forced, study_dir, folder, slurm,
-                                          report_command(study, executed_dir, reports_dir), log, poll_seconds))
-    else:
-        outcomes.update(_run_here(todo, len(plans), forced, gpus, log, jobs))
+    live = StudyProgress(study, len(plans), len(plans) - len(todo), log, show=progress,
+                         poll_s=5.0 if executor == "slurm" else None)
+    with live:
+        if executor != "default":
+            folder = Path(submitit_folder).resolve() if submitit_folder else study_dir / ".submitit"
+            outcomes.update(run_with_submitit(executor, todo, len(plans), forced, study_dir, folder, slurm,
+                                              report_command(study, executed_dir, reports_dir), live, poll_seconds))
+        else:
+            outcomes.update(_run_here(todo, len(plans), forced, gpus, live, jobs))
     result = StudyResult(study, study_dir, [outcomes[p.name] for p in plans])
     _summarize(result, log)
     if build_report:
@@ -241,10 +251,10 @@ def _skip_or_prepare(plans: list, force: bool, failures: "FailureLog", log) -> t
     return outcomes, todo
 
 
-def _run_here(todo: list, total: int, forced: set, gpus: list, log, jobs: int = 1) -> dict:
+def _run_here(todo: list, total: int, forced: set, gpus: list, live: StudyProgress, jobs: int = 1) -> dict:
     """Run the plans' notebooks here: one after another in this process, one per GPU, or `jobs` at once on the CPUs
     (each in a papermill subprocess with its share of the CPUs). Runs that share another's training (`weights_from`)
-    start once every other run has ended, so their provider has finished."""
+    start once every other run has ended, so their provider has finished. `live` shows each run while it runs."""
     slots = list(gpus) or [None] * max(1, jobs)
     first = [item for item in todo if not item[1].parameters.get("weights_from")]
     later = [item for item in todo if item[1].parameters.get("weights_from")]
@@ -253,7 +263,12 @@ def _run_here(todo: list, total: int, forced: set, gpus: list, log, jobs: int = 
         at_once = min(len(slots), len(wave)) or 1  # the notebooks running together share this machine's CPUs
 
         def run(i: int, plan: RunPlan, slot: Optional[str], at_once=at_once) -> RunOutcome:
-            return run_planned(plan, i, total, plan.name in forced, slot, log, jobs_at_once=at_once)
+            live.started(plan.name, f"[{i}/{total}] {plan.name}" + (f" on GPU {slot}" if slot is not None else ""),
+                         plan.run_dir)
+            try:
+                return run_planned(plan, i, total, plan.name in forced, slot, live.say, jobs_at_once=at_once)
+            finally:
+                live.ended(plan.name)
 
         if at_once == 1 and not gpus:
             outcomes.update({plan.name: run(i, plan, None) for i, plan in wave})

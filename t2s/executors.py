@@ -5,7 +5,7 @@ the jobs, records their ids and logs in study.json ("jobs"), waits for them and 
 ended without one is a failed run). Rules: nothing is submitted to Slurm where there is no Slurm client; a refused
 submission stops the study with sbatch's reason; on an interrupt, Slurm jobs keep running (their ids are said) and
 local ones are cancelled. submitit is imported only where a job is made (`make_executor`, `RunJob.checkpoint`).
-Imports config, rundir and study_runs; `ablate` builds on it.
+Imports config, rundir, study_runs and progress; `ablate` builds on it.
 """
 from __future__ import annotations
 
@@ -18,11 +18,10 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
-
-from tqdm.auto import tqdm
+from typing import Optional, Sequence, Union
 
 from t2s.config import PROJECT_ROOT, ConfigError
+from t2s.progress import StudyProgress
 from t2s.rundir import STUDY_FILE, atomic_write_json, read_json
 from t2s.study_runs import (ANSI, FailureLog, RunOutcome, RunPlan, _error, _now, _outcome_line, _shown,
                             pythonpath_with_project, run_planned)
@@ -214,20 +213,18 @@ def _project_on_pythonpath():
 
 class _JobQueue:
     """The submitit jobs of one ablate call: submitted while there is room (local: one at a time; Slurm: all at once,
-    the scheduler queues them), collected as they finish, a tqdm bar over the finished ones."""
+    the scheduler queues them), collected as they finish; `live` shows each job's run from its run directory."""
 
     def __init__(self, kind: str, todo: list, total: int, forced: set, study_dir: Path, executor,
-                 report_command: str, log: Callable[[str], None]):
+                 report_command: str, live: StudyProgress):
         self.kind, self.total, self.forced, self.study_dir, self.executor = kind, total, forced, study_dir, executor
-        self.report_command, self.log = report_command, log
+        self.report_command, self.live, self.log = report_command, live, live.say
         self.parallel = 1 if kind == "local" else max(1, len(todo))
         self.environment = {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES")} if kind == "local" else None
         self.waiting, self.running, self.outcomes = list(todo), {}, {}
-        self.bar = tqdm(total=len(todo), desc=f"study {study_dir.name}: {kind} jobs finished", unit="job", disable=None)
 
     def say(self, line: str) -> None:
-        with tqdm.external_write_mode():
-            self.log(line)
+        self.live.say(line)
 
     def submit_while_room(self) -> None:
         while self.waiting and len(self.running) < self.parallel:
@@ -238,7 +235,6 @@ class _JobQueue:
                     job = self.executor.submit(RunJob(), plan, i, self.total, plan.name in self.forced,
                                                self.environment)
                 except Exception as exc:  # noqa: BLE001 - sbatch refused it (partition, account, limits...)
-                    self.bar.close()
                     raise self._refused(plan, exc) from exc
             self.running[job] = (i, plan)
             _record_jobs(self.study_dir, {plan.name: {
@@ -246,6 +242,8 @@ class _JobQueue:
                 "stdout": _shown(job.paths.stdout), "stderr": _shown(job.paths.stderr)}})
             self.say(f"[{i}/{self.total}] {plan.name}: submitted as {self.kind} job {job.job_id} "
                      f"(log {_shown(job.paths.stdout)})")
+            self.live.started(plan.name, f"[{i}/{self.total}] {plan.name} (job {job.job_id})", plan.run_dir,
+                              waiting="queued or starting")
 
     def _refused(self, plan: RunPlan, exc: Exception) -> SubmissionError:
         text = ANSI.sub("", str(exc)).strip() or type(exc).__name__
@@ -263,14 +261,13 @@ class _JobQueue:
             self.outcomes[plan.name] = outcome
             _record_jobs(self.study_dir, {plan.name: {"job_id": outcome.job_id, "status": outcome.status,
                                                       "ended": _now()}})
+            self.live.ended(plan.name)
             self.say(_outcome_line(f"[{i}/{self.total}] {plan.name}", outcome, plan.notebook)
                      + f" (job {outcome.job_id})")
-            self.bar.update(1)
         return bool(done)
 
     def interrupted(self) -> None:
         """Ctrl-C: Slurm jobs keep running (how to follow or stop them is said); local jobs are cancelled."""
-        self.bar.close()
         ids = " ".join(str(job.job_id) for job in self.running)
         if self.kind == "slurm":
             self.log(f"interrupted: the {len(self.running)} submitted jobs keep running on the cluster (job ids in "
@@ -286,13 +283,13 @@ class _JobQueue:
 
 
 def run_with_submitit(kind: str, todo: list, total: int, forced: set, study_dir: Path, folder: Path,
-                      slurm: Optional[SlurmOptions], report_command: str, log: Callable[[str], None],
+                      slurm: Optional[SlurmOptions], report_command: str, live: StudyProgress,
                       poll_seconds: Optional[float] = None) -> dict:
-    """Submit each (index, plan) of `todo` as a submitit job, wait for them (a tqdm bar over finished jobs) and
-    collect their outcomes -> {run name: RunOutcome}. Local: one job at a time; Slurm: all at once, the scheduler
-    queues them."""
+    """Submit each (index, plan) of `todo` as a submitit job, wait for them (`live` shows each job's run, read from
+    its run directory, and the study's runs done; its `say` prints the lines) and collect their outcomes ->
+    {run name: RunOutcome}. Local: one job at a time; Slurm: all at once, the scheduler queues them."""
     queue = _JobQueue(kind, todo, total, forced, study_dir, make_executor(kind, folder, study_dir.name, slurm),
-                      report_command, log)
+                      report_command, live)
     poll = poll_seconds if poll_seconds is not None else (0.5 if kind == "local" else 15.0)
     try:
         while queue.waiting or queue.running:
@@ -302,5 +299,4 @@ def run_with_submitit(kind: str, todo: list, total: int, forced: set, study_dir:
     except KeyboardInterrupt:
         queue.interrupted()
         raise
-    queue.bar.close()
     return queue.outcomes

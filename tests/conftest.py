@@ -2,7 +2,8 @@
 
 Fixtures: `synth_dir` (a module's own synthsign cache folder), `one_torch_thread` (one torch thread for a whole
 module: request it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`), `single_thread` (the same for
-one test), `no_network` (any urlopen fails loudly). Helper: `read_csv` (a CSV file's rows as dicts;
+one test), `no_network` (any urlopen fails loudly), `no_metric_weights` (an evaluation finds no metric weights,
+whatever the machine holds). Helper: `read_csv` (a CSV file's rows as dicts;
 `from conftest import read_csv`). Run directories with made-up numbers come from `runfactory.py`.
 """
 from __future__ import annotations
@@ -30,6 +31,16 @@ def refuse_network(*args, **kwargs):
 def no_network(monkeypatch):
     """No test may reach the network: any urlopen call fails loudly."""
     monkeypatch.setattr(urllib.request, "urlopen", refuse_network)
+
+
+@pytest.fixture
+def no_metric_weights(monkeypatch, tmp_path, no_network):
+    """Every metric-weights lookup points at paths that do not exist, away from the user's caches: the metrics that
+    need them are null with their reason (tests whose subject is not the metrics' numbers)."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("T2S_I3D_WEIGHTS", str(tmp_path / "absent" / "i3d.pt"))
+    monkeypatch.setenv("T2S_LPIPS_BACKBONE", str(tmp_path / "absent" / "alexnet-owt-7be5be79.pth"))
+    monkeypatch.delenv("T2S_ALLOW_DOWNLOAD", raising=False)
 
 
 @pytest.fixture(scope="module")
