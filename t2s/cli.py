@@ -55,7 +55,11 @@ def _overrides(args, without: tuple = ()) -> list[str]:
 
 
 def cmd_run(args) -> int:
-    """One variant, one seed, trained in this process into executed/<study>/<variant>-seed<k>/."""
+    """One variant, one seed, trained in this process into executed/<study>/<variant>-seed<k>/ and evaluated, so the
+    run directory is the one the training notebook leaves (--no-eval: trained only)."""
+    if args.no_eval and args.notebook:
+        raise ConfigError("--no-eval: the training notebook always evaluates; leave out --notebook to train without "
+                          "evaluating")
     seed = _agreed(args, "seed")
     seed = 0 if seed is None else seed
     cfg = load_config(args.variant, args.scale, _overrides(args, without=("seed",)) + [f"seed={seed}"])
@@ -67,6 +71,9 @@ def cmd_run(args) -> int:
         return 0 if result.ok else 1
     result = train(cfg, run_dir, progress=True)
     print(f"{result.status}: {result.run_dir}")
+    if result.status == "finished" and not args.no_eval:  # as notebooks/train.ipynb does after training
+        evaluate_run(result.run_dir, progress=True)
+        print(f"evaluated: {RunDir(result.run_dir).evaluation_csv} and .json")
     return 0
 
 
@@ -301,12 +308,14 @@ def _add_ablate(sub) -> None:
 
 def _add_run_commands(sub) -> None:
     """run, report, generate, evaluate: one run or one study at a time."""
-    sp = sub.add_parser("run", help="train one variant into executed/<study>/<variant>-seed<k>/")
+    sp = sub.add_parser("run", help="train one variant into executed/<study>/<variant>-seed<k>/ and evaluate it")
     _add_common(sp)
     sp.add_argument("--variant", default="baseline")
     sp.add_argument("--seed", type=int, help="training seed (default 0, or -p seed=K)")
     sp.add_argument("--notebook", action="store_true", help="run through the papermill training notebook")
     sp.add_argument("--force", action="store_true", help="with --notebook: rerun a finished run")
+    sp.add_argument("--no-eval", action="store_true",
+                    help="train only (default: evaluate the finished run, as the training notebook does)")
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("report", help="build reports/<study>.html from executed/<study>/")

@@ -1,12 +1,15 @@
 """Make run directories in the real on-disk format (config/metadata/summary JSON, logs CSVs, GIF samples),
 filled with made-up numbers, so the report can be tested without training anything. test_evaluate checks that a
-made run holds the files, CSV columns and JSON keys of a real (micro) run, checkpoints and TensorBoard aside.
+made run holds the files, CSV columns and JSON keys of a real (micro) run (`run_layout`), checkpoints and TensorBoard
+aside.
 
     executed = make_study(tmp_path, "demo", variants=("baseline", "text_finetuned"), seeds=(0, 1))
 """
 from __future__ import annotations
 
+import csv
 import json
+import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Optional, Sequence
@@ -203,3 +206,29 @@ def make_study(
         _write_json(study_dir / "study.json", {"study": study, "variants": list(variants), "seeds": list(seeds),
                                                "scale": "tiny", "overrides": {}})
     return executed
+
+
+def run_layout(run_dir: Path) -> dict:
+    """What a run directory holds, numbers aside: its files (digits in GIF names as '#': the factory samples other
+    steps and prompts), each CSV's header, and each JSON file's keys (of its entries for a list, one level into
+    nested objects). Checkpoints and TensorBoard event files (named by time, host and process) are left out: the
+    run factory does not make them, and the report reads neither."""
+    layout = {}
+    for path in sorted(run_dir.rglob("*")):
+        rel = path.relative_to(run_dir).as_posix()
+        if not path.is_file() or rel.split("/")[0] in ("checkpoints", "tensorboard"):
+            continue
+        if path.suffix == ".gif":
+            layout[re.sub(r"[0-9]", "#", rel)] = "gif"
+        elif path.suffix == ".csv":
+            with open(path, newline="", encoding="utf-8") as fh:
+                layout[rel] = next(csv.reader(fh))
+        elif path.suffix == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            items = data if isinstance(data, list) else [data]
+            layout[rel] = sorted({f"{k}.{sub}" if isinstance(v, dict) else k
+                                  for item in items for k, v in item.items()
+                                  for sub in (v if isinstance(v, dict) else [None])})
+        else:
+            layout[rel] = "file"
+    return layout

@@ -117,7 +117,7 @@ def test_run_takes_the_seed_from_p_and_a_conflicting_option_is_an_error(monkeypa
         return Result()
 
     monkeypatch.setattr(cli, "train", fake_train)
-    common = ["--scale", "micro", "--executed-dir", str(tmp_path)]
+    common = ["--scale", "micro", "--executed-dir", str(tmp_path), "--no-eval"]  # nothing trained to evaluate
     assert cli.main(["run", *common, "-p", "seed=3"]) == 0
     assert trained[-1][0] == 3 and trained[-1][2].name == "baseline-seed3"
     assert cli.main(["run", *common, "--seed", "2"]) == 0 and trained[-1][0] == 2

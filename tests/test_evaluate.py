@@ -5,10 +5,8 @@ import hashlib
 import itertools
 import json
 import math
-import re
 import shutil
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +21,7 @@ from t2s.evaluate import EVALUATION_COLUMNS, NO_KEYPOINTS, compare_clips, evalua
 from t2s.pipeline import TextToSignPipeline
 
 from conftest import refuse_network
-from runfactory import make_run
+from runfactory import make_run, run_layout
 
 # The column set the issue asks for, written out here so the module's constant cannot drift from it silently.
 EXPECTED_COLUMNS = [
@@ -142,32 +140,6 @@ def test_csv_and_json_have_exactly_the_columns_and_one_row_per_weight_set(evalua
         assert row["model_name"] == run_dir.name == "baseline-seed0"
         assert row["config_name"] == "baseline"
         assert row["num_clips"] == "2"  # micro: eval_num_clips 2
-
-
-def run_layout(run_dir: Path) -> dict:
-    """What a run directory holds, numbers aside: its files (digits in GIF names as '#': the factory samples other
-    steps and prompts), each CSV's header, and each JSON file's keys (of its entries for a list, one level into
-    nested objects). Checkpoints and TensorBoard event files (named by time, host and process) are left out: the
-    run factory does not make them, and the report reads neither."""
-    layout = {}
-    for path in sorted(run_dir.rglob("*")):
-        rel = path.relative_to(run_dir).as_posix()
-        if not path.is_file() or rel.split("/")[0] in ("checkpoints", "tensorboard"):
-            continue
-        if path.suffix == ".gif":
-            layout[re.sub(r"[0-9]", "#", rel)] = "gif"
-        elif path.suffix == ".csv":
-            with open(path, newline="", encoding="utf-8") as fh:
-                layout[rel] = next(csv.reader(fh))
-        elif path.suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
-            items = data if isinstance(data, list) else [data]
-            layout[rel] = sorted({f"{k}.{sub}" if isinstance(v, dict) else k
-                                  for item in items for k, v in item.items()
-                                  for sub in (v if isinstance(v, dict) else [None])})
-        else:
-            layout[rel] = "file"
-    return layout
 
 
 def test_the_report_tests_run_factory_makes_what_a_real_run_writes(evaluated, tmp_path):

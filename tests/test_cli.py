@@ -1,0 +1,32 @@
+"""The command line's `run`: one variant trained and evaluated in this process, leaving the run directory the training
+notebook leaves (`--no-eval`: trained only)."""
+from __future__ import annotations
+
+import pytest
+
+from runfactory import make_run, run_layout
+from t2s import cli
+from t2s.progress import read_progress
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "no_metric_weights")
+
+
+def test_run_leaves_the_notebooks_run_directory_evaluation_included_and_no_eval_trains_only(synth_dir, tmp_path,
+                                                                                              capsys):
+    executed = tmp_path / "executed"
+    common = ["run", "--scale", "micro", "--executed-dir", str(executed), "--study", "s", "-p", f"data_dir={synth_dir}"]
+    assert cli.main(common) == 0
+    run_dir = executed / "s" / "baseline-seed0"
+    assert f"evaluated: {run_dir / 'logs' / 'evaluation_metrics.csv'} and .json" in capsys.readouterr().out
+    # the run factory makes what a trained and evaluated run holds (tests/test_evaluate.py checks it against one):
+    # config, metadata, summary, logs, samples, evaluation rows and clips, progress
+    assert run_layout(run_dir) == run_layout(make_run(tmp_path / "made", "baseline", 0, notebook=False))
+    assert read_progress(run_dir).phase == "evaluated"
+
+    assert cli.main([*common, "--variant", "no_ema", "--no-eval", "-p", "max_steps=2"]) == 0
+    trained = executed / "s" / "no_ema-seed0"
+    assert (trained / "summary.json").is_file() and read_progress(trained).phase == "trained"
+    assert not (trained / "logs" / "evaluation_metrics.csv").exists() and not (trained / "evaluation").exists()
+
+    assert cli.main([*common, "--notebook", "--no-eval"]) == 2
+    assert "--no-eval: the training notebook always evaluates" in capsys.readouterr().err
