@@ -120,8 +120,7 @@ def run_study(
     derived from that run after it finishes instead of trained again; False trains every run.
     jobs: without GPUs, how many runs train at once on this machine's CPUs, each with its share of them (a small
     model uses one thread about as well as two: two tiny runs at once take about as long as one).
-    progress: show each running run's progress (step of total, loss, clips/s, time left: `t2s.progress`, read from
-    its progress.json) and the study's runs done, live; False shows only the lines of `log`.
+    progress: show each running run's progress.json (`t2s.progress`) and the study's runs done, live.
     """
     _check_executor_options(executor, slurm, submitit_folder, gpus, jobs)
     executed_dir, reports_dir = Path(executed_dir).resolve(), Path(reports_dir).resolve()
@@ -139,21 +138,27 @@ def run_study(
         f"{_where(executor, gpus, jobs)}")
 
     outcomes, todo = _skip_or_prepare(plans, force, FailureLog(study_dir), log)
-    forced = {p.name for p in plans} if force else set()
-    live = StudyProgress(study, len(plans), len(plans) - len(todo), log, show=progress,
-                         poll_s=5.0 if executor == "slurm" else None)
-    with live:
-        if executor != "default":
-            folder = Path(submitit_folder).resolve() if submitit_folder else study_dir / ".submitit"
-            outcomes.update(run_with_submitit(executor, todo, len(plans), forced, study_dir, folder, slurm,
-                                              report_command(study, executed_dir, reports_dir), live, poll_seconds))
-        else:
-            outcomes.update(_run_here(todo, len(plans), forced, gpus, live, jobs))
+    with StudyProgress(study, len(plans), len(plans) - len(todo), log, show=progress,
+                       poll_s=5.0 if executor == "slurm" else None) as live:
+        outcomes.update(_run_todo(todo, plans, force, live, executor, gpus, jobs, slurm, submitit_folder, poll_seconds,
+                                  report_command(study, executed_dir, reports_dir)))
     result = StudyResult(study, study_dir, [outcomes[p.name] for p in plans])
     _summarize(result, log)
     if build_report:
         _report(result, executed_dir, reports_dir, log)
     return result
+
+
+def _run_todo(todo: list, plans: list, force: bool, live: StudyProgress, executor: str, gpus: list, jobs: int,
+              slurm: Optional[SlurmOptions], submitit_folder, poll_seconds: Optional[float], command: str) -> dict:
+    """The runs of `todo` here (`_run_here`) or as submitit jobs (`run_with_submitit`), each shown by `live`;
+    {run name: RunOutcome}."""
+    forced = {p.name for p in plans} if force else set()
+    if executor == "default":
+        return _run_here(todo, len(plans), forced, gpus, live, jobs)
+    study_dir = plans[0].run_dir.parent
+    folder = Path(submitit_folder).resolve() if submitit_folder else study_dir / ".submitit"
+    return run_with_submitit(executor, todo, len(plans), forced, study_dir, folder, slurm, command, live, poll_seconds)
 
 
 def _report(result: StudyResult, executed_dir: Path, reports_dir: Path, log: Callable[[str], None]) -> None:

@@ -25,7 +25,7 @@ LAYERS = [
     # 3: evaluation
     {"backtranslate", "evaluation_metrics", "evaluate"},
     # 4: report, study running, benchmark
-    {"report", "report_build", "study_runs", "executors", "ablate", "bench"},
+    {"report", "report_build", "study_runs", "progress", "executors", "ablate", "bench"},
     # 5: the command line and the package's facade
     {"cli", "__main__", ""},
 ]
