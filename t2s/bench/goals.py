@@ -18,9 +18,13 @@ from typing import Any, Iterator, Optional
 REFERENCE_SCALE = "full"
 
 GOALS: list[dict[str, Any]] = [
-    {"goal": "reference scale: t2s step >= 2x faster than diffusers UNet3DConditionModel (matched parameters)",
-     "scope": "reference", "value": "models.diffusers.t2s_speedup", "at_least": 2.0,
+    {"goal": "reference scale: t2s step >= 3x faster than diffusers UNet3DConditionModel (matched parameters; "
+             "median steps)",
+     "scope": "reference", "value": "models.diffusers.t2s_speedup_median", "at_least": 3.0,
      "missing": "reference scale or diffusers not run", "stated_for": "cpu"},
+    {"goal": "reference scale: one clip (DDIM 50 steps, classifier-free guidance) samples in <= 90 s",
+     "scope": "reference", "value": "sampling.seconds_at_target", "below": 90.0001,
+     "missing": "reference scale not run", "stated_for": "cpu"},
     {"goal": "reference scale, both models with step variant '{variant}': t2s >= 2x faster than diffusers",
      "scope": "reference_variants", "value": "t2s_speedup_vs_diffusers_same_options", "at_least": 2.0,
      "missing": None},
