@@ -24,7 +24,7 @@ from .runtime import rng_state, set_rng_state
 RESUMABLE_CHANGES = {
     "max_steps", "num_epochs", "resume_from", "log_every", "sample_every", "save_every", "keep_checkpoints",
     "num_workers", "sample_prompts", "description", "eval_num_clips", "val_max_clips", "compare_to", "question",
-    "primary_metric", "eval_batch_size", "fvd_min_clips", "bt_train_frames", "bt_epochs", "bt_seed",
+    "primary_metric", "eval_batch_size", "fvd_min_clips", "bt_train_frames", "bt_epochs", "bt_seed", "trackers",
 }
 
 

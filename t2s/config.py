@@ -38,6 +38,9 @@ CHOICES: dict[str, tuple] = {
     "split_mode": ("signer_disjoint", "random"),
 }
 
+# Where training scalars may go (`trackers`): the run's own TensorBoard folder, and accelerate's trackers.
+TRACKERS = ("tensorboard", "mlflow", "wandb", "aim")
+
 # Keys with numeric ranges: (low, high, low_inclusive, high_inclusive). None means unbounded.
 RANGES: dict[str, tuple] = {
     "image_size": (8, None, True, True),
@@ -145,6 +148,9 @@ class Config:
     save_every: int = 5
     keep_checkpoints: int = 3
     log_every: int = 10
+    # where the training scalars go besides the run directory's CSVs: tensorboard (the run's tensorboard/ folder), and
+    # through accelerate's trackers mlflow, wandb and aim (each needs its package; MLflow reads MLFLOW_TRACKING_URI)
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
     sample_every: int = 500
     sample_prompts: list[str] = field(
         default_factory=lambda: ["hello my name is anna", "where is the train station", "thank you very much"]
@@ -297,6 +303,10 @@ def _check_range(cfg: Config, source: str) -> None:
         raise ConfigError(
             f"{where}key 'image_size' has value {cfg.image_size}; it must be divisible by 2**(len(channel_mult)-1) = {2**levels}"
         )
+    unknown = [t for t in cfg.trackers if t not in TRACKERS]
+    if unknown or len(set(cfg.trackers)) != len(cfg.trackers):
+        raise ConfigError(f"{where}key 'trackers' has value {cfg.trackers!r}; expected a list of distinct names from: "
+                          f"{', '.join(TRACKERS)} (e.g. [tensorboard, mlflow]; [] logs to the CSVs only)")
     for key in ("model_channels",):
         ch = getattr(cfg, key)
         if any((ch * m) % cfg.num_heads for m in cfg.channel_mult) or ch % 4:

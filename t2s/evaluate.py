@@ -450,14 +450,17 @@ def _gif_entry(clip: EvaluationClip, index: int, weights: str, readings: Optiona
             "glosses": " ".join(clip.glosses), "reading": None if readings is None else " ".join(readings[index])}
 
 
-def _write_results(run: RunDir, rows: list[dict], gif_entries: list[dict], gif_clips: dict, step: int) -> None:
-    """The rows merged into the run's earlier ones (a weight set not evaluated keeps its row), the GIFs, TensorBoard."""
+def _write_results(run: RunDir, rows: list[dict], gif_entries: list[dict], gif_clips: dict, step: int,
+                   tensorboard: bool = True) -> None:
+    """The rows merged into the run's earlier ones (a weight set not evaluated keeps its row), the GIFs, TensorBoard
+    (when the run's `trackers` list it)."""
     old = read_json(run.logs / "evaluation_metrics.json", []) or []
     all_rows = _merge(old if isinstance(old, list) else [], rows, "weights")
     all_rows.sort(key=lambda r: {"raw": 0, "ema": 1}.get(r.get("weights"), 2))
     write_rows(run, all_rows)
     _write_gifs(run, gif_entries, gif_clips)
-    _log_tensorboard(run, rows, step)
+    if tensorboard:
+        _log_tensorboard(run, rows, step)
 
 
 def evaluate_run(
@@ -512,6 +515,6 @@ def evaluate_run(
             gif_clips.update({f"{w}_{i:03d}.gif": generated[i] for i in range(n)})
     finally:
         bar.close()
-    _write_results(run, rows, gif_entries, gif_clips, checkpoint["step"])
+    _write_results(run, rows, gif_entries, gif_clips, checkpoint["step"], "tensorboard" in cfg.trackers)
     bar.write("evaluated")
     return rows

@@ -12,7 +12,7 @@ import math
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import pandas as pd
 import torch
@@ -77,10 +77,23 @@ def record_start(run: RunDir, meta: dict, resumed_from: Optional[Path], trainer)
 class RunLog:
     """The writers of one run directory during training; every method is a no-op off the main process."""
 
-    def __init__(self, run: RunDir, is_main: bool, device: torch.device):
+    def __init__(self, run: RunDir, is_main: bool, device: torch.device, tensorboard: bool = True,
+                 trackers: Optional[Callable[[dict, int], None]] = None):
+        """`tensorboard`: write the run's tensorboard/ folder; `trackers`: a callable(values, step) that logs the same
+        scalars elsewhere (accelerate's `Accelerator.log` over its trackers: MLflow, W&B, Aim)."""
         self.run, self.is_main, self.device = run, is_main, device
+        self.tensorboard, self.trackers = tensorboard, trackers
         self.writer: Optional[SummaryWriter] = None
         self.last_progress: Optional[dict] = None
+
+    def scalars(self, values: dict, step: int) -> None:
+        """Scalars {tag: value} at `step` to TensorBoard and the other trackers (None values are skipped)."""
+        values = {k: float(v) for k, v in values.items() if v is not None}
+        if self.writer:
+            for tag, value in values.items():
+                self.writer.add_scalar(tag, value, step)
+        if self.trackers is not None and self.is_main and values:
+            self.trackers(values, step)
 
     def progress(self, phase: str, step: int, total_steps: int, **fields) -> None:
         """progress.json: `phase` at optimizer step `step` of `total_steps` (loss, rate in steps/s, clips_per_s, epoch
@@ -103,7 +116,7 @@ class RunLog:
 
     def open(self, step: int) -> None:
         """TensorBoard events from `step` on (a resumed run drops the events logged after its checkpoint)."""
-        if self.is_main:
+        if self.is_main and self.tensorboard:
             self.writer = SummaryWriter(str(self.run.tensorboard), purge_step=step if step else None)
 
     def close(self) -> None:
@@ -122,14 +135,9 @@ class RunLog:
         for p, value, norm in zip(pending, losses, norms):
             rows.append({**p, "loss": value, "grad_norm": norm, "step_time_s": step_time, "clips_per_s": clips_per_s,
                          "peak_memory_gb": mem["peak_gb"], "timestamp": stamp})
-            self.writer.add_scalar("train/loss", value, p["step"])
-            self.writer.add_scalar("train/lr", p["lr"], p["step"])
-            if norm is not None:
-                self.writer.add_scalar("train/grad_norm", norm, p["step"])
-            if p["ema_decay"] is not None:
-                self.writer.add_scalar("train/ema_decay", p["ema_decay"], p["step"])
-        self.writer.add_scalar("perf/clips_per_s", clips_per_s or 0.0, pending[-1]["step"])
-        self.writer.add_scalar("perf/peak_memory_gb", mem["peak_gb"], pending[-1]["step"])
+            self.scalars({"train/loss": value, "train/lr": p["lr"], "train/grad_norm": norm,
+                          "train/ema_decay": p["ema_decay"]}, p["step"])
+        self.scalars({"perf/clips_per_s": clips_per_s or 0.0, "perf/peak_memory_gb": mem["peak_gb"]}, pending[-1]["step"])
         append_rows(self.run.training_csv, TRAINING_COLUMNS, rows)
         append_rows(self.run.memory_csv, MEMORY_COLUMNS,
                     [{"step": pending[-1]["step"], "device": str(self.device), **mem, "timestamp": stamp}])
@@ -138,10 +146,7 @@ class RunLog:
     def validation_row(self, epoch: int, step: int, raw: float, ema: Optional[float]) -> dict:
         row = {"epoch": epoch, "step": step, "val_loss_raw": raw, "val_loss_ema": ema, "timestamp": now()}
         append_rows(self.run.validation_csv, VALIDATION_COLUMNS, [row])
-        if self.writer:
-            self.writer.add_scalar("val/loss_raw", raw, step)
-            if ema is not None:
-                self.writer.add_scalar("val/loss_ema", ema, step)
+        self.scalars({"val/loss_raw": raw, "val/loss_ema": ema}, step)
         return row
 
     def last_validation(self) -> Optional[dict]:

@@ -34,7 +34,8 @@ EMA_KEYS = {"use_ema", "ema_decay", "ema_update_every", "ema_warmup"}
 QUESTION_KEYS = {"variant", "description", "compare_to", "question", "primary_metric"}
 EVALUATION_KEYS = {"guidance_scale", "num_inference_steps", "eta", "eval_num_clips", "eval_batch_size", "fvd_min_clips",
                    "bt_train_frames", "bt_epochs", "bt_seed", "resume_from"}
-TRAINING_NEUTRAL = EMA_KEYS | QUESTION_KEYS | EVALUATION_KEYS
+LOGGING_KEYS = {"trackers"}  # where the scalars go, not what they are
+TRAINING_NEUTRAL = EMA_KEYS | QUESTION_KEYS | EVALUATION_KEYS | LOGGING_KEYS
 
 
 def differing_keys(a: dict, b: dict) -> set:

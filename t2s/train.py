@@ -33,7 +33,7 @@ from .engine import Engine
 from .pipeline import TextToSignPipeline
 from .rundir import RunDir, atomic_write_json, read_json, truncate_rows_after
 from .runlog import LogWindow, RunLog, check_finite, record_start, summarize
-from .runtime import StopSignals, eval_mode, now, size_threads, use_cpu
+from .runtime import StopSignals, eval_mode, now, size_threads, start_trackers, use_cpu
 
 
 @dataclass
@@ -52,7 +52,8 @@ class Trainer(Engine):
     def __init__(self, cfg: Config, run_dir: Union[str, Path], progress: bool = True, cpu: bool = False):
         super().__init__(cfg, cpu)
         self.run, self.progress = RunDir(run_dir), progress
-        self.log = RunLog(self.run, self.is_main, self.device)
+        self.log = RunLog(self.run, self.is_main, self.device, tensorboard="tensorboard" in cfg.trackers,
+                          trackers=self.accelerator.log if self.accelerator.log_with else None)
         self.window = LogWindow()
         self.signals = StopSignals(lambda name: print(
             f"\n{name} received: finishing optimizer step {self.step + 1}, then writing a checkpoint."))
@@ -63,6 +64,7 @@ class Trainer(Engine):
         """Train to total_steps (or `stop_after` steps, or a stop signal); the final validation row, or
         {stopped_at, signal} when stopped early with a checkpoint."""
         self.log.open(self.step)
+        start_trackers(self.accelerator, self.cfg, self.run)
         self.log.progress("training", self.step, self.total_steps, epoch=self.epoch)
         if self.step == 0 and self.is_main and not self.run.validation_csv.exists():
             self.validate()  # the step-0 held-out loss, the reference the curve is read against
@@ -75,6 +77,7 @@ class Trainer(Engine):
             bar.close()
         if stopped:
             self.log.close()
+            self.accelerator.end_training()
             return {"stopped_at": self.step, "signal": self.signals.requested}
         if not self.is_main:
             return {}
@@ -84,6 +87,7 @@ class Trainer(Engine):
             self.samples()
         self.log.progress("trained", self.step, self.total_steps, epoch=self.epoch)
         self.log.close()
+        self.accelerator.end_training()
         return final_val
 
     def _epochs(self, bar, stop_after: Optional[int]) -> bool:
