@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from . import bench, metrics
+from . import arguments, bench, metrics
 from .ablate import SlurmOptions, build_report, parse_mem_gb, parse_sbatch, parse_time_minutes, run_study
 from .config import DEFAULT_VARIANTS, PROJECT_ROOT, ConfigError, available, load_config, parse_override
 from .data import DataError, build_datasets
@@ -114,7 +114,7 @@ def slurm_options(args):
 
 def _jobs_value(text: str):
     """argparse type of --jobs: 'auto' or a whole number of at least 1."""
-    return "auto" if text == "auto" else _positive_int(text)
+    return "auto" if text == "auto" else arguments.positive_int(text)
 
 
 def _jobs(value, gpus, executor: str) -> int:
@@ -252,22 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _positive_int(text: str) -> int:
-    """argparse type: a whole number of at least 1 (argparse prints the error and exits 2)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
 def _add_common(sp, study=True) -> None:
     """The options every training command shares."""
     sp.add_argument("--scale", default="tiny", help="params/scales/<name>.yaml (default tiny)")
     sp.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
-    sp.add_argument("--epochs", type=int, help="override num_epochs")
+    sp.add_argument("--epochs", type=arguments.positive_int, help="override num_epochs")
     sp.add_argument("--data-dir", help="override data_dir")
     sp.add_argument("--executed-dir", default=str(EXECUTED), help="where runs go (default executed/)")
     if study:
@@ -278,7 +267,7 @@ def _add_ablate(sub) -> None:
     sp = sub.add_parser("ablate", help="run variants x seeds through the training notebook, then build the report")
     _add_common(sp)
     sp.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), help="params/<name>.yaml (default: the three)")
-    sp.add_argument("--seeds", nargs="+", type=int, default=[0, 1],
+    sp.add_argument("--seeds", nargs="+", type=arguments.seed, default=[0, 1],
                     help="training seeds of every variant (default 0 1: two seeds, so every difference has an "
                          "interval)")
     sp.add_argument("--gpus", help="comma-separated GPU ids: one run per GPU at a time (default: sequential)")
@@ -311,7 +300,7 @@ def _add_run_commands(sub) -> None:
     sp = sub.add_parser("run", help="train one variant into executed/<study>/<variant>-seed<k>/ and evaluate it")
     _add_common(sp)
     sp.add_argument("--variant", default="baseline")
-    sp.add_argument("--seed", type=int, help="training seed (default 0, or -p seed=K)")
+    sp.add_argument("--seed", type=arguments.seed, help="training seed (default 0, or -p seed=K)")
     sp.add_argument("--notebook", action="store_true", help="run through the papermill training notebook")
     sp.add_argument("--force", action="store_true", help="with --notebook: rerun a finished run")
     sp.add_argument("--no-eval", action="store_true",
@@ -328,19 +317,19 @@ def _add_run_commands(sub) -> None:
     sp.add_argument("run_dir")
     sp.add_argument("prompts", nargs="+")
     sp.add_argument("--weights", choices=["ema", "raw"], default="ema")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--steps", type=_positive_int, help="DDIM steps (default: the run's num_inference_steps)")
-    sp.add_argument("--guidance", type=float, help="guidance scale (default: the run's)")
+    sp.add_argument("--seed", type=arguments.seed, default=0, help="seed of the first clip (clip i: seed + i)")
+    sp.add_argument("--steps", type=arguments.positive_int, help="DDIM steps (default: the run's num_inference_steps)")
+    sp.add_argument("--guidance", type=arguments.non_negative_float, help="guidance scale (default: the run's)")
     sp.add_argument("--out", help="output folder (default <run_dir>/generated)")
     sp.set_defaults(func=cmd_generate)
 
     sp = sub.add_parser("evaluate", help="evaluate a finished run (raw and EMA weights) into logs/evaluation_metrics.*")
     sp.add_argument("run_dir")
-    sp.add_argument("--num-clips", type=_positive_int, help="validation clips to generate (default: the run's eval_num_clips)")
+    sp.add_argument("--num-clips", type=arguments.positive_int, help="validation clips to generate (default: the run's eval_num_clips)")
     sp.add_argument("--weights", nargs="+", choices=["raw", "ema"], help="default: raw, and ema when the run has it")
-    sp.add_argument("--steps", type=_positive_int, help="DDIM steps (default: the run's num_inference_steps)")
-    sp.add_argument("--batch-size", type=_positive_int, help="clips sampled together (default: the run's eval_batch_size)")
-    sp.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    sp.add_argument("--steps", type=arguments.positive_int, help="DDIM steps (default: the run's num_inference_steps)")
+    sp.add_argument("--batch-size", type=arguments.positive_int, help="clips sampled together (default: the run's eval_batch_size)")
+    sp.add_argument("--device", type=arguments.device_argument, help="cpu, cuda, cuda:1 (default: cuda when available)")
     sp.set_defaults(func=cmd_evaluate)
 
 

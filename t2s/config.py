@@ -43,6 +43,7 @@ TRACKERS = ("tensorboard", "mlflow", "wandb", "aim")
 
 # Keys with numeric ranges: (low, high, low_inclusive, high_inclusive). None means unbounded.
 RANGES: dict[str, tuple] = {
+    "seed": (0, 2**32 - 1, True, True),  # numpy's and torch's seed range
     "image_size": (8, None, True, True),
     "num_frames": (1, None, True, True),
     "model_channels": (4, None, True, True),

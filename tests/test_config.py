@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from t2s.config import Config, ConfigError, from_dict, load_config, load_config_file, parse_override
 
@@ -58,6 +59,7 @@ def test_an_unknown_key_names_the_closest_valid_one(params):
     ("dataset=folder", r"dataset 'folder' needs key 'data_dir'"),
     ("channels_last=sometimes", r"key 'channels_last' has value 'sometimes'; allowed values: auto, true, false"),
     ("mixed_precision=fp8", r"key 'mixed_precision' has value 'fp8'; allowed values: auto, no, fp16, bf16"),
+    ("seed=-1", r"key 'seed' has value -1; allowed range: \[0, 4294967295\]"),
 ])
 def test_a_wrong_value_names_the_key_and_what_is_allowed(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -144,3 +146,29 @@ def test_a_report_for_a_study_that_does_not_exist_names_the_ones_that_do(tmp_pat
     assert cli.main(["report", "--study", "quickstrat", "--executed-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "no study 'quickstrat'" in err and f"studies in {tmp_path}: quickstart" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["ablate", "--seeds", "0", "-1"], "argument --seeds: -1 is not a seed: expected 0 to 4294967295"),
+    (["run", "--seed", "5000000000"], "argument --seed: 5000000000 is not a seed"),
+    (["generate", "RUN", "hello", "--guidance", "-1"], "argument --guidance: -1.0 must be a finite number of at least 0"),
+    (["generate", "RUN", "hello", "--seed", "x"], "argument --seed: 'x' is not a whole number"),
+    (["evaluate", "RUN", "--device", "tpu"], "argument --device: 'tpu' is not a device: use cpu, cuda or cuda:N"),
+    (["evaluate", "RUN", "--device", "cuda:7"], "argument --device: 'cuda:7': this machine has"),
+    (["evaluate", "RUN", "--num-clips", "0"], "argument --num-clips: 0 must be at least 1"),
+    (["bench", "--device", "gpu"], "argument --device: 'gpu'"),
+    (["bench", "--steps", "0"], "argument --steps: 0 must be at least 1"),
+    (["bench", "--warmup", "-1"], "argument --warmup: -1 must be at least 0"),
+    (["bench", "--race-seconds", "inf"], "argument --race-seconds: inf must be a finite number of at least 0"),
+    (["ablate", "--epochs", "0"], "argument --epochs: 0 must be at least 1"),
+])
+def test_out_of_range_command_line_values_stop_with_one_line_before_any_work(argv, message, capsys):
+    """argparse prints `usage` and one error line naming the option and the value, and exits 2 (no traceback)."""
+    from t2s import cli
+
+    if "cuda:7" in argv and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    with pytest.raises(SystemExit) as stop:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and message in err and "Traceback" not in err

@@ -37,6 +37,7 @@ from typing import Optional
 
 from ..config import ConfigError
 from ..rundir import atomic_write_bytes, atomic_write_json
+from ..arguments import device_argument, non_negative_float, non_negative_int, positive_int
 from .contention import measure_contention
 from .contention import to_markdown as contention_markdown
 from .diffusers_model import DiffusersDenoiser, diffusers_unet_kwargs, match_diffusers, parameters_on_meta
@@ -66,16 +67,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny only, few steps, 5 s race, no variants")
     parser.add_argument("--scales", default=f"tiny,{REFERENCE_SCALE}",
                         help=f"comma-separated params/scales names (default tiny,{REFERENCE_SCALE})")
-    parser.add_argument("--steps", type=int, help="measured steps per model (default per scale: "
+    parser.add_argument("--steps", type=positive_int, help="measured steps per model (default per scale: "
                         + ", ".join(f"{k} {v[0]}" for k, v in SCALE_DEFAULTS.items()) + ")")
-    parser.add_argument("--warmup", type=int, help="warm-up steps per model, not measured (default 1)")
-    parser.add_argument("--sampling-steps", type=int,
+    parser.add_argument("--warmup", type=non_negative_int, help="warm-up steps per model, not measured (default 1)")
+    parser.add_argument("--sampling-steps", type=positive_int,
                         help="DDIM steps actually run when timing sampling; the time is extrapolated linearly per step "
                              "to --sampling-target-steps (default per scale: "
                              + ", ".join(f"{k} {v[2]}" for k, v in SCALE_DEFAULTS.items()) + ")")
-    parser.add_argument("--sampling-target-steps", type=int, default=SAMPLING_TARGET_STEPS,
+    parser.add_argument("--sampling-target-steps", type=positive_int, default=SAMPLING_TARGET_STEPS,
                         help=f"DDIM steps the sampling time is reported for (default {SAMPLING_TARGET_STEPS})")
-    parser.add_argument("--race-seconds", type=float, default=60.0,
+    parser.add_argument("--race-seconds", type=non_negative_float, default=60.0,
                         help="wall-clock training budget per model in the t2s-vs-diffusers race (default 60; 0 skips)")
     parser.add_argument("--race-scale", help="scale of the race (default tiny)")
     parser.add_argument("--no-diffusers", action="store_true", help="skip diffusers' UNet3DConditionModel (and the race)")
@@ -85,12 +86,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--variants-for-diffusers", action="store_true",
                         help="also run diffusers' model under each variant (the side-by-side at equal options)")
     parser.add_argument("--variant-scales", help=f"scales at which to run --variants (default {','.join(DEFAULT_VARIANT_SCALES)})")
-    parser.add_argument("--reference-clips", type=int, default=REFERENCE_CLIPS,
+    parser.add_argument("--reference-clips", type=positive_int, default=REFERENCE_CLIPS,
                         help=f"synthsign clips generated at the reference scale (default {REFERENCE_CLIPS})")
     parser.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="config override for every scale")
     parser.add_argument("--data-dir", help="override data_dir (where synthsign caches live)")
-    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one per core)")
+    parser.add_argument("--device", type=device_argument, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--threads", type=positive_int, help="torch intra-op threads (default: torch's, one per core)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default reports/bench)")
     parser.add_argument("--contention", action="store_true",
                         help="only measure one tiny training alone against two at once (shared and unshared cores); "
