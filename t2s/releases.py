@@ -57,8 +57,11 @@ def _read_table(path: Path, delimiter: str, required: Sequence[str], what: str) 
             f"{', '.join(required)}; found: {header or 'no header'}"
         )
     rows = []
-    for line, row in enumerate(reader, start=2):
-        rows.append((line, {(k or "").strip(): " ".join((v or "").split()) for k, v in row.items() if isinstance(v, str)}))
+    try:
+        for line, row in enumerate(reader, start=2):
+            rows.append((line, {(k or "").strip(): " ".join(v.split()) for k, v in row.items() if isinstance(v, str)}))
+    except csv.Error as exc:
+        raise DataError(f"{what} {path} cannot be parsed at line {reader.line_num} ({exc})") from None
     return rows
 
 
@@ -119,6 +122,9 @@ def _phoenix_record(row: dict, split: str, frames_root: Path, where: str, skippe
         skip(skipped, Path(where), "empty name")
         return None
     pattern = row.get("video") or f"{name}/1/*.png"
+    if "\0" in pattern or Path(pattern).is_absolute() or ".." in Path(pattern).parts or "**" in pattern:
+        skip(skipped, Path(where), f"video pattern {pattern!r} is not a path inside the frames folder")
+        return None
     video = frames_root / split / pattern
     if not row.get("translation"):
         skip(skipped, video, f"empty translation (corpus row {where})")
