@@ -432,7 +432,7 @@ def build_datasets(config: Config, cache_bytes: int = DEFAULT_CACHE_BYTES) -> tu
     """(train dataset, validation dataset, split_stats) for `config`.
 
     split_stats: {mode, dataset, source, train_clips, val_clips, train_signers, val_signers,
-    skipped_files: [{path, reason}], num_skipped}.
+    skipped_files: [{path, reason}], num_skipped}, and held_out_clips with split_mode official.
     """
     full, skipped = load_dataset(config, cache_bytes)
     signers = [record.signer for record in full.records]
@@ -452,4 +452,6 @@ def build_datasets(config: Config, cache_bytes: int = DEFAULT_CACHE_BYTES) -> tu
         "skipped_files": skipped,
         "num_skipped": len(skipped),
     }
+    if config.split_mode == "official":  # the release's test split (or any other): in neither side
+        stats["held_out_clips"] = len(full) - len(train) - len(val)
     return train, val, stats

@@ -58,6 +58,7 @@ def phoenix_config(root: Path, **overrides):
 def test_phoenix_official_split_uses_train_and_dev_and_holds_out_test(tmp_path):
     train, val, stats = data.build_datasets(phoenix_config(write_phoenix(tmp_path), split_mode="official"))
     assert (len(train), len(val)) == (3, 2) and stats["mode"] == "official" and stats["num_skipped"] == 0
+    assert stats["held_out_clips"] == 1  # the test split
     assert {r.split for r in train.records} == {"train"} and {r.split for r in val.records} == {"dev"}
     record = next(r for r in train.records if r.signer == "Signer04")
     assert record.caption == "morgen regnet es im norden" and record.gloss == "REGEN MORGEN"
