@@ -14,7 +14,8 @@
   clip is that video's START_REALIGNED..END_REALIGNED seconds. caption = SENTENCE; signer = a signer column if the
   file has one (signer, signer_id, speaker, participant), else VIDEO_ID: the sentence files carry no signer id, so
   the signer-disjoint split becomes video-disjoint (no source video on both sides). split = train / val / test from
-  the file name where it says so.
+  the file name where it says so. The release's older files with START/END (not realigned) are read when given as
+  `data_dir` or when a root has no realigned file.
 
 Rows whose clip is missing or unreadable, or whose caption is empty, are skipped and named (`t2s.records.skip`).
 `official_split` gives the release's train / validation indices for `split_mode: official`.
@@ -35,6 +36,7 @@ PHOENIX_SPLITS = ("train", "dev", "test")
 PHOENIX_COLUMNS = ("name", "video", "speaker", "orth", "translation")
 PHOENIX_FRAMES = "fullFrame-210x260px"
 HOW2SIGN_COLUMNS = ("VIDEO_ID", "VIDEO_NAME", "SENTENCE_NAME", "START_REALIGNED", "END_REALIGNED", "SENTENCE")
+OLD_TIMES = {"START_REALIGNED": "START", "END_REALIGNED": "END"}  # the times' names in the non-realigned files
 HOW2SIGN_SIGNER_COLUMNS = ("signer", "signer_id", "speaker", "participant")
 VALIDATION_SPLITS = ("dev", "val")
 
@@ -154,28 +156,32 @@ def _how2sign_split(path: Path) -> str:
     return ""
 
 
-def _is_sentence_file(path: Path) -> bool:
+def _header_columns(path: Path) -> list[str]:
+    """The tab-separated column names of a file's first line ([] if it cannot be read)."""
     try:
         with path.open("rb") as handle:
             first = handle.readline(65536).decode("utf-8-sig", errors="replace")
     except OSError:
-        return False
-    return "SENTENCE_NAME" in [column.strip() for column in first.split("\t")]
+        return []
+    return [column.strip() for column in first.split("\t")]
 
 
 def how2sign_sentence_files(path: Path) -> tuple[Path, list[Path]]:
-    """(clip root, sentence files) for a How2Sign release root or one sentence file."""
+    """(clip root, sentence files) for a How2Sign release root or one sentence file. Under a root, the realigned
+    files (START_REALIGNED/END_REALIGNED) are used when there are any: the release's older START/END files hold the
+    same sentences."""
     expected = "the How2Sign release root or one of its sentence files (how2sign_realigned_<split>.csv)"
     path = _root_folder(path, "how2sign", expected)
     if path.is_file():
         return path.parent, [path]
-    files = sorted(p for p in path.rglob("*.csv") if p.is_file() and _is_sentence_file(p))
+    files = sorted(p for p in path.rglob("*.csv") if p.is_file() and "SENTENCE_NAME" in _header_columns(p))
     if not files:
         raise DataError(
             f"data_dir '{path}' holds no How2Sign sentence file (a tab-separated .csv whose header has "
             f"{', '.join(HOW2SIGN_COLUMNS)}, searched in every subfolder); dataset 'how2sign' expects {expected}"
         )
-    return path, files
+    realigned = [p for p in files if "START_REALIGNED" in _header_columns(p)]
+    return path, realigned or files
 
 
 def read_how2sign(path: Path) -> tuple[list[ClipRecord], list[dict]]:
@@ -188,7 +194,10 @@ def read_how2sign(path: Path) -> tuple[list[ClipRecord], list[dict]]:
     probed: dict[Path, Optional[str]] = {}
     for sentences in files:
         split = _how2sign_split(sentences)
-        rows = _read_table(sentences, "\t", HOW2SIGN_COLUMNS, "How2Sign sentence file")
+        columns = HOW2SIGN_COLUMNS
+        if "START_REALIGNED" not in _header_columns(sentences) and "START" in _header_columns(sentences):
+            columns = tuple(OLD_TIMES.get(c, c) for c in HOW2SIGN_COLUMNS)  # the release's older START/END files
+        rows = _read_table(sentences, "\t", columns, "How2Sign sentence file")
         for line, row in rows:
             total += 1
             record = _how2sign_record(row, split, videos, probed, f"{sentences}:{line}", skipped)
@@ -208,12 +217,13 @@ def _how2sign_clip(row: dict, videos: dict, where: str) -> tuple[Optional[Path],
     if raw is None:
         name = row.get("SENTENCE_NAME") or "?"
         return None, None, None, f"neither {name}.mp4 nor the raw video {row.get('VIDEO_NAME') or '?'}.mp4 found"
+    times = [row.get(column, row.get(OLD_TIMES[column])) for column in ("START_REALIGNED", "END_REALIGNED")]
     try:
-        start, end = float(row["START_REALIGNED"]), float(row["END_REALIGNED"])
-    except (KeyError, ValueError):
-        return raw, None, None, f"bad START_REALIGNED/END_REALIGNED {row.get('START_REALIGNED')!r}/{row.get('END_REALIGNED')!r}"
+        start, end = float(times[0]), float(times[1])
+    except (TypeError, ValueError):
+        return raw, None, None, f"bad start/end times {times[0]!r}/{times[1]!r} s"
     if not (0 <= start < end < float("inf")):
-        return raw, None, None, f"START_REALIGNED {start} is not before END_REALIGNED {end}"
+        return raw, None, None, f"start {start} s is not before end {end} s (or not finite and >= 0)"
     return raw, start, end, ""
 
 

@@ -221,9 +221,21 @@ def test_how2sign_missing_and_corrupt_clips_and_bad_times_are_skipped_and_named(
     assert sum(w.category is DataWarning for w in caught) == 3
     reasons = " | ".join(f"{s['path']}: {s['reason']}" for s in stats["skipped_files"])
     assert "neither ghost_0-1-rgb_front.mp4 nor the raw video ghost-1-rgb_front.mp4 found" in reasons
-    assert "START_REALIGNED 1.5 is not before END_REALIGNED 1.0" in reasons
+    assert "start 1.5 s is not before end 1.0 s" in reasons
     assert "--7E2sU6zP4_11-5-rgb_front.mp4: cannot decode" in reasons
     assert "how2sign_realigned_train.csv:" in reasons and stats["num_skipped"] == 3 and len(train) == 3
+
+
+def test_how2sign_prefers_the_realigned_files_and_reads_the_older_start_end_ones_alone(tmp_path):
+    root = write_how2sign(tmp_path)
+    older = root / "how2sign_train.csv"  # the release's non-realigned file: START/END, same sentences
+    text = (root / "how2sign_realigned_train.csv").read_text(encoding="utf-8")
+    older.write_text(text.replace("START_REALIGNED\tEND_REALIGNED", "START\tEND"), encoding="utf-8")
+    train, val, _ = data.build_datasets(how2sign_config(root, split_mode="official"))
+    assert (len(train), len(val)) == (4, 1)  # not read twice
+    alone, rest, _ = data.build_datasets(how2sign_config(older, split_mode="random", train_ratio=0.5))
+    cut = [r for r in alone.records + rest.records if r.start is not None]
+    assert sorted((r.start, r.end) for r in cut) == [(0.0, 0.9), (1.0, 1.9)]
 
 
 def test_how2sign_bad_roots_and_sentence_files_are_errors_naming_them(tmp_path):
