@@ -145,9 +145,16 @@ def _read_av(path: Path, start: Optional[float] = None, end: Optional[float] = N
         rate = float(stream.average_rate or 25)
         lo = -np.inf if start is None else start
         hi = np.inf if end is None else end
+        offset = 0.0  # the time of the first decoded frame, for frames without a timestamp
+        if start is not None and start > 0 and stream.time_base:  # to the keyframe before `start`, not decode from 0
+            try:
+                container.seek(int(start / stream.time_base), stream=stream, backward=True, any_frame=False)
+                offset = start
+            except (av.error.FFmpegError, ValueError, OverflowError):
+                pass  # not seekable: decode from the start
         frames = []
         for i, frame in enumerate(container.decode(stream)):
-            time = frame.time if frame.time is not None else i / rate
+            time = frame.time if frame.time is not None else offset + i / rate
             if time > hi:
                 break
             if time >= lo:

@@ -12,7 +12,7 @@ from PIL import Image
 
 from t2s import data
 from t2s.config import ConfigError, from_dict
-from t2s.data import DataError, DataWarning
+from t2s.data import DataError, DataWarning, UnusableFile, load_clip, read_video
 from test_data import FRAMES, SIZE, check_item, config, solid_frames, write_mp4
 
 PHOENIX_HEADER = "name|video|start|end|speaker|orth|translation"
@@ -253,6 +253,15 @@ def test_how2sign_bad_roots_and_sentence_files_are_errors_naming_them(tmp_path):
         warnings.simplefilter("ignore")
         with pytest.raises(DataError, match=r"no usable clips in .*how2sign_realigned_val.csv.*1 candidate"):
             data.build_datasets(how2sign_config(comma))
+
+
+def test_a_cut_late_in_a_long_video_seeks_and_keeps_only_its_seconds(tmp_path):
+    video = tmp_path / "raw.mp4"
+    write_mp4(video, solid_frames([4 * i for i in range(60)]))  # 6 s at 10 fps, grey 4 * frame index
+    cut = load_clip(video, 10, 20, start=4.0, end=4.9)  # 10 frames at the video's own size: no resampling
+    assert np.array_equal(cut, read_video(video)[40:50])  # frames 4.0 s .. 4.9 s, as a full decode gives them
+    with pytest.raises(UnusableFile, match="no frames between"):
+        load_clip(video, 5, SIZE, start=7.0, end=8.0)
 
 
 def test_cut_clips_are_cached_separately_from_the_whole_video(tmp_path):
