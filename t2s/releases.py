@@ -7,7 +7,8 @@
   `<name>/1/*.png`; `<name>/1/*.png` if empty). caption = `translation`, signer = `speaker`, gloss = `orth`,
   split = the corpus file's split.
 - `how2sign` (`read_how2sign(path)`): How2Sign. `path` is the release root (every `*.csv` under it whose header has
-  SENTENCE_NAME is a sentence file) or one sentence file (clips are then looked for under its folder). Sentence files
+  SENTENCE_NAME is a sentence file) or one sentence file (clips are then looked for under its folder, else under the
+  nearest of up to 6 folders above it that holds any of its clips). Sentence files
   are TAB-separated despite the `.csv` name, header
   `VIDEO_ID VIDEO_NAME SENTENCE_ID SENTENCE_NAME START_REALIGNED END_REALIGNED SENTENCE`. A clip is
   `<SENTENCE_NAME>.mp4` anywhere under the root; if it is absent but the raw video `<VIDEO_NAME>.mp4` is there, the
@@ -39,6 +40,7 @@ HOW2SIGN_COLUMNS = ("VIDEO_ID", "VIDEO_NAME", "SENTENCE_NAME", "START_REALIGNED"
 OLD_TIMES = {"START_REALIGNED": "START", "END_REALIGNED": "END"}  # the times' names in the non-realigned files
 HOW2SIGN_SIGNER_COLUMNS = ("signer", "signer_id", "speaker", "participant")
 VALIDATION_SPLITS = ("dev", "val")
+HOW2SIGN_PARENT_LEVELS = 6  # a sentence file given as data_dir: its clips are looked for this many folders up
 
 
 def _read_table(path: Path, delimiter: str, required: Sequence[str], what: str) -> list[tuple[int, dict]]:
@@ -184,20 +186,41 @@ def how2sign_sentence_files(path: Path) -> tuple[Path, list[Path]]:
     return path, realigned or files
 
 
-def read_how2sign(path: Path) -> tuple[list[ClipRecord], list[dict]]:
-    """Records of every usable sentence clip of the How2Sign sentence files at `path`, and the skipped ones."""
-    root, files = how2sign_sentence_files(Path(path))
+def _index_videos(root: Path) -> dict[str, Path]:
+    """{file stem: path} of the mp4 files under `root` (the shallowest of a name wins)."""
     videos: dict[str, Path] = {}
     for video in sorted(root.rglob("*.mp4"), key=lambda p: (len(p.parts), str(p))):
         videos.setdefault(video.stem, video)
-    records, skipped, total = [], [], 0
-    probed: dict[Path, Optional[str]] = {}
+    return videos
+
+
+def _clip_index(root: Path, given_file: bool, tables: list) -> dict[str, Path]:
+    """The mp4 index to find the sentences' clips in: under `root`; for a sentence file given as data_dir, under the
+    first of its folder and up to HOW2SIGN_PARENT_LEVELS folders above it that holds any sentence's clip or raw video
+    (the release keeps the sentence files and the clips in sibling subfolders)."""
+    names = {row.get(c, "") for _, _, rows in tables for _, row in rows for c in ("SENTENCE_NAME", "VIDEO_NAME")}
+    above = [p for p in list(root.parents)[:HOW2SIGN_PARENT_LEVELS] if len(p.parts) > 2]  # never / or /home etc.
+    candidates = [root, *above] if given_file else [root]
+    for folder in candidates:
+        videos = _index_videos(folder)
+        if names & set(videos):
+            return videos
+    return {}
+
+
+def read_how2sign(path: Path) -> tuple[list[ClipRecord], list[dict]]:
+    """Records of every usable sentence clip of the How2Sign sentence files at `path`, and the skipped ones."""
+    root, files = how2sign_sentence_files(Path(path))
+    tables = []
     for sentences in files:
-        split = _how2sign_split(sentences)
         columns = HOW2SIGN_COLUMNS
         if "START_REALIGNED" not in _header_columns(sentences) and "START" in _header_columns(sentences):
             columns = tuple(OLD_TIMES.get(c, c) for c in HOW2SIGN_COLUMNS)  # the release's older START/END files
-        rows = _read_table(sentences, "\t", columns, "How2Sign sentence file")
+        tables.append((sentences, _how2sign_split(sentences), _read_table(sentences, "\t", columns, "How2Sign sentence file")))
+    videos = _clip_index(root, Path(path).is_file(), tables)
+    records, skipped, total = [], [], 0
+    probed: dict[Path, Optional[str]] = {}
+    for sentences, split, rows in tables:
         for line, row in rows:
             total += 1
             record = _how2sign_record(row, split, videos, probed, f"{sentences}:{line}", skipped)
@@ -208,7 +231,7 @@ def read_how2sign(path: Path) -> tuple[list[ClipRecord], list[dict]]:
     return records, skipped
 
 
-def _how2sign_clip(row: dict, videos: dict, where: str) -> tuple[Optional[Path], Optional[float], Optional[float], str]:
+def _how2sign_clip(row: dict, videos: dict) -> tuple[Optional[Path], Optional[float], Optional[float], str]:
     """(video, start, end, reason if unusable) of a sentence row: its own clip, or its raw video cut by the times."""
     clip = videos.get(row.get("SENTENCE_NAME", ""))
     if clip is not None:
@@ -223,12 +246,12 @@ def _how2sign_clip(row: dict, videos: dict, where: str) -> tuple[Optional[Path],
     except (TypeError, ValueError):
         return raw, None, None, f"bad start/end times {times[0]!r}/{times[1]!r} s"
     if not (0 <= start < end < float("inf")):
-        return raw, None, None, f"start {start} s is not before end {end} s (or not finite and >= 0)"
+        return raw, None, None, f"start {start} s is not before end {end} s (both finite, start >= 0)"
     return raw, start, end, ""
 
 
 def _how2sign_record(row: dict, split: str, videos: dict, probed: dict, where: str, skipped: list) -> Optional[ClipRecord]:
-    video, start, end, reason = _how2sign_clip(row, videos, where)
+    video, start, end, reason = _how2sign_clip(row, videos)
     if reason:
         skip(skipped, video or Path(where), f"{reason} (sentence row {where})")
         return None

@@ -13,6 +13,7 @@ from PIL import Image
 from t2s import data
 from t2s.config import ConfigError, from_dict
 from t2s.data import DataError, DataWarning, UnusableFile, load_clip, read_video
+from t2s.releases import read_how2sign
 from test_data import FRAMES, SIZE, check_item, config, solid_frames, write_mp4
 
 PHOENIX_HEADER = "name|video|start|end|speaker|orth|translation"
@@ -206,6 +207,16 @@ def test_how2sign_data_dir_may_be_one_sentence_file(tmp_path):
     assert len(train) + len(val) == 4
     _, _, stats = data.build_datasets(how2sign_config(root, split_mode="signer_disjoint"))
     assert not set(stats["train_signers"]) & set(stats["val_signers"])
+
+
+def test_how2sign_sentence_file_in_a_sibling_folder_of_its_clips(tmp_path):
+    root = write_how2sign(tmp_path / "how2sign")
+    nested = root / "text" / "en" / "raw_text" / "re_aligned"  # the clips are in siblings of text/, 4 levels up
+    nested.mkdir(parents=True)
+    (root / "how2sign_realigned_train.csv").rename(nested / "how2sign_realigned_train.csv")
+    records, skipped = read_how2sign(nested / "how2sign_realigned_train.csv")
+    assert len(records) == 4 and not skipped
+    assert {r.video.parent.parent.name for r in records} == {"train_rgb_front_clips", "train_raw_videos"}
 
 
 def test_how2sign_missing_and_corrupt_clips_and_bad_times_are_skipped_and_named(tmp_path):
