@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 from pathlib import Path
 from typing import Optional, Sequence
@@ -77,22 +78,35 @@ def _root_folder(root: Path, dataset: str, expected: str) -> Path:
 
 
 # ================================================================================================ PHOENIX-2014-T
-def phoenix_corpus_files(root: Path) -> dict[str, Path]:
-    """{split: corpus file} of the PHOENIX-2014-T corpus files found under `root` (the shallowest of each split)."""
-    found: dict[str, Path] = {}
-    for split in PHOENIX_SPLITS:
-        matches = sorted(root.rglob(f"PHOENIX-2014-T.{split}.corpus.csv"), key=lambda p: (len(p.parts), str(p)))
-        if matches:
-            found[split] = matches[0]
-    return found
+def _shallowest(paths: list[Path]) -> Optional[Path]:
+    return min(paths, key=lambda p: (len(p.parts), str(p))) if paths else None
 
 
-def _phoenix_frames_root(root: Path) -> Path:
-    direct = root / "features" / PHOENIX_FRAMES
-    if direct.is_dir():
-        return direct
-    matches = sorted((p for p in root.rglob(PHOENIX_FRAMES) if p.is_dir()), key=lambda p: (len(p.parts), str(p)))
-    return matches[0] if matches else direct
+def phoenix_layout(root: Path) -> tuple[dict[str, Path], Path]:
+    """({split: corpus file}, frames folder) of the PHOENIX-2014-T release under `root`: the shallowest corpus file of
+    each split, and the `fullFrame-210x260px` folder of the release holding the train corpus file (else the
+    shallowest one; `root/features/fullFrame-210x260px` if none). One walk that never descends into a `features`
+    folder (about a million frame images)."""
+    names = {f"PHOENIX-2014-T.{split}.corpus.csv": split for split in PHOENIX_SPLITS}
+    corpora: dict[str, list[Path]] = {split: [] for split in PHOENIX_SPLITS}
+    frames: list[Path] = []
+    seen: set[str] = set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        if os.path.realpath(folder) in seen:  # a symlink loop
+            subfolders[:] = []
+            continue
+        seen.add(os.path.realpath(folder))
+        for name in files:
+            if name in names:
+                corpora[names[name]].append(Path(folder) / name)
+        if PHOENIX_FRAMES in subfolders:
+            frames.append(Path(folder) / PHOENIX_FRAMES)
+        subfolders[:] = [] if Path(folder).name == "features" else sorted(d for d in subfolders if d != PHOENIX_FRAMES)
+    found = {split: _shallowest(paths) for split, paths in corpora.items() if paths}
+    anchor = next(iter(found.values()), None)
+    beside = anchor.parents[2] / "features" / PHOENIX_FRAMES if anchor is not None and len(anchor.parents) > 2 else None
+    frames_root = beside if beside in frames else _shallowest(frames)
+    return found, frames_root or root / "features" / PHOENIX_FRAMES
 
 
 def read_phoenix14t(root: Path) -> tuple[list[ClipRecord], list[dict]]:
@@ -101,13 +115,12 @@ def read_phoenix14t(root: Path) -> tuple[list[ClipRecord], list[dict]]:
     root = _root_folder(root, "phoenix14t", expected)
     if not root.is_dir():
         raise DataError(f"data_dir '{root}' is not a folder; dataset 'phoenix14t' expects {expected}")
-    corpora = phoenix_corpus_files(root)
+    corpora, frames_root = phoenix_layout(root)
     if not corpora:
         raise DataError(
             f"data_dir '{root}' holds no PHOENIX-2014-T corpus file (PHOENIX-2014-T.train/dev/test.corpus.csv, "
             f"searched in every subfolder); dataset 'phoenix14t' expects {expected}"
         )
-    frames_root = _phoenix_frames_root(root)
     records, skipped, total = [], [], 0
     for split, corpus in corpora.items():
         for line, row in _read_table(corpus, "|", PHOENIX_COLUMNS, "PHOENIX-2014-T corpus file"):

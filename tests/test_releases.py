@@ -13,7 +13,7 @@ from PIL import Image
 from t2s import data
 from t2s.config import ConfigError, from_dict
 from t2s.data import DataError, DataWarning, UnusableFile, load_clip, read_video
-from t2s.releases import read_how2sign
+from t2s.releases import phoenix_layout, read_how2sign
 from test_data import FRAMES, SIZE, check_item, config, solid_frames, write_mp4
 
 PHOENIX_HEADER = "name|video|start|end|speaker|orth|translation"
@@ -81,6 +81,18 @@ def test_phoenix_reads_whichever_corpus_files_are_present(tmp_path):
     assert len(train) + len(val) == 2
     with pytest.raises(DataError, match=r"split_mode 'official' needs training clips .* split\(s\) dev"):
         data.build_datasets(phoenix_config(tmp_path, split_mode="official"))
+
+
+def test_phoenix_layout_finds_the_frames_beside_the_corpus_and_never_walks_into_features(tmp_path):
+    root = write_phoenix(tmp_path, splits=("train",))
+    release = root / "PHOENIX-2014-T"
+    hidden = release / "features" / "fullFrame-210x260px" / "dev"
+    hidden.mkdir(parents=True)
+    (hidden / "PHOENIX-2014-T.dev.corpus.csv").write_text(PHOENIX_HEADER + "\n", encoding="utf-8")
+    (root / "features" / "fullFrame-210x260px").mkdir(parents=True)  # another, shallower: not beside the corpus
+    (root / "loop").symlink_to(root)  # a symlink loop ends the walk there
+    corpora, frames = phoenix_layout(root)
+    assert list(corpora) == ["train"] and frames == release / "features" / "fullFrame-210x260px"
 
 
 def test_phoenix_frames_are_sampled_looped_and_resized_from_the_pngs(tmp_path):
