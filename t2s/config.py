@@ -34,8 +34,8 @@ CHOICES: dict[str, tuple] = {
     "prediction_type": ("epsilon", "v_prediction", "sample"),
     "mixed_precision": ("auto", "no", "fp16", "bf16"),
     "channels_last": ("auto", True, False),
-    "dataset": ("synthsign", "folder", "manifest"),
-    "split_mode": ("signer_disjoint", "random"),
+    "dataset": ("synthsign", "folder", "manifest", "phoenix14t", "how2sign"),
+    "split_mode": ("signer_disjoint", "random", "official"),
 }
 
 # Where training scalars may go (`trackers`): the run's own TensorBoard folder, and accelerate's trackers.
@@ -322,6 +322,13 @@ def _check_range(cfg: Config, source: str) -> None:
         )
     if cfg.dataset in ("folder",) and not cfg.data_dir:
         raise ConfigError(f"{where}dataset 'folder' needs key 'data_dir' (a folder of <id>.gif + <id>.txt pairs)")
+    if cfg.dataset in ("phoenix14t", "how2sign") and not cfg.data_dir:
+        raise ConfigError(f"{where}dataset '{cfg.dataset}' needs key 'data_dir' (the release root)")
+    if cfg.split_mode == "official" and cfg.dataset not in ("phoenix14t", "how2sign"):
+        raise ConfigError(
+            f"{where}key 'split_mode' has value 'official' but dataset is {cfg.dataset!r}; the official split exists "
+            "for dataset phoenix14t and how2sign only (use signer_disjoint or random)"
+        )
     if cfg.dataset == "manifest" and not cfg.manifest:
         raise ConfigError(f"{where}dataset 'manifest' needs key 'manifest' (a CSV/TSV with video, caption and signer columns)")
 

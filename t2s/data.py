@@ -9,6 +9,8 @@ Sources (`config.dataset`):
 - `manifest`: a CSV/TSV (`config.manifest`) with video, caption and signer columns (see `COLUMN_ALIASES`); video
   paths are relative to the manifest's folder unless absolute. A video is a GIF, an MP4/WebM/AVI/MOV/MKV (decoded
   with PyAV), or a folder of png/jpg frames sorted by name (PHOENIX-2014T style; `folder/*.png` also works).
+- `phoenix14t`, `how2sign`: the two corpora in their release layouts (`config.data_dir` = the release root), read
+  by `t2s.releases`; with `split_mode: official` the release's own train / dev split is used (test held out).
 - `synthsign` (default): clips rendered by `t2s.synthsign`, generated once into a cache folder
   `<data_dir or <project>/.cache/synthsign>/<hash of the generation parameters>/` and then read like `folder`.
 
@@ -25,7 +27,8 @@ recorded in `dataset.decode_failures`, so one bad file never stops a training ru
 
 This room: records (`ClipRecord`, `scan_folder`, `read_manifest`), `ClipCache`, `ClipDataset`, the sources
 (`load_dataset`, `load_synthsign` reading the synthsign cache), splits (`split_indices`, `build_datasets`). It imports
-`t2s.config`, `t2s.video`, `t2s.synthdata` (generating the synthsign cache) and `t2s.captions`. Re-exported here from
+`t2s.config`, `t2s.records` (`ClipRecord`, `DataError`, `DataWarning`, re-exported here), `t2s.releases` (the release
+layouts), `t2s.video`, `t2s.synthdata` (generating the synthsign cache) and `t2s.captions`. Re-exported here from
 their homes (import them from there): from `t2s.video` `read_video`, `load_clip`, `probe_video`, `write_gif`,
 `to_clip`, `to_frames`, `sample_frame_indices`, `square_resize`, `list_frame_images`, `UnusableFile`,
 `VIDEO_EXTENSIONS`, `PIL_VIDEO_EXTENSIONS`, `IMAGE_EXTENSIONS`, `GIF_FRAME_MS`; from `t2s.synthdata`
@@ -39,10 +42,8 @@ import csv
 import io
 import json
 import operator
-import re
 import warnings
 from collections import Counter, OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -54,6 +55,10 @@ from .captions import (  # noqa: F401 (re-exported: the evaluation captions' old
     CAPTION_SPLITS, EVAL_CAPTION_SEED, EvaluationClip, caption_key, evaluation_clips, split_sizes,
 )
 from .config import PROJECT_ROOT, Config  # noqa: F401 (PROJECT_ROOT re-exported: callers read data.PROJECT_ROOT)
+from .records import ClipRecord, DataError, DataWarning  # noqa: F401 (re-exported: their old home)
+from .records import nothing_usable as _nothing_usable
+from .records import skip as _skip
+from .releases import official_split, read_how2sign, read_phoenix14t
 from .synthdata import (  # noqa: F401 (re-exported: the synthsign generation's old home)
     PARALLEL_MIN_CLIPS, SYNTHSIGN_CACHE_ROOT, SYNTHSIGN_SEED, SYNTHSIGN_VERSION, generate_synthsign, recognizer_dir,
     synthsign_dir, synthsign_params, synthsign_plan,
@@ -69,26 +74,8 @@ COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
     "caption": ("caption", "text", "sentence", "translation"),
     "signer": ("signer", "signer_id", "speaker"),
 }
+RELEASE_READERS = {"phoenix14t": read_phoenix14t, "how2sign": read_how2sign}  # dataset -> data_dir reader
 DEFAULT_CACHE_BYTES = 2 << 30  # 2 GiB of decoded clips per dataset
-
-
-class DataError(ValueError):
-    """Unusable data: the message names the file, folder or key, and what would be valid."""
-
-
-class DataWarning(UserWarning):
-    """A file was skipped or replaced; the message names it and says why."""
-
-
-# ================================================================================================ records
-@dataclass(frozen=True)
-class ClipRecord:
-    """One clip of a dataset, before decoding."""
-
-    id: str
-    video: Path
-    caption: str
-    signer: str
 
 
 def signer_from_filename(stem: str) -> str:
@@ -106,19 +93,6 @@ def read_caption(path: Path) -> str:
     if not caption:
         raise UnusableFile(f"caption file {path.name} is empty")
     return caption
-
-
-def _skip(skipped: list[dict], path: Path, reason: str) -> None:
-    skipped.append({"path": str(path), "reason": reason})
-    warnings.warn(f"skipping {path}: {reason}", DataWarning, stacklevel=3)
-
-
-def _nothing_usable(where: Path, total: int, skipped: list[dict]) -> DataError:
-    kinds = (" ".join(re.sub(r"\(.*\)|\S+\.txt", " ", s["reason"]).split()) for s in skipped)
-    reasons = Counter(kinds)
-    summary = "; ".join(f"{n} x {reason}" for reason, n in reasons.most_common())
-    first = f" First: {skipped[0]['path']}: {skipped[0]['reason']}." if skipped else ""
-    return DataError(f"no usable clips in {where}: all {total} candidate videos were skipped ({summary}).{first}")
 
 
 def scan_folder(root: Path) -> tuple[list[ClipRecord], list[dict]]:
@@ -304,10 +278,10 @@ class ClipDataset(Dataset):
         """The clip as uint8 (F, H, W, 3) (read-only: shared with the cache), from the cache or decoded; raises if
         the video cannot be decoded."""
         record = self.records[index]
-        key = (str(record.video), self.num_frames, self.image_size)
+        key = (str(record.video), record.start, record.end, self.num_frames, self.image_size)
         frames = self.cache.get(key)
         if frames is None:
-            frames = load_clip(record.video, self.num_frames, self.image_size)
+            frames = load_clip(record.video, self.num_frames, self.image_size, record.start, record.end)
             self.cache.put(key, frames)
         return frames
 
@@ -405,7 +379,15 @@ def load_dataset(config: Config, cache_bytes: int = DEFAULT_CACHE_BYTES) -> tupl
             path = Path(config.data_dir) / path
         records, skipped = read_manifest(path)
         return ClipDataset(records, config.num_frames, config.image_size, cache=cache, source=str(path)), skipped
-    raise DataError(f"key 'dataset' has value {config.dataset!r}; allowed values: synthsign, folder, manifest")
+    if config.dataset in RELEASE_READERS:
+        if not config.data_dir:
+            raise DataError(f"dataset '{config.dataset}' needs key 'data_dir' (the release root)")
+        records, skipped = RELEASE_READERS[config.dataset](Path(config.data_dir))
+        source = str(config.data_dir)
+        return ClipDataset(records, config.num_frames, config.image_size, cache=cache, source=source), skipped
+    raise DataError(
+        f"key 'dataset' has value {config.dataset!r}; allowed values: synthsign, folder, manifest, phoenix14t, how2sign"
+    )
 
 
 def split_indices(
@@ -426,7 +408,10 @@ def split_indices(
         order = rng.permutation(n)
         return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
     if mode != "signer_disjoint":
-        raise DataError(f"key 'split_mode' has value {mode!r}; allowed values: signer_disjoint, random")
+        raise DataError(
+            f"key 'split_mode' has value {mode!r}; allowed values: signer_disjoint, random (official: phoenix14t and "
+            "how2sign only)"
+        )
     counts = Counter(signers)
     names = sorted(counts)
     if len(names) < 2:
@@ -447,11 +432,14 @@ def build_datasets(config: Config, cache_bytes: int = DEFAULT_CACHE_BYTES) -> tu
     """(train dataset, validation dataset, split_stats) for `config`.
 
     split_stats: {mode, dataset, source, train_clips, val_clips, train_signers, val_signers,
-    skipped_files: [{path, reason}], num_skipped}.
+    skipped_files: [{path, reason}], num_skipped}, and held_out_clips with split_mode official.
     """
     full, skipped = load_dataset(config, cache_bytes)
     signers = [record.signer for record in full.records]
-    train_idx, val_idx = split_indices(signers, config.split_mode, config.train_ratio, config.split_seed, full.source)
+    if config.split_mode == "official" and config.dataset in RELEASE_READERS:
+        train_idx, val_idx = official_split(full.records, full.source)
+    else:
+        train_idx, val_idx = split_indices(signers, config.split_mode, config.train_ratio, config.split_seed, full.source)
     train, val = full.subset(train_idx), full.subset(val_idx)
     stats = {
         "mode": config.split_mode,
@@ -464,4 +452,6 @@ def build_datasets(config: Config, cache_bytes: int = DEFAULT_CACHE_BYTES) -> tu
         "skipped_files": skipped,
         "num_skipped": len(skipped),
     }
+    if config.split_mode == "official":  # the release's test split (or any other): in neither side
+        stats["held_out_clips"] = len(full) - len(train) - len(val)
     return train, val, stats

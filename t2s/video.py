@@ -136,19 +136,40 @@ def _read_gif(path: Path) -> tuple[list[np.ndarray], np.ndarray]:
     return frames, np.repeat(np.arange(len(frames)), repeats)
 
 
-def _read_av(path: Path) -> list[np.ndarray]:
+def _read_av(path: Path, start: Optional[float] = None, end: Optional[float] = None) -> list[np.ndarray]:
+    """Every frame of a PyAV-decodable video, or (with `start`/`end` seconds) those whose time is in [start, end]."""
     with av.open(str(path)) as container:
         if not container.streams.video:
             raise UnusableFile("no video stream")
         stream = container.streams.video[0]
-        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+        rate = float(stream.average_rate or 25)
+        lo = -np.inf if start is None else start
+        hi = np.inf if end is None else end
+        offset = 0.0  # the time of the first decoded frame, for frames without a timestamp
+        if start is not None and start > 0 and stream.time_base:  # to the keyframe before `start`, not decode from 0
+            try:
+                container.seek(int(start / stream.time_base), stream=stream, backward=True, any_frame=False)
+                offset = start
+            except (av.error.FFmpegError, ValueError, OverflowError):
+                pass  # not seekable: decode from the start
+        frames = []
+        for i, frame in enumerate(container.decode(stream)):
+            time = frame.time if frame.time is not None else offset + i / rate
+            if time > hi:
+                break
+            if time >= lo:
+                frames.append(frame.to_ndarray(format="rgb24"))
     if not frames:
-        raise UnusableFile("zero frames")
+        raise UnusableFile("zero frames" if start is None and end is None else f"no frames between {lo}s and {hi}s")
     return frames
 
 
-def _read_sampled(path: Path, num_frames: int) -> list[np.ndarray]:
-    """`num_frames` frames (uint8 (H, W, 3) each) sampled uniformly (or looped) from the video at `path`."""
+def _read_sampled(path: Path, num_frames: int, start=None, end=None) -> list[np.ndarray]:
+    """`num_frames` frames (uint8 (H, W, 3) each) sampled uniformly (or looped) from the video at `path` (from its
+    `start`..`end` seconds when given: PyAV containers only)."""
+    if start is not None or end is not None:
+        frames = _read_av(path, start, end)
+        return [frames[i] for i in sample_frame_indices(len(frames), num_frames)]
     folder = _frame_folder(path)
     if folder is not None:
         images = list_frame_images(*folder)
@@ -178,11 +199,13 @@ def read_video(path: Path | str) -> np.ndarray:
     return np.stack(frames)
 
 
-def load_clip(path: Path | str, num_frames: int, image_size: int) -> np.ndarray:
-    """A video as uint8 (num_frames, image_size, image_size, 3): sampled (looped if short), cropped, resized.
-    Any decoder failure comes out as UnusableFile(reason)."""
+def load_clip(
+    path: Path | str, num_frames: int, image_size: int, start: Optional[float] = None, end: Optional[float] = None
+) -> np.ndarray:
+    """A video (or its `start`..`end` seconds) as uint8 (num_frames, image_size, image_size, 3): sampled (looped if
+    short), cropped, resized. Any decoder failure comes out as UnusableFile(reason)."""
     try:
-        frames = _read_sampled(Path(path), num_frames)
+        frames = _read_sampled(Path(path), num_frames, start, end)
         if not frames:
             raise UnusableFile("no frames")
         return np.stack([square_resize(frame, image_size) for frame in frames])

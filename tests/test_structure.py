@@ -19,7 +19,7 @@ LAYERS = [
     # 0: config and formats, and what has no project imports
     {"config", "rundir", "runtime", "counting", "glosses", "model", "diffusion", "ema", "metrics", "arguments"},
     # 1: data, text
-    {"video", "synthsign", "synthdata", "captions", "data", "text", "checkpoint"},
+    {"video", "synthsign", "synthdata", "captions", "records", "releases", "data", "text", "checkpoint"},
     # 2: engine and pipeline
     {"engine", "pipeline", "runlog", "share", "train", "launch"},
     # 3: evaluation

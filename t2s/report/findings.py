@@ -83,10 +83,11 @@ def questions(study: Study) -> list:
 
 def metric_role(metric: Metric, study: Study) -> tuple[str, str]:
     """('exploratory' | 'descriptive', why) for this study: pixel metrics are exploratory only when no finished run
-    used a signer-disjoint split."""
+    used a signer-disjoint split (random, or a release's official split: PHOENIX-2014-T's and How2Sign's share
+    signers between train and dev/val)."""
     if metric.role == "pixel":
         modes = {r.config.get("split_mode") for r in study.finished_runs}
-        if modes <= {"random"} and modes:
+        if modes <= {"random", "official"} and modes:
             return "exploratory", ""
         return "descriptive", ("compared pixel by pixel with the real clip of a signer the model never saw "
                                "(signer-disjoint split): it measures appearance mismatch more than signing")
