@@ -280,16 +280,8 @@ def test_a_run_without_ema_yields_only_a_raw_row(micro_run, tmp_path, monkeypatc
     config = json.loads((run_dir / "config.json").read_text())
     config.update(use_ema=False, variant="no_ema")
     (run_dir / "config.json").write_text(json.dumps(config))
-    index_path = run_dir / "checkpoints" / "index.json"
-    index = json.loads(index_path.read_text())
-    for entry in index:  # as a no_ema run saves it: no EMA state (and the index's checksum of the new file)
-        ckpt = run_dir / "checkpoints" / entry["file"]
-        state = torch.load(ckpt, weights_only=True)
-        state["ema"] = None
-        torch.save(state, ckpt)
-        if "sha256" in entry:
-            entry["sha256"] = hashlib.sha256(ckpt.read_bytes()).hexdigest()
-    index_path.write_text(json.dumps(index))
+    assert not (run_dir / "checkpoints").exists()  # a finished run keeps its final weights only
+    (run_dir / "weights" / "denoiser_ema.safetensors").unlink()  # as a no_ema run writes them: no EMA weights
     isolate_metric_weights(monkeypatch, tmp_path)
     rows = evaluate_run(run_dir, progress=False)
     assert [r["weights"] for r in rows] == ["raw"]
