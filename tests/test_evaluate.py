@@ -64,11 +64,14 @@ pytestmark = pytest.mark.usefixtures("no_network", "one_torch_thread")
 
 @pytest.fixture(scope="module")
 def micro_run(tmp_path_factory):
-    """A finished micro baseline run (EMA on), trained once for the whole module."""
+    """A finished micro baseline run (EMA on), trained once for the whole module. Its optimizer-state checkpoints are
+    pruned (keep_optimizer_state false): every evaluation here reads its safetensors weights."""
     root = tmp_path_factory.mktemp("evaluate")
     cfg = t2s.load_config("baseline", "micro", {"data_dir": str(root / "synthsign"), **SMALL_RECOGNIZER})
     result = t2s.train(cfg, root / "baseline-seed0", progress=False)
     assert result.status == "finished"
+    assert (result.run_dir / "weights" / "denoiser_ema.safetensors").is_file()
+    assert not (result.run_dir / "checkpoints").exists()
     return result.run_dir
 
 
@@ -245,6 +248,7 @@ def test_gifs_index_and_tensorboard_scalars_are_written(evaluated):
             assert f"eval/{weights}/{metric}" in tags
         assert f"eval/{weights}/fvd" not in tags  # null metrics are not logged as numbers
     assert events.Scalars("eval/raw/val_loss")[-1].value == pytest.approx(rows[0]["val_loss"], rel=1e-6)
+    assert events.Scalars("eval/raw/val_loss")[-1].step == 8  # the final weights' step, from their metadata
 
 
 def test_with_metric_weights_kvd_and_lpips_are_finite_and_fvd_waits_for_enough_clips(micro_run, weight_files, tmp_path,
