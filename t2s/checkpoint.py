@@ -5,6 +5,12 @@ containers, never arbitrary pickled objects), the newest good one found, and whe
 A checkpoint is a dict: model, text_encoder (fine-tuned runs), ema, optimizer, lr_schedule, grad_scaler, step,
 epoch, micro, train_seconds, generator, drop_generator, rng, config, world_size. The functions that read and write
 it take the training engine (`t2s.engine.Engine`: its models, optimizer, schedule, EMA, generators and position).
+
+A finished run's final weights (`write_final_weights`): safetensors files in `weights/` (names in `t2s.rundir`): the
+raw denoiser, its EMA weights as a denoiser state dict, and the text encoder when the run trained it, each with the
+step and epoch in its metadata and its SHA-256 in metadata.json (`final_weights`). The optimizer-state checkpoints are
+then pruned (`prune_checkpoints`) unless `keep_optimizer_state`. `load_run_weights` reads what a run generates from:
+those files, else its latest good checkpoint (an unfinished run, or a finished one from before the files existed).
 """
 from __future__ import annotations
 
@@ -15,6 +21,9 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_save
 
 from .config import Config, ConfigError
 from .rundir import RunDir, atomic_write_bytes, atomic_write_json, read_json
@@ -25,6 +34,7 @@ RESUMABLE_CHANGES = {
     "max_steps", "num_epochs", "resume_from", "log_every", "sample_every", "save_every", "keep_checkpoints",
     "num_workers", "sample_prompts", "description", "eval_num_clips", "val_max_clips", "compare_to", "question",
     "primary_metric", "eval_batch_size", "fvd_min_clips", "bt_train_frames", "bt_epochs", "bt_seed", "trackers",
+    "keep_optimizer_state",
 }
 
 
@@ -143,6 +153,75 @@ def latest_good_checkpoint(run: RunDir) -> Optional[tuple[Path, dict]]:
     return None
 
 
+# --------------------------------------------------------------------------------------------- final weights
+def write_final_weights(run: RunDir, state: dict, parameter_names: list[str]) -> dict:
+    """A finished run's weights from its final state (a checkpoint's dict) as safetensors, each written atomically:
+    raw denoiser, EMA denoiser (the raw state dict with the shadow in place of the parameters `parameter_names`, in
+    `model.parameters()` order) and the trained text encoder. Returns {file: sha256} (metadata.json's final_weights)."""
+    meta = {"step": str(int(state["step"])), "epoch": str(int(state["epoch"])), "format": "t2s-final-weights-1"}
+    files = {run.weights_raw: state["model"]}
+    if state.get("ema"):
+        files[run.weights_ema] = {**state["model"], **dict(zip(parameter_names, state["ema"]["shadow"]))}
+    if state.get("text_encoder") is not None:
+        files[run.weights_text] = state["text_encoder"]
+    written = {}
+    for path, tensors in files.items():
+        data = safetensors_save({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, metadata=meta)
+        atomic_write_bytes(path, data)
+        written[path.name] = hashlib.sha256(data).hexdigest()
+    for stale in {run.weights_raw, run.weights_ema, run.weights_text} - set(files):
+        stale.unlink(missing_ok=True)
+    return written
+
+
+def _read_weights_file(path: Path, digests: dict) -> tuple[dict, dict]:
+    """(tensors, metadata) of one final-weights file, after checking its SHA-256 when metadata.json records one."""
+    data = path.read_bytes()
+    expected = digests.get(path.name)
+    if expected and hashlib.sha256(data).hexdigest() != expected:
+        raise RuntimeError(f"{path} is corrupt or truncated (its SHA-256 differs from metadata.json's final_weights)")
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata() or {}
+    return safetensors_load(data), meta
+
+
+def load_run_weights(run: RunDir) -> Optional[dict]:
+    """What a run generates from: {model, ema (a denoiser state dict) or ema_shadow (a checkpoint's list, in
+    parameters() order) or neither, text_encoder or None, step, epoch, source (the file)}: its final safetensors weights,
+    else its latest good checkpoint; None when it has neither."""
+    if run.weights_raw.is_file():
+        digests = run.read_metadata().get("final_weights") or {}
+        model, meta = _read_weights_file(run.weights_raw, digests)
+        ema = _read_weights_file(run.weights_ema, digests)[0] if run.weights_ema.is_file() else None
+        text = _read_weights_file(run.weights_text, digests)[0] if run.weights_text.is_file() else None
+        return {"model": model, "ema": ema, "ema_shadow": None, "text_encoder": text, "step": int(meta["step"]),
+                "epoch": int(meta.get("epoch", 0)), "source": run.weights_raw}
+    found = latest_good_checkpoint(run)
+    if found is None:
+        return None
+    path, state = found
+    return {"model": state["model"], "ema": None, "ema_shadow": (state.get("ema") or {}).get("shadow"),
+            "text_encoder": state.get("text_encoder"), "step": int(state["step"]), "epoch": int(state["epoch"]),
+            "source": path}
+
+
+def prune_checkpoints(run: RunDir) -> None:
+    """Remove the optimizer-state checkpoints (a finished run whose final weights are written): the index first
+    emptied, then the files, then the index and the empty folder."""
+    index = run.checkpoints / "index.json"
+    if not run.checkpoints.is_dir():
+        return
+    entries = read_json(index, []) or []
+    atomic_write_json(index, [])
+    for entry in entries:
+        (run.checkpoints / entry["file"]).unlink(missing_ok=True)
+    index.unlink(missing_ok=True)
+    try:
+        run.checkpoints.rmdir()
+    except OSError:
+        pass  # something else is in it: left as it is
+
+
 def check_resumable(saved: dict, cfg: Config, where: Path) -> None:
     """Refuse to resume a checkpoint whose config differs from `cfg` in a key outside `RESUMABLE_CHANGES`. A key the
     checkpoint's config lacks (saved before the key existed) counts as its default value, so adding a config key
@@ -197,7 +276,8 @@ def find_resume_point(run: RunDir, cfg: Config) -> Optional[tuple[Path, Optional
         if src.is_dir():
             found = latest_good_checkpoint(RunDir(src))
             if not found:
-                raise ConfigError(f"key 'resume_from' is {cfg.resume_from!r}: that run directory has no usable checkpoint")
+                raise ConfigError(f"key 'resume_from' is {cfg.resume_from!r}: that run directory has no usable checkpoint "
+                                  f"(a finished run keeps its optimizer state only with keep_optimizer_state: true)")
             return found
         if not src.is_file():
             raise ConfigError(f"key 'resume_from' is {cfg.resume_from!r}: no such checkpoint file or run directory")
@@ -205,7 +285,8 @@ def find_resume_point(run: RunDir, cfg: Config) -> Optional[tuple[Path, Optional
     if run.status == "finished":
         raise ConfigError(
             f"{run.root} already holds a finished run; pick another run directory, remove it, or set "
-            f"resume_from to continue it (e.g. with a larger max_steps)"
+            f"resume_from to continue it (e.g. with a larger max_steps; it needs the optimizer-state checkpoints a "
+            f"finished run keeps only with keep_optimizer_state: true)"
         )
     if list_checkpoints(run):
         found = latest_good_checkpoint(run)

@@ -148,6 +148,9 @@ class Config:
     # --- bookkeeping ---
     save_every: int = 5
     keep_checkpoints: int = 3
+    # a finished run keeps its final weights as safetensors (weights/) and prunes the optimizer-state checkpoints
+    # (checkpoints/*.pt), unless this is true (then it can also be continued with resume_from)
+    keep_optimizer_state: bool = False
     log_every: int = 10
     # where the training scalars go besides the run directory's CSVs: tensorboard (the run's tensorboard/ folder), and
     # through accelerate's trackers mlflow, wandb and aim (each needs its package; MLflow reads MLFLOW_TRACKING_URI)

@@ -21,7 +21,8 @@ What is evaluated
   training seed. `num_clips_seen`, `num_clips_novel`, `num_clips_paraphrase` count them.
 * The whole-set metrics below (FVD to sign fidelity) use the seen and novel clips (`num_clips` = their number); a
   paraphrase repeats its seen clip's real clip and glosses, so it enters back-translation only.
-* Weight sets: the latest checkpoint's raw weights and, when the run kept an EMA (`use_ema`), its EMA weights.
+* Weight sets: the run's raw weights and, when the run kept an EMA (`use_ema`), its EMA weights: a finished run's
+  final safetensors weights (`weights/`), else its latest good checkpoint.
 * Distribution metrics on I3D features of the generated and the real clips (`metrics.load_i3d`: StyleGAN-V's
   TorchScript I3D or an I3D state dict; the row records `feature_extractor` and the weights file's
   `feature_weights_sha256`):
@@ -118,7 +119,7 @@ from tqdm.auto import tqdm
 
 from . import backtranslate, metrics, synthsign
 from .captions import CAPTION_SPLITS, EvaluationClip, caption_key, evaluation_clips
-from .checkpoint import latest_good_checkpoint, list_checkpoints
+from .checkpoint import list_checkpoints, load_run_weights
 from .config import Config, load_config_file
 from .data import ClipDataset, build_datasets
 from .diffusion import VAL_NOISE_SEED, build_train_scheduler, held_out_loss  # noqa: F401 (VAL_NOISE_SEED re-exported)
@@ -227,7 +228,8 @@ def _recognizer(cfg: Config, train_set, val_set):
 
 
 def _check_run(run_dir: Union[str, Path]) -> tuple[RunDir, Config, dict]:
-    """(run, config, the checkpoint's {file, step}) of a run directory, or a FileNotFoundError saying what is missing."""
+    """(run, config, its weights' {file, step}: the final weights or the latest checkpoint) of a run directory, or a
+    FileNotFoundError saying what is missing."""
     run = RunDir(run_dir)
     if not run.root.is_dir():
         raise FileNotFoundError(f"cannot evaluate {run.root}: no such directory")
@@ -235,14 +237,14 @@ def _check_run(run_dir: Union[str, Path]) -> tuple[RunDir, Config, dict]:
         raise FileNotFoundError(f"cannot evaluate {run.root}: it is not a run directory (no config.json); "
                                 f"train a run into it first")
     cfg = load_config_file(run.config)
-    if not list_checkpoints(run):
-        raise FileNotFoundError(f"cannot evaluate {run.root}: {run.checkpoints} holds no checkpoint "
-                                f"(the run has not saved one yet, or checkpoints/index.json is missing)")
-    found = latest_good_checkpoint(run)  # the one load_run_models will use
+    if not run.weights_raw.is_file() and not list_checkpoints(run):
+        raise FileNotFoundError(f"cannot evaluate {run.root}: it has no final weights ({run.weights.name}/) and "
+                                f"{run.checkpoints} holds no checkpoint (the run has not saved one yet, or "
+                                f"checkpoints/index.json is missing)")
+    found = load_run_weights(run)  # the weights load_run_models will use
     if found is None:
         raise FileNotFoundError(f"cannot evaluate {run.root}: no checkpoint in {run.checkpoints} verifies and loads")
-    path, state = found
-    return run, cfg, {"file": path.name, "step": int(state["step"])}
+    return run, cfg, {"file": found["source"].name, "step": found["step"]}
 
 
 
@@ -474,7 +476,7 @@ def evaluate_run(
     num_inference_steps: Optional[int] = None,
     batch_size: Optional[int] = None,
 ) -> list[dict]:
-    """Evaluate a run's latest checkpoint (see the module docstring); returns the rows, one per weight set.
+    """Evaluate a run's final weights or latest checkpoint (see the module docstring); returns the rows, one per weight set.
 
     num_clips: evaluation clips (default cfg.eval_num_clips; fewer if the validation split is smaller).
     weights: subset of ("raw", "ema") (default: raw, plus ema when the run kept an EMA).

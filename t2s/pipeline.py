@@ -1,7 +1,7 @@
 """Text -> clips: a denoiser, a text encoder and a DDIM scheduler composed into one batched sampler (diffusers'
 pipeline idea: the model knows nothing of noise, the scheduler nothing of text; the loop below joins them).
 
-    pipe = TextToSignPipeline.from_run("executed/mystudy/baseline-seed0")   # EMA weights of the latest checkpoint
+    pipe = TextToSignPipeline.from_run("executed/mystudy/baseline-seed0")   # EMA weights of the finished run
     clips = pipe(captions, seeds=range(len(captions)), batch_size=8)        # (n, 3, F, H, W) in [-1, 1]
 
 Every sampler of the kit goes through it: the trainer's samples, `generate` (`python -m t2s generate`), the
@@ -18,8 +18,8 @@ may round differently). The step: DDIM on the training schedule (`diffusion.buil
 guidance in one forward pass over [unconditional; conditional] halves, eps = eps_null + s * (eps_text - eps_null),
 eta capped at `diffusion.MAX_ETA`, output clamped to [-1, 1].
 
-`load_run_models` reads a run directory (config, latest good checkpoint loaded with weights_only=True, the text
-encoder, the denoiser with its raw or EMA weights); `generate` writes clips of a run as GIFs (`write_gif`).
+`load_run_models` reads a run directory (config, its final safetensors weights or else its latest good checkpoint
+loaded with weights_only=True, the text encoder, the denoiser with its raw or EMA weights); `generate` writes clips of a run as GIFs (`write_gif`).
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ import torch
 from diffusers import DDIMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
-from .checkpoint import latest_good_checkpoint
+from .checkpoint import load_run_weights
 from .config import Config, load_config_file
 from .diffusion import MAX_ETA, build_sample_scheduler
 from .ema import copy_shadow
@@ -65,7 +65,7 @@ class TextToSignPipeline:
 
     @classmethod
     def from_run(cls, run_dir: Union[str, Path], weights: str = "ema", device: Optional[str] = None) -> "TextToSignPipeline":
-        """The pipeline of a run directory's latest good checkpoint, with its EMA (or raw) weights on `device`."""
+        """The pipeline of a run directory's final weights (else its latest good checkpoint), with its EMA (or raw) weights on `device`."""
         cfg, denoiser, text = load_run_models(run_dir, weights, device)
         return cls.from_config(denoiser, text, cfg)
 
@@ -154,29 +154,34 @@ class TextToSignPipeline:
 
 # --------------------------------------------------------------------------------------------- a run's models
 def load_run_models(run_dir: Union[str, Path], weights: str = "ema", device: Optional[str] = None):
-    """(config, denoiser, text encoder) of a run's latest good checkpoint, in eval mode on `device` (default: CUDA
-    when available), with the EMA (`weights="ema"`) or raw weights in the denoiser. The text encoder is frozen, with
-    the checkpoint's fine-tuned weights when the run trained it."""
+    """(config, denoiser, text encoder) of a run, in eval mode on `device` (default: CUDA when available), with the
+    EMA (`weights="ema"`) or raw weights in the denoiser: a finished run's final safetensors weights, else its latest
+    good checkpoint (`checkpoint.load_run_weights`). The text encoder is frozen, with the run's fine-tuned weights
+    when the run trained it."""
     run = RunDir(run_dir)
     if not run.config.exists():
         raise FileNotFoundError(f"{run.root} is not a run directory (no config.json)")
     if weights not in ("ema", "raw"):
         raise ValueError(f"weights must be 'ema' or 'raw', not {weights!r}")
     cfg = load_config_file(run.config)
-    found = latest_good_checkpoint(run)
-    if not found:
-        raise FileNotFoundError(f"{run.checkpoints} holds no usable checkpoint to generate from")
-    state = found[1]
+    state = load_run_weights(run)
+    if not state:
+        raise FileNotFoundError(f"{run.root} holds no final weights ({run.weights.name}/) and {run.checkpoints} no "
+                                f"usable checkpoint to generate from")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     text = TextEncoder(cfg.text_encoder, cfg.max_text_length, True)
-    if state.get("text_encoder") is not None:
+    if state["text_encoder"] is not None:
         text.model.load_state_dict(state["text_encoder"])
     denoiser = build_denoiser(cfg, text.hidden_size)
-    denoiser.load_state_dict(state["model"])
-    if weights == "ema":
-        if not state.get("ema"):
-            raise ValueError(f"{run.root} was trained without EMA (use_ema false): use weights='raw'")
-        copy_shadow(state["ema"]["shadow"], denoiser)
+    if weights == "raw":
+        denoiser.load_state_dict(state["model"])
+    elif state["ema"] is not None:
+        denoiser.load_state_dict(state["ema"])
+    elif state["ema_shadow"]:
+        denoiser.load_state_dict(state["model"])
+        copy_shadow(state["ema_shadow"], denoiser)
+    else:
+        raise ValueError(f"{run.root} was trained without EMA (use_ema false): use weights='raw'")
     return cfg, denoiser.to(dev).eval(), text.to(dev).eval()
 
 

@@ -8,7 +8,11 @@
 <run_dir>/logs/validation_metrics.csv one row per validation (step 0, every epoch, the end)
 <run_dir>/logs/gpu_memory.csv         memory at every log point (CPU: process RSS)
 <run_dir>/tensorboard/                the same scalars and sample frames
-<run_dir>/checkpoints/epoch_N.pt      resumable checkpoints (step_S.pt when a run stops mid-epoch)
+<run_dir>/checkpoints/epoch_N.pt      resumable checkpoints (step_S.pt when a run stops mid-epoch); a finished run
+                                      prunes them unless keep_optimizer_state: true
+<run_dir>/weights/denoiser.safetensors       a finished run's final raw denoiser weights (metadata: step, epoch)
+<run_dir>/weights/denoiser_ema.safetensors   its EMA weights as a denoiser state dict (runs with use_ema)
+<run_dir>/weights/text_encoder.safetensors   its text encoder (runs that trained it: freeze_text_encoder false)
 <run_dir>/samples/*.gif, samples.json sample clips for the fixed prompts
 <run_dir>/logs/evaluation_metrics.csv one row per evaluated weight set (and .json, the same rows)
 <run_dir>/evaluation/*.gif, index.json the evaluation clips, generated and real
@@ -100,6 +104,10 @@ class RunDir:
         self.root = Path(root)
         self.logs = self.root / "logs"
         self.checkpoints = self.root / "checkpoints"
+        self.weights = self.root / "weights"  # a finished run's final weights, safetensors (t2s.checkpoint)
+        self.weights_raw = self.weights / "denoiser.safetensors"
+        self.weights_ema = self.weights / "denoiser_ema.safetensors"
+        self.weights_text = self.weights / "text_encoder.safetensors"
         self.samples = self.root / "samples"
         self.tensorboard = self.root / "tensorboard"
         self.config = self.root / "config.json"

@@ -2,15 +2,17 @@
 
 `baseline` and `no_ema` differ only in `use_ema`, and an EMA never feeds back into training: with the same seed their
 raw weights, losses and samples are bit-identical. So a study trains the EMA variant once and *derives* the other
-run directory from it (`derive_run`): the same logs and raw samples, the latest checkpoint without its EMA and with
-the consumer's own config, a summary without EMA numbers, and `metadata.json` saying where the weights come from
-(`weights_from`, `shared_training`). The derived run is then evaluated with its own settings; where those equal the
-provider's, its raw evaluation row and clips are the provider's (`reuse_evaluation`), since they would be recomputed
-bit for bit.
+run directory from it (`derive_run`): the same logs and raw samples, the provider's final raw weights (and trained text
+encoder) as its own `weights/` files, its latest checkpoint without the EMA and with the consumer's config only where
+both keep optimizer state (`keep_optimizer_state`), a summary without EMA numbers, and `metadata.json` saying where the
+weights come from (`weights_from`, `shared_training`). The derived run is then evaluated with its own settings; where
+those equal the provider's, its raw evaluation row and clips are the provider's (`reuse_evaluation`), since they would
+be recomputed bit for bit.
 
 Rules (`shares_training`): the consumer keeps no EMA, the provider keeps one, and their resolved configs differ only in
 `TRAINING_NEUTRAL` keys (the EMA's settings, the question a variant asks, evaluation and sampling settings used after
-training). Any other difference (a learning rate, the text encoder's freezing, the seed) means two trainings.
+training, and what a finished run keeps on disk). Any other difference (a learning rate, the text encoder's freezing,
+the seed) means two trainings.
 `python -m t2s ablate --no-share` trains every run itself.
 
 Imports config, rundir, checkpoint and runlog; `train` and `evaluate` use it, `study_runs` plans with it.
@@ -23,7 +25,7 @@ from typing import Optional
 
 import pandas as pd
 
-from .checkpoint import latest_good_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, load_run_weights, prune_checkpoints, save_checkpoint, write_final_weights
 from .config import Config
 from .rundir import RunDir, atomic_write_json, read_json
 from .runlog import ema_summary
@@ -35,7 +37,8 @@ QUESTION_KEYS = {"variant", "description", "compare_to", "question", "primary_me
 EVALUATION_KEYS = {"guidance_scale", "num_inference_steps", "eta", "eval_num_clips", "eval_batch_size", "fvd_min_clips",
                    "bt_train_frames", "bt_epochs", "bt_seed", "resume_from"}
 LOGGING_KEYS = {"trackers"}  # where the scalars go, not what they are
-TRAINING_NEUTRAL = EMA_KEYS | QUESTION_KEYS | EVALUATION_KEYS | LOGGING_KEYS
+STORAGE_KEYS = {"keep_optimizer_state"}  # what a finished run keeps on disk
+TRAINING_NEUTRAL = EMA_KEYS | QUESTION_KEYS | EVALUATION_KEYS | LOGGING_KEYS | STORAGE_KEYS
 
 
 def differing_keys(a: dict, b: dict) -> set:
@@ -91,10 +94,10 @@ def _without_ema_column(source: Path, target: Path, column: str) -> None:
 
 def derive_run(config: Config, run: RunDir, provider: RunDir) -> dict:
     """Write `run` from the finished `provider` (see module doc); returns the summary written."""
-    found = latest_good_checkpoint(provider)
+    found = load_run_weights(provider)
     if found is None:
-        raise FileNotFoundError(f"cannot share the training of {provider.root}: no checkpoint verifies")
-    path, state = found
+        raise FileNotFoundError(f"cannot share the training of {provider.root}: it has no final weights and no "
+                                f"checkpoint verifies")
     run.make()
     atomic_write_json(run.config, config.to_dict())
     for source, target, column in ((provider.training_csv, run.training_csv, "ema_decay"),
@@ -102,20 +105,26 @@ def derive_run(config: Config, run: RunDir, provider: RunDir) -> dict:
                                    (provider.memory_csv, run.memory_csv, None)):
         if source.exists():
             _without_ema_column(source, target, column) if column else shutil.copyfile(source, target)
-    state = {**state, "ema": None, "config": config.to_dict()}
-    save_checkpoint(run, path.name, state, config.keep_checkpoints)
+    step, path = found["step"], found["source"]
+    digests = write_final_weights(run, {**found, "ema": None}, [])
+    if config.keep_optimizer_state and path.suffix == ".pt":  # the provider kept its optimizer state: so does this run
+        state = {**load_checkpoint(path), "ema": None, "config": config.to_dict()}
+        save_checkpoint(run, path.name, state, config.keep_checkpoints)
+    else:
+        prune_checkpoints(run)  # no optimizer state, nor an empty checkpoints/ folder
     samples = [e for e in read_json(provider.samples_json, []) or [] if e.get("weights") == "raw"]
     for entry in samples:
         shutil.copyfile(provider.samples / entry["file"], run.samples / entry["file"])
     atomic_write_json(run.samples_json, samples)
-    summary = {**read_json(provider.summary, {}), "val_loss_ema": None, **ema_summary(None, int(state["step"]))}
+    summary = {**read_json(provider.summary, {}), "val_loss_ema": None, **ema_summary(None, step)}
     atomic_write_json(run.summary, summary)
     theirs = read_json(provider.metadata, {})
-    shared = {"from": provider.root.name, "checkpoint": path.name, "step": int(state["step"]),
+    shared = {"from": provider.root.name, "checkpoint": path.name, "step": step,
               "differing_keys": sorted(differing_keys(config.to_dict(), read_json(provider.config, {})))}
     run.update_metadata(**{**theirs, "status": "finished", "error": None, "start_time": now(), "end_time": now(),
-                           "resumed_from": None, "weights_from": str(provider.root), "shared_training": shared})
-    run.write_progress("trained", int(state["step"]), int(state["step"]), "step")  # evaluation next, as a trained run
+                           "resumed_from": None, "weights_from": str(provider.root), "shared_training": shared,
+                           "final_weights": digests})
+    run.write_progress("trained", step, step, "step")  # evaluation next, as a trained run
     return summary
 
 
@@ -128,7 +137,7 @@ def reuse_evaluation(run: RunDir, config: Config, weights: list) -> Optional[lis
         return None
     provider = RunDir(source)
     theirs = read_json(provider.config, {})
-    if differing_keys(config.to_dict(), theirs) - EMA_KEYS - QUESTION_KEYS:
+    if differing_keys(config.to_dict(), theirs) - EMA_KEYS - QUESTION_KEYS - STORAGE_KEYS:
         return None  # other evaluation settings: evaluate with this run's own
     rows = [r for r in read_json(provider.evaluation_json, []) or [] if r.get("weights") == "raw"]
     index = read_json(provider.evaluation_index, []) or []

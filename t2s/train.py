@@ -27,7 +27,8 @@ from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from . import share
-from .checkpoint import find_resume_point, list_checkpoints, load_checkpoint, restore, save_checkpoint
+from .checkpoint import (find_resume_point, list_checkpoints, load_checkpoint, prune_checkpoints, restore,
+                         save_checkpoint, write_final_weights)
 from .config import Config, from_dict
 from .engine import Engine
 from .pipeline import TextToSignPipeline
@@ -217,6 +218,17 @@ class Trainer(Engine):
         if not ckpts or ckpts[-1]["step"] != self.step:
             self.checkpoint(f"epoch_{self.epoch}.pt" if self.micro == 0 else f"step_{self.step}.pt")
 
+    def finish(self) -> None:
+        """The run is finished: its final weights as safetensors (`checkpoint.write_final_weights`), metadata.json's
+        status "finished" with their SHA-256, and only then the optimizer-state checkpoints pruned, unless
+        `keep_optimizer_state` (main process only)."""
+        if not self.is_main:
+            return
+        digests = write_final_weights(self.run, self.state_dict(), [n for n, _ in self.model.named_parameters()])
+        self.run.update_metadata(status="finished", end_time=now(), final_weights=digests)
+        if not self.cfg.keep_optimizer_state:
+            prune_checkpoints(self.run)
+
     def resume(self, path: Path, state: Optional[dict] = None) -> None:
         """Continue from a checkpoint (`checkpoint.restore`); rows logged after its step are dropped."""
         change = restore(self, state if state is not None else load_checkpoint(path), path)
@@ -315,7 +327,7 @@ def train(config: Config, run_dir: Union[str, Path], progress: bool = True, stop
             run, final_val, epochs=trainer.epoch + (trainer.micro > 0), train_seconds=trainer.train_seconds,
             clips_per_step=trainer.global_batch_size, world_size=trainer.world_size, use_ema=config.use_ema,
             denoiser_parameters=trainer.parameter_counts()["denoiser"], ema=trainer.ema, step=trainer.step))
-        run.update_metadata(status="finished", end_time=now())
+        trainer.finish()
     state.wait_for_everyone()  # the others return once the run directory is complete
     return RunResult(run.root, read_json(run.summary, {}), "finished")
 

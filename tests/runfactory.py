@@ -1,7 +1,7 @@
 """Make run directories in the real on-disk format (config/metadata/summary JSON, logs CSVs, GIF samples),
 filled with made-up numbers, so the report can be tested without training anything. test_evaluate checks that a
-made run holds the files, CSV columns and JSON keys of a real (micro) run (`run_layout`), checkpoints and TensorBoard
-aside.
+made run holds the files, CSV columns and JSON keys of a real (micro) run (`run_layout`), checkpoints, final weights
+and TensorBoard aside.
 
     executed = make_study(tmp_path, "demo", variants=("baseline", "text_finetuned"), seeds=(0, 1))
 """
@@ -121,6 +121,8 @@ def make_run(
                   "num_skipped": 0, "skipped_files": []},
         "effective_batch_size": 4, "world_size": 1, "mixed_precision": "no", "resumed_from": None, "torch_threads": 2,
         "steps_per_epoch": 50, "total_steps": int(steps),
+        **({"final_weights": {"denoiser.safetensors": "0" * 64, **({"denoiser_ema.safetensors": "1" * 64} if use_ema
+                                                                   else {})}} if status == "finished" else {}),
     })
     if status == "finished":
         _write_json(run_dir / "summary.json", {
@@ -211,12 +213,12 @@ def make_study(
 def run_layout(run_dir: Path) -> dict:
     """What a run directory holds, numbers aside: its files (digits in GIF names as '#': the factory samples other
     steps and prompts), each CSV's header, and each JSON file's keys (of its entries for a list, one level into
-    nested objects). Checkpoints and TensorBoard event files (named by time, host and process) are left out: the
-    run factory does not make them, and the report reads neither."""
+    nested objects). Checkpoints, final weights (weights/*.safetensors) and TensorBoard event files (named by time, host
+    and process) are left out: the run factory does not make them, and the report reads none of them."""
     layout = {}
     for path in sorted(run_dir.rglob("*")):
         rel = path.relative_to(run_dir).as_posix()
-        if not path.is_file() or rel.split("/")[0] in ("checkpoints", "tensorboard"):
+        if not path.is_file() or rel.split("/")[0] in ("checkpoints", "weights", "tensorboard"):
             continue
         if path.suffix == ".gif":
             layout[re.sub(r"[0-9]", "#", rel)] = "gif"

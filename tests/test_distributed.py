@@ -28,7 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # the gradient test: a trainable text encoder (DDP-wrapped too), accumulation over 2 micro-batches, caption dropout
 GRAD_OVERRIDES = {"gradient_accumulation_steps": 2, "cond_drop_prob": 0.5, "max_steps": 2}
 # the run test: a few dozen steps over three epochs, samples mid-run, checkpoints every epoch
-RUN_OVERRIDES = {"max_steps": 30, "num_epochs": 3, "log_every": 2, "sample_every": 15, "save_every": 1}
+# keep_optimizer_state: the checkpoints a two-process run writes are checked after it finished
+RUN_OVERRIDES = {"max_steps": 30, "num_epochs": 3, "log_every": 2, "sample_every": 15, "save_every": 1,
+                 "keep_optimizer_state": True}
 
 
 def torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -153,6 +155,7 @@ def test_two_process_run_matches_one_process_and_writes_its_run_directory_once(t
         assert hashlib.sha256((run.checkpoints / entry["file"]).read_bytes()).hexdigest() == entry["sha256"]
     last = load_checkpoint(run.checkpoints / index[-1]["file"])
     assert last["world_size"] == 2 and last["step"] == 30
+    assert sorted(p.name for p in run.weights.iterdir()) == ["denoiser.safetensors", "denoiser_ema.safetensors"]
     assert not list(two_dir.rglob(".*.tmp"))  # no half-written file left behind
 
 

@@ -1,15 +1,17 @@
 """The engine: a micro training run, determinism, EMA isolation, exact resume, freeze modes, and bad input."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 
 import pytest
 import torch
 
 import t2s
 from t2s.config import ConfigError, load_config
-from t2s.checkpoint import check_resumable, list_checkpoints, load_checkpoint
+from t2s.checkpoint import check_resumable, latest_good_checkpoint, list_checkpoints, load_checkpoint, load_run_weights
 from t2s.rundir import RunDir
 from t2s.runlog import NonFiniteLossError
 from t2s.train import Trainer
@@ -22,8 +24,8 @@ def micro(synth_dir, variant="baseline", **over):
 
 
 def weights(run_dir):
-    ckpts = list_checkpoints(RunDir(run_dir))
-    return load_checkpoint(RunDir(run_dir).checkpoints / ckpts[-1]["file"])
+    """A run's weights as generation reads them: {model, ema (a denoiser state dict) or None, text_encoder, step}."""
+    return load_run_weights(RunDir(run_dir))
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +33,14 @@ def baseline_run(synth_dir, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "baseline-seed0"
     result = t2s.train(micro(synth_dir), run_dir, progress=False)
     return result
+
+
+@pytest.fixture(scope="module")
+def kept_run(synth_dir, tmp_path_factory):
+    """A finished micro text_finetuned run (its text encoder trained) with keep_optimizer_state: true."""
+    run_dir = tmp_path_factory.mktemp("kept") / "text_finetuned-seed0"
+    cfg = micro(synth_dir, "text_finetuned", max_steps=4, num_epochs=1, keep_optimizer_state=True)
+    return t2s.train(cfg, run_dir, progress=False)
 
 
 def test_micro_run_writes_a_complete_run_directory(baseline_run):
@@ -69,6 +79,45 @@ def test_micro_run_writes_a_complete_run_directory(baseline_run):
     assert json.loads(run.config.read_text())["variant"] == "baseline"
 
 
+def test_a_finished_run_keeps_safetensors_weights_and_prunes_its_optimizer_state(baseline_run):
+    from safetensors import safe_open
+
+    run = RunDir(baseline_run.run_dir)
+    assert not run.checkpoints.exists() and not list(run.root.rglob("*.pt"))
+    # the raw and EMA denoiser; no text encoder file, since the run kept it frozen
+    assert sorted(p.name for p in run.weights.iterdir()) == ["denoiser.safetensors", "denoiser_ema.safetensors"]
+    digests = json.loads(run.metadata.read_text())["final_weights"]
+    assert digests == {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.weights.iterdir()}
+    with safe_open(str(run.weights_raw), framework="pt") as fh:
+        assert fh.metadata()["step"] == "8" and fh.metadata()["epoch"] == "0"  # whole epochs done, as a checkpoint
+
+
+def test_keep_optimizer_state_keeps_checkpoints_that_give_the_same_weights_and_clips(kept_run, tmp_path):
+    """A run that keeps its optimizer state has both; its safetensors weights (raw, EMA, text encoder) and its last
+    checkpoint load into the same models, which sample the same clips: pruning the checkpoints loses nothing."""
+    from t2s.pipeline import load_run_models
+
+    run = RunDir(kept_run.run_dir)
+    assert [c["step"] for c in list_checkpoints(run)][-1] == 4 and run.weights_text.is_file()
+    assert weights(run.root)["source"] == run.weights_raw and latest_good_checkpoint(run)[1]["step"] == 4
+    final = {w: load_run_models(run.root, w, "cpu") for w in ("raw", "ema")}
+    clips = t2s.generate(run.root, ["thank you very much"], out_dir=tmp_path / "final")[0]["clip"]
+    shutil.move(run.weights, tmp_path / "weights")  # now only the checkpoint is there to read
+    try:
+        assert weights(run.root)["source"].suffix == ".pt"
+        from_checkpoint = {w: load_run_models(run.root, w, "cpu") for w in ("raw", "ema")}
+        again = t2s.generate(run.root, ["thank you very much"], out_dir=tmp_path / "ckpt")[0]["clip"]
+    finally:
+        shutil.move(tmp_path / "weights", run.weights)
+    for w in ("raw", "ema"):
+        for a, b in ((final[w][1], from_checkpoint[w][1]), (final[w][2].model, from_checkpoint[w][2].model)):
+            sa, sb = a.state_dict(), b.state_dict()
+            assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), w
+    raw, ema = final["raw"][1].state_dict(), final["ema"][1].state_dict()
+    assert any(not torch.equal(raw[k], ema[k]) for k in raw)  # the EMA file holds the EMA weights, not a copy
+    assert torch.equal(clips, again)
+
+
 def test_a_finished_run_is_not_overwritten(baseline_run, synth_dir):
     before = RunDir(baseline_run.run_dir).summary.read_bytes()
     with pytest.raises(ConfigError, match="already holds a finished run"):
@@ -80,12 +129,12 @@ def test_ema_never_touches_training(baseline_run, synth_dir, tmp_path):
     """Same seed, baseline versus no_ema: the raw weights after N steps are identical."""
     no_ema = t2s.train(micro(synth_dir, "no_ema"), tmp_path / "no_ema", progress=False)
     a, b = weights(baseline_run.run_dir), weights(no_ema.run_dir)
-    assert a["ema"] is not None and b["ema"] is None
+    assert a["ema"] is not None and b["ema"] is None and b["ema_shadow"] is None
     assert a["model"].keys() == b["model"].keys()
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     # and the EMA weights differ from the raw ones (they are a real average, not a copy)
-    assert any(not torch.equal(s, p) for s, p in zip(a["ema"]["shadow"], a["model"].values()))
+    assert any(not torch.equal(a["ema"][k], a["model"][k]) for k in a["model"])
     no_ema_summary = json.loads(RunDir(no_ema.run_dir).summary.read_text())
     assert no_ema_summary["val_loss_ema"] is None and no_ema_summary["ema_updates"] is None
 
@@ -96,6 +145,8 @@ def test_resume_follows_the_same_trajectory(synth_dir, tmp_path):
     straight = t2s.train(cfg, tmp_path / "straight", progress=False)
     first = t2s.train(cfg, tmp_path / "resumed", progress=False, stop_after=5)
     assert first.status == "interrupted"
+    # an unfinished run keeps its optimizer-state checkpoints and writes no final weights
+    assert list_checkpoints(RunDir(first.run_dir)) and not RunDir(first.run_dir).weights.exists()
     assert json.loads(RunDir(tmp_path / "resumed").metadata.read_text())["status"] == "interrupted"
     second = t2s.train(cfg, tmp_path / "resumed", progress=False)
     assert second.status == "finished"
@@ -104,12 +155,15 @@ def test_resume_follows_the_same_trajectory(synth_dir, tmp_path):
     assert [r["step"] for r in b] == [str(s) for s in range(1, 11)]
     for ra, rb in zip(a, b):
         assert float(rb["loss"]) == pytest.approx(float(ra["loss"]), rel=1e-5, abs=1e-6), ra["step"]
+    assert not RunDir(second.run_dir).checkpoints.exists()  # finished: pruned once the final weights were written
     wa, wb = weights(straight.run_dir), weights(second.run_dir)
+    assert wa["step"] == wb["step"] == 10
     for key in wa["model"]:
         torch.testing.assert_close(wb["model"][key], wa["model"][key], rtol=1e-5, atol=1e-6)
-    assert wb["ema"]["updates"] == wa["ema"]["updates"] == 10  # the EMA continues its count, not a fresh warm-up
-    for sa, sb in zip(wa["ema"]["shadow"], wb["ema"]["shadow"]):
-        torch.testing.assert_close(sb, sa, rtol=1e-5, atol=1e-6)
+    # the EMA continues its count, not a fresh warm-up
+    assert json.loads(RunDir(second.run_dir).summary.read_text())["ema_updates"] == 10
+    for key in wa["ema"]:
+        torch.testing.assert_close(wb["ema"][key], wa["ema"][key], rtol=1e-5, atol=1e-6)
 
 
 def test_frozen_encoder_is_bit_identical_and_finetuned_one_moves(synth_dir, tmp_path):
@@ -248,9 +302,13 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(synth
     assert json.loads(RunDir(run_dir).metadata.read_text())["status"] == "failed"
 
 
-def test_resume_with_a_mismatched_config_is_refused(baseline_run, synth_dir, tmp_path):
-    cfg = micro(synth_dir, learning_rate=5e-4, resume_from=str(baseline_run.run_dir))
+def test_resume_with_a_mismatched_config_is_refused(kept_run, baseline_run, synth_dir, tmp_path):
+    cfg = micro(synth_dir, "text_finetuned", learning_rate=5e-4, resume_from=str(kept_run.run_dir))
     with pytest.raises(ConfigError, match=r"learning_rate: checkpoint 0.001, now 0.0005"):
+        t2s.train(cfg, tmp_path / "other", progress=False)
+    # a finished run without its optimizer state cannot be continued, and says why
+    cfg = micro(synth_dir, resume_from=str(baseline_run.run_dir))
+    with pytest.raises(ConfigError, match="keep_optimizer_state: true"):
         t2s.train(cfg, tmp_path / "other", progress=False)
 
 
@@ -330,12 +388,11 @@ def test_a_key_missing_from_an_older_checkpoint_counts_as_its_default(tmp_path):
 
 
 def test_the_pipeline_from_a_run_samples_with_its_ema_weights(baseline_run):
-    from t2s.checkpoint import latest_good_checkpoint
     from t2s.pipeline import TextToSignPipeline
 
     pipe = TextToSignPipeline.from_run(baseline_run.run_dir, device="cpu")
-    _, state = latest_good_checkpoint(RunDir(baseline_run.run_dir))
-    assert all(torch.equal(p, s) for p, s in zip(pipe.denoiser.parameters(), state["ema"]["shadow"]))
+    state = weights(baseline_run.run_dir)
+    assert all(torch.equal(v, state["ema"][k]) for k, v in pipe.denoiser.state_dict().items())
     assert not pipe.denoiser.training and pipe.sampling["num_inference_steps"] == 2  # the micro config's
     raw = TextToSignPipeline.from_run(baseline_run.run_dir, weights="raw", device="cpu")
     assert all(torch.equal(v, state["model"][k]) for k, v in raw.denoiser.state_dict().items())

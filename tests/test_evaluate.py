@@ -64,11 +64,14 @@ pytestmark = pytest.mark.usefixtures("no_network", "one_torch_thread")
 
 @pytest.fixture(scope="module")
 def micro_run(tmp_path_factory):
-    """A finished micro baseline run (EMA on), trained once for the whole module."""
+    """A finished micro baseline run (EMA on), trained once for the whole module. Its optimizer-state checkpoints are
+    pruned (keep_optimizer_state false): every evaluation here reads its safetensors weights."""
     root = tmp_path_factory.mktemp("evaluate")
     cfg = t2s.load_config("baseline", "micro", {"data_dir": str(root / "synthsign"), **SMALL_RECOGNIZER})
     result = t2s.train(cfg, root / "baseline-seed0", progress=False)
     assert result.status == "finished"
+    assert (result.run_dir / "weights" / "denoiser_ema.safetensors").is_file()
+    assert not (result.run_dir / "checkpoints").exists()
     return result.run_dir
 
 
@@ -245,6 +248,7 @@ def test_gifs_index_and_tensorboard_scalars_are_written(evaluated):
             assert f"eval/{weights}/{metric}" in tags
         assert f"eval/{weights}/fvd" not in tags  # null metrics are not logged as numbers
     assert events.Scalars("eval/raw/val_loss")[-1].value == pytest.approx(rows[0]["val_loss"], rel=1e-6)
+    assert events.Scalars("eval/raw/val_loss")[-1].step == 8  # the final weights' step, from their metadata
 
 
 def test_with_metric_weights_kvd_and_lpips_are_finite_and_fvd_waits_for_enough_clips(micro_run, weight_files, tmp_path,
@@ -280,16 +284,8 @@ def test_a_run_without_ema_yields_only_a_raw_row(micro_run, tmp_path, monkeypatc
     config = json.loads((run_dir / "config.json").read_text())
     config.update(use_ema=False, variant="no_ema")
     (run_dir / "config.json").write_text(json.dumps(config))
-    index_path = run_dir / "checkpoints" / "index.json"
-    index = json.loads(index_path.read_text())
-    for entry in index:  # as a no_ema run saves it: no EMA state (and the index's checksum of the new file)
-        ckpt = run_dir / "checkpoints" / entry["file"]
-        state = torch.load(ckpt, weights_only=True)
-        state["ema"] = None
-        torch.save(state, ckpt)
-        if "sha256" in entry:
-            entry["sha256"] = hashlib.sha256(ckpt.read_bytes()).hexdigest()
-    index_path.write_text(json.dumps(index))
+    assert not (run_dir / "checkpoints").exists()  # a finished run keeps its final weights only
+    (run_dir / "weights" / "denoiser_ema.safetensors").unlink()  # as a no_ema run writes them: no EMA weights
     isolate_metric_weights(monkeypatch, tmp_path)
     rows = evaluate_run(run_dir, progress=False)
     assert [r["weights"] for r in rows] == ["raw"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from t2s import share
-from t2s.checkpoint import latest_good_checkpoint
+from t2s.checkpoint import load_run_weights
 from t2s.config import load_config
 from t2s.rundir import RunDir, read_json
 from t2s.study_runs import plan_study
@@ -57,9 +57,11 @@ def test_a_derived_run_holds_the_providers_raw_weights_and_no_ema(provider):
     result = train(consumer, root / "no_ema-seed0", progress=False, weights_from=root / "baseline-seed0")
     assert result.status == "finished"
     run, source = RunDir(root / "no_ema-seed0"), RunDir(root / "baseline-seed0")
-    _, mine = latest_good_checkpoint(run)
-    _, theirs = latest_good_checkpoint(source)
-    assert mine["ema"] is None and theirs["ema"] is not None and mine["config"]["use_ema"] is False
+    mine, theirs = load_run_weights(run), load_run_weights(source)
+    # both finished: final safetensors weights, no optimizer state (keep_optimizer_state false)
+    assert mine["source"] == run.weights_raw and theirs["source"] == source.weights_raw
+    assert not run.checkpoints.exists() and not source.checkpoints.exists()
+    assert mine["ema"] is None and theirs["ema"] is not None and read_json(run.config, {})["use_ema"] is False
     assert all(torch.equal(mine["model"][k], theirs["model"][k]) for k in theirs["model"])
     meta, summary = read_json(run.metadata, {}), read_json(run.summary, {})
     assert meta["status"] == "finished" and meta["weights_from"] == str(source.root)
