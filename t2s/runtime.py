@@ -121,6 +121,13 @@ def start_trackers(accelerator: Accelerator, cfg: Config, run: RunDir) -> None:
         "mlflow": {"run_name": name}, "wandb": {"name": name}})
 
 
+def finish_trackers(accelerator: Accelerator) -> None:
+    """End accelerate's trackers (the MLflow run is marked finished). Not `Accelerator.end_training`: it also destroys
+    the process group, which a data-parallel `train()` still needs to wait for its processes."""
+    for tracker in accelerator.trackers:
+        tracker.finish()
+
+
 def _flat(config: dict) -> dict:
     """Tracker parameters: numbers, strings and booleans as they are; lists and None as their text."""
     return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in config.items()}

@@ -34,7 +34,7 @@ from .engine import Engine
 from .pipeline import TextToSignPipeline
 from .rundir import RunDir, atomic_write_json, read_json, truncate_rows_after
 from .runlog import LogWindow, RunLog, check_finite, record_start, summarize
-from .runtime import StopSignals, eval_mode, now, size_threads, start_trackers, use_cpu
+from .runtime import StopSignals, eval_mode, finish_trackers, now, size_threads, start_trackers, use_cpu
 
 
 @dataclass
@@ -78,7 +78,7 @@ class Trainer(Engine):
             bar.close()
         if stopped:
             self.log.close()
-            self.accelerator.end_training()
+            finish_trackers(self.accelerator)
             return {"stopped_at": self.step, "signal": self.signals.requested}
         if not self.is_main:
             return {}
@@ -88,7 +88,7 @@ class Trainer(Engine):
             self.samples()
         self.log.progress("trained", self.step, self.total_steps, epoch=self.epoch)
         self.log.close()
-        self.accelerator.end_training()
+        finish_trackers(self.accelerator)
         return final_val
 
     def _epochs(self, bar, stop_after: Optional[int]) -> bool:
