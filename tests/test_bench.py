@@ -250,13 +250,16 @@ def test_sampling_time_extrapolates_per_step(micro_cfg, text, single_thread):
     assert out["seconds_at_target"] == pytest.approx(overhead + (first + 9 * sum(rest) / len(rest)) / 1e3)
     exact = bench.time_sampling(model, text, micro_cfg, torch.device("cpu"), steps=2, target_steps=2)
     assert not exact["extrapolated"] and exact["seconds_at_target"] == exact["measured_s"]
+    assert out["precision"] == micro_cfg.mixed_precision == "no"  # the run's precision unless told otherwise
+    bf16 = bench.time_sampling(model, text, micro_cfg, torch.device("cpu"), steps=1, target_steps=1, precision="bf16")
+    assert bf16["precision"] == "bf16"
 
 
 # ------------------------------------------------------------------------------------------ the whole run
 def test_quick_run_on_micro_writes_json_and_markdown(synth_dir, tmp_path):
     out = tmp_path / "bench"
     code = bench.main(["--quick", "--scales", "micro", "--data-dir", synth_dir, "--out", str(out),
-                       "--race-seconds", "1", "--threads", "1"])
+                       "--race-seconds", "1", "--threads", "1", "-p", "mixed_precision=bf16"])
     assert code == 0
     result = json.loads((out / "bench.json").read_text())
     assert {"machine", "load_average", "settings", "scales", "race", "goals", "duration_s"} <= set(result)
@@ -271,6 +274,8 @@ def test_quick_run_on_micro_writes_json_and_markdown(synth_dir, tmp_path):
         assert model["flops_per_step"] > 0 and 0 < model["step"]["mfu"]
     assert abs(theirs["parameter_ratio"] - 1) <= 0.15 and theirs["t2s_speedup"] > 0
     assert micro["sampling"]["target_steps"] == 50 and micro["sampling"]["extrapolated"]
+    # bf16 sampling, and the same sampling in float32 beside it (what the run's precision buys, from one run)
+    assert micro["sampling"]["precision"] == "bf16" and micro["sampling"]["float32"]["precision"] == "no"
     assert micro["matmul_peak"]["used"]["fp32"]["flops_per_s"] > 0
     race = result["race"]["contenders"]
     assert set(race) == {"t2s", "diffusers"}
@@ -278,7 +283,7 @@ def test_quick_run_on_micro_writes_json_and_markdown(synth_dir, tmp_path):
     assert {g["goal"] for g in result["goals"]} and all("met" in g for g in result["goals"])
     md = (out / "bench.md").read_text()
     for needle in ("# t2s benchmark", "load average", "| forward_backward |", "residual", "MFU", "Race", "## Goals",
-                   result["machine"]["cpu"]):
+                   result["machine"]["cpu"], "the denoiser in bf16 autocast). In float32: "):
         assert needle in md
 
 

@@ -89,8 +89,18 @@ def _model_table(res: dict) -> list[str]:
                   f"(median steps; {d['t2s_speedup_min']:.2f}x from the fastest, {d['t2s_speedup']:.2f}x on the mean)."]
     sp = res["sampling"]
     lines += ["", f"Sampling one clip (DDIM, {sp['target_steps']} steps, guidance {sp['guidance_scale']}, t2s): "
-              f"**{sp['seconds_at_target']:.1f} s** ({sp['method']}; {sp['per_step_mean_ms']:.0f} ms per step)."]
+              f"**{sp['seconds_at_target']:.1f} s** ({sp['method']}; {sp['per_step_mean_ms']:.0f} ms per step; the "
+              f"denoiser in {_precision(sp.get('precision', 'no'))})."]
+    if sp.get("float32"):
+        fp = sp["float32"]
+        lines[-1] += (f" In float32: {fp['seconds_at_target']:.1f} s ({fp['per_step_mean_ms']:.0f} ms per step), so "
+                      f"{sp.get('precision')} sampling is {fp['seconds_at_target'] / sp['seconds_at_target']:.2f}x "
+                      f"faster here.")
     return lines
+
+
+def _precision(precision: str) -> str:
+    return "float32" if precision == "no" else f"{precision} autocast"
 
 
 def _variant_table(res: dict) -> list[str]:

@@ -80,6 +80,10 @@ def bench_scale(scale: str, cfg: Config, text, device: torch.device, steps: int,
                                         peak_for(mp, peaks_start))
     log(f"sampling one clip at {scale}: {sampling_steps} DDIM steps with guidance")
     sampling = time_sampling(engine.model, text, cfg, device, sampling_steps, sampling_target)
+    if sampling["precision"] != "no":  # what sampling in the run's mixed precision buys, in this same run
+        log(f"sampling one clip at {scale} in float32: {sampling_steps} DDIM steps with guidance")
+        sampling["float32"] = time_sampling(engine.model, text, cfg, device, sampling_steps, sampling_target,
+                                            precision="no")
     del engine
     if compare_diffusers:
         kwargs, n = match_diffusers(cfg, text.hidden_size, models["t2s"]["parameters"])

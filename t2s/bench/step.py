@@ -168,7 +168,8 @@ def bench_model(name: str, build: Callable[[], nn.Module], cfg: Config, text, da
 
 @torch.no_grad()
 def time_sampling(model: nn.Module, text, cfg: Config, device: torch.device, steps: int,
-                  target_steps: int = SAMPLING_TARGET_STEPS, prompt: str = "hello my name is anna") -> dict:
+                  target_steps: int = SAMPLING_TARGET_STEPS, prompt: str = "hello my name is anna",
+                  precision: Optional[str] = None) -> dict:
     """Seconds to sample one clip through `TextToSignPipeline` with DDIM and classifier-free guidance (the config's
     guidance scale; a scale of 1 is raised to 2 so that guidance, i.e. the doubled batch, is on). Runs `steps` DDIM
     steps, times each (the first from the call's start: it includes encoding the caption and drawing the noise), and
@@ -179,6 +180,8 @@ def time_sampling(model: nn.Module, text, cfg: Config, device: torch.device, ste
     was_training = model.training
     model.eval()
     pipe = TextToSignPipeline.from_config(model, text, cfg)
+    if precision is not None:  # else the run's mixed precision, as evaluation samples
+        pipe.precision = precision
     marks: list[float] = []
 
     def mark(_step: int) -> None:
@@ -198,6 +201,7 @@ def time_sampling(model: nn.Module, text, cfg: Config, device: torch.device, ste
     extrapolated = steps != target_steps
     return {
         "steps_run": steps, "target_steps": target_steps, "guidance_scale": guidance, "batch_per_step": 2,
+        "precision": pipe.precision,
         "measured_s": total, "per_step_ms": [1e3 * x for x in per_step], "per_step_mean_ms": 1e3 * per_step_mean,
         "seconds_at_target": (total if not extrapolated else overhead + per_step[0] + per_step_mean * (target_steps - 1)),
         "extrapolated": extrapolated,
