@@ -15,7 +15,6 @@ Imports rundir and study_runs; `executors` and `ablate` build on it.
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 import threading
@@ -26,7 +25,7 @@ from typing import Callable, Optional
 
 from tqdm import tqdm
 
-from t2s.rundir import RunDir
+from t2s.rundir import RunDir, finite_number
 from t2s.study_runs import _duration, _print
 
 # A progress.json written before its run was started here (by an earlier, interrupted attempt) is not shown; the slack
@@ -61,14 +60,6 @@ class RunProgress:
         return max(0.0, (self.total - self.done) / self.rate)
 
 
-def _number(value) -> Optional[float]:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def read_progress(run_dir: Path, since: Optional[float] = None) -> Optional[RunProgress]:
     """A run's progress.json, or None when it has none, it cannot be read, or it was written before `since`."""
     record = RunDir(run_dir).read_progress()
@@ -77,8 +68,8 @@ def read_progress(run_dir: Path, since: Optional[float] = None) -> Optional[RunP
     try:
         progress = RunProgress(
             phase=str(record["phase"]), done=int(record["done"]), total=int(record["total"]), unit=str(record["unit"]),
-            rate=_number(record.get("rate")), loss=_number(record.get("loss")),
-            clips_per_s=_number(record.get("clips_per_s")),
+            rate=finite_number(record.get("rate")), loss=finite_number(record.get("loss")),
+            clips_per_s=finite_number(record.get("clips_per_s")),
             epoch=int(record["epoch"]) if record.get("epoch") is not None else None,
             weights=record.get("weights"), time=float(record["time"]))
     except (KeyError, TypeError, ValueError):

@@ -186,3 +186,12 @@ def truncate_rows_after(path: Path, step: int) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_bytes(path, out.getvalue().encode("utf-8"))
+
+
+def finite_number(value: Any) -> float | None:
+    """A value read from a run's JSON or CSV as a float, or None when it is missing, not a number, NaN or infinite."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None

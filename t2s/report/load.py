@@ -6,7 +6,6 @@ from a copied `executed/` folder. Every value a run could not produce stays miss
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -16,7 +15,7 @@ from typing import Iterable, Optional, Sequence, Union
 import pandas as pd
 
 from t2s.config import DEFAULT_VARIANTS
-from t2s.rundir import FAILURES_FILE, STUDY_FILE, RunDir
+from t2s.rundir import FAILURES_FILE, STUDY_FILE, RunDir, finite_number
 
 __all__ = ['DEFAULT_VARIANTS', 'BASELINE', 'RUN_NAME', 'Metric', 'ONE_BATCH', 'COST', 'NO_DIRECTION', 'CONTROL', 'PRIMARY', 'TRAINING_METRICS', 'EVALUATION_METRICS', 'EVALUATION_NON_METRICS', 'EVALUATION_QUALIFIERS', 'BT_GROUPS', 'BT_SCORE_LABELS', 'Run', 'load_run', 'Study', 'load_study', 'evaluation_row', 'missing_values', 'evaluation_metrics', 'run_metrics', 'available_metrics']
 
@@ -131,7 +130,7 @@ class Run:
         """The weights this variant would ship: its EMA if it keeps one, else the raw weights."""
         if "use_ema" in self.config:
             return "ema" if self.config["use_ema"] else "raw"
-        return "ema" if _number(self.summary.get("val_loss_ema")) is not None else "raw"
+        return "ema" if finite_number(self.summary.get("val_loss_ema")) is not None else "raw"
 
 
 def _read_json(path: Path, problems: list, default):
@@ -276,14 +275,6 @@ def load_study(study: str, executed_dir: Union[str, Path] = "executed") -> Study
                  problems=problems)
 
 
-def _number(value) -> Optional[float]:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def evaluation_row(run: Run, weights: Optional[str] = None) -> dict:
     """The evaluation_metrics row of one weight set (default: the deployed weights); {} when the run has no row
     for it. Never another weight set's row: a missing row is missing (see `missing_values`)."""
@@ -299,7 +290,7 @@ def missing_values(run: Run) -> list:
     (not a null with a status, which `_status` columns explain: a whole row or summary field that is absent)."""
     deployed = run.deployed_weights
     rows = []
-    if _number(run.summary.get(f"val_loss_{deployed}")) is None:
+    if finite_number(run.summary.get(f"val_loss_{deployed}")) is None:
         rows.append((PRIMARY, deployed, f"summary.json has no val_loss_{deployed} for the deployed {deployed} weights"))
     if not run.evaluation.empty and not evaluation_row(run):
         rows.append(("(all evaluation metrics)", deployed,
@@ -329,11 +320,11 @@ def run_metrics(study: Study) -> pd.DataFrame:
     for run in study.finished_runs:
         row = {"variant": run.variant, "seed": run.seed, "run": run.name}
         for metric in TRAINING_METRICS:
-            row[metric.key] = _number(run.summary.get(metric.key))
-        row[PRIMARY] = _number(run.summary.get(f"val_loss_{run.deployed_weights}"))  # missing stays missing
+            row[metric.key] = finite_number(run.summary.get(metric.key))
+        row[PRIMARY] = finite_number(run.summary.get(f"val_loss_{run.deployed_weights}"))  # missing stays missing
         evaluated = evaluation_row(run)
         for metric in evaluated_metrics:
-            row[metric.key] = _number(evaluated.get(metric.key))
+            row[metric.key] = finite_number(evaluated.get(metric.key))
         rows.append(row)
     frame = pd.DataFrame(rows)
     return frame.astype({c: float for c in frame.columns if c not in ("variant", "seed", "run")})
