@@ -27,9 +27,10 @@ from typing import Optional
 import pandas as pd
 
 from t2s.config import PARAMS_DIR, ConfigError, read_yaml
+from t2s.rundir import finite_number
 
 from .load import (
-    PRIMARY, Metric, Study, _number, available_metrics, evaluation_metrics, evaluation_row,
+    PRIMARY, Metric, Study, available_metrics, evaluation_metrics, evaluation_row,
 )
 from .stats import ALPHA, CONFIDENCE, Difference, describe_difference, format_estimate, holm, mean_ci, seed_difference
 from .tables import _frame_html
@@ -109,10 +110,10 @@ def _within(runs: list, metric: Metric) -> Difference:
     """EMA minus raw weights of the same runs, paired by run."""
     if metric.key == PRIMARY or metric.source == "training":
         key = "val_loss" if metric.key == PRIMARY else metric.key.removesuffix("_raw").removesuffix("_ema")
-        pairs = {r.seed: (_number(r.summary.get(f"{key}_ema")), _number(r.summary.get(f"{key}_raw"))) for r in runs}
+        pairs = {r.seed: (finite_number(r.summary.get(f"{key}_ema")), finite_number(r.summary.get(f"{key}_raw"))) for r in runs}
     else:
-        pairs = {r.seed: (_number(evaluation_row(r, "ema").get(metric.key)),
-                          _number(evaluation_row(r, "raw").get(metric.key))) for r in runs}
+        pairs = {r.seed: (finite_number(evaluation_row(r, "ema").get(metric.key)),
+                          finite_number(evaluation_row(r, "raw").get(metric.key))) for r in runs}
     return seed_difference({s: a for s, (a, _) in pairs.items() if a is not None},
                            {s: b for s, (_, b) in pairs.items() if b is not None})
 

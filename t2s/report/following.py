@@ -13,7 +13,9 @@ from typing import Callable, Optional
 import pandas as pd
 import plotly.graph_objects as go
 
-from .load import BT_GROUPS, Study, _number, evaluation_row
+from t2s.rundir import finite_number
+
+from .load import BT_GROUPS, Study, evaluation_row
 
 __all__ = ['Check', 'CHECKS', 'following_table', 'back_translation_figure']
 
@@ -44,7 +46,7 @@ CHECKS = (
 
 def _values(row: dict, check: Check) -> Optional[dict]:
     keys = set(check.needs) | {"bt_bleu4_seen_high", "dtw_gap_high"}
-    values = {k: _number(row.get(k)) for k in keys}
+    values = {k: finite_number(row.get(k)) for k in keys}
     return None if any(values[k] is None for k in check.needs) else values
 
 
@@ -57,7 +59,7 @@ def following_table(study: Study) -> pd.DataFrame:
         for check in CHECKS:
             values = _values(row, check) if row else None
             if values is None:
-                missing = [k for k in check.needs if _number(row.get(k)) is None] if row else ["(no evaluation row)"]
+                missing = [k for k in check.needs if finite_number(row.get(k)) is None] if row else ["(no evaluation row)"]
                 record[check.name] = "not measured: " + ", ".join(missing)
             else:
                 verdict = "met" if check.passes(values) else "NOT met"
@@ -80,17 +82,17 @@ def back_translation_figure(study: Study) -> Optional[go.Figure]:
                 continue
             row = evaluation_row(run)
             for group in groups:
-                value = _number(row.get(f"bt_bleu4_{group}"))
+                value = finite_number(row.get(f"bt_bleu4_{group}"))
                 if value is None:
                     continue
-                low, high = _number(row.get(f"bt_bleu4_{group}_low")), _number(row.get(f"bt_bleu4_{group}_high"))
+                low, high = finite_number(row.get(f"bt_bleu4_{group}_low")), finite_number(row.get(f"bt_bleu4_{group}_high"))
                 xs.append(group)
                 ys.append(value)
                 lows.append(value - low if low is not None else 0.0)
                 highs.append(high - value if high is not None else 0.0)
                 texts.append(run.name)
                 for part in ("floor", "ceiling"):
-                    bound = _number(row.get(f"bt_bleu4_{group}_{part}"))
+                    bound = finite_number(row.get(f"bt_bleu4_{group}_{part}"))
                     if bound is not None:
                         bounds.setdefault((group, part), bound)
         if xs:

@@ -9,7 +9,9 @@ import pandas as pd
 
 from t2s.config import PROJECT_ROOT
 
-from .load import Run, Study, _number, available_metrics
+from t2s.rundir import finite_number
+
+from .load import Run, Study, available_metrics
 from .stats import CONFIDENCE, format_estimate, mean_ci
 
 __all__ = ['public_text', 'relative_link', 'metric_estimates', 'comparison_table', 'markdown_table', 'write_comparison_table', 'status_table', 'summary_table', 'config_table']
@@ -92,7 +94,7 @@ def status_table(study: Study, reports_dir: Union[str, Path] = "reports") -> pd.
     for run in study.runs:
         rows.append({
             "run": run.name, "variant": run.variant, "seed": run.seed, "status": run.status,
-            "steps": str(run.summary.get("steps", "—")), "hours": _number(run.summary.get("train_time_hours")),
+            "steps": str(run.summary.get("steps", "—")), "hours": finite_number(run.summary.get("train_time_hours")),
             "notebook": relative_link(run.notebook, reports_dir) if run.notebook.exists() else "(none)",
             "error": public_text(run.error or ""),
         })
