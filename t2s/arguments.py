@@ -1,10 +1,12 @@
 """The argparse types of the command lines (`t2s.cli`, `t2s.bench`): each value out of range stops argparse with one
-line naming the option, the value and what would be valid (exit 2, no traceback). Imports torch only."""
+line naming the option, the value and what would be valid (exit 2, no traceback). Imports torch and the config's ranges."""
 from __future__ import annotations
 
 import argparse
 
 import torch
+
+from .config import RANGES
 
 
 def _whole(text: str) -> int:
@@ -31,10 +33,11 @@ def non_negative_int(text: str) -> int:
 
 
 def seed(text: str) -> int:
-    """argparse type: a seed, a whole number in [0, 2**32 - 1] (numpy's and torch's range)."""
+    """argparse type: a seed, in the config's range of the `seed` key (numpy's and torch's: 0 to 2**32 - 1)."""
     value = _whole(text)
-    if not 0 <= value <= 2**32 - 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a seed: expected 0 to {2**32 - 1}")
+    low, high = RANGES["seed"][:2]
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{value} is not a seed: expected {low} to {high}")
     return value
 
 

@@ -130,7 +130,7 @@ from .evaluation_metrics import (  # noqa: F401 (re-exported: the comparison met
 )
 from .pipeline import TextToSignPipeline, load_run_models, write_gif
 from .rundir import RunDir, atomic_write_bytes, atomic_write_json, read_json
-from .runtime import PeakMemory, autocast_factory, resolve_mixed_precision, size_threads, sync
+from .runtime import PeakMemory, run_autocast, size_threads, sync
 from .share import reuse_evaluation
 from .synthdata import recognizer_dir
 from .video import to_clip
@@ -345,14 +345,6 @@ def _references(cfg: Config, train_set: ClipDataset, val_set: ClipDataset, evalu
                        real_readings, bt_unavailable)
 
 
-def _autocast(cfg: Config, device: torch.device) -> Callable:
-    """The autocast of the held-out loss: the run's mixed precision, as training's validation ran it."""
-    precision = resolve_mixed_precision(cfg.mixed_precision)
-    if precision == "fp16" and device.type != "cuda":
-        precision = "no"  # as training's validation ran: fp16 autocast on CUDA only
-    return autocast_factory(device, precision)
-
-
 @dataclass
 class _Evaluation:
     """What one `evaluate_run` shares across its weight sets."""
@@ -502,7 +494,7 @@ def evaluate_run(
     clips = _evaluation_set(cfg, train_set, val_set, n_wanted, num_clips)
     references = _references(cfg, train_set, val_set, clips, dev, i3d_weights, lpips_weights)
     ev = _Evaluation(run, cfg, dev, num_inference_steps or cfg.num_inference_steps, batch, val_set, clips, references,
-                     _autocast(cfg, dev))
+                     run_autocast(dev, cfg.mixed_precision))
 
     n = len(clips.clips)
     gif_entries = [_gif_entry(clips.clips[i], i, "real", references.real_readings) for i in range(n)]

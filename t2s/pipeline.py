@@ -36,7 +36,7 @@ from .diffusion import MAX_ETA, build_sample_scheduler
 from .ema import copy_shadow
 from .model import build_denoiser
 from .rundir import RunDir, atomic_write_json
-from .runtime import autocast_factory, resolve_mixed_precision
+from .runtime import resolve_mixed_precision, run_autocast
 from .text import TextEncoder, pad_to
 from .video import to_frames
 from .video import write_gif as video_write_gif
@@ -74,10 +74,9 @@ class TextToSignPipeline:
         return next(self.denoiser.parameters()).device
 
     def autocast(self) -> Callable:
-        """The denoiser's autocast factory on the pipeline's device: `precision` (fp16 on CUDA only, as training's
-        validation runs it; bf16 on a CPU with native bf16 about halves a tiny sampling step, measured)."""
-        precision = "no" if self.precision == "fp16" and self.device.type != "cuda" else self.precision
-        return autocast_factory(self.device, precision)
+        """The denoiser's autocast factory on the pipeline's device: `precision` as `runtime.run_autocast` reads it
+        (fp16 on CUDA only; bf16 halves an evaluation batch's forward on a CPU with native bf16, measured)."""
+        return run_autocast(self.device, self.precision)
 
     def encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token states (b, L, D) and mask (b, L) of prompts, each encoded alone, then right-padded to a common L."""

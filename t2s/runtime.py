@@ -72,6 +72,13 @@ def autocast_factory(device: torch.device, mixed_precision: str) -> Callable[[],
     raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', not {mixed_precision!r}")
 
 
+def run_autocast(device: torch.device, mixed_precision: str) -> Callable[[], Any]:
+    """The autocast factory of a run's forward passes outside training (held-out loss, sampling): its resolved
+    `mixed_precision`, with fp16 on CUDA only, as training's validation runs it."""
+    precision = resolve_mixed_precision(mixed_precision)
+    return autocast_factory(device, "no" if precision == "fp16" and device.type != "cuda" else precision)
+
+
 def use_cpu(cpu: bool = False) -> bool:
     """accelerate starts several CPU processes (gloo) only when told to use the CPU: a multi-process launch on a
     machine without CUDA (torchrun, notebook_launcher, the tests) counts as `cpu`."""
