@@ -218,9 +218,11 @@ def cmd_doctor(args) -> int:
         report(True, cfg.text_encoder, f"hidden size {enc.hidden_size}, loaded offline")
     except Exception as exc:
         report(False, "text encoder", f"{type(exc).__name__}: {exc}")
-    print("metric weights (optional: a missing one makes that metric null with this reason)")
+    print("metric weights (optional: an absent one is downloaded on first use where a network answers and T2S_OFFLINE "
+          "is unset; else that metric is null with this reason)")
     for name, status in metrics.weights_status().items():  # it reports each loader's failure as a status
-        print(f"  [{'ok' if status.startswith('ok') else 'missing'}] {name}: {status}")
+        tag = "ok" if status.startswith("ok") else "download" if "will be downloaded" in status else "missing"
+        print(f"  [{tag}] {name}: {status}")
     print("devices")
     print(f"  torch {torch.__version__}, CUDA build {torch.version.cuda}, CUDA available: {torch.cuda.is_available()}")
     for i in range(torch.cuda.device_count()):

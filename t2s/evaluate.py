@@ -89,8 +89,9 @@ Files (in the run directory)
   reference, space-joined), reading (the recognizer's reading of that clip, space-joined; null without one)}].
 
 Metric weights are looked up as `t2s.metrics.load_i3d` / `load_lpips` document (argument, environment variable,
-cache folder); nothing is downloaded unless the environment variable `T2S_ALLOW_DOWNLOAD=1` is set (I3D only: the
-pinned StyleGAN-V TorchScript file, kept only if its SHA-256 matches).
+cache folder). When none is found, the default one (StyleGAN-V's TorchScript I3D; torchvision's AlexNet) is downloaded
+into its cache and kept only if its SHA-256 matches the pinned one -- unless `T2S_OFFLINE=1` is set or no network
+answers within 3 s (`t2s.metrics.files.download_blocker`): then the metric is null and its status says why.
 
 This room: the orchestration of one run's evaluation (arguments, the evaluation set and its references, sampling each
 weight set, the rows) and its files. The metrics of a row are `t2s.evaluation_metrics`'s (its public names are
@@ -105,7 +106,6 @@ import csv
 import datetime as _dt
 import io
 import math
-import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -135,7 +135,6 @@ from .share import reuse_evaluation
 from .synthdata import recognizer_dir
 from .video import to_clip
 
-ALLOW_DOWNLOAD_ENV_VAR = "T2S_ALLOW_DOWNLOAD"
 EVALUATION_COLUMNS = [
     "model_name", "config_name", "weights",
     "fvd", "kvd", "kvd_std", "lpips", "ssim", "psnr",
@@ -200,10 +199,8 @@ def _log_tensorboard(run: RunDir, rows: list[dict], step: int) -> None:
 
 # --------------------------------------------------------------------------------------------- the run
 def _load_metric_models(device, i3d_weights, lpips_weights):
-    allow = os.environ.get(ALLOW_DOWNLOAD_ENV_VAR) == "1"
-    extractor, extractor_status = metrics.load_i3d(i3d_weights, device=device, allow_download=allow)
-    if extractor is None and not allow and "download disabled" in extractor_status:
-        extractor_status += f" (or set {ALLOW_DOWNLOAD_ENV_VAR}=1 to let evaluation download it)"
+    """I3D and LPIPS with their statuses; each loader downloads an absent default file under the download policy."""
+    extractor, extractor_status = metrics.load_i3d(i3d_weights, device=device)
     try:
         lpips_model, lpips_status = metrics.load_lpips("alex", weights_dir=lpips_weights, device=device)
     except ImportError as exc:

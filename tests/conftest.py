@@ -2,7 +2,7 @@
 
 Fixtures: `synth_dir` (a module's own synthsign cache folder), `one_torch_thread` (one torch thread for a whole
 module: request it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`), `single_thread` (the same for
-one test), `no_network` (any urlopen fails loudly), `no_metric_weights` (an evaluation finds no metric weights,
+one test), `offline` (autouse: T2S_OFFLINE=1), `no_network` (any urlopen fails loudly), `no_metric_weights` (an evaluation finds no metric weights,
 whatever the machine holds). Helper: `read_csv` (a CSV file's rows as dicts;
 `from conftest import read_csv`). Run directories with made-up numbers come from `runfactory.py`.
 """
@@ -27,6 +27,13 @@ def refuse_network(*args, **kwargs):
     raise OSError("network disabled in tests")
 
 
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """Downloads are on by default; no test may make one from the internet: T2S_OFFLINE=1 in every test (the download
+    tests of test_metric_weights unset it and serve their files from 127.0.0.1)."""
+    monkeypatch.setenv("T2S_OFFLINE", "1")
+
+
 @pytest.fixture
 def no_network(monkeypatch):
     """No test may reach the network: any urlopen call fails loudly."""
@@ -40,7 +47,7 @@ def no_metric_weights(monkeypatch, tmp_path, no_network):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("T2S_I3D_WEIGHTS", str(tmp_path / "absent" / "i3d.pt"))
     monkeypatch.setenv("T2S_LPIPS_BACKBONE", str(tmp_path / "absent" / "alexnet-owt-7be5be79.pth"))
-    monkeypatch.delenv("T2S_ALLOW_DOWNLOAD", raising=False)
+    monkeypatch.setenv("T2S_OFFLINE", "1")
 
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,7 @@ def isolate_metric_weights(mp: pytest.MonkeyPatch, tmp) -> None:
     mp.setattr(torch.hub, "get_dir", lambda: str(tmp / "hub"))
     mp.setenv("T2S_I3D_WEIGHTS", str(tmp / "absent" / "i3d.pt"))
     mp.setenv("T2S_LPIPS_BACKBONE", str(tmp / "absent" / "alexnet-owt-7be5be79.pth"))
-    mp.delenv("T2S_ALLOW_DOWNLOAD", raising=False)
+    mp.setenv("T2S_OFFLINE", "1")
 
 
 pytestmark = pytest.mark.usefixtures("no_network", "one_torch_thread")
@@ -502,7 +502,8 @@ def test_weights_status_reports_paths_or_how_to_without_downloading(weight_files
     monkeypatch.setenv("T2S_LPIPS_BACKBONE", str(weight_files[1]))
     status = metrics.weights_status()
     assert status["I3D (FVD)"].startswith(f"ok: {weight_files[0]} ({metrics.STATE_DICT_OTHER}, sha256 ")
-    assert status["AlexNet (LPIPS)"] == f"ok: {weight_files[1]}"
+    assert status["AlexNet (LPIPS)"] == (f"ok: {weight_files[1]} (sha256 {metrics.sha256_file(weight_files[1])[:12]}..., "
+                                         "not the pinned torchvision file)")
 
 
 # --- back-translation columns ----------------------------------------------------------------------------------

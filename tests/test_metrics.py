@@ -218,10 +218,13 @@ def test_load_i3d_missing_file_gives_reason(tmp_path, monkeypatch):
     monkeypatch.delenv("T2S_I3D_WEIGHTS", raising=False)
     model, status = load_i3d(tmp_path / "absent.pt")
     assert model is None and "absent.pt" in status and "T2S_I3D_WEIGHTS" in status
-    model, status = load_i3d()  # default cache paths; the download is refused by the no_network fixture
+    model, status = load_i3d()  # default cache paths; the download is refused: T2S_OFFLINE=1 (conftest's `offline`)
     assert model is None
     assert "I3D weights not found" in status and metrics.I3D_TORCHSCRIPT_URL in status
-    assert "network disabled" in status
+    assert "downloads are off (T2S_OFFLINE=1)" in status
+    monkeypatch.delenv("T2S_OFFLINE")
+    model, status = load_i3d()  # downloads on: the no_network fixture makes the probe fail
+    assert model is None and "no network answered within 3 s (www.dropbox.com: OSError: network disabled" in status
     assert not list((tmp_path / ".cache" / "t2s").glob("*"))  # no partial file left behind
 
 
@@ -294,9 +297,16 @@ def _serve(payload, urls):
     return urlopen
 
 
-def test_load_i3d_downloads_the_pinned_torchscript_into_the_cache(torchscript_file, tmp_path, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path))
+def _online(monkeypatch, home):
+    """Downloads on, the network probe answering (the download itself goes to `_serve`), caches under `home`."""
+    monkeypatch.setenv("HOME", str(home))
     monkeypatch.delenv("T2S_I3D_WEIGHTS", raising=False)
+    monkeypatch.delenv("T2S_OFFLINE")
+    monkeypatch.setattr(metrics.files, "_probe", lambda url, timeout: None)
+
+
+def test_load_i3d_downloads_the_pinned_torchscript_into_the_cache(torchscript_file, tmp_path, monkeypatch):
+    _online(monkeypatch, tmp_path)
     payload, urls = torchscript_file.read_bytes(), []
     monkeypatch.setattr(urllib.request, "urlopen", _serve(payload, urls))
     monkeypatch.setattr(metrics.video_features, "I3D_TORCHSCRIPT_SHA256", hashlib.sha256(payload).hexdigest())
@@ -308,8 +318,7 @@ def test_load_i3d_downloads_the_pinned_torchscript_into_the_cache(torchscript_fi
 
 
 def test_a_download_whose_sha256_differs_from_the_pin_is_deleted_not_used(torchscript_file, tmp_path, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.delenv("T2S_I3D_WEIGHTS", raising=False)
+    _online(monkeypatch, tmp_path)
     urls = []
     monkeypatch.setattr(urllib.request, "urlopen", _serve(torchscript_file.read_bytes(), urls))
     assert metrics.I3D_TORCHSCRIPT_SHA256 != hashlib.sha256(torchscript_file.read_bytes()).hexdigest()
@@ -320,8 +329,7 @@ def test_a_download_whose_sha256_differs_from_the_pin_is_deleted_not_used(torchs
 
 
 def test_without_a_pinned_sha256_nothing_is_downloaded(tmp_path, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.delenv("T2S_I3D_WEIGHTS", raising=False)
+    _online(monkeypatch, tmp_path)
     urls = []
     monkeypatch.setattr(urllib.request, "urlopen", _serve(b"anything", urls))
     monkeypatch.setattr(metrics.video_features, "I3D_TORCHSCRIPT_SHA256", None)
@@ -330,8 +338,11 @@ def test_without_a_pinned_sha256_nothing_is_downloaded(tmp_path, monkeypatch):
 
 
 def test_pinned_hashes_are_sha256_hex_digests():
-    for digest in (metrics.I3D_TORCHSCRIPT_SHA256, metrics.I3D_STATE_DICT_SHA256):
+    for digest in (metrics.I3D_TORCHSCRIPT_SHA256, metrics.I3D_STATE_DICT_SHA256, *metrics.LPIPS_BACKBONE_SHA256.values()):
         assert digest is None or (len(digest) == 64 and int(digest, 16) >= 0)
+    for net, digest in metrics.LPIPS_BACKBONE_SHA256.items():  # each full pin starts with torchvision's own prefix
+        url = metrics.lpips_backbone_path(net)[2]
+        assert digest is None or url.endswith(f"-{digest[:8]}.pth"), (net, url)
 
 
 # --- KVD ---------------------------------------------------------------------------------------------------

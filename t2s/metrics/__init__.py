@@ -15,7 +15,8 @@ Conventions
   a metric whose network cannot be loaded is reported as ``None`` with that status, never a stand-in number.
 
 The rooms, in reading order (each imports only those before it; none imports the rest of t2s but `t2s.counting`):
-    files           weights files: SHA-256, downloads kept only when they match a pinned hash, strict state dicts
+    files           weights files: SHA-256, the download policy (T2S_OFFLINE, a quick network probe), downloads kept
+                    only when they match a pinned hash, strict state dicts
     video_features  I3D: architecture, loading (TorchScript or state dict), preprocessing, features
     distances       Fréchet distance, FVD, KVD (unbiased polynomial-kernel MMD^2) and its standard error
     perceptual      LPIPS (loading and scoring), SSIM, PSNR
@@ -28,7 +29,8 @@ Public API
 ``feature_statistics``, ``frechet_distance`` -- Fréchet distance between Gaussians fitted to features.
 ``I3D``, ``load_i3d`` (-> ``VideoFeatureExtractor``), ``i3d_features``, ``compute_fvd`` -- Fréchet Video Distance.
 ``kernel_distance``, ``kernel_distance_std`` -- KVD, the unbiased polynomial-kernel MMD^2 on the same features.
-``load_lpips``, ``compute_lpips`` -- LPIPS (``lpips`` package, backbone weights from a local file).
+``load_lpips``, ``compute_lpips`` -- LPIPS (``lpips`` package; torchvision backbone from a local file, downloaded and
+verified against ``LPIPS_BACKBONE_SHA256`` when absent and downloads are on).
 ``ssim``, ``psnr`` -- per-frame image fidelity.
 ``temporal_consistency``, ``motion_magnitude`` -- frame-to-frame statistics of generated clips.
 ``find_hands``, ``dtw``, ``dtw_joint_error``, ``hand_cost_matrix``, ``hand_detection_rate`` -- sign fidelity.
@@ -46,9 +48,12 @@ from .distances import (
     kernel_distance_std,
     polynomial_kernel,
 )
-from .files import is_torchscript_archive, sha256_file
+from .files import OFFLINE_ENV_VAR, PROBE_TIMEOUT_S, download_blocker, is_torchscript_archive, sha256_file
 from .hands import dtw, dtw_from_cost, dtw_joint_error, find_hands, hand_cost_matrix, hand_detection_rate
-from .perceptual import LPIPS_ENV_VAR, LPIPS_MIN_SIDE, PSNR_CAP_DB, compute_lpips, load_lpips, psnr, ssim
+from .perceptual import (
+    LPIPS_BACKBONE_SHA256, LPIPS_ENV_VAR, LPIPS_MIN_SIDE, PSNR_CAP_DB, compute_lpips, load_lpips, lpips_backbone_path,
+    psnr, ssim,
+)
 from .temporal import motion_magnitude, temporal_consistency
 from .video_features import (
     I3D,
@@ -71,6 +76,7 @@ from .video_features import (
     Unit3D,
     VideoFeatureExtractor,
     i3d_features,
+    i3d_weights_path,
     load_i3d,
 )
 from .weights import weights_status
@@ -79,13 +85,14 @@ __all__ = [
     "count_parameters",
     "KVD_SEED", "KVD_SUBSET_SIZE", "KVD_SUBSETS", "compute_fvd", "feature_statistics", "frechet_distance",
     "kernel_distance", "kernel_distance_std", "polynomial_kernel",
-    "is_torchscript_archive", "sha256_file",
+    "OFFLINE_ENV_VAR", "PROBE_TIMEOUT_S", "download_blocker", "is_torchscript_archive", "sha256_file",
     "dtw", "dtw_from_cost", "dtw_joint_error", "find_hands", "hand_cost_matrix", "hand_detection_rate",
-    "LPIPS_ENV_VAR", "LPIPS_MIN_SIDE", "PSNR_CAP_DB", "compute_lpips", "load_lpips", "psnr", "ssim",
+    "LPIPS_BACKBONE_SHA256", "LPIPS_ENV_VAR", "LPIPS_MIN_SIDE", "PSNR_CAP_DB", "compute_lpips", "load_lpips",
+    "lpips_backbone_path", "psnr", "ssim",
     "motion_magnitude", "temporal_consistency",
     "I3D", "I3D_CACHE_DIR", "I3D_CACHE_FILES", "I3D_ENV_VAR", "I3D_MIN_FRAMES", "I3D_RESOLUTION",
     "I3D_STATE_DICT_SHA256", "I3D_STATE_DICT_URL", "I3D_TORCHSCRIPT_SHA256", "I3D_TORCHSCRIPT_URL", "I3D_WEIGHTS_URL",
     "STATE_DICT_OTHER", "STATE_DICT_REFERENCE", "TORCHSCRIPT_OTHER", "TORCHSCRIPT_REFERENCE",
-    "InceptionModule", "MaxPool3dSame", "Unit3D", "VideoFeatureExtractor", "i3d_features", "load_i3d",
-    "weights_status",
+    "InceptionModule", "MaxPool3dSame", "Unit3D", "VideoFeatureExtractor", "i3d_features", "i3d_weights_path",
+    "load_i3d", "weights_status",
 ]

