@@ -110,6 +110,9 @@ class Config:
     # each frame's relative position in the clip, embedded and added to its timestep embedding, so a frame's
     # cross-attention knows which word is being signed now (t2s.model.VideoUNet)
     frame_position_embedding: bool = False
+    # true: the denoiser's first convolution also sees each pixel's column and row (two coordinate channels,
+    # CoordConv), so it can place a hand at a position the caption determines (model.VideoUNet)
+    spatial_position_channels: bool = False
     # --- text encoder ---
     text_encoder: str = PACKAGED_TEXT_ENCODER
     max_text_length: int = 77

@@ -25,6 +25,19 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
+def coordinate_channels(n: int, h: int, w: int, device, dtype) -> torch.Tensor:
+    """(n, 2, h, w): each pixel's column and row, scaled to [-1, 1] (pixel centres at -1 and 1 on the borders)."""
+    ys = torch.linspace(-1.0, 1.0, h, device=device, dtype=dtype)
+    xs = torch.linspace(-1.0, 1.0, w, device=device, dtype=dtype)
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=0)  # (2, h, w): [0] = column, [1] = row
+    return grid.expand(n, -1, -1, -1)
+
+
+def embedding_mlp(d_in: int, d_out: int) -> nn.Sequential:
+    """Linear - SiLU - Linear: how a timestep (or caption, or frame position) embedding is projected."""
+    return nn.Sequential(nn.Linear(d_in, d_out), nn.SiLU(), nn.Linear(d_out, d_out))
+
+
 def group_norm(channels: int) -> nn.GroupNorm:
     groups = min(32, channels // 4)
     while channels % groups:  # e.g. 144 channels (96 + 48 at a skip concatenation): 24 groups, not 32
@@ -175,22 +188,24 @@ class VideoUNet(nn.Module):
         gradient_checkpointing: bool = False,
         pooled_text: bool = False,
         frame_position: bool = False,
+        spatial_position: bool = False,
     ):
         super().__init__()
         self.gradient_checkpointing = gradient_checkpointing
         emb_dim = 4 * model_channels
         self.model_channels = model_channels
-        self.time_mlp = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.time_mlp = embedding_mlp(model_channels, emb_dim)
         # the caption's masked mean token state, projected and added to the timestep embedding (Imagen, SD-XL): every
         # res block at every resolution sees the caption, not only the cross-attention levels
-        self.text_mlp = (nn.Sequential(nn.Linear(context_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-                         if pooled_text else None)
+        self.text_mlp = embedding_mlp(context_dim, emb_dim) if pooled_text else None
         # each frame's relative position in the clip (0 = first, 1 = last), embedded like a timestep and added to
         # that frame's embedding: without it a frame's cross-attention cannot tell which word of the caption is being
         # signed now (spatial layers see one frame; only the temporal attention knew the frame index)
-        self.frame_mlp = (nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-                          if frame_position else None)
-        self.stem = nn.Conv2d(in_channels, model_channels, 3, padding=1)
+        self.frame_mlp = embedding_mlp(model_channels, emb_dim) if frame_position else None
+        # column and row channels beside the noisy frame (CoordConv, Liu et al. 2018): a convolution cannot tell where
+        # in the frame it is, so "draw the hand where the caption puts it" is otherwise learned from border effects
+        self.spatial_position = spatial_position
+        self.stem = nn.Conv2d(in_channels + (2 if spatial_position else 0), model_channels, 3, padding=1)
 
         chans = [model_channels * m for m in channel_mult]
         self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
@@ -253,7 +268,10 @@ class VideoUNet(nn.Module):
         ctx = context.repeat_interleave(frames, dim=0)  # (b f) s d
         mask = None if context_mask is None else context_mask.repeat_interleave(frames, dim=0)
 
-        x = self.stem(rearrange(x, "b c f h w -> (b f) c h w"))
+        x = rearrange(x, "b c f h w -> (b f) c h w")
+        if self.spatial_position:
+            x = torch.cat([x, coordinate_channels(x.shape[0], h, w, x.device, x.dtype)], dim=1)
+        x = self.stem(x)
         skips = [x]
         for i, level in enumerate(self.down):
             x = self._level(level, x, emb, ctx, mask, frames, push=skips)
@@ -283,6 +301,7 @@ def build_denoiser(cfg, context_dim: int) -> VideoUNet:
         gradient_checkpointing=cfg.gradient_checkpointing,
         pooled_text=cfg.pooled_text_conditioning,
         frame_position=cfg.frame_position_embedding,
+        spatial_position=cfg.spatial_position_channels,
     )
 
 

@@ -1,10 +1,11 @@
-"""The denoiser's conditioning paths: the pooled caption embedding and the frame-position embedding."""
+"""The denoiser's conditioning paths: the pooled caption embedding, the frame-position embedding and the pixels'
+coordinate channels."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from t2s.model import VideoUNet
+from t2s.model import VideoUNet, coordinate_channels
 
 
 def _unet(**options) -> VideoUNet:
@@ -49,6 +50,25 @@ def test_frame_position_is_relative_and_tells_frames_apart():
     four, seven = captured  # the per-frame embeddings (frames, emb)
     assert torch.allclose(four[0], seven[0]) and torch.allclose(four[-1], seven[-1])  # first and last frame
     assert not torch.allclose(four[0], four[1]) and not torch.allclose(four[1], four[2])
+
+
+def test_coordinate_channels_give_each_pixel_its_column_and_row():
+    grid = coordinate_channels(2, 3, 5, "cpu", torch.float32)
+    assert grid.shape == (2, 2, 3, 5)
+    assert grid[0, 0, 1].tolist() == [-1.0, -0.5, 0.0, 0.5, 1.0]  # column, along a row
+    assert grid[1, 1, :, 4].tolist() == [-1.0, 0.0, 1.0]  # row, down a column
+
+
+def test_spatial_position_feeds_the_coordinates_to_the_first_convolution():
+    unet = _unet(spatial_position=True)
+    assert unet.stem.in_channels == 5 and _unet().stem.in_channels == 3
+    x, t, context = torch.randn(1, 3, 2, 8, 8), torch.tensor([7]), torch.randn(1, 2, 12)
+    with torch.no_grad():
+        with_coordinates = unet(x, t, context, None)
+        unet.stem.weight[:, 3:] = 0.0  # the coordinate channels' weights: the output must change without them
+        without = unet(x, t, context, None)
+    assert with_coordinates.shape == x.shape
+    assert not torch.allclose(with_coordinates, without)
 
 
 def test_motion_weights_favour_moving_pixels_and_leave_a_static_clip_alone():
