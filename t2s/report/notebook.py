@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import html
 import json
+from dataclasses import dataclass
 from typing import Optional
 
 import pandas as pd
@@ -14,7 +15,8 @@ from .load import Study, available_metrics
 from .samples import _img, latest_samples
 from .tables import _frame_html
 
-__all__ = ['init_notebook', 'figure_bundle', 'show', 'seeds_figure', 'explorer']
+__all__ = ['init_notebook', 'figure_bundle', 'bundle', 'show', 'seeds_figure', 'Explorer', 'explorer_views',
+           'explorer_widget', 'explorer']
 
 def init_notebook() -> None:
     """Embed plotly.js once (the HTML report then works offline); figures shown with `show` rely on it."""
@@ -32,20 +34,28 @@ def figure_bundle(fig: go.Figure) -> dict:
     return {"application/vnd.plotly.v1+json": json.loads(fig.to_json()), "text/html": div, "text/plain": fig.layout.title.text or "figure"}
 
 
+def bundle(item, empty: str = "Nothing to show: no finished run has this data.") -> Optional[dict]:
+    """What `show` displays, as a mimetype bundle: a note for None, a figure, a DataFrame or an HTML string (else None)."""
+    if item is None:
+        return {"text/html": f"<p><em>{html.escape(empty)}</em></p>", "text/plain": empty}
+    if isinstance(item, go.Figure):
+        return figure_bundle(item)
+    if isinstance(item, pd.DataFrame):
+        return {"text/html": _frame_html(item, index=True), "text/plain": item.to_string()}
+    if isinstance(item, str):
+        return {"text/html": item, "text/plain": "(HTML)"}
+    return None
+
+
 def show(item, empty: str = "Nothing to show: no finished run has this data.") -> None:
     """Display a figure, a DataFrame, an HTML string, or a note saying what is missing (for None)."""
-    from IPython.display import HTML, display
+    from IPython.display import display
 
-    if item is None:
-        display(HTML(f"<p><em>{html.escape(empty)}</em></p>"))
-    elif isinstance(item, go.Figure):
-        display(figure_bundle(item), raw=True)
-    elif isinstance(item, pd.DataFrame):
-        display(HTML(_frame_html(item, index=True)))
-    elif isinstance(item, str):
-        display(HTML(item))
-    else:
+    shown = bundle(item, empty)
+    if shown is None:
         display(item)
+    else:
+        display(shown, raw=True)
 
 
 def seeds_figure(study: Study, metric_key: str) -> Optional[go.Figure]:
@@ -59,34 +69,62 @@ def seeds_figure(study: Study, metric_key: str) -> Optional[go.Figure]:
     return _layout(fig, f"{label}: one point per seed", yaxis_title=label)
 
 
+@dataclass
+class Explorer:
+    """The explorer's controls and what they show: `output.outputs` is rebuilt whenever a control's value changes."""
+    box: object  # ipywidgets.VBox: the controls above the output; what `explorer` displays
+    variant: object  # ipywidgets.Dropdown of the variants with finished runs
+    metric: object  # ipywidgets.Dropdown of (title, key) of the metrics the study has
+    prompt: object  # ipywidgets.Dropdown of the sample prompts ("(no samples)" when there are none)
+    output: object  # ipywidgets.Output: the seeds figure, the variant's loss figure, its sample for the prompt
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.box)
+
+
+def explorer_views(study: Study, variant: str, metric: str, prompt: str) -> list:
+    """What the explorer shows for one choice, as mimetype bundles: the seeds figure, the loss figure, the sample."""
+    runs = study.runs_of(variant)
+    entry = latest_samples(runs[0]).get(prompt)
+    sample = _img(runs[0], entry, f"{variant}: {prompt}") if entry else None
+    return [bundle(seeds_figure(study, metric)), bundle(loss_figure(runs, show_raw=True)),
+            bundle(sample, empty=f"No sample for this prompt in {variant}.")]
+
+
+def explorer_widget(study: Study) -> Optional[Explorer]:
+    """ipywidgets controls (variant, metric, prompt) over the study's finished runs; None where there are none."""
+    import ipywidgets as widgets
+
+    if not study.finished_runs:
+        return None
+    metrics = available_metrics(study)
+    prompts = list(dict.fromkeys(p for v in study.variants_with_results for p in latest_samples(study.runs_of(v)[0])))
+    view = Explorer(box=None, variant=widgets.Dropdown(options=study.variants_with_results, description="variant"),
+                    metric=widgets.Dropdown(options=[(m.title, m.key) for m in metrics], description="metric"),
+                    prompt=widgets.Dropdown(options=prompts or ["(no samples)"], description="prompt"),
+                    output=widgets.Output())
+
+    def update(*_):  # set as the Output's outputs (not captured display calls): the same with or without a kernel
+        shown = explorer_views(study, view.variant.value, view.metric.value, view.prompt.value)
+        view.output.outputs = tuple({"output_type": "display_data", "data": b, "metadata": {}} for b in shown)
+
+    for control in (view.variant, view.metric, view.prompt):
+        control.observe(update, names="value")
+    update()
+    view.box = widgets.VBox([widgets.HBox([view.variant, view.metric, view.prompt]), view.output])
+    return view
+
+
 def explorer(study: Study) -> None:
-    """ipywidgets controls (variant, metric, prompt) for JupyterLab; a note where there is nothing to explore."""
+    """Display the explorer (JupyterLab); a note where ipywidgets is missing or there is nothing to explore."""
     from IPython.display import display
 
     try:
-        import ipywidgets as widgets
+        view = explorer_widget(study)
     except ImportError:
         return show(None, empty="Install ipywidgets for the interactive explorer.")
-    if not study.finished_runs:
+    if view is None:
         return show(None, empty="No finished runs to explore.")
-    metrics = available_metrics(study)
-    prompts = list(dict.fromkeys(p for v in study.variants_with_results for p in latest_samples(study.runs_of(v)[0])))
-    variant = widgets.Dropdown(options=study.variants_with_results, description="variant")
-    metric = widgets.Dropdown(options=[(m.title, m.key) for m in metrics], description="metric")
-    prompt = widgets.Dropdown(options=prompts or ["(no samples)"], description="prompt")
-    out = widgets.Output()
-
-    def update(*_):
-        with out:
-            out.clear_output(wait=True)
-            runs = study.runs_of(variant.value)
-            show(seeds_figure(study, metric.value))
-            show(loss_figure(runs, show_raw=True))
-            entry = latest_samples(runs[0]).get(prompt.value)
-            show(_img(runs[0], entry, f"{variant.value}: {prompt.value}") if entry else None,
-                 empty="No sample for this prompt in this variant.")
-
-    for control in (variant, metric, prompt):
-        control.observe(update, names="value")
-    update()
-    display(widgets.VBox([widgets.HBox([variant, metric, prompt]), out]))
+    display(view)
