@@ -12,7 +12,6 @@ import os
 import socket
 import threading
 import time
-import warnings
 
 import pytest
 import torch
@@ -22,6 +21,7 @@ from torch import nn
 from t2s import evaluate, metrics
 from t2s.evaluation_metrics import compare_clips
 from t2s.metrics import files, perceptual, video_features, weights
+from test_metrics import torchscript_file  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -47,18 +47,6 @@ def server(tmp_path):
     httpd.server_close()
 
 
-class TinyTorchscript(nn.Module):
-    """Stands in for StyleGAN-V's i3d_torchscript.pt (its call signature; the loader only jit-loads it)."""
-
-    def __init__(self):
-        super().__init__()
-        self.proj = nn.Linear(6, 400)
-
-    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
-                return_features: bool = False) -> torch.Tensor:
-        return self.proj(x.float().mean(dim=(2, 3, 4)).repeat(1, 2))
-
-
 @pytest.fixture(scope="module")
 def alexnet_file(tmp_path_factory):
     """A randomly initialised torchvision AlexNet state dict saved with torch.save, and its SHA-256."""
@@ -70,15 +58,9 @@ def alexnet_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def torchscript_bytes(tmp_path_factory):
-    """The bytes of a small TorchScript archive standing in for the I3D file."""
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated; the published file is TorchScript
-        scripted = torch.jit.script(TinyTorchscript())
-    path = tmp_path_factory.mktemp("i3d") / "i3d_torchscript.pt"
-    scripted.save(str(path))
-    return path.read_bytes()
+def torchscript_bytes(torchscript_file):
+    """The bytes of test_metrics' small TorchScript archive standing in for the I3D file."""
+    return torchscript_file.read_bytes()
 
 
 def _point_at(monkeypatch, tmp_path, base, alex_name="alexnet-owt-00000000.pth", i3d_name="i3d_torchscript.pt"):
