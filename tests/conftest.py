@@ -3,16 +3,21 @@
 Fixtures: `synth_dir` (a module's own synthsign cache folder), `one_torch_thread` (one torch thread for a whole
 module: request it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`), `single_thread` (the same for
 one test), `offline` (autouse: T2S_OFFLINE=1), `no_network` (any urlopen fails loudly), `no_metric_weights` (an evaluation finds no metric weights,
-whatever the machine holds). Helper: `read_csv` (a CSV file's rows as dicts;
+whatever the machine holds), `torchscript_file` and `alexnet_file` (stand-ins for the I3D and AlexNet weights
+files, with made-up weights). Helper: `read_csv` (a CSV file's rows as dicts;
 `from conftest import read_csv`). Run directories with made-up numbers come from `runfactory.py`.
 """
 from __future__ import annotations
 
 import csv
 import urllib.request
+import warnings
 from pathlib import Path
 
 import pytest
+import torch
+import torchvision
+from torch import nn
 
 from t2s.runtime import torch_threads
 
@@ -69,3 +74,43 @@ def single_thread():
     """One torch thread for one test (see `one_torch_thread`)."""
     with torch_threads(1):
         yield
+
+
+# --- stand-ins for the metric networks' weights files (test_metrics, test_metric_weights) ---------------------
+class TinyTorchscriptI3D(nn.Module):
+    """Stands in for StyleGAN-V's `i3d_torchscript.pt`: its call signature, and it refuses the inputs the real one
+    would misread (not uint8 in [0, 255], not asked to rescale / resize / return the pre-softmax features)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(6, 400)
+
+    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
+                return_features: bool = False) -> torch.Tensor:
+        assert x.dtype == torch.uint8, "StyleGAN-V feeds uint8 videos"
+        assert rescale and resize, "the detector must map [0, 255] to [-1, 1] and resize to 224 itself"
+        v = x.float() / 127.5 - 1
+        v = nn.functional.interpolate(v, size=(v.shape[2], 224, 224), mode="trilinear", align_corners=False)
+        summary = torch.cat([v.mean(dim=(2, 3, 4)), (v[:, :, 1:] - v[:, :, :-1]).abs().mean(dim=(2, 3, 4))], dim=1)
+        logits = self.proj(summary)
+        return logits if return_features else logits.softmax(dim=1)
+
+
+@pytest.fixture(scope="module")
+def torchscript_file(tmp_path_factory):
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated; the published file is TorchScript
+        scripted = torch.jit.script(TinyTorchscriptI3D())
+    path = tmp_path_factory.mktemp("torchscript") / "i3d_torchscript.pt"
+    scripted.save(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def alexnet_file(tmp_path_factory):
+    torch.manual_seed(0)
+    backbone = torchvision.models.alexnet()
+    path = tmp_path_factory.mktemp("lpips") / "alexnet-owt-7be5be79.pth"
+    torch.save(backbone.state_dict(), path)
+    return path, backbone

@@ -15,13 +15,10 @@ import time
 
 import pytest
 import torch
-import torchvision
-from torch import nn
 
 from t2s import evaluate, metrics
 from t2s.evaluation_metrics import compare_clips
 from t2s.metrics import files, perceptual, video_features, weights
-from test_metrics import torchscript_file  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -45,16 +42,6 @@ def server(tmp_path):
     yield root, f"http://127.0.0.1:{httpd.server_address[1]}", httpd.requests
     httpd.shutdown()
     httpd.server_close()
-
-
-@pytest.fixture(scope="module")
-def alexnet_file(tmp_path_factory):
-    """A randomly initialised torchvision AlexNet state dict saved with torch.save, and its SHA-256."""
-    torch.manual_seed(0)
-    backbone = torchvision.models.alexnet()
-    path = tmp_path_factory.mktemp("alexnet") / "alexnet.pth"
-    torch.save(backbone.state_dict(), path)
-    return path, metrics.sha256_file(path), backbone
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +78,8 @@ def _closed_port() -> int:
 
 def test_lpips_backbone_is_downloaded_verified_cached_and_not_fetched_again(server, alexnet_file, tmp_path, monkeypatch):
     root, base, requests = server
-    source, digest, backbone = alexnet_file
+    source, backbone = alexnet_file
+    digest = metrics.sha256_file(source)
     name = f"alexnet-owt-{digest[:8]}.pth"
     os.link(source, root / name)
     cached, _ = _point_at(monkeypatch, tmp_path, base, alex_name=name)

@@ -3,7 +3,6 @@ import hashlib
 import io
 import math
 import urllib.request
-import warnings
 
 import numpy as np
 import pytest
@@ -230,34 +229,6 @@ def test_load_i3d_missing_file_gives_reason(tmp_path, monkeypatch):
 
 # --- StyleGAN-V's TorchScript I3D ------------------------------------------------------------------------------
 
-class TinyTorchscriptI3D(nn.Module):
-    """Stands in for StyleGAN-V's `i3d_torchscript.pt`: its call signature, and it refuses the inputs the real one
-    would misread (not uint8 in [0, 255], not asked to rescale / resize / return the pre-softmax features)."""
-
-    def __init__(self):
-        super().__init__()
-        self.proj = nn.Linear(6, 400)
-
-    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
-                return_features: bool = False) -> torch.Tensor:
-        assert x.dtype == torch.uint8, "StyleGAN-V feeds uint8 videos"
-        assert rescale and resize, "the detector must map [0, 255] to [-1, 1] and resize to 224 itself"
-        v = x.float() / 127.5 - 1
-        v = nn.functional.interpolate(v, size=(v.shape[2], 224, 224), mode="trilinear", align_corners=False)
-        summary = torch.cat([v.mean(dim=(2, 3, 4)), (v[:, :, 1:] - v[:, :, :-1]).abs().mean(dim=(2, 3, 4))], dim=1)
-        logits = self.proj(summary)
-        return logits if return_features else logits.softmax(dim=1)
-
-
-@pytest.fixture(scope="module")
-def torchscript_file(tmp_path_factory):
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated; the published file is TorchScript
-        scripted = torch.jit.script(TinyTorchscriptI3D())
-    path = tmp_path_factory.mktemp("torchscript") / "i3d_torchscript.pt"
-    scripted.save(str(path))
-    return path
 
 
 def test_torchscript_i3d_is_loaded_with_jit_and_called_as_stylegan_v_calls_it(torchscript_file):
@@ -398,13 +369,6 @@ def test_kvd_std_is_reproducible():
 
 # --- LPIPS -------------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def alexnet_file(tmp_path_factory):
-    torch.manual_seed(0)
-    backbone = torchvision.models.alexnet()
-    path = tmp_path_factory.mktemp("lpips") / "alexnet-owt-7be5be79.pth"
-    torch.save(backbone.state_dict(), path)
-    return path, backbone
 
 
 def test_load_lpips_copies_backbone_from_file(alexnet_file):
