@@ -113,6 +113,9 @@ class Config:
     # true: the denoiser's first convolution also sees each pixel's column and row (two coordinate channels,
     # CoordConv), so it can place a hand at a position the caption determines (model.VideoUNet)
     spatial_position_channels: bool = False
+    # true: a frame's cross-attention prefers the caption's words at its own relative time in the clip (words spread
+    # evenly in their order; a learned strength per head), so frame f reads the word signed then (model.VideoUNet)
+    aligned_cross_attention: bool = False
     # --- text encoder ---
     text_encoder: str = PACKAGED_TEXT_ENCODER
     max_text_length: int = 77

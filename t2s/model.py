@@ -6,6 +6,7 @@ The model knows nothing of noise schedules (diffusers' habit): it maps (noisy cl
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -31,6 +32,28 @@ def coordinate_channels(n: int, h: int, w: int, device, dtype) -> torch.Tensor:
     xs = torch.linspace(-1.0, 1.0, w, device=device, dtype=dtype)
     grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=0)  # (2, h, w): [0] = column, [1] = row
     return grid.expand(n, -1, -1, -1)
+
+
+SPECIAL_TOKEN_DISTANCE = 2.0  # a special token's alignment distance from every frame, in word spacings
+
+
+def alignment_distance(mask: Optional[torch.Tensor], shape: tuple[int, int], frames: int, specials: tuple[int, int],
+                       device) -> torch.Tensor:
+    """(b, frames, s): how far each caption token is from each frame, in word spacings, when the caption's words are
+    spread evenly over the clip in their order (frame f at relative time (f + 0.5) / frames, word j of n at
+    (j + 0.5) / n; the distance is n times the difference). The `specials` = (leading, trailing) special tokens of
+    every caption (BERT's [CLS] and [SEP]: (1, 1)) sit at `SPECIAL_TOKEN_DISTANCE` from every frame; a caption
+    without words (the null caption) is at distance 0 everywhere. Padding (mask False) gets any value."""
+    b, s = shape
+    valid = torch.ones(b, s, device=device) if mask is None else mask.to(device=device, dtype=torch.float32)
+    lead, trail = specials
+    position = valid.cumsum(1) - 1.0 - lead  # the word index j of each token (negative for the leading specials)
+    words = (valid.sum(1, keepdim=True) - lead - trail).clamp_min(0.0)  # n
+    is_word = (position >= 0) & (position < words) & (valid > 0)
+    frame_time = (torch.arange(frames, device=device, dtype=torch.float32) + 0.5) / frames
+    distance = frame_time[None, :, None] * words[:, :, None] - (position[:, None, :] + 0.5)  # (b, frames, s)
+    distance = torch.where(is_word[:, None, :], distance, torch.full_like(distance, SPECIAL_TOKEN_DISTANCE))
+    return torch.where(words[:, :, None] > 0, distance, torch.zeros_like(distance))
 
 
 def embedding_mlp(d_in: int, d_out: int) -> nn.Sequential:
@@ -64,11 +87,16 @@ class Attention(nn.Module):
         self.to_kv = nn.Linear(context_dim or dim, 2 * dim, bias=False)
         self.to_out = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None):
+    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None,
+                bias: Optional[torch.Tensor] = None):
+        """bias: (N, heads, 1, S) added to the attention logits (masked keys stay excluded)."""
         q = self.to_q(x)
         k, v = self.to_kv(x if context is None else context).chunk(2, dim=-1)
         q, k, v = (rearrange(a, "n l (h d) -> n h l d", h=self.heads) for a in (q, k, v))
         attn_mask = None if mask is None else mask[:, None, None, :]  # (N, 1, 1, S): True = attend
+        if bias is not None:
+            bias = bias.to(q.dtype)
+            attn_mask = bias if attn_mask is None else bias.masked_fill(~attn_mask, float("-inf"))
         if q.device.type == "cpu" and k.shape[-2] <= SHORT_KEYS:
             # on CPU the flash kernel is slow for short sequences (temporal attention over 16 frames: forward +
             # backward 69 ms flash vs 11 ms math; 64 keys: 13 vs 7 ms); the math path is fast and small there
@@ -113,8 +141,12 @@ class ResBlock(nn.Module):
 class SpaceTimeTransformer(nn.Module):
     """Spatial self-attention, cross-attention to the caption, temporal self-attention, feed-forward."""
 
-    def __init__(self, ch: int, heads: int, context_dim: int, max_frames: int = 64, temporal: bool = True):
+    def __init__(self, ch: int, heads: int, context_dim: int, max_frames: int = 64, temporal: bool = True,
+                 aligned: bool = False):
         super().__init__()
+        # per head, how strongly a frame's cross-attention prefers the caption tokens at its own relative position
+        # (learned; `alignment_distance` gives the distances)
+        self.align_strength = nn.Parameter(torch.full((heads,), 1.0)) if aligned else None
         self.norm_in = group_norm(ch)
         self.proj_in = nn.Linear(ch, ch)
         self.norm1, self.self_attn = nn.LayerNorm(ch), Attention(ch, heads)
@@ -127,12 +159,15 @@ class SpaceTimeTransformer(nn.Module):
         self.ff = nn.Sequential(nn.Linear(ch, 4 * ch), nn.GELU(), nn.Linear(4 * ch, ch))
         self.proj_out = zero(nn.Linear(ch, ch))
 
-    def forward(self, x, context, context_mask, frames: int):
-        # x: (b f) c h w ; context: (b f) s d
+    def forward(self, x, context, context_mask, frames: int, distance=None):
+        # x: (b f) c h w ; context: (b f) s d ; distance: (b f) s or None
         h, w = x.shape[-2:]
         y = self.proj_in(rearrange(self.norm_in(x), "n c h w -> n (h w) c"))
         y = y + self.self_attn(self.norm1(y))
-        y = y + self.cross_attn(self.norm2(y), context, context_mask)
+        bias = None
+        if self.align_strength is not None and distance is not None:
+            bias = -self.align_strength[None, :, None, None] * distance[:, None, None, :].square()
+        y = y + self.cross_attn(self.norm2(y), context, context_mask, bias)
         if self.temporal:
             tokens = y.shape[1]
             y = rearrange(y, "(b f) l c -> (b l) f c", f=frames)
@@ -163,11 +198,13 @@ class Upsample(nn.Module):
 class Level(nn.Module):
     """The blocks of one resolution: res blocks, each optionally followed by a space-time transformer."""
 
-    def __init__(self, chans: list[tuple[int, int]], emb_dim: int, attn: bool, heads: int, context_dim: int, max_frames: int):
+    def __init__(self, chans: list[tuple[int, int]], emb_dim: int, attn: bool, heads: int, context_dim: int,
+                 max_frames: int, aligned: bool = False):
         super().__init__()
         self.res = nn.ModuleList(ResBlock(i, o, emb_dim) for i, o in chans)
         self.attn = nn.ModuleList(
-            SpaceTimeTransformer(o, heads, context_dim, max_frames) if attn else nn.Identity() for _, o in chans
+            SpaceTimeTransformer(o, heads, context_dim, max_frames, aligned=aligned) if attn else nn.Identity()
+            for _, o in chans
         )
 
 
@@ -189,6 +226,8 @@ class VideoUNet(nn.Module):
         pooled_text: bool = False,
         frame_position: bool = False,
         spatial_position: bool = False,
+        aligned_cross_attention: bool = False,
+        caption_special_tokens: tuple[int, int] = (1, 1),
     ):
         super().__init__()
         self.gradient_checkpointing = gradient_checkpointing
@@ -207,21 +246,32 @@ class VideoUNet(nn.Module):
         self.spatial_position = spatial_position
         self.stem = nn.Conv2d(in_channels + (2 if spatial_position else 0), model_channels, 3, padding=1)
 
-        chans = [model_channels * m for m in channel_mult]
+        self.aligned_cross_attention = aligned_cross_attention
+        self.caption_special_tokens = tuple(caption_special_tokens)
+        level = functools.partial(Level, emb_dim=emb_dim, heads=num_heads, context_dim=context_dim,
+                                  max_frames=max_frames, aligned=aligned_cross_attention)
+        ch = self._build_levels([model_channels * m for m in channel_mult], num_res_blocks, image_size,
+                                tuple(attention_resolutions), level)
+        self.out = nn.Sequential(group_norm(ch), nn.SiLU(), zero(nn.Conv2d(ch, in_channels, 3, padding=1)))
+
+    def _build_levels(self, chans: list[int], num_res_blocks: int, image_size: int, attention_resolutions: tuple,
+                      level) -> int:
+        """The down levels, the middle and the up levels (with their skips); returns the last level's channels."""
         self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
-        skips, ch, res = [model_channels], model_channels, image_size
+        ch = self.model_channels  # the stem's output
+        skips, res = [ch], image_size
         for i, out in enumerate(chans):
             pairs = []
             for _ in range(num_res_blocks):
                 pairs.append((ch, out))
                 ch = out
                 skips.append(ch)
-            self.down.append(Level(pairs, emb_dim, res in attention_resolutions, num_heads, context_dim, max_frames))
+            self.down.append(level(pairs, attn=res in attention_resolutions))
             if i < len(chans) - 1:
                 self.downsample.append(Downsample(ch))
                 skips.append(ch)
                 res //= 2
-        self.mid = Level([(ch, ch), (ch, ch)], emb_dim, True, num_heads, context_dim, max_frames)
+        self.mid = level([(ch, ch), (ch, ch)], attn=True)
         self.mid.attn[1] = nn.Identity()  # res - attn - res
         self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
         for i, out in reversed(list(enumerate(chans))):
@@ -229,24 +279,24 @@ class VideoUNet(nn.Module):
             for _ in range(num_res_blocks + 1):
                 pairs.append((ch + skips.pop(), out))
                 ch = out
-            self.up.append(Level(pairs, emb_dim, res in attention_resolutions, num_heads, context_dim, max_frames))
+            self.up.append(level(pairs, attn=res in attention_resolutions))
             if i > 0:
                 self.upsample.append(Upsample(ch))
                 res *= 2
-        self.out = nn.Sequential(group_norm(ch), nn.SiLU(), zero(nn.Conv2d(ch, in_channels, 3, padding=1)))
+        return ch
 
     def _block(self, fn, *args):
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(fn, *args, use_reentrant=False)
         return fn(*args)
 
-    def _level(self, level: Level, x, emb, ctx, mask, frames, skips=None, push=None):
+    def _level(self, level: Level, x, emb, ctx, frames, skips=None, push=None):
         for res, attn in zip(level.res, level.attn):
             if skips is not None:
                 x = torch.cat([x, skips.pop()], dim=1)
             x = self._block(res, x, emb, frames)
             if not isinstance(attn, nn.Identity):
-                x = self._block(attn, x, ctx, mask, frames)
+                x = self._block(attn, x, ctx[0], ctx[1], frames, ctx[2])
             if push is not None:
                 push.append(x)
         return x
@@ -265,8 +315,12 @@ class VideoUNet(nn.Module):
         if self.frame_mlp is not None:
             where = torch.arange(frames, device=x.device, dtype=torch.float32) * (1000.0 / max(frames - 1, 1))
             emb = emb + self.frame_mlp(timestep_embedding(where, self.model_channels).to(emb.dtype)).repeat(b, 1)
-        ctx = context.repeat_interleave(frames, dim=0)  # (b f) s d
         mask = None if context_mask is None else context_mask.repeat_interleave(frames, dim=0)
+        distance = None
+        if self.aligned_cross_attention:
+            distance = alignment_distance(context_mask, context.shape[:2], frames, self.caption_special_tokens,
+                                          context.device).flatten(0, 1)
+        ctx = (context.repeat_interleave(frames, dim=0), mask, distance)  # (b f) s d, (b f) s, (b f) s
 
         x = rearrange(x, "b c f h w -> (b f) c h w")
         if self.spatial_position:
@@ -274,13 +328,13 @@ class VideoUNet(nn.Module):
         x = self.stem(x)
         skips = [x]
         for i, level in enumerate(self.down):
-            x = self._level(level, x, emb, ctx, mask, frames, push=skips)
+            x = self._level(level, x, emb, ctx, frames, push=skips)
             if i < len(self.downsample):
                 x = self.downsample[i](x)
                 skips.append(x)
-        x = self._level(self.mid, x, emb, ctx, mask, frames)
+        x = self._level(self.mid, x, emb, ctx, frames)
         for i, level in enumerate(self.up):
-            x = self._level(level, x, emb, ctx, mask, frames, skips=skips)
+            x = self._level(level, x, emb, ctx, frames, skips=skips)
             if i < len(self.upsample):
                 x = self.upsample[i](x)
         x = self.out(x)
@@ -302,6 +356,7 @@ def build_denoiser(cfg, context_dim: int) -> VideoUNet:
         pooled_text=cfg.pooled_text_conditioning,
         frame_position=cfg.frame_position_embedding,
         spatial_position=cfg.spatial_position_channels,
+        aligned_cross_attention=cfg.aligned_cross_attention,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from t2s.model import VideoUNet, coordinate_channels
+from t2s.model import SPECIAL_TOKEN_DISTANCE, VideoUNet, alignment_distance, coordinate_channels
 
 
 def _unet(**options) -> VideoUNet:
@@ -69,6 +69,36 @@ def test_spatial_position_feeds_the_coordinates_to_the_first_convolution():
         without = unet(x, t, context, None)
     assert with_coordinates.shape == x.shape
     assert not torch.allclose(with_coordinates, without)
+
+
+def test_alignment_distance_spreads_the_words_evenly_over_the_clip():
+    # [CLS] w0 w1 w2 w3 [SEP] pad pad, and the null caption [CLS] [SEP]: 8 frames
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0, 0, 0]]).bool()
+    distance = alignment_distance(mask, tuple(mask.shape), 8, (1, 1), "cpu")
+    assert distance.shape == (2, 8, 8)
+    words = distance[0, :, 1:5]
+    assert words.abs().argmin(dim=1).tolist() == [0, 0, 1, 1, 2, 2, 3, 3]  # two frames per word, in order
+    assert words[0].tolist() == [-0.25, -1.25, -2.25, -3.25]  # in word spacings
+    assert (distance[0, :, [0, 5]] == SPECIAL_TOKEN_DISTANCE).all()
+    assert (distance[1] == 0).all()  # no words: no preference
+
+
+def test_aligned_cross_attention_makes_each_frame_read_its_own_word():
+    unet = _unet(aligned_cross_attention=True)
+    assert "mid.attn.0.align_strength" in unet.state_dict()
+    block = unet.mid.attn[0]
+    with torch.no_grad():
+        block.align_strength.fill_(200.0)  # a strong preference: each frame attends to its nearest word only
+    seen = []
+    block.cross_attn.register_forward_hook(lambda module, args, out: seen.append(out))
+    context = torch.randn(1, 4, 12)  # [CLS] w0 w1 [SEP]
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    with torch.no_grad():
+        unet(torch.randn(1, 3, 4, 8, 8), torch.tensor([5]), context, mask)
+        out = seen[0]  # (frames, tokens, ch): frames 0-1 read w0, frames 2-3 read w1
+        value = block.cross_attn.to_out(block.cross_attn.to_kv(context[0])[:, block.cross_attn.to_q.out_features:])
+    for frame, word in enumerate([1, 1, 2, 2]):
+        assert torch.allclose(out[frame], value[word].expand_as(out[frame]), atol=1e-4)
 
 
 def test_motion_weights_favour_moving_pixels_and_leave_a_static_clip_alone():
