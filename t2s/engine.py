@@ -133,7 +133,7 @@ class Engine:
         self.total_steps = min(cfg.num_epochs * self.steps_per_epoch, cfg.max_steps or float("inf"))
         # models: the cross-attention width is the text encoder's hidden size
         self.text = text if text is not None else build_text_encoder(cfg)
-        denoiser = denoiser if denoiser is not None else build_denoiser(cfg, self.text.hidden_size)
+        denoiser = denoiser if denoiser is not None else build_denoiser(cfg, self.text.hidden_size, self.text.special_token_counts)
         if uses_channels_last(cfg, self.device):
             to_channels_last(denoiser)
         self.noise_schedule = build_train_scheduler(cfg)

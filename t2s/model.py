@@ -341,8 +341,9 @@ class VideoUNet(nn.Module):
         return rearrange(x, "(b f) c h w -> b c f h w", f=frames)
 
 
-def build_denoiser(cfg, context_dim: int) -> VideoUNet:
-    """The denoiser for a Config; the cross-attention width is the text encoder's hidden size (derived)."""
+def build_denoiser(cfg, context_dim: int, caption_special_tokens: tuple[int, int] = (1, 1)) -> VideoUNet:
+    """The denoiser for a Config; the cross-attention width is the text encoder's hidden size and the caption's
+    (leading, trailing) special tokens its `special_token_counts` (derived)."""
     return VideoUNet(
         context_dim=context_dim,
         image_size=cfg.image_size,
@@ -357,6 +358,7 @@ def build_denoiser(cfg, context_dim: int) -> VideoUNet:
         frame_position=cfg.frame_position_embedding,
         spatial_position=cfg.spatial_position_channels,
         aligned_cross_attention=cfg.aligned_cross_attention,
+        caption_special_tokens=caption_special_tokens,
     )
 
 

@@ -171,7 +171,7 @@ def load_run_models(run_dir: Union[str, Path], weights: str = "ema", device: Opt
     text = TextEncoder(cfg.text_encoder, cfg.max_text_length, True)
     if state["text_encoder"] is not None:
         text.model.load_state_dict(state["text_encoder"])
-    denoiser = build_denoiser(cfg, text.hidden_size)
+    denoiser = build_denoiser(cfg, text.hidden_size, text.special_token_counts)
     if weights == "raw":
         denoiser.load_state_dict(state["model"])
     elif state["ema"] is not None:

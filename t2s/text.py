@@ -92,6 +92,16 @@ class TextEncoder(nn.Module):
     def hidden_size(self) -> int:
         return int(self.model.config.hidden_size)
 
+    @property
+    def special_token_counts(self) -> tuple[int, int]:
+        """(leading, trailing) special tokens the tokenizer puts around every caption: BERT's [CLS] ... [SEP] and
+        CLIP's start/end of text (1, 1); T5's ... </s> (0, 1)."""
+        ids = self.tokenizer("sign")["input_ids"]
+        special = set(self.tokenizer.all_special_ids)
+        lead = next((i for i, t in enumerate(ids) if t not in special), len(ids))
+        trail = next((i for i, t in enumerate(reversed(ids)) if t not in special), len(ids))
+        return lead, trail
+
     def train(self, mode: bool = True):
         super().train(mode and not self.frozen)
         return self

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from t2s.config import load_config
 from t2s.model import SPECIAL_TOKEN_DISTANCE, VideoUNet, alignment_distance, coordinate_channels
+from t2s.text import build_text_encoder
 
 
 def _unet(**options) -> VideoUNet:
@@ -81,6 +83,10 @@ def test_alignment_distance_spreads_the_words_evenly_over_the_clip():
     assert words[0].tolist() == [-0.25, -1.25, -2.25, -3.25]  # in word spacings
     assert (distance[0, :, [0, 5]] == SPECIAL_TOKEN_DISTANCE).all()
     assert (distance[1] == 0).all()  # no words: no preference
+
+
+def test_the_special_token_counts_come_from_the_tokenizer():
+    assert build_text_encoder(load_config("baseline", "micro")).special_token_counts == (1, 1)  # [CLS] ... [SEP]
 
 
 def test_aligned_cross_attention_makes_each_frame_read_its_own_word():

@@ -74,7 +74,7 @@ def bench_scale(scale: str, cfg: Config, text, device: torch.device, steps: int,
     log(f"{scale}: {len(datasets[0])} training clips, caches warm in {caches['decode_s'] + caches['encode_s']:.1f} s")
     peaks_start = measure_peaks(device, peak_trials)
     mp = resolve_mixed_precision(cfg.mixed_precision)
-    builders = {"t2s": lambda: build_denoiser(cfg, text.hidden_size)}
+    builders = {"t2s": lambda: build_denoiser(cfg, text.hidden_size, text.special_token_counts)}
     models = {}
     models["t2s"], engine = bench_model("t2s", builders["t2s"], cfg, text, datasets, device, steps, warmup,
                                         peak_for(mp, peaks_start))
@@ -196,7 +196,7 @@ def _race(cfg: Config, text, device: torch.device, seconds: float) -> dict:
     """t2s's denoiser against diffusers' UNet at matched parameters, `seconds` of training each."""
     datasets = build_datasets(cfg)
     warm_caches(text, list(datasets[:2]))
-    ours = lambda: build_denoiser(cfg, text.hidden_size)  # noqa: E731
+    ours = lambda: build_denoiser(cfg, text.hidden_size, text.special_token_counts)  # noqa: E731
     kwargs, _ = match_diffusers(cfg, text.hidden_size, parameters_on_meta(ours))
     out = race(cfg, {"t2s": ours, "diffusers": lambda: DiffusersDenoiser(**kwargs)}, text, datasets, device, seconds)
     out["diffusers_architecture"] = _architecture(kwargs)
