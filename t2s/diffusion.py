@@ -66,10 +66,14 @@ def diffusion_loss(denoiser, scheduler, clean, noise, t, context, mask, motion_w
 
 
 @torch.no_grad()
-def held_out_loss(denoiser, text, noise_schedule, val_set, cfg, device, autocast=None) -> float:
+def held_out_loss(denoiser, text, noise_schedule, val_set, cfg, device, autocast=None,
+                  other_captions: bool = False) -> float:
     """The engine's held-out diffusion loss: mean MSE over the first `val_max_clips` validation clips, each noised
     to the `val_num_timesteps` fixed timesteps (k + 0.5) * T / val_num_timesteps with noise from one generator
     seeded `VAL_NOISE_SEED`, batches of min(16, 2 * batch_size) clips, captions never dropped.
+
+    `other_captions`: each clip is conditioned on the next clip's caption instead of its own (the last on the first's;
+    same clips, noise and timesteps), so the difference to the plain loss is what the caption is worth to the model.
 
     Used by the trainer's validation, the evaluation and the benchmark, so their numbers agree.
     `autocast`: a zero-argument context-manager factory wrapped around each forward pass (None: full precision).
@@ -83,11 +87,14 @@ def held_out_loss(denoiser, text, noise_schedule, val_set, cfg, device, autocast
     denoiser.eval()
     total, count = 0.0, 0
     bs = max(1, min(16, 2 * cfg.batch_size))
+    captions = [val_set[i][1] for i in range(n)]
+    if other_captions:
+        captions = captions[1:] + captions[:1]
     try:
         for start in range(0, n, bs):
             items = [val_set[i] for i in range(start, min(n, start + bs))]
             clips = torch.stack([it[0] for it in items]).to(device)  # (b, c, f, h, w)
-            ctx, mask = text.encode([it[1] for it in items])
+            ctx, mask = text.encode(captions[start : start + len(items)])
             for t in timesteps:
                 noise = torch.randn(clips.shape, generator=g).to(device)
                 tt = torch.full((clips.shape[0],), t, device=device, dtype=torch.long)

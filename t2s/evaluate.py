@@ -36,7 +36,9 @@ What is evaluated
 * LPIPS / SSIM / PSNR (frame by frame against the real clip of the same caption, averaged over frames and clips),
   temporal consistency and motion magnitude of the generated clips and, for reference, of the real ones (`*_real`).
 * Held-out diffusion loss (`held_out_loss`): the training engine's fixed-timestep, fixed-noise validation loss
-  on the first `val_max_clips` validation clips, for each weight set (column `val_loss`).
+  on the first `val_max_clips` validation clips, for each weight set (column `val_loss`); the same with each clip
+  conditioned on the next clip's caption (`val_loss_other_caption`), and the share of that loss the right caption
+  saves, in percent (`caption_dependence`: 0 = the denoiser ignores the text; the first sign that it follows it).
 * Sign fidelity (synthsign only: a dataset with ground-truth keypoints): hands are found in every generated frame
   by colour (`metrics.find_hands` with `synthsign.HAND_COLORS`), and E[j, i] = `metrics.dtw_joint_error` of generated
   clip j's hands against the ground-truth track of evaluation clip i's caption, with coordinates divided by the image
@@ -125,7 +127,7 @@ from .data import ClipDataset, build_datasets
 from .diffusion import VAL_NOISE_SEED, build_train_scheduler, held_out_loss  # noqa: F401 (VAL_NOISE_SEED re-exported)
 from .evaluation_metrics import (  # noqa: F401 (re-exported: the comparison metrics' old home)
     BT_COLUMNS, BT_GROUPS, BT_METRICS, BT_SCORES, DTW_BOOTSTRAP_RESAMPLES, DTW_BOOTSTRAP_SEED, DTW_GAP_MIN_CLIPS,
-    DTW_INTERVAL, NO_KEYPOINTS, OK, STATUS_METRICS, back_translation_metrics, compare_clips, distribution_metrics,
+    DTW_INTERVAL, NO_KEYPOINTS, OK, STATUS_METRICS, back_translation_metrics, caption_dependence, compare_clips, distribution_metrics,
     dtw_matrix, hand_tracks, sign_fidelity,
 )
 from .pipeline import TextToSignPipeline, load_run_models, write_gif
@@ -141,7 +143,7 @@ EVALUATION_COLUMNS = [
     "temporal_consistency", "temporal_consistency_real", "motion_magnitude", "motion_magnitude_real",
     "dtw_error", "dtw_error_shuffled", "dtw_gap", "dtw_gap_low", "dtw_gap_high", "hand_detection_rate",
     *BT_COLUMNS,
-    "val_loss", "inference_time_ms", "inference_memory_gb", "num_parameters_millions", "num_clips",
+    "val_loss", "val_loss_other_caption", "caption_dependence", "inference_time_ms", "inference_memory_gb", "num_parameters_millions", "num_clips",
     "num_clips_seen", "num_clips_novel", "num_clips_paraphrase",
     "feature_extractor", "feature_weights_sha256", "bt_recognizer", "timestamp",
 ] + [f"{m}_status" for m in STATUS_METRICS]
@@ -421,8 +423,7 @@ def _evaluate_weights(ev: _Evaluation, weights: str, bar: _Progress
             refs.extractor_status, refs.lpips_model, refs.lpips_status, refs.real_features, ev.cfg.fvd_min_clips,
         ),
         **back_translation_metrics(readings, refs.real_readings, clips.references, splits, refs.bt_unavailable),
-        "val_loss": held_out_loss(denoiser, text, build_train_scheduler(ev.cfg), ev.val_set, ev.cfg, ev.device,
-                                  ev.autocast),
+        **_held_out(ev, denoiser, text),
         "inference_time_ms": 1000.0 * seconds / len(clips.clips),  # per clip
         "inference_memory_gb": peak_gb,
         "num_parameters_millions": metrics.count_parameters(denoiser) / 1e6,
@@ -432,6 +433,15 @@ def _evaluate_weights(ev: _Evaluation, weights: str, bar: _Progress
         "timestamp": _dt.datetime.now().isoformat(timespec="seconds"),
     }
     return {k: row.get(k) for k in EVALUATION_COLUMNS}, generated, readings
+
+
+def _held_out(ev: _Evaluation, denoiser, text) -> dict:
+    """The held-out loss of these weights, and with each clip's caption swapped for another's (caption_dependence)."""
+    n = min(len(ev.val_set), ev.cfg.val_max_clips)
+    args = (denoiser, text, build_train_scheduler(ev.cfg), ev.val_set, ev.cfg, ev.device, ev.autocast)
+    own = held_out_loss(*args)
+    other = held_out_loss(*args, other_captions=True) if n >= 2 else None
+    return {"val_loss": own, **caption_dependence(own, other, n)}
 
 
 def _gif_entry(clip: EvaluationClip, index: int, weights: str, readings: Optional[list[list[str]]]) -> dict:

@@ -40,9 +40,22 @@ BT_COLUMNS = [column for split in BT_GROUPS for column in [
     *(f"bt_{score}_{split}{part}" for score in BT_SCORES for part in ("", "_ceiling", "_floor")),
     f"bt_bleu4_{split}_low", f"bt_bleu4_{split}_high"]]
 STATUS_METRICS = ("fvd", "kvd", "kvd_std", "lpips", "ssim", "psnr", "dtw_error", "dtw_error_shuffled", "dtw_gap",
-                  "hand_detection_rate") + BT_METRICS
+                  "hand_detection_rate", "caption_dependence") + BT_METRICS
 NO_KEYPOINTS = "no ground-truth keypoints (synthsign only)"
 OK = "ok"
+
+
+def caption_dependence(own_loss: float, other_loss: Optional[float], num_clips: int) -> dict:
+    """What the caption is worth to the denoiser: the held-out loss with each clip's caption replaced by another
+    clip's (`val_loss_other_caption`) and the share of it the right caption saves, in percent (`caption_dependence`:
+    0 = the model ignores the text). Null with the reason below 2 validation clips."""
+    if num_clips < 2 or other_loss is None:
+        return {"val_loss_other_caption": None, "caption_dependence": None,
+                "caption_dependence_status": f"needs at least 2 validation clips to swap captions, got {num_clips}"}
+    ok = math.isfinite(own_loss) and math.isfinite(other_loss) and other_loss > 0
+    return {"val_loss_other_caption": other_loss if math.isfinite(other_loss) else None,
+            "caption_dependence": 100.0 * (other_loss - own_loss) / other_loss if ok else None,
+            "caption_dependence_status": OK if ok else "caption_dependence is not a finite number"}
 
 
 # --------------------------------------------------------------------------------------------- comparing clips

@@ -27,11 +27,12 @@ from runfactory import make_run, run_layout
 EXPECTED_COLUMNS = [
     "model_name", "config_name", "weights", "fvd", "kvd", "kvd_std", "lpips", "ssim", "psnr", "temporal_consistency",
     "temporal_consistency_real", "motion_magnitude", "motion_magnitude_real", "dtw_error", "dtw_error_shuffled",
-    "dtw_gap", "dtw_gap_low", "dtw_gap_high", "hand_detection_rate", "val_loss", "inference_time_ms",
+    "dtw_gap", "dtw_gap_low", "dtw_gap_high", "hand_detection_rate", "val_loss", "val_loss_other_caption",
+    "caption_dependence", "inference_time_ms",
     "inference_memory_gb", "num_parameters_millions", "num_clips", "feature_extractor", "feature_weights_sha256",
     "timestamp",
     "fvd_status", "kvd_status", "kvd_std_status", "lpips_status", "ssim_status", "psnr_status", "dtw_error_status",
-    "dtw_error_shuffled_status", "dtw_gap_status", "hand_detection_rate_status",
+    "dtw_error_shuffled_status", "dtw_gap_status", "hand_detection_rate_status", "caption_dependence_status",
 ]
 # back-translation (issue 12): per caption split and on "unseen" (novel + paraphrase pooled), each score with its
 # ceiling and floor, BLEU-4's interval, a status
@@ -217,6 +218,35 @@ def test_held_out_loss_reproduces_the_training_engines_validation_loss(evaluated
     assert evaluate.VAL_NOISE_SEED == VAL_NOISE_SEED
 
 
+def test_caption_dependence_is_the_share_of_the_other_caption_loss_the_right_caption_saves(evaluated, micro_run):
+    _, rows = evaluated
+    for row in rows:
+        own, other = row["val_loss"], row["val_loss_other_caption"]
+        assert other > 0 and own != other and row["caption_dependence_status"] == "ok"
+        assert row["caption_dependence"] == pytest.approx(100 * (other - own) / other)
+    # a denoiser that ignores the text: swapping captions changes nothing
+    from t2s.data import build_datasets
+    from t2s.diffusion import build_train_scheduler, held_out_loss
+    from t2s.pipeline import load_run_models
+
+    cfg, denoiser, text = load_run_models(micro_run, "raw", "cpu")
+    _, val_set, _ = build_datasets(cfg)
+
+    class Blind(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = denoiser
+
+        def forward(self, x, t, context, mask):
+            return self.inner(x, t, torch.zeros_like(context), mask)
+
+    blind = Blind()
+    args = (text, build_train_scheduler(cfg), val_set, cfg, "cpu")
+    assert held_out_loss(blind, *args, other_captions=True) == pytest.approx(held_out_loss(blind, *args), rel=1e-6)
+    assert held_out_loss(denoiser, *args, other_captions=True) != held_out_loss(denoiser, *args)
+    assert evaluate.caption_dependence(0.5, None, 1)["caption_dependence_status"].startswith("needs at least 2")
+
+
 def test_cost_and_reference_columns(evaluated):
     run_dir, rows = evaluated
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -381,7 +411,8 @@ def test_real_clips_against_themselves_score_perfectly(rendered, weight_files):
     assert out["dtw_error_shuffled"] > 0.02
     assert out["dtw_gap"] is None and "at least 5 evaluation clips, got 4" in out["dtw_gap_status"]
     unavailable = ("fvd", "kvd", "kvd_std", "dtw_gap")
-    compared = [m for m in evaluate.STATUS_METRICS if m not in evaluate.BT_METRICS]  # back-translation: evaluate_run
+    # back-translation and caption dependence (a held-out loss): evaluate_run's, not compare_clips'
+    compared = [m for m in evaluate.STATUS_METRICS if m not in evaluate.BT_METRICS and m != "caption_dependence"]
     assert all(out[f"{m}_status"] == "ok" for m in compared if m not in unavailable)
     for m in ("fvd", "kvd", "kvd_std"):
         assert out[m] is None and out[f"{m}_status"] == "I3D skipped"

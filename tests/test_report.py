@@ -467,7 +467,8 @@ def test_following_checks_each_run_against_the_thresholds(tmp_path):
     frame = pd.read_csv(run / "logs" / "evaluation_metrics.csv")
     good = {"bt_bleu4_seen": 40.0, "bt_bleu4_seen_low": 30.0, "bt_bleu4_seen_high": 50.0, "bt_bleu4_seen_ceiling": 70.0,
             "bt_bleu4_seen_floor": 2.0, "dtw_gap": 0.1, "dtw_gap_low": 0.05, "dtw_gap_high": 0.15,
-            "dtw_error_shuffled": 0.3, "hand_detection_rate": 0.9}
+            "dtw_error_shuffled": 0.3, "hand_detection_rate": 0.9, "caption_dependence": 4.0, "val_loss": 0.12,
+            "val_loss_other_caption": 0.125}
     for key, value in good.items():
         frame[key] = value
     frame.loc[frame["weights"] == "ema", "bt_bleu4_seen_low"] = 1.0  # the deployed row: interval reaches the floor
@@ -480,6 +481,7 @@ def test_following_checks_each_run_against_the_thresholds(tmp_path):
     assert row[checks[0]].startswith("NOT met: BLEU-4 40.0 [1.0, 50.0]; floor 2.0, ceiling 70.0")
     assert row[checks[1]] == "met: gap 0.100 [0.050, 0.150] = 33% of 0.300"
     assert row[checks[2]] == "not measured: hand_detection_rate"
+    assert row[report.following.DEPENDENCE] == "4.0% of the held-out loss (0.1200 with its caption, 0.1250 with another clip's)"
 
 
 def test_back_translation_figure_marks_floor_and_ceiling(two_by_two):

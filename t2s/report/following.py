@@ -2,7 +2,8 @@
 
 A text-encoder question is only worth asking of a model whose clips depend on their caption. Each finished run's
 deployed weights are checked against `CHECKS` (README, "Back-translation"): a study whose runs fail them answers its
-questions about a model that does not sign its captions, and the report says so.
+questions about a model that does not sign its captions, and the report says so. Beside them, not a check: the
+caption dependence of the held-out loss (`t2s.evaluate`), which shows whether the denoiser uses the text at all.
 """
 from __future__ import annotations
 
@@ -64,8 +65,21 @@ def following_table(study: Study) -> pd.DataFrame:
             else:
                 verdict = "met" if check.passes(values) else "NOT met"
                 record[check.name] = f"{verdict}: {check.shows(values)}"
+        record[DEPENDENCE] = _dependence(row)
         rows.append(record)
-    return pd.DataFrame(rows, columns=["run", "weights"] + [c.name for c in CHECKS])
+    return pd.DataFrame(rows, columns=["run", "weights"] + [c.name for c in CHECKS] + [DEPENDENCE])
+
+
+DEPENDENCE = "caption dependence (not a check)"
+
+
+def _dependence(row: Optional[dict]) -> str:
+    """How much of the held-out loss the right caption saves: the first sign that a denoiser uses the text."""
+    values = [finite_number((row or {}).get(k)) for k in ("caption_dependence", "val_loss", "val_loss_other_caption")]
+    if any(v is None for v in values):
+        return "not measured: " + str((row or {}).get("caption_dependence_status") or "no evaluation row")
+    share, own, other = values
+    return f"{share:.1f}% of the held-out loss ({own:.4f} with its caption, {other:.4f} with another clip's)"
 
 
 def back_translation_figure(study: Study) -> Optional[go.Figure]:

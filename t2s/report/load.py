@@ -48,6 +48,8 @@ ONE_BATCH = "the loss of a single mini-batch: too noisy to decide anything"
 COST = "a cost measured on a shared machine: a description of this hardware, not of the method"
 NO_DIRECTION = "neither direction is better"
 CONTROL = "the control of the DTW gap, not a quality"
+DIAGNOSTIC = ("whether the denoiser uses the text at all, not what it signs: back-translation and the DTW gap judge "
+              "that")
 SAME_READING = "the same recognizer readings as back-translation BLEU-4, which is the one judged (fewer tests, more power)"
 # The default primary metric: validation loss of the weights a variant would ship (EMA where it keeps one, raw
 # otherwise). A variant file may name another (`primary_metric`).
@@ -76,6 +78,10 @@ EVALUATION_METRICS = (  # the columns of t2s.evaluate's logs/evaluation_metrics.
     Metric("dtw_error_shuffled", "DTW hand error, shuffled captions (control)", None, "evaluation", "descriptive",
            CONTROL),
     Metric("hand_detection_rate", "hand detection rate", "higher", "evaluation"),
+    Metric("caption_dependence", "caption dependence (% of the held-out loss the right caption saves)", "higher",
+           "evaluation", "descriptive", DIAGNOSTIC),
+    Metric("val_loss_other_caption", "held-out loss with another clip's caption (control)", None, "evaluation",
+           "descriptive", "the control of caption dependence, not a quality"),
     Metric("fvd", "FVD", "lower", "evaluation"),
     Metric("kvd", "KVD", "lower", "evaluation"),
     Metric("lpips", "LPIPS", "lower", "evaluation", "pixel"),
