@@ -481,7 +481,7 @@ def test_following_checks_each_run_against_the_thresholds(tmp_path):
     assert row[checks[0]].startswith("NOT met: BLEU-4 40.0 [1.0, 50.0]; floor 2.0, ceiling 70.0")
     assert row[checks[1]] == "met: gap 0.100 [0.050, 0.150] = 33% of 0.300"
     assert row[checks[2]] == "not measured: hand_detection_rate"
-    assert row[report.following.DEPENDENCE] == "4.0% of the held-out loss (0.1200 with its caption, 0.1250 with another clip's)"
+    assert row[report.following.DEPENDENCE] == "4.00% of the held-out loss (0.1200 with its caption, 0.1250 with another clip's)"
 
 
 def test_back_translation_figure_marks_floor_and_ceiling(two_by_two):

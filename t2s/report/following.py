@@ -79,7 +79,7 @@ def _dependence(row: Optional[dict]) -> str:
     if any(v is None for v in values):
         return "not measured: " + str((row or {}).get("caption_dependence_status") or "no evaluation row")
     share, own, other = values
-    return f"{share:.1f}% of the held-out loss ({own:.4f} with its caption, {other:.4f} with another clip's)"
+    return f"{share:.2f}% of the held-out loss ({own:.4f} with its caption, {other:.4f} with another clip's)"
 
 
 def back_translation_figure(study: Study) -> Optional[go.Figure]:
