@@ -74,7 +74,7 @@ def cmd_run(args) -> int:
     if result.status == "finished" and not args.no_eval:  # as notebooks/train.ipynb does after training
         evaluate_run(result.run_dir, progress=True)
         print(f"evaluated: {RunDir(result.run_dir).evaluation_csv} and .json")
-    return 0
+    return 0 if result.status == "finished" else 1  # interrupted (a signal, a pre-emption): resumable, not done
 
 
 SLURM_OPTIONS = ("partition", "gpus_per_job", "time", "cpus_per_job", "mem", "sbatch")

@@ -30,3 +30,18 @@ def test_run_leaves_the_notebooks_run_directory_evaluation_included_and_no_eval_
 
     assert cli.main([*common, "--notebook", "--no-eval"]) == 2
     assert "--no-eval: the training notebook always evaluates" in capsys.readouterr().err
+
+
+def test_an_interrupted_run_exits_non_zero_so_a_batch_script_sees_it(synth_dir, tmp_path, monkeypatch, capsys):
+    from t2s.train import RunResult
+
+    calls = []
+
+    def interrupted(cfg, run_dir, progress=False):
+        calls.append(run_dir)
+        return RunResult(run_dir, {}, "interrupted")
+
+    monkeypatch.setattr(cli, "train", interrupted)
+    argv = ["run", "--scale", "micro", "--executed-dir", str(tmp_path / "executed"), "-p", f"data_dir={synth_dir}"]
+    assert cli.main(argv) == 1
+    assert len(calls) == 1 and "interrupted: " in capsys.readouterr().out
