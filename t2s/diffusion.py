@@ -87,14 +87,14 @@ def held_out_loss(denoiser, text, noise_schedule, val_set, cfg, device, autocast
     denoiser.eval()
     total, count = 0.0, 0
     bs = max(1, min(16, 2 * cfg.batch_size))
-    captions = [val_set[i][1] for i in range(n)]
-    if other_captions:
-        captions = captions[1:] + captions[:1]
+    # the next clip's caption for each clip (read once here: the batches below see only their own clips)
+    swapped = [val_set[(i + 1) % n][1] for i in range(n)] if other_captions else None
     try:
         for start in range(0, n, bs):
             items = [val_set[i] for i in range(start, min(n, start + bs))]
             clips = torch.stack([it[0] for it in items]).to(device)  # (b, c, f, h, w)
-            ctx, mask = text.encode(captions[start : start + len(items)])
+            captions = [it[1] for it in items] if swapped is None else swapped[start : start + len(items)]
+            ctx, mask = text.encode(captions)
             for t in timesteps:
                 noise = torch.randn(clips.shape, generator=g).to(device)
                 tt = torch.full((clips.shape[0],), t, device=device, dtype=torch.long)

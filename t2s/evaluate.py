@@ -127,8 +127,8 @@ from .data import ClipDataset, build_datasets
 from .diffusion import VAL_NOISE_SEED, build_train_scheduler, held_out_loss  # noqa: F401 (VAL_NOISE_SEED re-exported)
 from .evaluation_metrics import (  # noqa: F401 (re-exported: the comparison metrics' old home)
     BT_COLUMNS, BT_GROUPS, BT_METRICS, BT_SCORES, DTW_BOOTSTRAP_RESAMPLES, DTW_BOOTSTRAP_SEED, DTW_GAP_MIN_CLIPS,
-    DTW_INTERVAL, NO_KEYPOINTS, OK, STATUS_METRICS, back_translation_metrics, caption_dependence, compare_clips, distribution_metrics,
-    dtw_matrix, hand_tracks, sign_fidelity,
+    DTW_INTERVAL, NO_KEYPOINTS, OK, STATUS_METRICS, back_translation_metrics, caption_dependence, compare_clips,
+    distribution_metrics, dtw_matrix, hand_tracks, sign_fidelity,
 )
 from .pipeline import TextToSignPipeline, load_run_models, write_gif
 from .rundir import RunDir, atomic_write_bytes, atomic_write_json, read_json
@@ -143,7 +143,8 @@ EVALUATION_COLUMNS = [
     "temporal_consistency", "temporal_consistency_real", "motion_magnitude", "motion_magnitude_real",
     "dtw_error", "dtw_error_shuffled", "dtw_gap", "dtw_gap_low", "dtw_gap_high", "hand_detection_rate",
     *BT_COLUMNS,
-    "val_loss", "val_loss_other_caption", "caption_dependence", "inference_time_ms", "inference_memory_gb", "num_parameters_millions", "num_clips",
+    "val_loss", "val_loss_other_caption", "caption_dependence",
+    "inference_time_ms", "inference_memory_gb", "num_parameters_millions", "num_clips",
     "num_clips_seen", "num_clips_novel", "num_clips_paraphrase",
     "feature_extractor", "feature_weights_sha256", "bt_recognizer", "timestamp",
 ] + [f"{m}_status" for m in STATUS_METRICS]

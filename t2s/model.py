@@ -159,8 +159,8 @@ class SpaceTimeTransformer(nn.Module):
         self.ff = nn.Sequential(nn.Linear(ch, 4 * ch), nn.GELU(), nn.Linear(4 * ch, ch))
         self.proj_out = zero(nn.Linear(ch, ch))
 
-    def forward(self, x, context, context_mask, frames: int, distance=None):
-        # x: (b f) c h w ; context: (b f) s d ; distance: (b f) s or None
+    def forward(self, x, context, context_mask, distance, frames: int):
+        # x: (b f) c h w ; context: (b f) s d ; context_mask, distance: (b f) s or None
         h, w = x.shape[-2:]
         y = self.proj_in(rearrange(self.norm_in(x), "n c h w -> n (h w) c"))
         y = y + self.self_attn(self.norm1(y))
@@ -296,7 +296,7 @@ class VideoUNet(nn.Module):
                 x = torch.cat([x, skips.pop()], dim=1)
             x = self._block(res, x, emb, frames)
             if not isinstance(attn, nn.Identity):
-                x = self._block(attn, x, ctx[0], ctx[1], frames, ctx[2])
+                x = self._block(attn, x, *ctx, frames)
             if push is not None:
                 push.append(x)
         return x

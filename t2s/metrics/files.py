@@ -99,13 +99,10 @@ def fetch_pinned(url: str, dest: Path, sha256: Optional[str], timeout: float) ->
     return download_blocker(url) or _download(url, dest, timeout, sha256)
 
 
-def _download(url: str, dest: Path, timeout: float, sha256: Optional[str]) -> Optional[str]:
-    """Fetch url to dest atomically (via a .part file) if its SHA-256 matches `sha256` (`hash_matches`); None on
-    success, else why not.
-
-    Nothing is fetched without a pinned hash, and a file whose hash differs is deleted, never moved into place."""
-    if sha256 is None:
-        return f"no pinned SHA-256 for {url}, so it is not downloaded"
+def _download(url: str, dest: Path, timeout: float, sha256: str) -> Optional[str]:
+    """Fetch url to dest atomically (via a .part file) if its SHA-256 matches the pin `sha256` (`hash_matches`; the
+    caller, `fetch_pinned`, refuses to fetch without one); None on success, else why not. A file whose hash differs
+    is deleted, never moved into place."""
     part = None
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
