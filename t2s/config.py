@@ -54,6 +54,7 @@ RANGES: dict[str, tuple] = {
     "num_train_timesteps": (2, None, True, True),
     "cond_drop_prob": (0.0, 1.0, True, True),
     "motion_loss_weight": (0.0, None, True, True),
+    "text_layout_channels": (0, None, True, True),
     "num_inference_steps": (1, None, True, True),
     "guidance_scale": (0.0, None, True, True),
     "eta": (0.0, 1.0, True, True),
@@ -116,6 +117,9 @@ class Config:
     # true: a frame's cross-attention prefers the caption's words at its own relative time in the clip (words spread
     # evenly in their order; a learned strength per head), so frame f reads the word signed then (model.VideoUNet)
     aligned_cross_attention: bool = False
+    # > 0: that many per-frame spatial maps of the words signed then (at half the image size, from each word's state
+    # and where in the word the frame is), given to the first convolution beside the noisy frame (model.TextLayout)
+    text_layout_channels: int = 0
     # --- text encoder ---
     text_encoder: str = PACKAGED_TEXT_ENCODER
     max_text_length: int = 77

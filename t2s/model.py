@@ -56,6 +56,38 @@ def alignment_distance(mask: Optional[torch.Tensor], shape: tuple[int, int], fra
     return torch.where(words[:, :, None] > 0, distance, torch.zeros_like(distance))
 
 
+class TextLayout(nn.Module):
+    """Per frame, a spatial map of the words signed then: `channels` maps of `grid` x `grid` cells, upsampled to the
+    frame and given to the first convolution beside the noisy pixels.
+
+    Each caption token's state and its signed distance d from the frame (`alignment_distance`, in word spacings: where
+    in its word the frame is) go through an MLP to `channels` x `grid` x `grid` values; a frame's map is the tokens'
+    maps weighted by softmax(-s * d^2) over the caption's tokens (s learned, starting at 1). Where a hand is drawn is
+    a product of which word is signed and which pixel is drawn; cross-attention adds the same word vector at every
+    pixel of a frame, which the convolutions must then turn into a place. Here a word's place is read off directly:
+    the map is linear in the pixel for each word. Zero-initialised output: a new model starts without it."""
+
+    def __init__(self, context_dim: int, channels: int, grid: int, hidden: int = 128):
+        super().__init__()
+        self.channels, self.grid = channels, grid
+        self.strength = nn.Parameter(torch.tensor(1.0))
+        self.mlp = nn.Sequential(nn.Linear(context_dim + 1, hidden), nn.SiLU(),
+                                 zero(nn.Linear(hidden, channels * grid * grid)))
+
+    def forward(self, context: torch.Tensor, mask: Optional[torch.Tensor], distance: torch.Tensor, size: int):
+        # context (b, s, d), mask (b, s) or None, distance (b, f, s) -> (b f, channels, size, size)
+        b, f, s = distance.shape
+        d = distance.clamp(-SPECIAL_TOKEN_DISTANCE, SPECIAL_TOKEN_DISTANCE).to(context.dtype)
+        pairs = torch.cat([context[:, None].expand(b, f, s, -1), d[..., None]], dim=-1)  # (b, f, s, d + 1)
+        maps = self.mlp(pairs)  # (b, f, s, channels * grid^2)
+        logits = -self.strength * distance.square()
+        if mask is not None:
+            logits = logits.masked_fill(~mask.bool()[:, None, :], float("-inf"))
+        weights = logits.softmax(dim=-1).to(maps.dtype)  # (b, f, s)
+        layout = torch.einsum("bfs,bfsk->bfk", weights, maps).reshape(b * f, self.channels, self.grid, self.grid)
+        return F.interpolate(layout, size=(size, size), mode="bilinear", align_corners=False)
+
+
 def embedding_mlp(d_in: int, d_out: int) -> nn.Sequential:
     """Linear - SiLU - Linear: how a timestep (or caption, or frame position) embedding is projected."""
     return nn.Sequential(nn.Linear(d_in, d_out), nn.SiLU(), nn.Linear(d_out, d_out))
@@ -228,6 +260,7 @@ class VideoUNet(nn.Module):
         spatial_position: bool = False,
         aligned_cross_attention: bool = False,
         caption_special_tokens: tuple[int, int] = (1, 1),
+        text_layout_channels: int = 0,
     ):
         super().__init__()
         self.gradient_checkpointing = gradient_checkpointing
@@ -244,7 +277,11 @@ class VideoUNet(nn.Module):
         # column and row channels beside the noisy frame (CoordConv, Liu et al. 2018): a convolution cannot tell where
         # in the frame it is, so "draw the hand where the caption puts it" is otherwise learned from border effects
         self.spatial_position = spatial_position
-        self.stem = nn.Conv2d(in_channels + (2 if spatial_position else 0), model_channels, 3, padding=1)
+        # per frame, spatial maps of the words signed then (TextLayout), beside the noisy frame
+        self.text_layout = (TextLayout(context_dim, text_layout_channels, max(1, image_size // 2))
+                            if text_layout_channels else None)
+        self.stem = nn.Conv2d(in_channels + (2 if spatial_position else 0) + text_layout_channels, model_channels, 3,
+                              padding=1)
 
         self.aligned_cross_attention = aligned_cross_attention
         self.caption_special_tokens = tuple(caption_special_tokens)
@@ -317,14 +354,17 @@ class VideoUNet(nn.Module):
             emb = emb + self.frame_mlp(timestep_embedding(where, self.model_channels).to(emb.dtype)).repeat(b, 1)
         mask = None if context_mask is None else context_mask.repeat_interleave(frames, dim=0)
         distance = None
-        if self.aligned_cross_attention:
+        if self.aligned_cross_attention or self.text_layout is not None:
             distance = alignment_distance(context_mask, context.shape[:2], frames, self.caption_special_tokens,
-                                          context.device).flatten(0, 1)
-        ctx = (context.repeat_interleave(frames, dim=0), mask, distance)  # (b f) s d, (b f) s, (b f) s
+                                          context.device)  # (b, f, s)
+        ctx = (context.repeat_interleave(frames, dim=0), mask,  # (b f) s d, (b f) s, (b f) s
+               distance.flatten(0, 1) if self.aligned_cross_attention else None)
 
         x = rearrange(x, "b c f h w -> (b f) c h w")
         if self.spatial_position:
             x = torch.cat([x, coordinate_channels(x.shape[0], h, w, x.device, x.dtype)], dim=1)
+        if self.text_layout is not None:
+            x = torch.cat([x, self.text_layout(context, context_mask, distance, h).to(x.dtype)], dim=1)
         x = self.stem(x)
         skips = [x]
         for i, level in enumerate(self.down):
@@ -359,6 +399,7 @@ def build_denoiser(cfg, context_dim: int, caption_special_tokens: tuple[int, int
         spatial_position=cfg.spatial_position_channels,
         aligned_cross_attention=cfg.aligned_cross_attention,
         caption_special_tokens=caption_special_tokens,
+        text_layout_channels=cfg.text_layout_channels,
     )
 
 

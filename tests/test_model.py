@@ -1,12 +1,12 @@
-"""The denoiser's conditioning paths: the pooled caption embedding, the frame-position embedding and the pixels'
-coordinate channels."""
+"""The denoiser's conditioning paths: the pooled caption embedding, the frame-position embedding, the pixels'
+coordinate channels, the aligned cross-attention and the text layout maps."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from t2s.config import load_config
-from t2s.model import SPECIAL_TOKEN_DISTANCE, VideoUNet, alignment_distance, coordinate_channels
+from t2s.model import SPECIAL_TOKEN_DISTANCE, TextLayout, VideoUNet, alignment_distance, coordinate_channels
 from t2s.text import build_text_encoder
 
 
@@ -105,6 +105,47 @@ def test_aligned_cross_attention_makes_each_frame_read_its_own_word():
         value = block.cross_attn.to_out(block.cross_attn.to_kv(context[0])[:, block.cross_attn.to_q.out_features:])
     for frame, word in enumerate([1, 1, 2, 2]):
         assert torch.allclose(out[frame], value[word].expand_as(out[frame]), atol=1e-4)
+
+
+def test_text_layout_gives_each_frame_the_map_of_its_own_word():
+    torch.manual_seed(0)
+    layout = TextLayout(context_dim=12, channels=2, grid=4)
+    with torch.no_grad():
+        for p in layout.mlp.parameters():
+            p.normal_(0.0, 0.5)
+        layout.strength.fill_(200.0)  # each frame reads its nearest word only
+    context = torch.randn(1, 5, 12)  # [CLS] w0 w1 [SEP] pad
+    mask = torch.tensor([[True, True, True, True, False]])
+    distance = alignment_distance(mask, (1, 5), 4, (1, 1), "cpu")  # frames 0-1 on w0, 2-3 on w1
+    with torch.no_grad():
+        maps = layout(context, mask, distance, 8)
+        padded = layout(torch.cat([context[:, :4], 100 * torch.randn(1, 1, 12)], dim=1), mask, distance, 8)
+        pairs = torch.cat([context[0, [1, 1, 2, 2]], distance[0, torch.arange(4), [1, 1, 2, 2]][:, None]], dim=1)
+        own = layout.mlp(pairs).reshape(4, 2, 4, 4)
+    assert maps.shape == (4, 2, 8, 8)  # (b f, channels, size, size): upsampled from the 4 x 4 grid
+    assert torch.allclose(maps, torch.nn.functional.interpolate(own, size=(8, 8), mode="bilinear"), atol=1e-5)
+    assert not torch.allclose(maps[0], maps[2])  # the two words give different maps
+    assert torch.allclose(padded, maps, atol=1e-5)  # padding is never read
+
+
+def test_text_layout_reaches_the_first_convolution_and_starts_at_zero():
+    unet = _unet(text_layout_channels=3, spatial_position=True)
+    assert unet.stem.in_channels == 3 + 2 + 3
+    assert unet.text_layout.grid == 4  # half the image size
+    fresh = VideoUNet(context_dim=12, image_size=8, model_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                      attention_resolutions=(4,), num_heads=2, text_layout_channels=3)
+    x, t, mask = torch.randn(1, 3, 2, 8, 8), torch.tensor([7]), torch.ones(1, 4, dtype=torch.bool)
+    with torch.no_grad():
+        assert (fresh.text_layout(torch.randn(1, 4, 12), mask, torch.zeros(1, 2, 4), 8) == 0).all()
+        a = unet(x, t, torch.randn(1, 4, 12), mask)
+        b = unet(x, t, torch.randn(1, 4, 12), mask)
+        for module in unet.modules():  # with every attention's output zeroed, only the layout carries the caption
+            if hasattr(module, "cross_attn"):
+                torch.nn.init.zeros_(module.cross_attn.to_out.weight)
+                torch.nn.init.zeros_(module.cross_attn.to_out.bias)
+        c = unet(x, t, torch.randn(1, 4, 12), mask)
+        d = unet(x, t, torch.randn(1, 4, 12), mask)
+    assert not torch.allclose(a, b) and not torch.allclose(c, d)
 
 
 def test_motion_weights_favour_moving_pixels_and_leave_a_static_clip_alone():
