@@ -441,6 +441,32 @@ def test_every_figure_is_built_from_the_factory_study(two_by_two):
     assert val["percent"] == pytest.approx((values["text_finetuned"] - values["baseline"]) / values["baseline"] * 100)
 
 
+def test_the_change_axis_fits_the_bars_not_a_near_zero_metrics_interval():
+    import pandas as pd
+
+    from t2s.report.figures import change_axis_reach
+
+    rows = [("val_loss", -4.0, -9.0, 1.0), ("bleu", 12.0, -5.0, 30.0), ("gap", 8.0, 2.0, 14.0),
+            ("wer", -3.0, -6.0, 0.0), ("ssim", 20.0, -200.0, 240.0)]  # ssim's baseline mean is near 0: +-200%
+    change = pd.DataFrame([{"variant": "v", "metric": m, "label": m, "better": "", "percent": p, "low": lo, "high": hi,
+                            "difference": ""} for m, p, lo, hi in rows])
+    reach = change_axis_reach(change)
+    assert 20.0 < reach < 200.0  # every bar inside, the +-200% interval cut
+    ends = sorted(abs(v) for _, _, lo, hi in rows for v in (lo, hi))  # 0 1 2 5 6 9 14 30 200 240
+    assert reach == pytest.approx(1.15 * (ends[6] + 0.75 * (ends[7] - ends[6])))  # their 75th percentile + 15%
+    assert change_axis_reach(change.assign(low=0.5, high=1.0, percent=0.7)) == 5.0  # at least +-5%
+
+
+def test_the_change_figure_says_when_its_axis_cuts_an_error_bar(two_by_two):
+    fig = report.change_figure(two_by_two)
+    change = report.change_vs_baseline(two_by_two)
+    reach = fig.layout.xaxis.range[1]
+    assert list(fig.layout.xaxis.range) == [-reach, reach] and fig.layout.xaxis.title.text == "percent change of the mean"
+    assert (change["percent"].abs() <= reach).all()
+    cut = ((change["low"] < -reach) | (change["high"] > reach)).any()
+    assert ("axis cut at" in fig.layout.title.text) == bool(cut)
+
+
 def test_sample_captions_are_escaped(tmp_path):
     executed = make_study(tmp_path, "x", seeds=(0,), prompts=(XSS, "thank you"))
     study = report.load_study("x", executed)

@@ -15,7 +15,7 @@ from .load import BASELINE, Run, Study, _variant_order, available_metrics
 from .stats import _finite, describe_difference, seed_difference
 from .tables import metric_estimates
 
-__all__ = ['smooth', 'loss_figure', 'validation_figure', 'schedule_figure', 'memory_figure', 'throughput_figure', 'metric_bars_figure', 'change_vs_baseline', 'change_figure']
+__all__ = ['smooth', 'loss_figure', 'validation_figure', 'schedule_figure', 'memory_figure', 'throughput_figure', 'metric_bars_figure', 'change_vs_baseline', 'change_figure', 'change_axis_reach']
 
 def smooth(values: pd.Series, smoothing: float) -> pd.Series:
     """TensorBoard-style exponential moving average with bias correction; smoothing 0 returns the values."""
@@ -257,6 +257,19 @@ def change_figure(study: Study, baseline: str = BASELINE) -> Optional[go.Figure]
                          arrayminus=(part["percent"] - part["low"]).where(has).tolist()),
             hovertext=part["difference"], hoverinfo="text+x"))
     fig.add_vline(x=0, line_color="grey")
-    return _layout(fig, f"Change versus {baseline} (%), error bars = 95% interval paired by seed (none with one seed or no spread)",
-                   xaxis_title="percent change of the mean", height=120 + 28 * len(change), barmode="group",
-                   yaxis=dict(autorange="reversed"))
+    reach = change_axis_reach(change)
+    cut = bool(((change["low"] < -reach) | (change["high"] > reach)).any())
+    title = f"Change versus {baseline} (%), error bars = 95% interval paired by seed (none with one seed or no spread)"
+    if cut:
+        title += f"<br><sup>axis cut at ±{reach:.3g}%: a longer error bar runs off the plot (hover a bar for its interval)</sup>"
+    return _layout(fig, title, xaxis_title="percent change of the mean", height=140 + 28 * len(change),
+                   barmode="group", yaxis=dict(autorange="reversed"), xaxis=dict(range=[-reach, reach]))
+
+
+def change_axis_reach(change: pd.DataFrame) -> float:
+    """The change figure's x axis reaches +-this (%): every bar, and the error bars up to their 75th percentile end,
+    with 15% room (at least 5%). A metric whose baseline mean is near 0 (SSIM, a gap, a BLEU at its floor) has a
+    relative interval of hundreds of percent; sized to it, every other bar would be a sliver at 0."""
+    ends = pd.concat([change["low"].abs(), change["high"].abs()]).dropna()
+    wide = float(ends.quantile(0.75)) if len(ends) else 0.0
+    return max(5.0, 1.15 * max(float(change["percent"].abs().max()), wide))
