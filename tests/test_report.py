@@ -476,6 +476,25 @@ def test_sample_captions_are_escaped(tmp_path):
         assert page.count("data:image/gif;base64,") >= 2
 
 
+def test_a_variant_without_training_samples_says_why_in_the_samples_grid(tmp_path):
+    import json
+    import shutil
+
+    executed = make_study(tmp_path, "x", variants=("baseline", "no_ema", "text_finetuned"), seeds=(0,))
+    derived, plain = executed / "x" / "no_ema-seed0", executed / "x" / "text_finetuned-seed0"
+    for run in (derived, plain):
+        shutil.rmtree(run / "samples")  # no samples.json and no sample GIFs
+    meta = json.loads((derived / "metadata.json").read_text())
+    meta["shared_training"] = {"from": "baseline-seed0<b>", "checkpoint": "x", "step": 5, "differing_keys": ["use_ema"]}
+    (derived / "metadata.json").write_text(json.dumps(meta))
+    page = report.samples_html(report.load_study("x", executed))
+    rows = page.split("<tr>")[2:]  # one per prompt, after the head
+    assert rows and all("data:image/gif;base64," in row for row in rows)  # the baseline's samples
+    assert all("its weights are baseline-seed0&lt;b&gt;'s raw weights (shared training)" in row for row in rows)
+    assert all("no training samples in this run" in row for row in rows)  # text_finetuned: none, no known reason
+    assert "<b>" not in page
+
+
 def test_evaluation_clips_show_the_real_clip_beside_each_variant_with_readings_escaped(tmp_path):
     executed = make_study(tmp_path, "x", seeds=(0,), prompts=(XSS, "thank you very much"))
     page = report.evaluation_samples_html(report.load_study("x", executed))

@@ -62,9 +62,24 @@ def samples_html(study: Study) -> Optional[str]:
         cells = ""
         for variant, samples in picked.items():
             entry = samples.get(prompt)
-            cells += "<td>" + (_img(chosen[variant], entry, f"step {entry.get('step')}") if entry else "—") + "</td>"
+            cells += "<td>" + (_img(chosen[variant], entry, f"step {entry.get('step')}") if entry
+                               else _no_sample(chosen[variant], bool(samples))) + "</td>"
         body += f"<tr><th style='max-width:220px;text-align:left'>{html.escape(prompt)}</th>{cells}</tr>"
     return f"<table><thead><tr><th>prompt</th>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _no_sample(run: Run, has_others: bool) -> str:
+    """The cell of a variant without a sample of this prompt: why, where that is known."""
+    if has_others:
+        return "—"
+    shared = run.metadata.get("shared_training")
+    if isinstance(shared, dict) and shared.get("from"):
+        # a derived run (t2s/share.py) takes its provider's samples of the raw weights, and a run keeping an EMA
+        # samples only its EMA weights while it trains
+        return (f"<small style='display:inline-block;max-width:180px'>no training samples: its weights are "
+                f"{html.escape(str(shared['from']))}'s raw weights (shared training), which sampled its EMA weights; "
+                f"see Evaluation clips</small>")
+    return "<small style='display:inline-block;max-width:180px'>no training samples in this run</small>"
 
 
 def run_samples_html(run: Run, last_steps: int = 3) -> Optional[str]:
