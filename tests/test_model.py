@@ -10,14 +10,16 @@ from t2s.model import SPECIAL_TOKEN_DISTANCE, TextLayout, VideoUNet, alignment_d
 from t2s.text import build_text_encoder
 
 
-def _unet(**options) -> VideoUNet:
-    """A small UNet with every weight random (the zero-initialized output layers would make any output 0)."""
+def _unet(random_weights: bool = True, **options) -> VideoUNet:
+    """A small UNet with every weight random (the zero-initialized output layers would make any output 0), or as
+    initialized with `random_weights=False`."""
     torch.manual_seed(0)
     unet = VideoUNet(context_dim=12, image_size=8, model_channels=8, channel_mult=(1, 2), num_res_blocks=1,
                      attention_resolutions=(4,), num_heads=2, **options).eval()
-    with torch.no_grad():
-        for p in unet.parameters():
-            p.normal_(0.0, 0.2)
+    if random_weights:
+        with torch.no_grad():
+            for p in unet.parameters():
+                p.normal_(0.0, 0.2)
     return unet
 
 
@@ -132,8 +134,7 @@ def test_text_layout_reaches_the_first_convolution_and_starts_at_zero():
     unet = _unet(text_layout_channels=3, spatial_position=True)
     assert unet.stem.in_channels == 3 + 2 + 3
     assert unet.text_layout.grid == 4  # half the image size
-    fresh = VideoUNet(context_dim=12, image_size=8, model_channels=8, channel_mult=(1, 2), num_res_blocks=1,
-                      attention_resolutions=(4,), num_heads=2, text_layout_channels=3)
+    fresh = _unet(random_weights=False, text_layout_channels=3)
     x, t, mask = torch.randn(1, 3, 2, 8, 8), torch.tensor([7]), torch.ones(1, 4, dtype=torch.bool)
     with torch.no_grad():
         assert (fresh.text_layout(torch.randn(1, 4, 12), mask, torch.zeros(1, 2, 4), 8) == 0).all()
