@@ -97,7 +97,25 @@ def test_a_study_without_samples_offers_none_and_says_so(tmp_path):
         shutil.rmtree(samples)
     view = report.explorer_widget(report.load_study("bare", executed))
     assert view.prompt.options == ("(no samples)",)
-    assert view.output.outputs[2]["data"]["text/plain"] == "No sample for this prompt in baseline."
+    assert view.output.outputs[2]["data"]["text/plain"] == ("No sample for this prompt in baseline: no training samples "
+                                                            "in this run.")
+
+
+def test_a_derived_variant_without_samples_says_why_in_the_explorer(tmp_path):
+    import json
+
+    executed = make_study(tmp_path, "x", variants=("baseline", "no_ema"), seeds=(0,))
+    derived = executed / "x" / "no_ema-seed0"
+    shutil.rmtree(derived / "samples")
+    meta = json.loads((derived / "metadata.json").read_text())
+    meta["shared_training"] = {"from": "baseline-seed0", "checkpoint": "x", "step": 5, "differing_keys": ["use_ema"]}
+    (derived / "metadata.json").write_text(json.dumps(meta))
+    view = report.explorer_widget(report.load_study("x", executed))
+    assert "data:image/gif;base64," in shown(view)[2]  # the baseline's sample
+    view.variant.value = "no_ema"
+    assert view.output.outputs[2]["data"]["text/plain"] == (
+        "No sample for this prompt in no_ema: no training samples: its weights are baseline-seed0's raw weights "
+        "(shared training), which sampled its EMA weights; see Evaluation clips.")
 
 
 def test_explorer_displays_the_widget_or_a_note(explorer, tmp_path):

@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 
 from .figures import _colors, _layout, loss_figure
 from .load import Study, available_metrics
-from .samples import _img, latest_samples
+from .samples import _img, latest_samples, no_sample_reason
 from .tables import _frame_html
 
 __all__ = ['init_notebook', 'figure_bundle', 'bundle', 'show', 'seeds_figure', 'Explorer', 'explorer_views',
@@ -87,10 +87,12 @@ class Explorer:
 def explorer_views(study: Study, variant: str, metric: str, prompt: str) -> list:
     """What the explorer shows for one choice, as mimetype bundles: the seeds figure, the loss figure, the sample."""
     runs = study.runs_of(variant)
-    entry = latest_samples(runs[0]).get(prompt)
+    samples = latest_samples(runs[0])
+    entry = samples.get(prompt)
     sample = _img(runs[0], entry, f"{variant}: {prompt}") if entry else None
+    why = no_sample_reason(runs[0], bool(samples))
     return [bundle(seeds_figure(study, metric)), bundle(loss_figure(runs, show_raw=True)),
-            bundle(sample, empty=f"No sample for this prompt in {variant}.")]
+            bundle(sample, empty=f"No sample for this prompt in {variant}: {why}.")]
 
 
 def explorer_widget(study: Study) -> Optional[Explorer]:

@@ -68,18 +68,25 @@ def samples_html(study: Study) -> Optional[str]:
     return f"<table><thead><tr><th>prompt</th>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _no_sample(run: Run, has_others: bool) -> str:
-    """The cell of a variant without a sample of this prompt: why, where that is known."""
+def no_sample_reason(run: Run, has_others: bool) -> str:
+    """Why a run has no sample of a prompt, in plain text (the samples grid and the notebook's explorer say it)."""
     if has_others:
-        return "—"
+        return "it sampled other prompts"
     shared = run.metadata.get("shared_training")
     if isinstance(shared, dict) and shared.get("from"):
         # a derived run (t2s/share.py) takes its provider's samples of the raw weights, and a run keeping an EMA
         # samples only its EMA weights while it trains
-        return (f"<small style='display:inline-block;max-width:180px'>no training samples: its weights are "
-                f"{html.escape(str(shared['from']))}'s raw weights (shared training), which sampled its EMA weights; "
-                f"see Evaluation clips</small>")
-    return "<small style='display:inline-block;max-width:180px'>no training samples in this run</small>"
+        return (f"no training samples: its weights are {shared['from']}'s raw weights (shared training), which "
+                f"sampled its EMA weights; see Evaluation clips")
+    return "no training samples in this run"
+
+
+def _no_sample(run: Run, has_others: bool) -> str:
+    """The samples grid's cell of a variant without a sample of this prompt: a dash beside its other prompts' samples,
+    else why it has none."""
+    if has_others:
+        return "—"
+    return f"<small style='display:inline-block;max-width:180px'>{html.escape(no_sample_reason(run, False), quote=False)}</small>"
 
 
 def run_samples_html(run: Run, last_steps: int = 3) -> Optional[str]:
