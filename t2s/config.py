@@ -55,6 +55,7 @@ RANGES: dict[str, tuple] = {
     "cond_drop_prob": (0.0, 1.0, True, True),
     "motion_loss_weight": (0.0, None, True, True),
     "text_layout_channels": (0, None, True, True),
+    "hand_pose_pretrain_steps": (0, None, True, True),
     "num_inference_steps": (1, None, True, True),
     "guidance_scale": (0.0, None, True, True),
     "eta": (0.0, 1.0, True, True),
@@ -120,6 +121,13 @@ class Config:
     # > 0: that many per-frame spatial maps of the words signed then (at half the image size, from each word's state
     # and where in the word the frame is), given to the first convolution beside the noisy frame (model.TextLayout)
     text_layout_channels: int = 0
+    # true: the caption is first turned into a hand pose per frame (each glove's centre and shape, t2s.handpose), drawn
+    # as one map per hand beside the noisy frame and as a glove layer over the predicted clean clip (prediction_type
+    # sample); the pose is trained on the gloves read off the training clips (synthsign's glove colours) and the
+    # denoiser is taught with each clip's own pose (text -> pose -> video)
+    hand_pose: bool = False
+    # optimizer steps fitting the hand pose alone (fixed caption states, 32 clips a step) before the diffusion training
+    hand_pose_pretrain_steps: int = 0
     # --- text encoder ---
     text_encoder: str = PACKAGED_TEXT_ENCODER
     max_text_length: int = 77
@@ -342,8 +350,21 @@ def _check_range(cfg: Config, source: str) -> None:
             f"{where}key 'split_mode' has value 'official' but dataset is {cfg.dataset!r}; the official split exists "
             "for dataset phoenix14t and how2sign only (use signer_disjoint or random)"
         )
+    _check_hand_pose(cfg, where)
     if cfg.dataset == "manifest" and not cfg.manifest:
         raise ConfigError(f"{where}dataset 'manifest' needs key 'manifest' (a CSV/TSV with video, caption and signer columns)")
+
+
+def _check_hand_pose(cfg: Config, where: str) -> None:
+    if cfg.hand_pose and cfg.dataset != "synthsign":
+        raise ConfigError(f"{where}key 'hand_pose' is true but dataset is {cfg.dataset!r}: the hand pose is read off "
+                          f"synthsign's coloured gloves (use dataset synthsign, or hand_pose: false)")
+    if cfg.hand_pose and cfg.prediction_type != "sample":
+        raise ConfigError(f"{where}key 'hand_pose' is true but prediction_type is {cfg.prediction_type!r}: its glove "
+                          f"layer draws the gloves over the predicted clean clip (use prediction_type: sample)")
+    if cfg.hand_pose_pretrain_steps and not cfg.hand_pose:
+        raise ConfigError(f"{where}key 'hand_pose_pretrain_steps' is {cfg.hand_pose_pretrain_steps} but hand_pose is "
+                          f"false: there is no hand pose to fit (set hand_pose: true, or hand_pose_pretrain_steps: 0)")
 
 
 def _check_keys(data: dict, source: str) -> None:

@@ -13,10 +13,11 @@ Data parallel: every process runs this same code on its slice of each global mic
 the single-process order); noise, timesteps and caption dropout are drawn for the global micro-batch, so N processes
 with batch b compute what one process with batch N*b would. DDP all-reduces the gradients.
 
-Imports: config, data, text, model, diffusion, ema, checkpoint state, runtime. Imported by train and bench.
+Imports: config, data, text, model, handpose, synthsign (glove colours), diffusion, ema, checkpoint state, runtime. Imported by train and bench.
 """
 from __future__ import annotations
 
+import time
 from contextlib import nullcontext
 from typing import Iterator, Optional
 
@@ -26,14 +27,16 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
+from . import handpose
 from .checkpoint import checkpoint_state, load_checkpoint_state
 from .config import Config, ConfigError
 from .counting import count_parameters
 from .data import build_datasets
 from .diffusion import build_train_scheduler, diffusion_loss, held_out_loss
 from .ema import EMA
-from .model import build_denoiser, to_channels_last
+from .model import alignment_distance, build_denoiser, to_channels_last
 from .runtime import make_accelerator, uses_channels_last
+from .synthsign import HAND_COLORS
 from .text import TextEncoder, build_text_encoder
 
 
@@ -134,6 +137,9 @@ class Engine:
         # models: the cross-attention width is the text encoder's hidden size
         self.text = text if text is not None else build_text_encoder(cfg)
         denoiser = denoiser if denoiser is not None else build_denoiser(cfg, self.text.hidden_size, self.text.special_token_counts)
+        if getattr(denoiser, "glove_colors", None) is not None:  # the glove layer starts in the data's glove colours
+            with torch.no_grad():
+                denoiser.glove_colors.copy_(torch.tensor(list(HAND_COLORS.values())) / 127.5 - 1)
         if uses_channels_last(cfg, self.device):
             to_channels_last(denoiser)
         self.noise_schedule = build_train_scheduler(cfg)
@@ -225,9 +231,10 @@ class Engine:
                 b, mine = clips.shape[0], slice(self.rank * clips.shape[0], (self.rank + 1) * clips.shape[0])
                 noise = torch.randn((b * self.world_size, *clips.shape[1:]), generator=self.generator, device=self.device)[mine]
                 t = torch.randint(0, cfg.num_train_timesteps, (b * self.world_size,), generator=self.generator, device=self.device)[mine]
+                pose = self.pose_target(clips)
                 with acc.autocast():
                     loss = diffusion_loss(self.denoiser, self.noise_schedule, clips, noise, t, context, mask,
-                                          cfg.motion_loss_weight)
+                                          cfg.motion_loss_weight, pose)
                 acc.backward(loss)
                 step_loss += loss.detach() / cfg.gradient_accumulation_steps
             if acc.sync_gradients:
@@ -238,6 +245,43 @@ class Engine:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
+
+    def pose_target(self, clips: torch.Tensor):
+        """The clean clips' hand pose (`handpose.glove_pose`, synthsign's glove colours); None without hand_pose."""
+        if self.model.hand_pose is None:
+            return None
+        with torch.no_grad():
+            return handpose.glove_pose(clips, list(HAND_COLORS.values()), self.model.hand_pose.extent)
+
+    def pretrain_hand_pose(self, step_callback=None) -> Optional[dict]:
+        """Fit the denoiser's hand pose alone for `hand_pose_pretrain_steps` steps (`handpose.fit_hand_pose`) on every
+        training clip's pose and its caption's token states (the text encoder as it is, without gradients); the EMA
+        then restarts from the fitted weights. {steps, seconds, median_error_px}, or None with nothing to fit."""
+        steps = self.cfg.hand_pose_pretrain_steps
+        if self.model.hand_pose is None or not steps:
+            return None
+        start = time.perf_counter()
+        text = self.accelerator.unwrap_model(self.text)
+        captions, xy, crops = [], [], []
+        with torch.no_grad():
+            for first in range(0, len(self.train_set), 64):
+                items = [self.train_set[i] for i in range(first, min(len(self.train_set), first + 64))]
+                pose = self.pose_target(torch.stack([clip for clip, _, _ in items]).to(self.device))
+                xy.append(pose[0]), crops.append(pose[1]), captions.extend(caption for _, caption, _ in items)
+            unique = list(dict.fromkeys(captions))
+            training = text.training
+            text.eval()
+            context, mask = text(unique)
+            text.train(training)
+            rows = torch.tensor([unique.index(c) for c in captions], device=context.device)
+            context, mask = context[rows].float(), mask[rows]
+            distance = alignment_distance(mask, context.shape[:2], self.cfg.num_frames,
+                                          self.model.caption_special_tokens, context.device)
+        error = handpose.fit_hand_pose(self.model.hand_pose, context, mask, distance, (torch.cat(xy), torch.cat(crops)),
+                                       steps, seed=self.cfg.seed, step_callback=step_callback)
+        if self.ema is not None:
+            self.ema = EMA(self.model, self.cfg.ema_decay, self.cfg.ema_update_every, self.cfg.ema_warmup)
+        return {"steps": steps, "seconds": round(time.perf_counter() - start, 1), "median_error_px": round(error, 3)}
 
     def held_out_loss(self) -> float:
         """The fixed-timestep, fixed-noise validation loss (diffusion.held_out_loss) of the weights in the model now."""

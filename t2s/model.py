@@ -17,6 +17,8 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
+from .handpose import HandPose, draw_pose, pose_loss
+
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of (batch,) timesteps -> (batch, dim)."""
@@ -48,12 +50,18 @@ def alignment_distance(mask: Optional[torch.Tensor], shape: tuple[int, int], fra
     valid = torch.ones(b, s, device=device) if mask is None else mask.to(device=device, dtype=torch.float32)
     lead, trail = specials
     position = valid.cumsum(1) - 1.0 - lead  # the word index j of each token (negative for the leading specials)
-    words = (valid.sum(1, keepdim=True) - lead - trail).clamp_min(0.0)  # n
+    words = caption_words(mask, shape, specials, device)[:, None]  # n
     is_word = (position >= 0) & (position < words) & (valid > 0)
     frame_time = (torch.arange(frames, device=device, dtype=torch.float32) + 0.5) / frames
     distance = frame_time[None, :, None] * words[:, :, None] - (position[:, None, :] + 0.5)  # (b, frames, s)
     distance = torch.where(is_word[:, None, :], distance, torch.full_like(distance, SPECIAL_TOKEN_DISTANCE))
     return torch.where(words[:, :, None] > 0, distance, torch.zeros_like(distance))
+
+
+def caption_words(mask: Optional[torch.Tensor], shape: tuple[int, int], specials: tuple[int, int], device) -> torch.Tensor:
+    """(b,) float: how many word tokens each caption has (its valid tokens less the special ones; 0: the null caption)."""
+    valid = torch.ones(shape, device=device) if mask is None else mask.to(device=device, dtype=torch.float32)
+    return (valid.sum(1) - sum(specials)).clamp_min(0.0)
 
 
 class TextLayout(nn.Module):
@@ -261,6 +269,7 @@ class VideoUNet(nn.Module):
         aligned_cross_attention: bool = False,
         caption_special_tokens: tuple[int, int] = (1, 1),
         text_layout_channels: int = 0,
+        hand_pose: bool = False,
     ):
         super().__init__()
         self.gradient_checkpointing = gradient_checkpointing
@@ -280,8 +289,14 @@ class VideoUNet(nn.Module):
         # per frame, spatial maps of the words signed then (TextLayout), beside the noisy frame
         self.text_layout = (TextLayout(context_dim, text_layout_channels, max(1, image_size // 2))
                             if text_layout_channels else None)
-        self.stem = nn.Conv2d(in_channels + (2 if spatial_position else 0) + text_layout_channels, model_channels, 3,
-                              padding=1)
+        # per frame, each hand's glove drawn where and as the caption's predicted pose puts it (t2s.handpose)
+        self.hand_pose = HandPose(context_dim, image_size) if hand_pose else None
+        pose_channels = self.hand_pose.hands if hand_pose else 0
+        # and a glove layer over the output: where a hand's map is, its learned colour replaces what the UNet draws,
+        # as a renderer draws the gloves last (the engine starts the colours at the data's glove colours)
+        self.glove_colors = nn.Parameter(torch.zeros(pose_channels, in_channels)) if hand_pose else None
+        self.stem = nn.Conv2d(in_channels + (2 if spatial_position else 0) + text_layout_channels + pose_channels,
+                              model_channels, 3, padding=1)
 
         self.aligned_cross_attention = aligned_cross_attention
         self.caption_special_tokens = tuple(caption_special_tokens)
@@ -338,7 +353,22 @@ class VideoUNet(nn.Module):
                 push.append(x)
         return x
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, context_mask: Optional[torch.Tensor] = None):
+    def pose_maps(self, context, mask, distance, size: int, pose_target=None):
+        """(maps (b f, hands, size, size), pose loss or None): the glove maps of the caption's predicted pose; with
+        `pose_target` (training: the clean clip's pose, `handpose.glove_pose`) the target's maps for captioned clips
+        (teacher forcing) and the prediction's for the null caption, which has no pose to teach, plus the pose loss."""
+        predicted = self.hand_pose(context, mask, distance)
+        if pose_target is None:
+            return draw_pose(*predicted, size), None
+        null = caption_words(mask, context.shape[:2], self.caption_special_tokens, context.device) == 0
+        null = null.repeat_interleave(distance.shape[1])[:, None, None, None]
+        guessed = draw_pose(predicted[0].detach(), predicted[1].detach(), size)
+        return torch.where(null, guessed, draw_pose(*pose_target, size)), pose_loss(predicted, pose_target)
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, context_mask: Optional[torch.Tensor] = None,
+                pose_target: Optional[tuple[torch.Tensor, torch.Tensor]] = None):
+        """The prediction (b, c, f, h, w); with `pose_target` (a model with hand_pose, training), (prediction, pose
+        loss): see `pose_maps`."""
         b, _, frames, h, w = x.shape
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(b)
@@ -354,7 +384,7 @@ class VideoUNet(nn.Module):
             emb = emb + self.frame_mlp(timestep_embedding(where, self.model_channels).to(emb.dtype)).repeat(b, 1)
         mask = None if context_mask is None else context_mask.repeat_interleave(frames, dim=0)
         distance = None
-        if self.aligned_cross_attention or self.text_layout is not None:
+        if self.aligned_cross_attention or self.text_layout is not None or self.hand_pose is not None:
             distance = alignment_distance(context_mask, context.shape[:2], frames, self.caption_special_tokens,
                                           context.device)  # (b, f, s)
         ctx = (context.repeat_interleave(frames, dim=0), mask,  # (b f) s d, (b f) s, (b f) s
@@ -365,6 +395,10 @@ class VideoUNet(nn.Module):
             x = torch.cat([x, coordinate_channels(x.shape[0], h, w, x.device, x.dtype)], dim=1)
         if self.text_layout is not None:
             x = torch.cat([x, self.text_layout(context, context_mask, distance, h).to(x.dtype)], dim=1)
+        pose_error, maps = None, None
+        if self.hand_pose is not None:
+            maps, pose_error = self.pose_maps(context, context_mask, distance, h, pose_target)
+            x = torch.cat([x, maps.to(x.dtype)], dim=1)
         x = self.stem(x)
         skips = [x]
         for i, level in enumerate(self.down):
@@ -378,7 +412,12 @@ class VideoUNet(nn.Module):
             if i < len(self.upsample):
                 x = self.upsample[i](x)
         x = self.out(x)
-        return rearrange(x, "(b f) c h w -> b c f h w", f=frames)
+        if maps is not None:
+            maps = maps.clamp(0.0, 1.0).to(x.dtype)
+            cover = maps.sum(1, keepdim=True).clamp(max=1.0)
+            x = x * (1 - cover) + torch.einsum("nkhw,kc->nchw", maps, self.glove_colors.to(x.dtype))
+        x = rearrange(x, "(b f) c h w -> b c f h w", f=frames)
+        return x if pose_target is None else (x, pose_error)
 
 
 def build_denoiser(cfg, context_dim: int, caption_special_tokens: tuple[int, int] = (1, 1)) -> VideoUNet:
@@ -400,6 +439,7 @@ def build_denoiser(cfg, context_dim: int, caption_special_tokens: tuple[int, int
         aligned_cross_attention=cfg.aligned_cross_attention,
         caption_special_tokens=caption_special_tokens,
         text_layout_channels=cfg.text_layout_channels,
+        hand_pose=cfg.hand_pose,
     )
 
 
