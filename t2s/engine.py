@@ -17,6 +17,7 @@ Imports: config, data, text, model, handpose, synthsign (glove colours), diffusi
 """
 from __future__ import annotations
 
+import io
 import time
 from contextlib import nullcontext
 from typing import Iterator, Optional
@@ -35,9 +36,21 @@ from .data import build_datasets
 from .diffusion import build_train_scheduler, diffusion_loss, held_out_loss
 from .ema import EMA
 from .model import alignment_distance, build_denoiser, to_channels_last
+from .rundir import atomic_write_bytes
 from .runtime import make_accelerator, uses_channels_last
+from .synthdata import hand_pose_dir
 from .synthsign import HAND_COLORS
 from .text import TextEncoder, build_text_encoder
+
+
+def _cached_fit(path, key: str) -> Optional[dict]:
+    """A cached hand-pose fit of this key ({key, state, median_error_px}), or None (absent, unreadable or another key:
+    then fitted again and overwritten)."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        return saved if saved.get("key") == key else None
+    except Exception:
+        return None
 
 
 # --------------------------------------------------------------------------------------------- data order
@@ -256,7 +269,10 @@ class Engine:
     def pretrain_hand_pose(self, step_callback=None) -> Optional[dict]:
         """Fit the denoiser's hand pose alone for `hand_pose_pretrain_steps` steps (`handpose.fit_hand_pose`) on every
         training clip's pose and its caption's token states (the text encoder as it is, without gradients); the EMA
-        then restarts from the fitted weights. {steps, seconds, median_error_px}, or None with nothing to fit."""
+        then restarts from the fitted weights. A fit is cached by everything it depends on (`handpose.fit_key`, in
+        `synthdata.hand_pose_dir`), so a variant that differs only after it (a fine-tuned text encoder) with the same
+        seed takes it from its baseline's run. {steps, seconds, median_error_px, cached (the file or None)}, or None
+        with nothing to fit."""
         steps = self.cfg.hand_pose_pretrain_steps
         if self.model.hand_pose is None or not steps:
             return None
@@ -271,17 +287,30 @@ class Engine:
             unique = list(dict.fromkeys(captions))
             training = text.training
             text.eval()
-            context, mask = text(unique)
+            context, mask = text.encode_separately(unique)  # the same numbers for a frozen and a trainable encoder
             text.train(training)
             rows = torch.tensor([unique.index(c) for c in captions], device=context.device)
             context, mask = context[rows].float(), mask[rows]
             distance = alignment_distance(mask, context.shape[:2], self.cfg.num_frames,
                                           self.model.caption_special_tokens, context.device)
-        error = handpose.fit_hand_pose(self.model.hand_pose, context, mask, distance, (torch.cat(xy), torch.cat(crops)),
-                                       steps, seed=self.cfg.seed, step_callback=step_callback)
+        head, target = self.model.hand_pose, (torch.cat(xy), torch.cat(crops))
+        key = handpose.fit_key(head, (context, mask, distance, *target), steps, self.cfg.seed)
+        path = hand_pose_dir(self.cfg) / f"hand-pose-{key[:16]}.pt"
+        cached = _cached_fit(path, key)
+        if cached is not None:  # the same fit, made by an earlier run (another variant of this seed)
+            head.load_state_dict(cached["state"])
+            error = cached["median_error_px"]
+        else:
+            error = handpose.fit_hand_pose(head, context, mask, distance, target, steps, seed=self.cfg.seed,
+                                           step_callback=step_callback)
+            if self.is_main:
+                buffer = io.BytesIO()
+                torch.save({"key": key, "state": head.state_dict(), "median_error_px": error}, buffer)
+                atomic_write_bytes(path, buffer.getvalue())
         if self.ema is not None:
             self.ema = EMA(self.model, self.cfg.ema_decay, self.cfg.ema_update_every, self.cfg.ema_warmup)
-        return {"steps": steps, "seconds": round(time.perf_counter() - start, 1), "median_error_px": round(error, 3)}
+        return {"steps": steps, "seconds": round(time.perf_counter() - start, 1), "median_error_px": round(error, 3),
+                "cached": str(path) if cached is not None else None}
 
     def held_out_loss(self) -> float:
         """The fixed-timestep, fixed-noise validation loss (diffusion.held_out_loss) of the weights in the model now."""

@@ -14,11 +14,12 @@ on the tiny scale). The pose is a small regression that `fit_hand_pose` fits in 
 training; during it the denoiser is taught with the clip's own pose (teacher forcing) and the pose keeps training on
 its loss (`pose_loss`).
 
-Public: `HandPose`, `crop_extent`, `glove_maps`, `glove_pose`, `draw_pose`, `pose_loss`, `fit_hand_pose`.
+Public: `HandPose`, `crop_extent`, `glove_maps`, `glove_pose`, `draw_pose`, `pose_loss`, `fit_hand_pose`, `fit_key`.
 Imports nothing from t2s.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Optional, Sequence
 
@@ -29,6 +30,7 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 
 GLOVE_TOLERANCE = 60.0  # RGB distance: a pixel within it is glove (the hand finder's default, metrics.find_hands)
 POSE_XY_WEIGHT = 0.05  # pose_loss per squared pixel of centre error (a fresh head's ~8 px error: ~3)
+FIT_VERSION = 1  # bump when fit_hand_pose or HandPose change: cached fits (fit_key) are not reused
 POSE_CROP_WEIGHT = 10.0  # pose_loss per unit of the crops' mean squared error (a fresh head's ~0.05: ~0.5)
 
 
@@ -93,27 +95,45 @@ class HandPose(nn.Module):
 
     Each (token, frame) pair -- the token's state and where in its word the frame is -- goes through an MLP to a pose
     (per hand: centre and crop); a frame's pose is its tokens' poses weighted by softmax(-s d^2) (s learned), as
-    `model.TextLayout` weights its maps. Centres pass through tanh into the image."""
+    `model.TextLayout` weights its maps (computed as the weighted features through the last, linear layer). Centres
+    pass through tanh into the image."""
 
     def __init__(self, context_dim: int, image_size: int, hands: int = 2, hidden: int = 256):
         super().__init__()
         self.size, self.hands, self.extent = image_size, hands, crop_extent(image_size)
         k = 2 * self.extent + 1
         self.strength = nn.Parameter(torch.tensor(1.0))
-        self.mlp = nn.Sequential(nn.Linear(context_dim + 1, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-                                 nn.Linear(hidden, hands * (2 + k * k)))
+        # the MLP's first layer on [token state, d], split: the state's part once per token, d's per (token, frame)
+        self.token = nn.Linear(context_dim, hidden)
+        self.phase = nn.Linear(1, hidden, bias=False)
+        self.mlp = nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU())
+        # the last layer is linear: applied once per frame to the tokens' weighted features (the same as weighting
+        # the tokens' outputs)
+        self.out = nn.Linear(hidden, hands * (2 + k * k))
 
     def forward(self, context: torch.Tensor, mask: Optional[torch.Tensor], distance: torch.Tensor):
         b, f, s = distance.shape
         k = 2 * self.extent + 1
         d = distance.clamp(-2.0, 2.0).to(context.dtype)
-        out = self.mlp(torch.cat([context[:, None].expand(b, f, s, -1), d[..., None]], dim=-1)).float()
+        features = self.mlp(self.token(context)[:, None] + self.phase(d[..., None])).float()  # (b, f, s, hidden)
         logits = -self.strength * distance.square()
         if mask is not None:
             logits = logits.masked_fill(~mask.bool()[:, None, :], float("-inf"))
-        out = torch.einsum("bfs,bfsk->bfk", logits.softmax(dim=-1), out).reshape(b * f, self.hands, 2 + k * k)
+        mixed = torch.einsum("bfs,bfsk->bfk", logits.softmax(dim=-1), features)
+        out = self.out(mixed.to(self.out.weight.dtype)).float().reshape(b * f, self.hands, 2 + k * k)
         xy = (out[..., :2].tanh() + 1) * (self.size - 1) / 2
         return xy, out[..., 2:].reshape(b * f, self.hands, k, k)
+
+
+def fit_key(head: HandPose, tensors: Sequence[torch.Tensor], steps: int, seed: int) -> str:
+    """SHA-256 of everything `fit_hand_pose` depends on: the head's initial weights, its inputs and targets (`tensors`),
+    the steps, the seed and FIT_VERSION; two runs whose fits would be identical (a variant that differs only after the
+    pretraining, e.g. a fine-tuned text encoder, with the same seed) share one key."""
+    digest = hashlib.sha256(f"{FIT_VERSION} {steps} {seed} {torch.__version__}".encode())
+    for tensor in [*head.state_dict().values(), *tensors]:
+        digest.update(str((tuple(tensor.shape), str(tensor.dtype))).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def fit_hand_pose(head: HandPose, context: torch.Tensor, mask: torch.Tensor, distance: torch.Tensor,

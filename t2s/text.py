@@ -132,15 +132,13 @@ class TextEncoder(nn.Module):
                 for caption in missing:
                     states, _ = self._run([caption])
                     self._cache[caption] = states[0].detach()  # (tokens, hidden): one caption, no padding
-        rows = [self._cache[c] for c in captions]
-        length = max(r.shape[0] for r in rows)
-        device, dtype = rows[0].device, rows[0].dtype
-        states = torch.zeros(len(rows), length, rows[0].shape[1], device=device, dtype=dtype)
-        mask = torch.zeros(len(rows), length, device=device, dtype=torch.bool)
-        for i, r in enumerate(rows):
-            states[i, : r.shape[0]] = r
-            mask[i, : r.shape[0]] = True
-        return states, mask
+        return _padded([self._cache[c] for c in captions])
+
+    @torch.no_grad()
+    def encode_separately(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each caption encoded on its own (batch 1, no padding), zero-padded to the longest, without gradients: the
+        frozen cache's states, for a trainable encoder too (the same weights give the same numbers)."""
+        return _padded([self._run([caption])[0][0] for caption in captions])
 
     def forward(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """`encode`: the trainer calls the module itself, so that a DDP wrapper around it syncs the gradients."""
@@ -150,6 +148,17 @@ class TextEncoder(nn.Module):
         """The null caption's states, repeated: the unconditional input of classifier-free guidance."""
         states, mask = self.encode([NULL_CAPTION])
         return states.expand(batch, -1, -1), mask.expand(batch, -1)
+
+
+def _padded(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token states of captions (each (tokens, hidden)) -> zero-padded (B, L, D) and mask (B, L)."""
+    length = max(r.shape[0] for r in rows)
+    states = torch.zeros(len(rows), length, rows[0].shape[1], device=rows[0].device, dtype=rows[0].dtype)
+    mask = torch.zeros(len(rows), length, device=rows[0].device, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        states[i, : r.shape[0]] = r
+        mask[i, : r.shape[0]] = True
+    return states, mask
 
 
 def pad_to(states: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:

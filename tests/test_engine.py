@@ -227,6 +227,18 @@ def test_a_cached_caption_does_not_depend_on_the_captions_it_was_first_encoded_w
     assert torch.equal(alone._cache[caption], batched._cache[caption])
 
 
+def test_a_trainable_encoder_encodes_separately_as_the_frozen_one_caches():
+    from t2s.text import TextEncoder
+
+    captions = ["thank you", "hello my name is anna", "good morning"]
+    frozen, trainable = TextEncoder("minilm"), TextEncoder("minilm", freeze=False)
+    states, mask = trainable.encode_separately(captions)
+    cached, cached_mask = frozen.encode(captions)
+    assert torch.equal(mask, cached_mask) and torch.equal(states, cached) and not states.requires_grad
+    together, _ = trainable.encode(captions)  # padded together: the padding's states are not zero
+    assert not torch.equal(together, states)
+
+
 def test_denoiser_shapes_and_reference_scale_parameter_count():
     from t2s.model import build_denoiser
 

@@ -141,3 +141,23 @@ def test_a_run_with_hand_pose_fits_it_first_and_records_it(tmp_path):
     assert result.status == "finished"
     record = json.loads((tmp_path / "run" / "metadata.json").read_text())["hand_pose_pretraining"]
     assert record["steps"] == 30 and np.isfinite(record["median_error_px"]) and record["seconds"] >= 0
+
+
+def test_a_variant_differing_only_after_the_fit_takes_it_from_the_cache_and_a_bad_file_is_refitted(tmp_path):
+    from t2s.engine import Engine
+
+    options = {"hand_pose": True, "hand_pose_pretrain_steps": 20, "prediction_type": "sample",
+               "data_dir": str(tmp_path / "data")}
+    first = Engine(load_config("baseline", "micro", options), cpu=True).pretrain_hand_pose()
+    assert first["cached"] is None
+    tuned = Engine(load_config("text_finetuned", "micro", options), cpu=True)  # a trainable encoder, same seed
+    assert not tuned.text.frozen
+    second = tuned.pretrain_hand_pose()
+    assert second["cached"] and second["median_error_px"] == first["median_error_px"]
+    (path,) = (tmp_path / "data" / "hand_pose").glob("hand-pose-*.pt")
+    assert second["cached"] == str(path)
+    path.write_bytes(b"not a checkpoint")
+    third = Engine(load_config("baseline", "micro", options), cpu=True).pretrain_hand_pose()
+    assert third["cached"] is None and third["median_error_px"] == first["median_error_px"]
+    other_seed = Engine(load_config("baseline", "micro", {**options, "seed": 1}), cpu=True).pretrain_hand_pose()
+    assert other_seed["cached"] is None and len(list(path.parent.glob("*.pt"))) == 2
