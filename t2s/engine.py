@@ -261,7 +261,7 @@ class Engine:
 
     def pose_target(self, clips: torch.Tensor):
         """The clean clips' hand pose (`handpose.glove_pose`, synthsign's glove colours); None without hand_pose."""
-        if self.model.hand_pose is None:
+        if getattr(self.model, "hand_pose", None) is None:  # also a denoiser without the option (the benchmark's)
             return None
         with torch.no_grad():
             return handpose.glove_pose(clips, list(HAND_COLORS.values()), self.model.hand_pose.extent)
@@ -274,7 +274,7 @@ class Engine:
         seed takes it from its baseline's run. {steps, seconds, median_error_px, cached (the file or None)}, or None
         with nothing to fit."""
         steps = self.cfg.hand_pose_pretrain_steps
-        if self.model.hand_pose is None or not steps:
+        if getattr(self.model, "hand_pose", None) is None or not steps:
             return None
         start = time.perf_counter()
         text = self.accelerator.unwrap_model(self.text)

@@ -160,6 +160,7 @@ def fit_hand_pose(head: HandPose, context: torch.Tensor, mask: torch.Tensor, dis
         schedule.step()
         if step_callback is not None:
             step_callback(step)
+    optimizer.zero_grad(set_to_none=True)  # no gradient of the fit left for the first training step to add to
     with torch.no_grad():
         xy, _ = head(context, mask, distance)
     return float((xy - target[0]).norm(dim=-1).median())

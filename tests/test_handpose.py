@@ -61,6 +61,7 @@ def test_fitting_the_pose_head_learns_each_captions_pose_and_is_deterministic():
         return head, before, handpose.fit_hand_pose(head, context, mask, distance, target, steps, seed=0)
 
     head, before, error = fit(300)
+    assert all(p.grad is None for p in head.parameters())  # nothing left for the first diffusion step to add to
     assert before > 4.0 > 1.5 > error  # pixels
     again, _, error_again = fit(300)
     assert error_again == error and all(torch.equal(a, b) for a, b in zip(head.parameters(), again.parameters()))
