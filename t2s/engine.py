@@ -289,7 +289,8 @@ class Engine:
             text.eval()
             context, mask = text.encode_separately(unique)  # the same numbers for a frozen and a trainable encoder
             text.train(training)
-            rows = torch.tensor([unique.index(c) for c in captions], device=context.device)
+            row_of = {caption: i for i, caption in enumerate(unique)}
+            rows = torch.tensor([row_of[c] for c in captions], device=context.device)
             context, mask = context[rows].float(), mask[rows]
             distance = alignment_distance(mask, context.shape[:2], self.cfg.num_frames,
                                           self.model.caption_special_tokens, context.device)

@@ -25,13 +25,13 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from diffusers.optimization import get_cosine_schedule_with_warmup
+from torch import nn
 
 GLOVE_TOLERANCE = 60.0  # RGB distance: a pixel within it is glove (the hand finder's default, metrics.find_hands)
 POSE_XY_WEIGHT = 0.05  # pose_loss per squared pixel of centre error (a fresh head's ~8 px error: ~3)
-FIT_VERSION = 1  # bump when fit_hand_pose or HandPose change: cached fits (fit_key) are not reused
 POSE_CROP_WEIGHT = 10.0  # pose_loss per unit of the crops' mean squared error (a fresh head's ~0.05: ~0.5)
+FIT_VERSION = 1  # bump when fit_hand_pose or HandPose change: cached fits (fit_key) are not reused
 
 
 def crop_extent(image_size: int) -> int:
