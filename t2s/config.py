@@ -56,6 +56,7 @@ RANGES: dict[str, tuple] = {
     "motion_loss_weight": (0.0, None, True, True),
     "text_layout_channels": (0, None, True, True),
     "hand_pose_pretrain_steps": (0, None, True, True),
+    "hand_pose_lr": (0.0, None, True, True),
     "num_inference_steps": (1, None, True, True),
     "guidance_scale": (0.0, None, True, True),
     "eta": (0.0, 1.0, True, True),
@@ -128,6 +129,9 @@ class Config:
     hand_pose: bool = False
     # optimizer steps fitting the hand pose alone (fixed caption states, 32 clips a step) before the diffusion training
     hand_pose_pretrain_steps: int = 0
+    # the hand pose's learning rate during the diffusion training (null: learning_rate); 0 keeps the fitted pose as it
+    # is (a trainable text encoder still learns from the pose loss)
+    hand_pose_lr: Optional[float] = None
     # --- text encoder ---
     text_encoder: str = PACKAGED_TEXT_ENCODER
     max_text_length: int = 77
@@ -365,6 +369,9 @@ def _check_hand_pose(cfg: Config, where: str) -> None:
     if cfg.hand_pose_pretrain_steps and not cfg.hand_pose:
         raise ConfigError(f"{where}key 'hand_pose_pretrain_steps' is {cfg.hand_pose_pretrain_steps} but hand_pose is "
                           f"false: there is no hand pose to fit (set hand_pose: true, or hand_pose_pretrain_steps: 0)")
+    if cfg.hand_pose_lr is not None and not cfg.hand_pose:
+        raise ConfigError(f"{where}key 'hand_pose_lr' is {cfg.hand_pose_lr} but hand_pose is false: there is no hand "
+                          f"pose to train (set hand_pose: true, or hand_pose_lr: null)")
 
 
 def _check_keys(data: dict, source: str) -> None:

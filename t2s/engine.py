@@ -97,14 +97,21 @@ def epoch_loader(dataset, cfg: Config, epoch: int, micro: int, *, rank: int = 0,
 
 # --------------------------------------------------------------------------------------------- optimizer
 def build_optimizer(cfg: Config, denoiser: nn.Module, text: TextEncoder, fused: bool = True) -> torch.optim.AdamW:
-    """AdamW over the denoiser (no weight decay on biases and norms) and, when trainable, the text encoder at its own
-    learning rate. `fused`: one kernel for the whole update, on CUDA and CPU."""
-    decay = [p for p in denoiser.parameters() if p.ndim >= 2]
-    no_decay = [p for p in denoiser.parameters() if p.ndim < 2]
+    """AdamW over the denoiser (no weight decay on biases and norms), its hand pose at `hand_pose_lr` when that is
+    set, and, when trainable, the text encoder at its own learning rate. `fused`: one kernel for the whole update, on
+    CUDA and CPU."""
+    head = getattr(denoiser, "hand_pose", None)
+    pose = list(head.parameters()) if head is not None and cfg.hand_pose_lr is not None else []
+    pose_ids = {id(p) for p in pose}
+    rest = [p for p in denoiser.parameters() if id(p) not in pose_ids]
     groups = [
-        {"params": decay, "lr": cfg.learning_rate, "weight_decay": cfg.weight_decay, "name": "denoiser"},
-        {"params": no_decay, "lr": cfg.learning_rate, "weight_decay": 0.0, "name": "denoiser_no_decay"},
+        {"params": [p for p in rest if p.ndim >= 2], "lr": cfg.learning_rate, "weight_decay": cfg.weight_decay,
+         "name": "denoiser"},
+        {"params": [p for p in rest if p.ndim < 2], "lr": cfg.learning_rate, "weight_decay": 0.0,
+         "name": "denoiser_no_decay"},
     ]
+    if pose:
+        groups.append({"params": pose, "lr": cfg.hand_pose_lr, "weight_decay": cfg.weight_decay, "name": "hand_pose"})
     text_params = text.trainable_parameters()
     if text_params:
         groups.append({"params": text_params, "lr": cfg.text_encoder_lr, "weight_decay": cfg.weight_decay, "name": "text_encoder"})

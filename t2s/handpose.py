@@ -12,7 +12,9 @@ Why: at the CPU budget the denoiser learns to paint a glove where a map says wit
 hands from the caption alone two or more pixels off, and the gloss recognizer reads at about a pixel (README, notes
 on the tiny scale). The pose is a small regression that `fit_hand_pose` fits in seconds before the diffusion
 training; during it the denoiser is taught with the clip's own pose (teacher forcing) and the pose keeps training on
-its loss (`pose_loss`).
+its loss (`pose_loss`) at the config's `hand_pose_lr` (0: it stays as fitted). The fit's learning rate, 2e-2, is high
+for AdamW: a fit that memorises the training clips' poses more closely reads better (BLEU-4 of clean drawings of the
+pose on 62 seen captions: 44 at 3e-3, 61 at 2e-2, in the same 2,000 steps).
 
 Public: `HandPose`, `crop_extent`, `glove_maps`, `glove_pose`, `draw_pose`, `pose_loss`, `fit_hand_pose`, `fit_key`.
 Imports nothing from t2s.
@@ -31,7 +33,7 @@ from torch import nn
 GLOVE_TOLERANCE = 60.0  # RGB distance: a pixel within it is glove (the hand finder's default, metrics.find_hands)
 POSE_XY_WEIGHT = 0.05  # pose_loss per squared pixel of centre error (a fresh head's ~8 px error: ~3)
 POSE_CROP_WEIGHT = 10.0  # pose_loss per unit of the crops' mean squared error (a fresh head's ~0.05: ~0.5)
-FIT_VERSION = 1  # bump when fit_hand_pose or HandPose change: cached fits (fit_key) are not reused
+FIT_VERSION = 2  # bump when fit_hand_pose or HandPose change: cached fits (fit_key) are not reused
 
 
 def crop_extent(image_size: int) -> int:
@@ -138,7 +140,7 @@ def fit_key(head: HandPose, tensors: Sequence[torch.Tensor], steps: int, seed: i
 
 def fit_hand_pose(head: HandPose, context: torch.Tensor, mask: torch.Tensor, distance: torch.Tensor,
                   target: tuple[torch.Tensor, torch.Tensor], steps: int, seed: int, batch_size: int = 32,
-                  learning_rate: float = 3e-3, step_callback=None) -> float:
+                  learning_rate: float = 2e-2, step_callback=None, weight_decay: float = 1e-2) -> float:
     """Fit `head` alone on fixed caption states: context (n, s, d), mask (n, s), distance (n, f, s) and the clips'
     pose target (xy (n f, hands, 2), crops (n f, hands, k, k)), `steps` AdamW steps of `batch_size` random clips
     (a `seed` generator) under a cosine schedule with 5% warm-up. Returns the median centre error (pixels) over all
@@ -146,7 +148,7 @@ def fit_hand_pose(head: HandPose, context: torch.Tensor, mask: torch.Tensor, dis
     n, frames = distance.shape[:2]
     xy_t = target[0].reshape(n, frames, *target[0].shape[1:])
     crops_t = target[1].reshape(n, frames, *target[1].shape[1:])
-    optimizer = torch.optim.AdamW(head.parameters(), lr=learning_rate)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=learning_rate, weight_decay=weight_decay)
     schedule = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=max(1, steps // 20), num_training_steps=steps)
     generator = torch.Generator().manual_seed(seed)
     head.train()

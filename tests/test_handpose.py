@@ -127,6 +127,34 @@ def test_hand_pose_needs_synthsign_x0_prediction_and_its_pretraining_needs_hand_
         load_config("baseline", "micro", {"hand_pose": True, "prediction_type": "v_prediction"})
     with pytest.raises(ConfigError, match="hand_pose_pretrain_steps"):
         load_config("baseline", "micro", {"hand_pose": True, "hand_pose_pretrain_steps": -1, **sample})
+    with pytest.raises(ConfigError, match="'hand_pose_lr' is 0.0 but hand_pose is false"):
+        load_config("baseline", "micro", {"hand_pose": False, "hand_pose_lr": 0.0})
+    with pytest.raises(ConfigError, match=r"key 'hand_pose_lr' has value -0.001; allowed range: \[0.0, inf\]"):
+        load_config("baseline", "micro", {"hand_pose": True, "hand_pose_lr": -1e-3, **sample})
+
+
+@pytest.mark.parametrize("variant", ["baseline", "text_finetuned"])
+def test_hand_pose_lr_0_keeps_the_fitted_pose_while_the_rest_trains(variant):
+    from t2s.engine import Engine
+
+    options = {"hand_pose": True, "hand_pose_pretrain_steps": 10, "hand_pose_lr": 0.0, "prediction_type": "sample",
+               "max_steps": 3, "warmup_steps": 0}
+    engine = Engine(load_config(variant, "micro", options), cpu=True)
+    engine.pretrain_hand_pose()
+    names = [g["name"] for g in engine.optimizer.param_groups]
+    assert names[2] == "hand_pose" and engine.optimizer.param_groups[2]["lr"] == 0.0
+    head = {k: v.clone() for k, v in engine.model.hand_pose.state_dict().items()}
+    unet = engine.model.stem.weight.detach().clone()
+    text = [p.detach().clone() for p in engine.text.trainable_parameters()]
+    batches = iter(engine.epoch_loader())
+    for _ in range(3):
+        engine.train_step(batches)
+    assert all(torch.equal(v, engine.model.hand_pose.state_dict()[k]) for k, v in head.items())
+    assert not torch.equal(unet, engine.model.stem.weight)
+    # a trainable text encoder still learns (from the diffusion and the pose loss; BERT's pooler is never reached)
+    assert (variant == "text_finetuned") == bool(text)
+    assert (variant == "text_finetuned") == any(
+        not torch.equal(before, after) for before, after in zip(text, engine.text.trainable_parameters()))
 
 
 def test_a_run_with_hand_pose_fits_it_first_and_records_it(tmp_path):
