@@ -85,11 +85,17 @@ def draw_pose(xy: torch.Tensor, crops: torch.Tensor, size: int) -> torch.Tensor:
     return maps.reshape(n, hands, size, size)
 
 
-def pose_loss(pred: tuple[torch.Tensor, torch.Tensor], target: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """POSE_XY_WEIGHT x mean squared centre error (pixels^2) + POSE_CROP_WEIGHT x mean squared crop error."""
+def pose_loss(pred: tuple[torch.Tensor, torch.Tensor], target: tuple[torch.Tensor, torch.Tensor],
+              keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """POSE_XY_WEIGHT x mean squared centre error (pixels^2) + POSE_CROP_WEIGHT x mean squared crop error, over the
+    rows (frames) where `keep` (bool (n,); default all) holds; 0 where none does."""
     (xy, crops), (xy_t, crops_t) = pred, target
-    return (POSE_XY_WEIGHT * (xy.float() - xy_t).square().sum(-1).mean()
-            + POSE_CROP_WEIGHT * (crops.float() - crops_t).square().mean())
+    per_row = (POSE_XY_WEIGHT * (xy.float() - xy_t).square().sum(-1).mean(-1)
+               + POSE_CROP_WEIGHT * (crops.float() - crops_t).square().flatten(1).mean(-1))
+    if keep is None:
+        return per_row.mean()
+    keep = keep.to(per_row.dtype)
+    return (per_row * keep).sum() / keep.sum().clamp_min(1.0)
 
 
 class HandPose(nn.Module):

@@ -356,14 +356,16 @@ class VideoUNet(nn.Module):
     def pose_maps(self, context, mask, distance, size: int, pose_target=None):
         """(maps (b f, hands, size, size), pose loss or None): the glove maps of the caption's predicted pose; with
         `pose_target` (training: the clean clip's pose, `handpose.glove_pose`) the target's maps for captioned clips
-        (teacher forcing) and the prediction's for the null caption, which has no pose to teach, plus the pose loss."""
+        (teacher forcing) and the prediction's for the null caption, which has no pose to teach, plus the pose loss of
+        the captioned clips (a clip's pose is its caption's: the null caption says nothing of it)."""
         predicted = self.hand_pose(context, mask, distance)
         if pose_target is None:
             return draw_pose(*predicted, size), None
         null = caption_words(mask, context.shape[:2], self.caption_special_tokens, context.device) == 0
-        null = null.repeat_interleave(distance.shape[1])[:, None, None, None]
+        null = null.repeat_interleave(distance.shape[1])
         guessed = draw_pose(predicted[0].detach(), predicted[1].detach(), size)
-        return torch.where(null, guessed, draw_pose(*pose_target, size)), pose_loss(predicted, pose_target)
+        maps = torch.where(null[:, None, None, None], guessed, draw_pose(*pose_target, size))
+        return maps, pose_loss(predicted, pose_target, keep=~null)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, context_mask: Optional[torch.Tensor] = None,
                 pose_target: Optional[tuple[torch.Tensor, torch.Tensor]] = None):

@@ -1,6 +1,7 @@
 """Text -> hand pose -> glove maps (t2s.handpose) and the denoiser's hand_pose option: the pose read off a synthsign
 clip is the renderer's keypoints and draws back its glove maps; the pose head fits a pose; the denoiser is taught
-with the clip's pose (its null captions with their own prediction) and its pose loss reaches the head; config checks."""
+with the clip's pose (its null captions with their own prediction) and its pose loss (of the captioned clips) reaches
+the head; config checks."""
 from __future__ import annotations
 
 import json
@@ -89,6 +90,11 @@ def test_the_denoiser_is_taught_with_the_clips_pose_and_the_null_caption_with_it
         predicted = handpose.draw_pose(*unet.hand_pose(context, mask, distance), 16)
     taught = handpose.draw_pose(*target, 16)
     assert torch.allclose(seen[0][:4], taught[:4]) and torch.allclose(seen[0][4:], predicted[4:], atol=1e-6)
+    # the pose loss is the captioned clip's alone: the null caption says nothing of its clip's pose
+    with torch.no_grad():
+        xy, crops = unet.hand_pose(context, mask, distance)
+    assert torch.allclose(error, handpose.pose_loss((xy[:4], crops[:4]), (target[0][:4], target[1][:4])))
+    assert not torch.allclose(error, handpose.pose_loss((xy, crops), target))
     error.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in unet.hand_pose.parameters())
     # sampling: no target, the caption's own prediction for every clip; the plain output
