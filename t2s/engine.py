@@ -97,13 +97,14 @@ def epoch_loader(dataset, cfg: Config, epoch: int, micro: int, *, rank: int = 0,
 
 # --------------------------------------------------------------------------------------------- optimizer
 def build_optimizer(cfg: Config, denoiser: nn.Module, text: TextEncoder, fused: bool = True) -> torch.optim.AdamW:
-    """AdamW over the denoiser (no weight decay on biases and norms), its hand pose at `hand_pose_lr` when that is
-    set, and, when trainable, the text encoder at its own learning rate. `fused`: one kernel for the whole update, on
-    CUDA and CPU."""
+    """AdamW over the denoiser's trainable parameters (no weight decay on biases and norms; its hand pose at
+    `hand_pose_lr` when that is set, and not at all when the engine froze it, at 0) and, when trainable, the text
+    encoder at its own learning rate. `fused`: one kernel for the whole update, on CUDA and CPU."""
     head = getattr(denoiser, "hand_pose", None)
-    pose = list(head.parameters()) if head is not None and cfg.hand_pose_lr is not None else []
+    pose = ([p for p in head.parameters() if p.requires_grad] if head is not None and cfg.hand_pose_lr is not None
+            else [])
     pose_ids = {id(p) for p in pose}
-    rest = [p for p in denoiser.parameters() if id(p) not in pose_ids]
+    rest = [p for p in denoiser.parameters() if p.requires_grad and id(p) not in pose_ids]
     groups = [
         {"params": [p for p in rest if p.ndim >= 2], "lr": cfg.learning_rate, "weight_decay": cfg.weight_decay,
          "name": "denoiser"},
@@ -160,6 +161,10 @@ class Engine:
         if getattr(denoiser, "glove_colors", None) is not None:  # the glove layer starts in the data's glove colours
             with torch.no_grad():
                 denoiser.glove_colors.copy_(torch.tensor(list(HAND_COLORS.values())) / 127.5 - 1)
+        if getattr(denoiser, "hand_pose", None) is not None and cfg.hand_pose_lr == 0:
+            # kept as fitted: out of the optimizer, the backward and the gradient clipping's norm (its pose loss still
+            # reaches a trainable text encoder); handpose.fit_hand_pose fits a frozen head all the same
+            denoiser.hand_pose.requires_grad_(False)
         if uses_channels_last(cfg, self.device):
             to_channels_last(denoiser)
         self.noise_schedule = build_train_scheduler(cfg)

@@ -149,26 +149,34 @@ def fit_hand_pose(head: HandPose, context: torch.Tensor, mask: torch.Tensor, dis
                   learning_rate: float = 2e-2, step_callback=None, weight_decay: float = 1e-2) -> float:
     """Fit `head` alone on fixed caption states: context (n, s, d), mask (n, s), distance (n, f, s) and the clips'
     pose target (xy (n f, hands, 2), crops (n f, hands, k, k)), `steps` AdamW steps of `batch_size` random clips
-    (a `seed` generator) under a cosine schedule with 5% warm-up. Returns the median centre error (pixels) over all
-    clips after fitting."""
+    (a `seed` generator) under a cosine schedule with 5% warm-up. A head frozen for the diffusion training (its
+    parameters without requires_grad) is fitted all the same and left frozen. Returns the median centre error (pixels)
+    over all clips after fitting."""
     n, frames = distance.shape[:2]
     xy_t = target[0].reshape(n, frames, *target[0].shape[1:])
     crops_t = target[1].reshape(n, frames, *target[1].shape[1:])
-    optimizer = torch.optim.AdamW(head.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    parameters = list(head.parameters())
+    frozen = [p for p in parameters if not p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay)
     schedule = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=max(1, steps // 20), num_training_steps=steps)
     generator = torch.Generator().manual_seed(seed)
     head.train()
-    for step in range(steps):
-        pick = torch.randint(0, n, (min(batch_size, n),), generator=generator).to(context.device)
-        loss = pose_loss(head(context[pick], mask[pick], distance[pick]),
-                         (xy_t[pick].flatten(0, 1), crops_t[pick].flatten(0, 1)))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        if step_callback is not None:
-            step_callback(step)
-    optimizer.zero_grad(set_to_none=True)  # no gradient of the fit left for the first training step to add to
+    head.requires_grad_(True)
+    try:
+        for step in range(steps):
+            pick = torch.randint(0, n, (min(batch_size, n),), generator=generator).to(context.device)
+            loss = pose_loss(head(context[pick], mask[pick], distance[pick]),
+                             (xy_t[pick].flatten(0, 1), crops_t[pick].flatten(0, 1)))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            if step_callback is not None:
+                step_callback(step)
+    finally:
+        optimizer.zero_grad(set_to_none=True)  # no gradient of the fit left for the first training step to add to
+        for p in frozen:
+            p.requires_grad_(False)
     with torch.no_grad():
         xy, _ = head(context, mask, distance)
     return float((xy - target[0]).norm(dim=-1).median())

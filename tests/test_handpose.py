@@ -139,6 +139,22 @@ def test_hand_pose_needs_synthsign_x0_prediction_and_its_pretraining_needs_hand_
         load_config("baseline", "micro", {"hand_pose": True, "hand_pose_lr": -1e-3, **sample})
 
 
+@pytest.mark.parametrize("lr", [None, 1e-4])
+def test_hand_pose_lr_puts_the_pose_in_its_own_optimizer_group(lr):
+    from t2s.engine import Engine
+
+    engine = Engine(load_config("baseline", "micro", {"hand_pose": True, "hand_pose_lr": lr,
+                                                      "prediction_type": "sample"}), cpu=True)
+    groups = {g["name"]: g for g in engine.optimizer.param_groups}
+    head = {id(p) for p in engine.model.hand_pose.parameters()}
+    if lr is None:  # with the denoiser, at its learning rate
+        assert "hand_pose" not in groups
+        assert head <= {id(p) for g in groups.values() for p in g["params"]}
+    else:
+        assert groups["hand_pose"]["initial_lr"] == lr and {id(p) for p in groups["hand_pose"]["params"]} == head
+        assert not head & {id(p) for p in groups["denoiser"]["params"] + groups["denoiser_no_decay"]["params"]}
+
+
 @pytest.mark.parametrize("variant", ["baseline", "text_finetuned"])
 def test_hand_pose_lr_0_keeps_the_fitted_pose_while_the_rest_trains(variant):
     from t2s.engine import Engine
@@ -146,16 +162,22 @@ def test_hand_pose_lr_0_keeps_the_fitted_pose_while_the_rest_trains(variant):
     options = {"hand_pose": True, "hand_pose_pretrain_steps": 10, "hand_pose_lr": 0.0, "prediction_type": "sample",
                "max_steps": 3, "warmup_steps": 0}
     engine = Engine(load_config(variant, "micro", options), cpu=True)
+    initial = {k: v.clone() for k, v in engine.model.hand_pose.state_dict().items()}
     engine.pretrain_hand_pose()
-    names = [g["name"] for g in engine.optimizer.param_groups]
-    assert names[2] == "hand_pose" and engine.optimizer.param_groups[2]["lr"] == 0.0
     head = {k: v.clone() for k, v in engine.model.hand_pose.state_dict().items()}
+    assert any(not torch.equal(initial[k], v) for k, v in head.items())  # the frozen head was fitted all the same
+    # out of the optimizer (so out of the gradient clipping's norm) and out of the backward
+    assert not any(p.requires_grad for p in engine.model.hand_pose.parameters())
+    assert "hand_pose" not in [g["name"] for g in engine.optimizer.param_groups]
+    in_optimizer = {id(p) for g in engine.optimizer.param_groups for p in g["params"]}
+    assert not in_optimizer & {id(p) for p in engine.model.hand_pose.parameters()}
     unet = engine.model.stem.weight.detach().clone()
     text = [p.detach().clone() for p in engine.text.trainable_parameters()]
     batches = iter(engine.epoch_loader())
     for _ in range(3):
         engine.train_step(batches)
     assert all(torch.equal(v, engine.model.hand_pose.state_dict()[k]) for k, v in head.items())
+    assert all(p.grad is None for p in engine.model.hand_pose.parameters())
     assert not torch.equal(unet, engine.model.stem.weight)
     # a trainable text encoder still learns (from the diffusion and the pose loss; BERT's pooler is never reached)
     assert (variant == "text_finetuned") == bool(text)
