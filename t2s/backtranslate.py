@@ -45,7 +45,7 @@ smoothing) with tokenize "none": the glosses are already tokens, and "13a" would
 scores 0 (synthsign captions have 2-5 glosses, so a split of several clips has 4-grams). WER is jiwer's corpus WER (edits / reference glosses; can
 exceed 1). Exact is the fraction of clips whose reading equals its reference sequence.
 
-Imports `t2s.metrics` (the hand finder), `t2s.handpose` (the glove colour tolerance), `t2s.glosses` and `t2s.synthsign` (the vocabulary and the renderer),
+Imports `t2s.metrics` (the hand finder and its colour tolerance), `t2s.glosses` and `t2s.synthsign` (the vocabulary and the renderer),
 `t2s.synthdata` (the data version in the cache key), `t2s.video` and `t2s.rundir`.
 """
 from __future__ import annotations
@@ -71,14 +71,13 @@ from torch.nn import functional as F
 
 from . import metrics, synthsign
 from .glosses import VOCABULARY, random_caption
-from .handpose import GLOVE_TOLERANCE
 from .rundir import atomic_write_bytes
 from .synthdata import SYNTHSIGN_VERSION
 from .video import to_frames
 
 RECOGNIZER_VERSION = 1  # bump when features, model, training or decoding change: old cached weights are not reused
 CROP = 9  # hand-shape crops are resampled to CROP x CROP
-SOFT_COLOR_SCALE = GLOVE_TOLERANCE  # RGB distance at which a pixel's glove similarity falls to 1/e (as the pose's)
+SOFT_COLOR_SCALE = metrics.HAND_COLOR_TOLERANCE  # RGB distance at which a pixel's glove similarity falls to 1/e
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
 INTERVAL = 0.95

@@ -55,8 +55,6 @@ RANGES: dict[str, tuple] = {
     "cond_drop_prob": (0.0, 1.0, True, True),
     "motion_loss_weight": (0.0, None, True, True),
     "text_layout_channels": (0, None, True, True),
-    "hand_pose_pretrain_steps": (0, None, True, True),
-    "hand_pose_lr": (0.0, None, True, True),
     "num_inference_steps": (1, None, True, True),
     "guidance_scale": (0.0, None, True, True),
     "eta": (0.0, 1.0, True, True),
@@ -122,16 +120,6 @@ class Config:
     # > 0: that many per-frame spatial maps of the words signed then (at half the image size, from each word's state
     # and where in the word the frame is), given to the first convolution beside the noisy frame (model.TextLayout)
     text_layout_channels: int = 0
-    # true: the caption is first turned into a hand pose per frame (each glove's centre and shape, t2s.handpose), drawn
-    # as one map per hand beside the noisy frame and as a glove layer over the predicted clean clip (prediction_type
-    # sample); the pose is trained on the gloves read off the training clips (synthsign's glove colours) and the
-    # denoiser is taught with each clip's own pose (text -> pose -> video)
-    hand_pose: bool = False
-    # optimizer steps fitting the hand pose alone (fixed caption states, 32 clips a step) before the diffusion training
-    hand_pose_pretrain_steps: int = 0
-    # the hand pose's learning rate during the diffusion training (null: learning_rate); 0 keeps the fitted pose as it
-    # is (a trainable text encoder still learns from the pose loss)
-    hand_pose_lr: Optional[float] = None
     # --- text encoder ---
     text_encoder: str = PACKAGED_TEXT_ENCODER
     max_text_length: int = 77
@@ -354,29 +342,32 @@ def _check_range(cfg: Config, source: str) -> None:
             f"{where}key 'split_mode' has value 'official' but dataset is {cfg.dataset!r}; the official split exists "
             "for dataset phoenix14t and how2sign only (use signer_disjoint or random)"
         )
-    _check_hand_pose(cfg, where)
     if cfg.dataset == "manifest" and not cfg.manifest:
         raise ConfigError(f"{where}dataset 'manifest' needs key 'manifest' (a CSV/TSV with video, caption and signer columns)")
 
 
-def _check_hand_pose(cfg: Config, where: str) -> None:
-    if cfg.hand_pose and cfg.dataset != "synthsign":
-        raise ConfigError(f"{where}key 'hand_pose' is true but dataset is {cfg.dataset!r}: the hand pose is read off "
-                          f"synthsign's coloured gloves (use dataset synthsign, or hand_pose: false)")
-    if cfg.hand_pose and cfg.prediction_type != "sample":
-        raise ConfigError(f"{where}key 'hand_pose' is true but prediction_type is {cfg.prediction_type!r}: its glove "
-                          f"layer draws the gloves over the predicted clean clip (use prediction_type: sample)")
-    if cfg.hand_pose_pretrain_steps and not cfg.hand_pose:
-        raise ConfigError(f"{where}key 'hand_pose_pretrain_steps' is {cfg.hand_pose_pretrain_steps} but hand_pose is "
-                          f"false: there is no hand pose to fit (set hand_pose: true, or hand_pose_pretrain_steps: 0)")
-    if cfg.hand_pose_lr is not None and not cfg.hand_pose:
-        raise ConfigError(f"{where}key 'hand_pose_lr' is {cfg.hand_pose_lr} but hand_pose is false: there is no hand "
-                          f"pose to train (set hand_pose: true, or hand_pose_lr: null)")
+# Keys earlier versions had, with the value that meant "off": a config that holds one switched off (an older run's
+# config.json) loads without it; one that switches it on is refused with the reason.
+RETIRED_KEYS = {"hand_pose": False, "hand_pose_pretrain_steps": 0, "hand_pose_lr": None}
+RETIRED_WHY = ("the hand-pose stage was removed: its glove layer painted the gloves over the denoiser's output, so the "
+               "text-following metrics measured a regression head, not the video model (a run trained with it cannot be "
+               "loaded by this version; remove the key from the params file)")
+
+
+def _without_retired(data: dict, source: str) -> dict:
+    """`data` without retired keys that hold their "off" value; a retired key switched on is a ConfigError."""
+    where = f"{source}: " if source else ""
+    for key, off in RETIRED_KEYS.items():
+        if key in data and data[key] != off:
+            raise ConfigError(f"{where}key '{key}' is no longer supported: {RETIRED_WHY}")
+    return {k: v for k, v in data.items() if k not in RETIRED_KEYS}
 
 
 def _check_keys(data: dict, source: str) -> None:
     where = f"{source}: " if source else ""
     for key in data:
+        if key in RETIRED_KEYS:
+            raise ConfigError(f"{where}key '{key}' is no longer supported: {RETIRED_WHY}")
         if key not in FIELD_TYPES:
             close = difflib.get_close_matches(str(key), list(FIELD_TYPES), n=1, cutoff=0.5)
             hint = f"; did you mean '{close[0]}'?" if close else "; see t2s/config.py for the valid keys"
@@ -387,6 +378,7 @@ def from_dict(data: dict, source: str = "") -> Config:
     """Build and validate a Config from a complete or partial dict (missing keys take their defaults)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source or 'config'}: expected a mapping of key: value, got {type(data).__name__}")
+    data = _without_retired(data, source)
     _check_keys(data, source)
     values = {k: _coerce(k, v, source) for k, v in data.items()}
     cfg = Config(**values)

@@ -53,23 +53,16 @@ def motion_weights(clean: torch.Tensor, strength: float) -> torch.Tensor:
     return 1.0 + strength * motion / scale
 
 
-def diffusion_loss(denoiser, scheduler, clean, noise, t, context, mask, motion_weight: float = 0.0,
-                   pose_target=None) -> torch.Tensor:
+def diffusion_loss(denoiser, scheduler, clean, noise, t, context, mask, motion_weight: float = 0.0) -> torch.Tensor:
     """Mean squared error of the denoiser's prediction on clean clips (b c f h w) noised to timesteps t (b,); with
-    `motion_weight` > 0 each pixel's error is weighted by `motion_weights` (normalised so the weights average 1). With
-    `pose_target` (the clean clips' hand pose, for a denoiser with hand_pose) the denoiser is taught with it and its
-    pose loss is added (`model.VideoUNet.pose_maps`)."""
+    `motion_weight` > 0 each pixel's error is weighted by `motion_weights` (normalised so the weights average 1)."""
     noisy = scheduler.add_noise(clean, noise, t)
-    pose_error = 0.0
-    if pose_target is None:
-        pred = denoiser(noisy, t, context, mask)
-    else:
-        pred, pose_error = denoiser(noisy, t, context, mask, pose_target=pose_target)
+    pred = denoiser(noisy, t, context, mask)
     target = training_target(scheduler, clean, noise, t).float()
     if motion_weight <= 0:
-        return torch.nn.functional.mse_loss(pred.float(), target) + pose_error
+        return torch.nn.functional.mse_loss(pred.float(), target)
     weights = motion_weights(clean.float(), motion_weight)
-    return ((pred.float() - target) ** 2 * weights).mean() / weights.mean() + pose_error
+    return ((pred.float() - target) ** 2 * weights).mean() / weights.mean()
 
 
 @torch.no_grad()

@@ -13,12 +13,10 @@ Data parallel: every process runs this same code on its slice of each global mic
 the single-process order); noise, timesteps and caption dropout are drawn for the global micro-batch, so N processes
 with batch b compute what one process with batch N*b would. DDP all-reduces the gradients.
 
-Imports: config, data, text, model, handpose, synthsign (glove colours), diffusion, ema, checkpoint state, runtime. Imported by train and bench.
+Imports: config, data, text, model, diffusion, ema, checkpoint state, runtime. Imported by train and bench.
 """
 from __future__ import annotations
 
-import io
-import time
 from contextlib import nullcontext
 from typing import Iterator, Optional
 
@@ -28,29 +26,15 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from . import handpose
 from .checkpoint import checkpoint_state, load_checkpoint_state
 from .config import Config, ConfigError
 from .counting import count_parameters
 from .data import build_datasets
 from .diffusion import build_train_scheduler, diffusion_loss, held_out_loss
 from .ema import EMA
-from .model import alignment_distance, build_denoiser, to_channels_last
-from .rundir import atomic_write_bytes
+from .model import build_denoiser, to_channels_last
 from .runtime import make_accelerator, uses_channels_last
-from .synthdata import hand_pose_dir
-from .synthsign import HAND_COLORS
 from .text import TextEncoder, build_text_encoder
-
-
-def _cached_fit(path, key: str) -> Optional[dict]:
-    """A cached hand-pose fit of this key ({key, state, median_error_px}), or None (absent, unreadable or another key:
-    then fitted again and overwritten)."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        return saved if saved.get("key") == key else None
-    except Exception:
-        return None
 
 
 # --------------------------------------------------------------------------------------------- data order
@@ -97,22 +81,15 @@ def epoch_loader(dataset, cfg: Config, epoch: int, micro: int, *, rank: int = 0,
 
 # --------------------------------------------------------------------------------------------- optimizer
 def build_optimizer(cfg: Config, denoiser: nn.Module, text: TextEncoder, fused: bool = True) -> torch.optim.AdamW:
-    """AdamW over the denoiser's trainable parameters (no weight decay on biases and norms; its hand pose at
-    `hand_pose_lr` when that is set, and not at all when the engine froze it, at 0) and, when trainable, the text
-    encoder at its own learning rate. `fused`: one kernel for the whole update, on CUDA and CPU."""
-    head = getattr(denoiser, "hand_pose", None)
-    pose = ([p for p in head.parameters() if p.requires_grad] if head is not None and cfg.hand_pose_lr is not None
-            else [])
-    pose_ids = {id(p) for p in pose}
-    rest = [p for p in denoiser.parameters() if p.requires_grad and id(p) not in pose_ids]
+    """AdamW over the denoiser's trainable parameters (no weight decay on biases and norms) and, when trainable, the
+    text encoder at its own learning rate. `fused`: one kernel for the whole update, on CUDA and CPU."""
+    rest = [p for p in denoiser.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in rest if p.ndim >= 2], "lr": cfg.learning_rate, "weight_decay": cfg.weight_decay,
          "name": "denoiser"},
         {"params": [p for p in rest if p.ndim < 2], "lr": cfg.learning_rate, "weight_decay": 0.0,
          "name": "denoiser_no_decay"},
     ]
-    if pose:
-        groups.append({"params": pose, "lr": cfg.hand_pose_lr, "weight_decay": cfg.weight_decay, "name": "hand_pose"})
     text_params = text.trainable_parameters()
     if text_params:
         groups.append({"params": text_params, "lr": cfg.text_encoder_lr, "weight_decay": cfg.weight_decay, "name": "text_encoder"})
@@ -158,13 +135,6 @@ class Engine:
         # models: the cross-attention width is the text encoder's hidden size
         self.text = text if text is not None else build_text_encoder(cfg)
         denoiser = denoiser if denoiser is not None else build_denoiser(cfg, self.text.hidden_size, self.text.special_token_counts)
-        if getattr(denoiser, "glove_colors", None) is not None:  # the glove layer starts in the data's glove colours
-            with torch.no_grad():
-                denoiser.glove_colors.copy_(torch.tensor(list(HAND_COLORS.values())) / 127.5 - 1)
-        if getattr(denoiser, "hand_pose", None) is not None and cfg.hand_pose_lr == 0:
-            # kept as fitted: out of the optimizer, the backward and the gradient clipping's norm (its pose loss still
-            # reaches a trainable text encoder); handpose.fit_hand_pose fits a frozen head all the same
-            denoiser.hand_pose.requires_grad_(False)
         if uses_channels_last(cfg, self.device):
             to_channels_last(denoiser)
         self.noise_schedule = build_train_scheduler(cfg)
@@ -256,10 +226,9 @@ class Engine:
                 b, mine = clips.shape[0], slice(self.rank * clips.shape[0], (self.rank + 1) * clips.shape[0])
                 noise = torch.randn((b * self.world_size, *clips.shape[1:]), generator=self.generator, device=self.device)[mine]
                 t = torch.randint(0, cfg.num_train_timesteps, (b * self.world_size,), generator=self.generator, device=self.device)[mine]
-                pose = self.pose_target(clips)
                 with acc.autocast():
                     loss = diffusion_loss(self.denoiser, self.noise_schedule, clips, noise, t, context, mask,
-                                          cfg.motion_loss_weight, pose)
+                                          cfg.motion_loss_weight)
                 acc.backward(loss)
                 step_loss += loss.detach() / cfg.gradient_accumulation_steps
             if acc.sync_gradients:
@@ -270,60 +239,6 @@ class Engine:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
-
-    def pose_target(self, clips: torch.Tensor):
-        """The clean clips' hand pose (`handpose.glove_pose`, synthsign's glove colours); None without hand_pose."""
-        if getattr(self.model, "hand_pose", None) is None:  # also a denoiser without the option (the benchmark's)
-            return None
-        with torch.no_grad():
-            return handpose.glove_pose(clips, list(HAND_COLORS.values()), self.model.hand_pose.extent)
-
-    def pretrain_hand_pose(self, step_callback=None) -> Optional[dict]:
-        """Fit the denoiser's hand pose alone for `hand_pose_pretrain_steps` steps (`handpose.fit_hand_pose`) on every
-        training clip's pose and its caption's token states (the text encoder as it is, without gradients); the EMA
-        then restarts from the fitted weights. A fit is cached by everything it depends on (`handpose.fit_key`, in
-        `synthdata.hand_pose_dir`), so a variant that differs only after it (a fine-tuned text encoder) with the same
-        seed takes it from its baseline's run. {steps, seconds, median_error_px, cached (the file or None)}, or None
-        with nothing to fit."""
-        steps = self.cfg.hand_pose_pretrain_steps
-        if getattr(self.model, "hand_pose", None) is None or not steps:
-            return None
-        start = time.perf_counter()
-        text = self.accelerator.unwrap_model(self.text)
-        captions, xy, crops = [], [], []
-        with torch.no_grad():
-            for first in range(0, len(self.train_set), 64):
-                items = [self.train_set[i] for i in range(first, min(len(self.train_set), first + 64))]
-                pose = self.pose_target(torch.stack([clip for clip, _, _ in items]).to(self.device))
-                xy.append(pose[0]), crops.append(pose[1]), captions.extend(caption for _, caption, _ in items)
-            unique = list(dict.fromkeys(captions))
-            training = text.training
-            text.eval()
-            context, mask = text.encode_separately(unique)  # the same numbers for a frozen and a trainable encoder
-            text.train(training)
-            row_of = {caption: i for i, caption in enumerate(unique)}
-            rows = torch.tensor([row_of[c] for c in captions], device=context.device)
-            context, mask = context[rows].float(), mask[rows]
-            distance = alignment_distance(mask, context.shape[:2], self.cfg.num_frames,
-                                          self.model.caption_special_tokens, context.device)
-        head, target = self.model.hand_pose, (torch.cat(xy), torch.cat(crops))
-        key = handpose.fit_key(head, (context, mask, distance, *target), steps, self.cfg.seed)
-        path = hand_pose_dir(self.cfg) / f"hand-pose-{key[:16]}.pt"
-        cached = _cached_fit(path, key)
-        if cached is not None:  # the same fit, made by an earlier run (another variant of this seed)
-            head.load_state_dict(cached["state"])
-            error = cached["median_error_px"]
-        else:
-            error = handpose.fit_hand_pose(head, context, mask, distance, target, steps, seed=self.cfg.seed,
-                                           step_callback=step_callback)
-            if self.is_main:
-                buffer = io.BytesIO()
-                torch.save({"key": key, "state": head.state_dict(), "median_error_px": error}, buffer)
-                atomic_write_bytes(path, buffer.getvalue())
-        if self.ema is not None:
-            self.ema = EMA(self.model, self.cfg.ema_decay, self.cfg.ema_update_every, self.cfg.ema_warmup)
-        return {"steps": steps, "seconds": round(time.perf_counter() - start, 1), "median_error_px": round(error, 3),
-                "cached": str(path) if cached is not None else None}
 
     def held_out_loss(self) -> float:
         """The fixed-timestep, fixed-noise validation loss (diffusion.held_out_loss) of the weights in the model now."""

@@ -17,8 +17,6 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
-from .handpose import HandPose, draw_pose, pose_loss
-
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of (batch,) timesteps -> (batch, dim)."""
@@ -269,7 +267,6 @@ class VideoUNet(nn.Module):
         aligned_cross_attention: bool = False,
         caption_special_tokens: tuple[int, int] = (1, 1),
         text_layout_channels: int = 0,
-        hand_pose: bool = False,
     ):
         super().__init__()
         self.gradient_checkpointing = gradient_checkpointing
@@ -289,14 +286,8 @@ class VideoUNet(nn.Module):
         # per frame, spatial maps of the words signed then (TextLayout), beside the noisy frame
         self.text_layout = (TextLayout(context_dim, text_layout_channels, max(1, image_size // 2))
                             if text_layout_channels else None)
-        # per frame, each hand's glove drawn where and as the caption's predicted pose puts it (t2s.handpose)
-        self.hand_pose = HandPose(context_dim, image_size) if hand_pose else None
-        pose_channels = self.hand_pose.hands if hand_pose else 0
-        # and a glove layer over the output: where a hand's map is, its learned colour replaces what the UNet draws,
-        # as a renderer draws the gloves last (the engine starts the colours at the data's glove colours)
-        self.glove_colors = nn.Parameter(torch.zeros(pose_channels, in_channels)) if hand_pose else None
-        self.stem = nn.Conv2d(in_channels + (2 if spatial_position else 0) + text_layout_channels + pose_channels,
-                              model_channels, 3, padding=1)
+        self.stem = nn.Conv2d(in_channels + (2 if spatial_position else 0) + text_layout_channels, model_channels, 3,
+                              padding=1)
 
         self.aligned_cross_attention = aligned_cross_attention
         self.caption_special_tokens = tuple(caption_special_tokens)
@@ -353,24 +344,9 @@ class VideoUNet(nn.Module):
                 push.append(x)
         return x
 
-    def pose_maps(self, context, mask, distance, size: int, pose_target=None):
-        """(maps (b f, hands, size, size), pose loss or None): the glove maps of the caption's predicted pose; with
-        `pose_target` (training: the clean clip's pose, `handpose.glove_pose`) the target's maps for captioned clips
-        (teacher forcing) and the prediction's for the null caption, which has no pose to teach, plus the pose loss of
-        the captioned clips (a clip's pose is its caption's: the null caption says nothing of it)."""
-        predicted = self.hand_pose(context, mask, distance)
-        if pose_target is None:
-            return draw_pose(*predicted, size), None
-        null = caption_words(mask, context.shape[:2], self.caption_special_tokens, context.device) == 0
-        null = null.repeat_interleave(distance.shape[1])
-        guessed = draw_pose(predicted[0].detach(), predicted[1].detach(), size)
-        maps = torch.where(null[:, None, None, None], guessed, draw_pose(*pose_target, size))
-        return maps, pose_loss(predicted, pose_target, keep=~null)
-
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, context_mask: Optional[torch.Tensor] = None,
-                pose_target: Optional[tuple[torch.Tensor, torch.Tensor]] = None):
-        """The prediction (b, c, f, h, w); with `pose_target` (a model with hand_pose, training), (prediction, pose
-        loss): see `pose_maps`."""
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                context_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The prediction (b, c, f, h, w): epsilon, v or the clean clip, as the training target says."""
         b, _, frames, h, w = x.shape
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(b)
@@ -386,7 +362,7 @@ class VideoUNet(nn.Module):
             emb = emb + self.frame_mlp(timestep_embedding(where, self.model_channels).to(emb.dtype)).repeat(b, 1)
         mask = None if context_mask is None else context_mask.repeat_interleave(frames, dim=0)
         distance = None
-        if self.aligned_cross_attention or self.text_layout is not None or self.hand_pose is not None:
+        if self.aligned_cross_attention or self.text_layout is not None:
             distance = alignment_distance(context_mask, context.shape[:2], frames, self.caption_special_tokens,
                                           context.device)  # (b, f, s)
         ctx = (context.repeat_interleave(frames, dim=0), mask,  # (b f) s d, (b f) s, (b f) s
@@ -397,10 +373,6 @@ class VideoUNet(nn.Module):
             x = torch.cat([x, coordinate_channels(x.shape[0], h, w, x.device, x.dtype)], dim=1)
         if self.text_layout is not None:
             x = torch.cat([x, self.text_layout(context, context_mask, distance, h).to(x.dtype)], dim=1)
-        pose_error, maps = None, None
-        if self.hand_pose is not None:
-            maps, pose_error = self.pose_maps(context, context_mask, distance, h, pose_target)
-            x = torch.cat([x, maps.to(x.dtype)], dim=1)
         x = self.stem(x)
         skips = [x]
         for i, level in enumerate(self.down):
@@ -414,12 +386,7 @@ class VideoUNet(nn.Module):
             if i < len(self.upsample):
                 x = self.upsample[i](x)
         x = self.out(x)
-        if maps is not None:
-            maps = maps.clamp(0.0, 1.0).to(x.dtype)
-            cover = maps.sum(1, keepdim=True).clamp(max=1.0)
-            x = x * (1 - cover) + torch.einsum("nkhw,kc->nchw", maps, self.glove_colors.to(x.dtype))
-        x = rearrange(x, "(b f) c h w -> b c f h w", f=frames)
-        return x if pose_target is None else (x, pose_error)
+        return rearrange(x, "(b f) c h w -> b c f h w", f=frames)
 
 
 def build_denoiser(cfg, context_dim: int, caption_special_tokens: tuple[int, int] = (1, 1)) -> VideoUNet:
@@ -441,7 +408,6 @@ def build_denoiser(cfg, context_dim: int, caption_special_tokens: tuple[int, int
         aligned_cross_attention=cfg.aligned_cross_attention,
         caption_special_tokens=caption_special_tokens,
         text_layout_channels=cfg.text_layout_channels,
-        hand_pose=cfg.hand_pose,
     )
 
 

@@ -7,7 +7,7 @@ render (the sample prompts, each by several signers, then random sentences); `ge
 Reading the cache back as a dataset is `t2s.data.load_synthsign`'s job. `recognizer_dir` is where back-translation
 recognizers of this data are cached.
 
-Public: `synthsign_params`, `synthsign_dir`, `synthsign_plan`, `generate_synthsign`, `recognizer_dir`, `hand_pose_dir`,
+Public: `synthsign_params`, `synthsign_dir`, `synthsign_plan`, `generate_synthsign`, `recognizer_dir`,
 `SYNTHSIGN_SEED`, `SYNTHSIGN_VERSION`, `SYNTHSIGN_CACHE_ROOT`, `PARALLEL_MIN_CLIPS` (re-exported by `t2s.data`, their
 old home). Imports `t2s.config`, `t2s.glosses`, `t2s.synthsign` and `t2s.video`.
 """
@@ -131,8 +131,3 @@ def generate_synthsign(target: Path, params: dict) -> Path:
 def recognizer_dir(config: Config) -> Path:
     """Where back-translation recognizers are cached: `<data_dir or <project>/.cache/synthsign>/recognizers/`."""
     return synthsign_dir(config).parent / "recognizers"
-
-
-def hand_pose_dir(config: Config) -> Path:
-    """Where fitted hand poses are cached (`t2s.engine.Engine.pretrain_hand_pose`): beside the recognizers."""
-    return synthsign_dir(config).parent / "hand_pose"

@@ -67,8 +67,6 @@ class Trainer(Engine):
         self.log.open(self.step)
         start_trackers(self.accelerator, self.cfg, self.run)
         self.log.progress("training", self.step, self.total_steps, epoch=self.epoch)
-        if self.step == 0:
-            self.pretrain_pose()
         if self.step == 0 and self.is_main and not self.run.validation_csv.exists():
             self.validate()  # the step-0 held-out loss, the reference the curve is read against
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.progress and self.is_main),
@@ -92,17 +90,6 @@ class Trainer(Engine):
         self.log.close()
         finish_trackers(self.accelerator)
         return final_val
-
-    def pretrain_pose(self) -> None:
-        """A fresh start's hand pose fitting (`Engine.pretrain_hand_pose`; a resumed run's checkpoint holds the fitted
-        pose), with a progress bar; metadata.json's `hand_pose_pretraining` records it."""
-        if not (self.cfg.hand_pose and self.cfg.hand_pose_pretrain_steps):
-            return
-        with tqdm(total=self.cfg.hand_pose_pretrain_steps, disable=not (self.progress and self.is_main),
-                  desc=f"{self.cfg.run_name} hand pose", unit="step") as bar:
-            done = self.pretrain_hand_pose(step_callback=lambda _: bar.update())
-        if self.is_main:
-            self.run.update_metadata(hand_pose_pretraining=done)
 
     def _epochs(self, bar, stop_after: Optional[int]) -> bool:
         """Epochs until total_steps; validation (and a checkpoint every save_every) at each epoch's end. True when

@@ -76,8 +76,7 @@ def test_killed_at_random_steps_resumes_to_the_uninterrupted_weights(tmp_path):
 
 
 # the tiny scale's model, data and precision; fewer validation clips and sampling steps (neither touches training)
-TINY_OVERRIDES = {"max_steps": 16, "log_every": 1, "val_max_clips": 4, "num_inference_steps": 2,
-                  "hand_pose_pretrain_steps": 50}
+TINY_OVERRIDES = {"max_steps": 16, "log_every": 1, "val_max_clips": 4, "num_inference_steps": 2}
 
 
 def test_tiny_run_stopped_by_sigterm_resumes_bit_identical(tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ MAX_FUNCTION_LINES = 60
 # Each module's layer; a module imports only from its own layer or below, and never in a cycle.
 LAYERS = [
     # 0: config and formats, and what has no project imports
-    {"config", "rundir", "runtime", "counting", "glosses", "model", "diffusion", "ema", "metrics", "arguments", "handpose"},
+    {"config", "rundir", "runtime", "counting", "glosses", "model", "diffusion", "ema", "metrics", "arguments"},
     # 1: data, text
     {"video", "synthsign", "synthdata", "captions", "records", "releases", "data", "text", "checkpoint"},
     # 2: engine and pipeline

@@ -49,7 +49,7 @@ from .distances import (
     polynomial_kernel,
 )
 from .files import OFFLINE_ENV_VAR, PROBE_TIMEOUT_S, download_blocker, is_torchscript_archive, sha256_file
-from .hands import dtw, dtw_from_cost, dtw_joint_error, find_hands, hand_cost_matrix, hand_detection_rate
+from .hands import HAND_COLOR_TOLERANCE, dtw, dtw_from_cost, dtw_joint_error, find_hands, hand_cost_matrix, hand_detection_rate
 from .perceptual import (
     LPIPS_BACKBONE_SHA256, LPIPS_ENV_VAR, LPIPS_MIN_SIDE, PSNR_CAP_DB, compute_lpips, load_lpips, lpips_backbone_path,
     psnr, ssim,
@@ -86,7 +86,7 @@ __all__ = [
     "KVD_SEED", "KVD_SUBSET_SIZE", "KVD_SUBSETS", "compute_fvd", "feature_statistics", "frechet_distance",
     "kernel_distance", "kernel_distance_std", "polynomial_kernel",
     "OFFLINE_ENV_VAR", "PROBE_TIMEOUT_S", "download_blocker", "is_torchscript_archive", "sha256_file",
-    "dtw", "dtw_from_cost", "dtw_joint_error", "find_hands", "hand_cost_matrix", "hand_detection_rate",
+    "HAND_COLOR_TOLERANCE", "dtw", "dtw_from_cost", "dtw_joint_error", "find_hands", "hand_cost_matrix", "hand_detection_rate",
     "LPIPS_BACKBONE_SHA256", "LPIPS_ENV_VAR", "LPIPS_MIN_SIDE", "PSNR_CAP_DB", "compute_lpips", "load_lpips",
     "lpips_backbone_path", "psnr", "ssim",
     "motion_magnitude", "temporal_consistency",

@@ -14,9 +14,10 @@ from scipy import ndimage
 
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+HAND_COLOR_TOLERANCE = 60.0  # RGB distance: a pixel within it of a hand's colour is that hand
 
 
-def find_hands(frames, hand_colors: dict, tolerance: float = 60.0, min_pixels: int = 4):
+def find_hands(frames, hand_colors: dict, tolerance: float = HAND_COLOR_TOLERANCE, min_pixels: int = 4):
     """Locate coloured hands in rendered frames.
 
     frames: (F, H, W, 3) uint8 RGB. hand_colors: name -> (r, g, b), e.g. synthsign's
