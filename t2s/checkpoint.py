@@ -7,8 +7,8 @@ epoch, micro, train_seconds, generator, drop_generator, rng, config, world_size.
 it take the training engine (`t2s.engine.Engine`: its models, optimizer, schedule, EMA, generators and position).
 
 A finished run's final weights (`write_final_weights`): safetensors files in `weights/` (names in `t2s.rundir`): the
-raw denoiser, its EMA weights as a denoiser state dict, and the text encoder when the run trained it, each with the
-step and epoch in its metadata and its SHA-256 in metadata.json (`final_weights`). The optimizer-state checkpoints are
+raw denoiser, its EMA weights as a denoiser state dict, and the text encoder (raw and EMA) when the run trained it,
+each with the step and epoch in its metadata and its SHA-256 in metadata.json (`final_weights`). The optimizer-state checkpoints are
 then pruned (`prune_checkpoints`) unless `keep_optimizer_state`. `load_run_weights` reads what a run generates from:
 those files, else its latest good checkpoint (an unfinished run, or a finished one from before the files existed).
 """
@@ -26,6 +26,7 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
 from .config import Config, ConfigError
+from .ema import split_shadow
 from .rundir import RunDir, atomic_write_bytes, atomic_write_json, read_json
 from .runtime import rng_state, set_rng_state
 
@@ -154,22 +155,25 @@ def latest_good_checkpoint(run: RunDir) -> Optional[tuple[Path, dict]]:
 
 
 # --------------------------------------------------------------------------------------------- final weights
-def write_final_weights(run: RunDir, state: dict, parameter_names: list[str]) -> dict:
+def write_final_weights(run: RunDir, state: dict) -> dict:
     """A finished run's weights from its final state (a checkpoint's dict) as safetensors, each written atomically:
-    raw denoiser, EMA denoiser (the raw state dict with the shadow in place of the parameters `parameter_names`, in
-    `model.parameters()` order) and the trained text encoder. Returns {file: sha256} (metadata.json's final_weights)."""
+    raw denoiser, EMA denoiser (the raw state dict with the EMA's averages in place of the parameters), the trained
+    text encoder and its EMA. Returns {file: sha256} (metadata.json's final_weights)."""
     meta = {"step": str(int(state["step"])), "epoch": str(int(state["epoch"])), "format": "t2s-final-weights-1"}
     files = {run.weights_raw: state["model"]}
+    denoiser_ema, text_ema = split_shadow(state["ema"], list(state["model"])) if state.get("ema") else ({}, {})
     if state.get("ema"):
-        files[run.weights_ema] = {**state["model"], **dict(zip(parameter_names, state["ema"]["shadow"]))}
+        files[run.weights_ema] = {**state["model"], **denoiser_ema}
     if state.get("text_encoder") is not None:
         files[run.weights_text] = state["text_encoder"]
+        if text_ema:
+            files[run.weights_text_ema] = {**state["text_encoder"], **text_ema}
     written = {}
     for path, tensors in files.items():
         data = safetensors_save({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, metadata=meta)
         atomic_write_bytes(path, data)
         written[path.name] = hashlib.sha256(data).hexdigest()
-    for stale in {run.weights_raw, run.weights_ema, run.weights_text} - set(files):
+    for stale in {run.weights_raw, run.weights_ema, run.weights_text, run.weights_text_ema} - set(files):
         stale.unlink(missing_ok=True)
     return written
 
@@ -186,23 +190,31 @@ def _read_weights_file(path: Path, digests: dict) -> tuple[dict, dict]:
 
 
 def load_run_weights(run: RunDir) -> Optional[dict]:
-    """What a run generates from: {model, ema (a denoiser state dict) or ema_shadow (a checkpoint's list, in
-    parameters() order) or neither, text_encoder or None, step, epoch, source (the file)}: its final safetensors weights,
-    else its latest good checkpoint; None when it has neither."""
+    """What a run generates from: {model, ema (a denoiser state dict, or None without EMA), text_encoder and
+    text_encoder_ema (state dicts, or None where the run did not train its encoder), step, epoch, source (the
+    file)}: its final safetensors weights, else its latest good checkpoint; None when it has neither."""
     if run.weights_raw.is_file():
         digests = run.read_metadata().get("final_weights") or {}
+
+        def read(path: Path) -> Optional[dict]:
+            return _read_weights_file(path, digests)[0] if path.is_file() else None
+
         model, meta = _read_weights_file(run.weights_raw, digests)
-        ema = _read_weights_file(run.weights_ema, digests)[0] if run.weights_ema.is_file() else None
-        text = _read_weights_file(run.weights_text, digests)[0] if run.weights_text.is_file() else None
-        return {"model": model, "ema": ema, "ema_shadow": None, "text_encoder": text, "step": int(meta["step"]),
+        return {"model": model, "ema": read(run.weights_ema), "text_encoder": read(run.weights_text),
+                "text_encoder_ema": read(run.weights_text_ema), "step": int(meta["step"]),
                 "epoch": int(meta.get("epoch", 0)), "source": run.weights_raw}
     found = latest_good_checkpoint(run)
     if found is None:
         return None
     path, state = found
-    return {"model": state["model"], "ema": None, "ema_shadow": (state.get("ema") or {}).get("shadow"),
-            "text_encoder": state.get("text_encoder"), "step": int(state["step"]), "epoch": int(state["epoch"]),
-            "source": path}
+    text = state.get("text_encoder")
+    ema, text_ema = None, None
+    if state.get("ema"):
+        denoiser_ema, text_shadow = split_shadow(state["ema"], list(state["model"]))
+        ema = {**state["model"], **denoiser_ema}
+        text_ema = {**text, **text_shadow} if text is not None and text_shadow else None
+    return {"model": state["model"], "ema": ema, "text_encoder": text, "text_encoder_ema": text_ema,
+            "step": int(state["step"]), "epoch": int(state["epoch"]), "source": path}
 
 
 def prune_checkpoints(run: RunDir) -> None:

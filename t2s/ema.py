@@ -25,6 +25,12 @@ with c = ceil(9d / (1 - d)) the first step whose warm-up value s / (9 + s) reach
 the last warm-up step in the range (the d-power is 1 while T < c). The initial weights keep R(0, T) = 0 with warm-up (the first update copies) and d**T without it; the
 weights folded in at update m keep (1 - D_m) * R(m*u, T).
 
+What is averaged: every parameter of the denoiser and, when a run trains its text encoder, every trainable parameter
+of the encoder (`text_encoder`): the EMA weights are a whole model, so a fine-tuned run's EMA denoiser is used with
+the encoder averaged over the same steps, never with the raw encoder it was not averaged with. The shadow holds the
+denoiser's tensors first (`denoiser_tensors` of them, in `model.parameters()` order), then the encoder's trainable
+ones (in `named_parameters()` order).
+
 Updates run as one multi-tensor lerp on the model's device. `EMA.swapped()` puts the shadow weights in for
 validation and sampling and restores the raw ones; `EMA.copy_to(model)` and `copy_shadow(state["shadow"], model)`
 copy them (live, or from a saved state) into a model for good, as the pipeline loads a run's EMA weights.
@@ -81,10 +87,38 @@ def copy_shadow(shadow: list[torch.Tensor], model: nn.Module) -> nn.Module:
     return model
 
 
+TEXT_PREFIX = "text_encoder."  # the EMA's name of a text encoder parameter: this prefix, then its own name
+
+
+def split_shadow(state: dict, denoiser_names: Optional[list[str]] = None) -> tuple[dict, dict]:
+    """A saved EMA state as ({denoiser parameter name: averaged tensor}, {text encoder parameter name: averaged
+    tensor}); the second is empty when the encoder was not averaged. A state saved before the names were kept holds
+    the denoiser's parameters only, named by `denoiser_names` (its state dict's keys, in parameters() order)."""
+    names = state.get("names")
+    if names is None:
+        if denoiser_names is None or len(denoiser_names) != len(state["shadow"]):
+            raise ValueError("this EMA state holds no parameter names and no matching denoiser names were given")
+        names = denoiser_names
+    denoiser, text = {}, {}
+    for name, tensor in zip(names, state["shadow"]):
+        if name.startswith(TEXT_PREFIX):
+            text[name[len(TEXT_PREFIX):]] = tensor
+        else:
+            denoiser[name] = tensor
+    return denoiser, text
+
+
 class EMA:
-    def __init__(self, model: nn.Module, decay: float = 0.9999, update_every: int = 10, warmup: bool = True):
+    def __init__(self, model: nn.Module, decay: float = 0.9999, update_every: int = 10, warmup: bool = True,
+                 text_encoder: Optional[nn.Module] = None):
+        """The EMA of every parameter of `model` (the denoiser) and of the trainable parameters of `text_encoder`."""
         self.decay, self.update_every, self.warmup = decay, update_every, warmup
-        self.params = [p for p in model.parameters()]
+        named = list(model.named_parameters())
+        if text_encoder is not None:
+            named += [(f"{TEXT_PREFIX}{n}", p) for n, p in text_encoder.named_parameters() if p.requires_grad]
+        self.names = [n for n, _ in named]  # saved with the state: what each shadow tensor is the average of
+        self.params = [p for _, p in named]
+        self.denoiser_tensors = sum(1 for _ in model.parameters())
         self.shadow = [p.detach().clone().float() for p in self.params]
         self.updates = 0  # k: EMA updates made so far; the warm-up is computed from it
         self.last_decay: float = 0.0  # D_k of the latest update (per update)
@@ -106,11 +140,17 @@ class EMA:
         torch._foreach_lerp_(self.shadow, current, 1.0 - self.last_decay)
         return True
 
+    @property
+    def text_shadow(self) -> list[torch.Tensor]:
+        """The shadows of the text encoder's trainable parameters (empty when it is not averaged)."""
+        return self.shadow[self.denoiser_tensors:]
+
     @torch.no_grad()
     def copy_to(self, model: Optional[nn.Module] = None) -> None:
-        """Put the EMA weights into `model` (default: the model the EMA follows), replacing its weights."""
+        """Put the EMA weights into `model` (a denoiser; default: every module the EMA follows), replacing its
+        weights."""
         if model is not None:
-            copy_shadow(self.shadow, model)
+            copy_shadow(self.shadow[:self.denoiser_tensors], model)
             return
         for p, s in zip(self.params, self.shadow):
             p.copy_(s)
@@ -129,7 +169,7 @@ class EMA:
 
     def state_dict(self) -> dict:
         return {"shadow": [s.detach().cpu() for s in self.shadow], "last_decay": self.last_decay,
-                "updates": self.updates}
+                "updates": self.updates, "denoiser_tensors": self.denoiser_tensors, "names": self.names}
 
     def load_state_dict(self, state: dict, step: Optional[int] = None) -> None:
         """`step`: the optimizer step the state was saved at, used only for a state without an update count."""

@@ -144,7 +144,10 @@ class Engine:
         self.denoiser, self.optimizer = self.accelerator.prepare(denoiser, optimizer)
         self._prepare_text()
         self.model = self.accelerator.unwrap_model(self.denoiser)
-        self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_update_every, cfg.ema_warmup) if cfg.use_ema else None
+        # the EMA averages every trained parameter: the denoiser's and, when it trains, the text encoder's
+        trained_text = self.accelerator.unwrap_model(self.text).model if self.text_is_trained else None
+        self.ema = (EMA(self.model, cfg.ema_decay, cfg.ema_update_every, cfg.ema_warmup, text_encoder=trained_text)
+                    if cfg.use_ema else None)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)  # noise and timesteps
         self.drop_generator = torch.Generator().manual_seed(cfg.seed + 1)  # caption dropout
         self.step, self.epoch, self.micro = 0, 0, 0  # optimizer steps done; current epoch; micro-batches done in it
@@ -153,7 +156,7 @@ class Engine:
 
     def _prepare_text(self) -> None:
         """A trainable text encoder is wrapped (DDP across processes) like the denoiser; a frozen one only moved."""
-        trainable = bool(self.text.trainable_parameters())
+        trainable = self.text_is_trained = bool(self.text.trainable_parameters())
         if trainable:  # it holds parameters the loss never reaches (BERT's pooler), which DDP must be told to skip
             self.accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
             self.text = self.accelerator.prepare(self.text)

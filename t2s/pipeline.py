@@ -33,7 +33,6 @@ from diffusers.utils.torch_utils import randn_tensor
 from .checkpoint import load_run_weights
 from .config import Config, load_config_file
 from .diffusion import MAX_ETA, build_sample_scheduler
-from .ema import copy_shadow
 from .model import build_denoiser
 from .rundir import RunDir, atomic_write_json
 from .runtime import resolve_mixed_precision, run_autocast
@@ -156,7 +155,7 @@ def load_run_models(run_dir: Union[str, Path], weights: str = "ema", device: Opt
     """(config, denoiser, text encoder) of a run, in eval mode on `device` (default: CUDA when available), with the
     EMA (`weights="ema"`) or raw weights in the denoiser: a finished run's final safetensors weights, else its latest
     good checkpoint (`checkpoint.load_run_weights`). The text encoder is frozen, with the run's fine-tuned weights
-    when the run trained it."""
+    when the run trained it (their EMA with `weights="ema"`: the EMA averages every trained parameter)."""
     run = RunDir(run_dir)
     if not run.config.exists():
         raise FileNotFoundError(f"{run.root} is not a run directory (no config.json)")
@@ -167,20 +166,15 @@ def load_run_models(run_dir: Union[str, Path], weights: str = "ema", device: Opt
     if not state:
         raise FileNotFoundError(f"{run.root} holds no final weights ({run.weights.name}/) and {run.checkpoints} no "
                                 f"usable checkpoint to generate from")
+    if weights == "ema" and state["ema"] is None:
+        raise ValueError(f"{run.root} was trained without EMA (use_ema false): use weights='raw'")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     text = TextEncoder(cfg.text_encoder, cfg.max_text_length, True)
-    if state["text_encoder"] is not None:
-        text.model.load_state_dict(state["text_encoder"])
+    text_state = state["text_encoder_ema"] if weights == "ema" and state["text_encoder_ema"] else state["text_encoder"]
+    if text_state is not None:
+        text.model.load_state_dict(text_state)
     denoiser = build_denoiser(cfg, text.hidden_size, text.special_token_counts)
-    if weights == "raw":
-        denoiser.load_state_dict(state["model"])
-    elif state["ema"] is not None:
-        denoiser.load_state_dict(state["ema"])
-    elif state["ema_shadow"]:
-        denoiser.load_state_dict(state["model"])
-        copy_shadow(state["ema_shadow"], denoiser)
-    else:
-        raise ValueError(f"{run.root} was trained without EMA (use_ema false): use weights='raw'")
+    denoiser.load_state_dict(state["model"] if weights == "raw" else state["ema"])
     return cfg, denoiser.to(dev).eval(), text.to(dev).eval()
 
 

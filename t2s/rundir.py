@@ -13,6 +13,7 @@
 <run_dir>/weights/denoiser.safetensors       a finished run's final raw denoiser weights (metadata: step, epoch)
 <run_dir>/weights/denoiser_ema.safetensors   its EMA weights as a denoiser state dict (runs with use_ema)
 <run_dir>/weights/text_encoder.safetensors   its text encoder (runs that trained it: freeze_text_encoder false)
+<run_dir>/weights/text_encoder_ema.safetensors  its EMA weights (runs that trained it with use_ema)
 <run_dir>/samples/*.gif, samples.json sample clips for the fixed prompts
 <run_dir>/logs/evaluation_metrics.csv one row per evaluated weight set (and .json, the same rows)
 <run_dir>/evaluation/*.gif, index.json the evaluation clips, generated and real
@@ -108,6 +109,7 @@ class RunDir:
         self.weights_raw = self.weights / "denoiser.safetensors"
         self.weights_ema = self.weights / "denoiser_ema.safetensors"
         self.weights_text = self.weights / "text_encoder.safetensors"
+        self.weights_text_ema = self.weights / "text_encoder_ema.safetensors"
         self.samples = self.root / "samples"
         self.tensorboard = self.root / "tensorboard"
         self.config = self.root / "config.json"

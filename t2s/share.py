@@ -106,7 +106,7 @@ def derive_run(config: Config, run: RunDir, provider: RunDir) -> dict:
         if source.exists():
             _without_ema_column(source, target, column) if column else shutil.copyfile(source, target)
     step, path = found["step"], found["source"]
-    digests = write_final_weights(run, {**found, "ema": None}, [])
+    digests = write_final_weights(run, {**found, "ema": None, "text_encoder_ema": None})
     if config.keep_optimizer_state and path.suffix == ".pt":  # the provider kept its optimizer state: so does this run
         state = {**load_checkpoint(path), "ema": None, "config": config.to_dict()}
         save_checkpoint(run, path.name, state, config.keep_checkpoints)

@@ -224,7 +224,7 @@ class Trainer(Engine):
         `keep_optimizer_state` (main process only)."""
         if not self.is_main:
             return
-        digests = write_final_weights(self.run, self.state_dict(), [n for n, _ in self.model.named_parameters()])
+        digests = write_final_weights(self.run, self.state_dict())
         self.run.update_metadata(status="finished", end_time=now(), final_weights=digests)
         if not self.cfg.keep_optimizer_state:
             prune_checkpoints(self.run)

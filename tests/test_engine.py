@@ -118,6 +118,52 @@ def test_keep_optimizer_state_keeps_checkpoints_that_give_the_same_weights_and_c
     assert torch.equal(clips, again)
 
 
+def test_the_ema_holds_every_trained_parameter_of_the_denoiser_and_of_a_fine_tuned_text_encoder(kept_run, synth_dir,
+                                                                                                 tmp_path):
+    """baseline: the EMA follows every denoiser parameter and nothing of the frozen encoder; text_finetuned: every
+    denoiser parameter and every trainable encoder parameter, and its EMA encoder is what generation with the EMA
+    weights uses (written as weights/text_encoder_ema.safetensors, averaged: not the raw encoder)."""
+    from safetensors.torch import load_file
+
+    from t2s.pipeline import load_run_models
+
+    for variant in ("baseline", "text_finetuned"):
+        trainer = Trainer(micro(synth_dir, variant, max_steps=1), tmp_path / variant, progress=False)
+        text = trainer.accelerator.unwrap_model(trainer.text)
+        expected = {id(p) for p in trainer.model.parameters()} | {id(p) for p in text.trainable_parameters()}
+        assert {id(p) for p in trainer.ema.params} == expected, variant
+        assert bool(text.trainable_parameters()) == (variant == "text_finetuned")
+        assert len(trainer.ema.params) == len(trainer.ema.names) == len(set(trainer.ema.names))
+    run = RunDir(kept_run.run_dir)
+    raw_text, ema_text = load_file(run.weights_text), load_file(run.weights_text_ema)
+    assert raw_text.keys() == ema_text.keys()
+    assert any(not torch.equal(raw_text[k], ema_text[k]) for k in raw_text)  # averaged, not a copy of the raw encoder
+    _, _, deployed = load_run_models(run.root, "ema", "cpu")
+    _, _, raw = load_run_models(run.root, "raw", "cpu")
+    for name, tensor in deployed.model.state_dict().items():
+        assert torch.equal(tensor, ema_text[name]) and torch.equal(raw.model.state_dict()[name], raw_text[name]), name
+
+
+def test_text_finetuned_and_baseline_share_no_fitted_parameter(baseline_run, synth_dir, tmp_path):
+    """The same seed starts both from the same initial weights (the pairing of the study), and from there each trains
+    its own: every denoiser parameter that training moved differs between the two runs, and the fine-tuned run's
+    encoder is its own while the baseline's is the pretrained one. Nothing fitted under one variant is reused by the
+    other."""
+    from t2s.text import build_text_encoder
+
+    cfg = micro(synth_dir, "text_finetuned", text_encoder_lr=3e-4)
+    initial = {k: v.clone() for k, v in Trainer(cfg, tmp_path / "init", progress=False).model.state_dict().items()}
+    finetuned = t2s.train(cfg, tmp_path / "text_finetuned-seed0", progress=False)
+    a, b = weights(baseline_run.run_dir), weights(finetuned.run_dir)
+    moved = [k for k in initial if not torch.equal(a["model"][k], initial[k]) or not torch.equal(b["model"][k], initial[k])]
+    assert len(moved) > 0.9 * len(initial)
+    assert [k for k in moved if torch.equal(a["model"][k], b["model"][k])] == []
+    assert [k for k in a["ema"] if k in moved and torch.equal(a["ema"][k], b["ema"][k])] == []
+    pretrained = build_text_encoder(cfg).model.state_dict()
+    assert a["text_encoder"] is None  # the baseline's encoder is the pretrained one, never written
+    assert any(not torch.equal(b["text_encoder"][k], pretrained[k]) for k in pretrained)
+
+
 def test_a_finished_run_is_not_overwritten(baseline_run, synth_dir):
     before = RunDir(baseline_run.run_dir).summary.read_bytes()
     with pytest.raises(ConfigError, match="already holds a finished run"):
@@ -129,7 +175,7 @@ def test_ema_never_touches_training(baseline_run, synth_dir, tmp_path):
     """Same seed, baseline versus no_ema: the raw weights after N steps are identical."""
     no_ema = t2s.train(micro(synth_dir, "no_ema"), tmp_path / "no_ema", progress=False)
     a, b = weights(baseline_run.run_dir), weights(no_ema.run_dir)
-    assert a["ema"] is not None and b["ema"] is None and b["ema_shadow"] is None
+    assert a["ema"] is not None and b["ema"] is None
     assert a["model"].keys() == b["model"].keys()
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
