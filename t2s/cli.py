@@ -167,7 +167,8 @@ def cmd_generate(args) -> int:
 def cmd_evaluate(args) -> int:
     """FVD, LPIPS, SSIM/PSNR, temporal metrics, sign fidelity and cost of a finished run, raw and EMA weights."""
     rows = evaluate_run(args.run_dir, num_clips=args.num_clips, weights=args.weights, device=args.device,
-                        num_inference_steps=args.steps, batch_size=args.batch_size)
+                        num_inference_steps=args.steps, batch_size=args.batch_size, part=args.part,
+                        guidance_scale=args.guidance)
     identity = {"model_name", "config_name", "weights", "timestamp", "feature_weights_sha256"}
     shown = [c for c in EVALUATION_COLUMNS if c not in identity and not c.endswith("_status")]
     for row in rows:
@@ -177,7 +178,7 @@ def cmd_evaluate(args) -> int:
             why = row.get(f"{key}_status")
             text = f"{value:.4g}" if isinstance(value, float) else str(value)
             print(f"  {key:22s} {text}" + (f"   ({why})" if value is None and why else ""))
-    print(f"written: {RunDir(Path(args.run_dir)).evaluation_csv} and .json")
+    print(f"written: {RunDir(Path(args.run_dir)).evaluation_paths(args.part)[0]} and .json")
     return 0
 
 
@@ -325,6 +326,10 @@ def _add_run_commands(sub) -> None:
     sp.add_argument("--weights", nargs="+", choices=["raw", "ema"], help="default: raw, and ema when the run has it")
     sp.add_argument("--steps", type=arguments.positive_int, help="DDIM steps (default: the run's num_inference_steps)")
     sp.add_argument("--batch-size", type=arguments.positive_int, help="clips sampled together (default: the run's eval_batch_size)")
+    sp.add_argument("--guidance", type=arguments.non_negative_float, help="guidance scale (default: the run's)")
+    sp.add_argument("--part", choices=["test", "dev"], default="test",
+                    help="test: the part the report scores (default); dev: the development part, for choosing settings "
+                         "(logs/evaluation_metrics_dev.*); the two share no caption and no signer")
     sp.add_argument("--device", type=arguments.device_argument, help="cpu, cuda, cuda:1 (default: cuda when available)")
     sp.set_defaults(func=cmd_evaluate)
 

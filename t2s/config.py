@@ -95,7 +95,9 @@ class Config:
     # --- the question a variant answers (read by the report; never changes training) ---
     compare_to: Optional[str] = None  # the variant this one is compared with, e.g. "baseline"
     question: str = ""  # e.g. "Does fine-tuning the text encoder help?"
-    primary_metric: str = ""  # the metric that decides the answer; "" = the report's default (validation loss)
+    # the metric that decides the answer; "" = the report's default (the held-out loss). A params file may give one per
+    # scale, {<scale>: metric, ..., default: metric}: the loader keeps the one of the scale it loads
+    primary_metric: str = ""
     # --- video and denoiser ---
     image_size: int = 64
     num_frames: int = 16
@@ -176,7 +178,9 @@ class Config:
     data_dir: Optional[str] = None
     manifest: Optional[str] = None
     split_mode: str = "signer_disjoint"
-    train_ratio: float = 0.9
+    # signer_disjoint: the share of clips whose signers train; the rest (at least 2 signers where the data has 3 or more
+    # with comparable clip counts) are held out and divided into the development and test parts (t2s.captions)
+    train_ratio: float = 0.75
     split_seed: int = 0
     num_workers: int = 0
     synthsign_num_clips: int = 400
@@ -386,6 +390,19 @@ def from_dict(data: dict, source: str = "") -> Config:
     return cfg
 
 
+def primary_metric_for(value: Any, scale: Optional[str], source: str = "") -> str:
+    """A `primary_metric` as a params file gives it -- a metric name, or {<scale>: name, ..., default: name} -- for one
+    scale: the scale's entry, else `default`, else "" (the report's default)."""
+    if not isinstance(value, dict):
+        return value
+    where = f"{source}: " if source else ""
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ConfigError(f"{where}key 'primary_metric' has value {value!r}; expected a metric name or a mapping of "
+                          f"scale name (or 'default') to metric name, e.g. {{tiny: dtw_gap_unseen, default: "
+                          f"bt_bleu4_unseen}}")
+    return value.get(scale or "", value.get("default", ""))
+
+
 def read_yaml(path: Path) -> dict:
     """Read one params file; a YAML error names the file and line."""
     path = Path(path)
@@ -405,7 +422,7 @@ def read_yaml(path: Path) -> dict:
         raise ConfigError(f"{path}: expected a mapping of key: value at the top level, got {type(data).__name__}")
     _check_keys(data, str(path))
     for k, v in data.items():
-        _coerce(k, v, str(path))
+        _coerce(k, primary_metric_for(v, None, str(path)) if k == "primary_metric" else v, str(path))
     return data
 
 
@@ -456,6 +473,8 @@ def load_config(
     if variant:
         merged.update(read_yaml(resolve_params_file(variant, "variant", params_dir)))
         merged["variant"] = Path(variant).stem
+    if "primary_metric" in merged:  # one per scale, or one for all
+        merged["primary_metric"] = primary_metric_for(merged["primary_metric"], merged.get("scale"), "config")
     if overrides:
         items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides)
         over = dict(items)

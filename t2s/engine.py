@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from .checkpoint import checkpoint_state, load_checkpoint_state
+from .captions import development_set
 from .config import Config, ConfigError
 from .counting import count_parameters
 from .data import build_datasets
@@ -125,6 +126,9 @@ class Engine:
             with self.accelerator.main_process_first():
                 datasets = build_datasets(cfg)
         self.train_set, self.val_set, self.split = datasets
+        # the held-out loss reads the development part of the validation split; the test part is the evaluation's
+        self.dev_set, parts = development_set(cfg, self.train_set, self.val_set)
+        self.split = {**self.split, **parts}
         self.steps_per_epoch = steps_per_epoch(len(self.train_set), cfg, self.world_size)
         if self.steps_per_epoch < 1:
             raise ConfigError(
@@ -244,9 +248,10 @@ class Engine:
         return grad_norm
 
     def held_out_loss(self) -> float:
-        """The fixed-timestep, fixed-noise validation loss (diffusion.held_out_loss) of the weights in the model now."""
+        """The fixed-timestep, fixed-noise validation loss (diffusion.held_out_loss) of the weights in the model now,
+        on the development part's validation clips."""
         text = self.accelerator.unwrap_model(self.text)
-        return held_out_loss(self.model, text, self.noise_schedule, self.val_set, self.cfg, self.device,
+        return held_out_loss(self.model, text, self.noise_schedule, self.dev_set, self.cfg, self.device,
                              autocast=self.accelerator.autocast)
 
     def state_dict(self) -> dict:

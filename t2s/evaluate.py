@@ -4,13 +4,17 @@
 
 What is evaluated
 -----------------
-* The evaluation set (`t2s.captions.evaluation_clips`): `num_clips` (default `cfg.eval_num_clips`, an upper bound) clips
+* One part of the evaluation set (`t2s.captions.evaluation_parts`): the test part by default (what the report scores),
+  or with `part="dev"` the development part, for choosing a scale's settings. The held-out signers are divided
+  between the parts and so are the captions: the two share no caption and no signer. Rows record `eval_part` and
+  `eval_signers`, and the sampling settings used (`num_inference_steps`, `guidance_scale`).
+* The part's evaluation set (`t2s.captions.evaluation_clips`): `num_clips` (default `cfg.eval_num_clips`, an upper bound) clips
   divided among three caption splits as evenly as their candidates allow (`captions.split_sizes`; e.g. 24 -> 8 + 8 + 8,
   8 -> 3 + 3 + 2), each scored separately by back-translation:
   - `seen`: captions that occur in the training split, signed by a signer who does not sign them there. synthsign:
-    distinct training gloss sequences (the sample prompts first, then a fixed-seed order), each rendered for a held-out
-    (validation) signer; other data: validation clips whose caption occurs in training.
-  - `novel`: validation clips whose caption (gloss sequence) never occurs in training, in split order.
+    distinct training gloss sequences of the part (the sample prompts first, then a fixed-seed order), each rendered
+    for a held-out signer of the part; other data: the part's validation clips whose caption occurs in training.
+  - `novel`: the part's validation clips whose caption (gloss sequence) never occurs in training, in split order.
   - `paraphrase` (synthsign only): the first seen captions reworded by `glosses.paraphrase` (synonyms, phrases,
     filler words: "thanks a lot" for "thank you very much"); same glosses, so the same real clip. Only a text encoder
     that maps wordings it never saw to their meaning can sign them.
@@ -36,7 +40,8 @@ What is evaluated
 * LPIPS / SSIM / PSNR (frame by frame against the real clip of the same caption, averaged over frames and clips),
   temporal consistency and motion magnitude of the generated clips and, for reference, of the real ones (`*_real`).
 * Held-out diffusion loss (`held_out_loss`): the training engine's fixed-timestep, fixed-noise validation loss
-  on the first `val_max_clips` validation clips, for each weight set (column `val_loss`); the same with each clip
+  on the first `val_max_clips` validation clips of the part, for each weight set (column `val_loss`; the training's
+  validation reads the development part's); the same with each clip
   conditioned on the next clip's caption (`val_loss_other_caption`), and the share of that loss the right caption
   saves, in percent (`caption_dependence`: 0 = the denoiser ignores the text; the first sign that it follows it).
 * Sign fidelity (synthsign only: a dataset with ground-truth keypoints): hands are found in every generated frame
@@ -55,6 +60,9 @@ What is evaluated
     percentile bootstrap interval over clips (`DTW_BOOTSTRAP_RESAMPLES` resamples of the n clips with replacement,
     generator seeded `DTW_BOOTSTRAP_SEED`; pairs re-formed within each resample); null below `DTW_GAP_MIN_CLIPS` = 5
     clips, where a bootstrap has too few distinct resamples for an interval.
+  - `dtw_gap_seen`, `dtw_gap_unseen` (with `_low` / `_high`): the same gap on the seen captions alone and on the
+    unseen ones (novel and paraphrased pooled, as back-translation's "unseen"; a paraphrase is scored against its seen
+    clip's track), each group's control pairs within the group (`evaluation_metrics.sign_fidelity_by_group`).
 * Back-translation (synthsign only; `t2s.backtranslate`): a small recognizer, trained once per data and split on
   clips rendered for it (training-split signers, none of the held-out captions, `bt_train_frames` / `bt_epochs` /
   `bt_seed`) and cached (`bt_recognizer`: the first 16 hex digits of its key), reads each clip's gloss sequence; the
@@ -83,8 +91,9 @@ A metric that cannot be computed is null (empty CSV cell, JSON null) and its `<m
 
 Files (in the run directory)
 ----------------------------
-* `logs/evaluation_metrics.csv`, `logs/evaluation_metrics.json`: the rows (`EVALUATION_COLUMNS`), one per weight
-  set; a weight set not evaluated this time keeps its previous row. Written atomically.
+* `logs/evaluation_metrics.csv`, `logs/evaluation_metrics.json`: the test part's rows (`EVALUATION_COLUMNS`), one per
+  weight set; a weight set not evaluated this time keeps its previous row. Written atomically. The development
+  part's: `logs/evaluation_metrics_dev.*` and `evaluation_dev/` (`RunDir.evaluation_paths`).
 * `tensorboard/`: the numbers as scalars `eval/<weights>/<metric>` at the checkpoint's step.
 * `evaluation/<weights>_<i>.gif` (generated), `evaluation/real_<i>.gif` (the reference clip), and
   `evaluation/index.json`: [{prompt, file, weights ("raw" | "ema" | "real"), index, split, seed, signer, glosses (the
@@ -120,15 +129,16 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from . import backtranslate, metrics, synthsign
-from .captions import CAPTION_SPLITS, EvaluationClip, caption_key, evaluation_clips
+from .captions import (CAPTION_SPLITS, PARTS, EvaluationClip, caption_key, evaluation_clips, evaluation_parts,
+                       part_indices)
 from .checkpoint import list_checkpoints, load_run_weights
 from .config import Config, load_config_file
 from .data import ClipDataset, build_datasets
 from .diffusion import VAL_NOISE_SEED, build_train_scheduler, held_out_loss  # noqa: F401 (VAL_NOISE_SEED re-exported)
 from .evaluation_metrics import (  # noqa: F401 (re-exported: the comparison metrics' old home)
     BT_COLUMNS, BT_GROUPS, BT_METRICS, BT_SCORES, DTW_BOOTSTRAP_RESAMPLES, DTW_BOOTSTRAP_SEED, DTW_GAP_MIN_CLIPS,
-    DTW_INTERVAL, NO_KEYPOINTS, OK, STATUS_METRICS, back_translation_metrics, caption_dependence, compare_clips,
-    distribution_metrics, dtw_matrix, hand_tracks, sign_fidelity,
+    DTW_GROUP_COLUMNS, DTW_INTERVAL, NO_KEYPOINTS, OK, STATUS_METRICS, back_translation_metrics, caption_dependence,
+    compare_clips, distribution_metrics, dtw_matrix, hand_tracks, sign_fidelity, sign_fidelity_by_group,
 )
 from .pipeline import TextToSignPipeline, load_run_models, write_gif
 from .rundir import RunDir, atomic_write_bytes, atomic_write_json, read_json
@@ -141,10 +151,12 @@ EVALUATION_COLUMNS = [
     "model_name", "config_name", "weights",
     "fvd", "kvd", "kvd_std", "lpips", "ssim", "psnr",
     "temporal_consistency", "temporal_consistency_real", "motion_magnitude", "motion_magnitude_real",
-    "dtw_error", "dtw_error_shuffled", "dtw_gap", "dtw_gap_low", "dtw_gap_high", "hand_detection_rate",
+    "dtw_error", "dtw_error_shuffled", "dtw_gap", "dtw_gap_low", "dtw_gap_high", *DTW_GROUP_COLUMNS,
+    "hand_detection_rate",
     *BT_COLUMNS,
     "val_loss", "val_loss_other_caption", "caption_dependence",
-    "inference_time_ms", "inference_memory_gb", "num_parameters_millions", "num_clips",
+    "inference_time_ms", "inference_memory_gb", "num_parameters_millions",
+    "eval_part", "eval_signers", "num_inference_steps", "guidance_scale", "num_clips",
     "num_clips_seen", "num_clips_novel", "num_clips_paraphrase",
     "feature_extractor", "feature_weights_sha256", "bt_recognizer", "timestamp",
 ] + [f"{m}_status" for m in STATUS_METRICS]
@@ -157,15 +169,17 @@ def _row_value(v):
     return repr(v) if isinstance(v, float) else v
 
 
-def write_rows(run: RunDir, rows: list[dict]) -> None:
-    """logs/evaluation_metrics.csv and .json, atomically, with exactly `EVALUATION_COLUMNS`."""
+def write_rows(run: RunDir, rows: list[dict], part: str = "test") -> None:
+    """logs/evaluation_metrics.csv and .json (the development part's: `_dev`), atomically, with exactly
+    `EVALUATION_COLUMNS`."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=EVALUATION_COLUMNS, extrasaction="raise", lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _row_value(row.get(k)) for k in EVALUATION_COLUMNS})
-    atomic_write_bytes(run.logs / "evaluation_metrics.csv", buf.getvalue().encode("utf-8"))
-    atomic_write_json(run.logs / "evaluation_metrics.json", [{k: row.get(k) for k in EVALUATION_COLUMNS} for row in rows])
+    csv_path, json_path, _ = run.evaluation_paths(part)
+    atomic_write_bytes(csv_path, buf.getvalue().encode("utf-8"))
+    atomic_write_json(json_path, [{k: row.get(k) for k in EVALUATION_COLUMNS} for row in rows])
 
 
 def _merge(old: list[dict], new: list[dict], key: str) -> list[dict]:
@@ -174,8 +188,8 @@ def _merge(old: list[dict], new: list[dict], key: str) -> list[dict]:
     return [e for e in old if isinstance(e, dict) and e.get(key) not in replaced] + new
 
 
-def _write_gifs(run: RunDir, entries: list[dict], clips: dict) -> None:
-    folder = run.root / "evaluation"
+def _write_gifs(run: RunDir, entries: list[dict], clips: dict, part: str = "test") -> None:
+    folder = run.evaluation_paths(part)[2]
     for entry in entries:
         write_gif(folder / entry["file"], clips[entry["file"]])
     index_path = folder / "index.json"
@@ -227,9 +241,12 @@ def _recognizer(cfg: Config, train_set, val_set):
     return recognizer, {}
 
 
-def _check_run(run_dir: Union[str, Path]) -> tuple[RunDir, Config, dict]:
-    """(run, config, its weights' {file, step}: the final weights or the latest checkpoint) of a run directory, or a
-    FileNotFoundError saying what is missing."""
+def _check_run(run_dir: Union[str, Path], part: str = "test", guidance_scale: Optional[float] = None
+               ) -> tuple[RunDir, Config, dict]:
+    """(run, config with the guidance scale asked for, its weights' {file, step}: the final weights or the latest
+    checkpoint) of a run directory, or a FileNotFoundError saying what is missing (a ValueError for a bad part)."""
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {', '.join(PARTS)}, not {part!r}")
     run = RunDir(run_dir)
     if not run.root.is_dir():
         raise FileNotFoundError(f"cannot evaluate {run.root}: no such directory")
@@ -237,6 +254,8 @@ def _check_run(run_dir: Union[str, Path]) -> tuple[RunDir, Config, dict]:
         raise FileNotFoundError(f"cannot evaluate {run.root}: it is not a run directory (no config.json); "
                                 f"train a run into it first")
     cfg = load_config_file(run.config)
+    if guidance_scale is not None:
+        cfg = cfg.replace(guidance_scale=guidance_scale)
     if not run.weights_raw.is_file() and not list_checkpoints(run):
         raise FileNotFoundError(f"cannot evaluate {run.root}: it has no final weights ({run.weights.name}/) and "
                                 f"{run.checkpoints} holds no checkpoint (the run has not saved one yet, or "
@@ -298,11 +317,20 @@ class _EvaluationSet:
     def references(self) -> list[list[str]]:
         return [list(c.glosses) for c in self.clips]
 
+    @property
+    def all_keypoints(self) -> Optional[list[np.ndarray]]:
+        """Every clip's ground-truth hand track (a paraphrase's is its seen clip's), or None without keypoints."""
+        return None if any(c.keypoints is None for c in self.clips) else [c.keypoints for c in self.clips]
+
+    @property
+    def gloss_keys(self) -> list[str]:
+        return [" ".join(c.glosses) for c in self.clips]
+
 
 def _evaluation_set(cfg: Config, train_set: ClipDataset, val_set: ClipDataset, n_wanted: int,
-                    num_clips: Optional[int]) -> _EvaluationSet:
-    """The caption splits' clips (`captions.evaluation_clips`); a RuntimeError if there are none."""
-    clips, short = evaluation_clips(cfg, train_set, val_set, n_wanted)
+                    num_clips: Optional[int], part: str) -> _EvaluationSet:
+    """The caption splits' clips of one part (`captions.evaluation_clips`); a RuntimeError if there are none."""
+    clips, short = evaluation_clips(cfg, train_set, val_set, n_wanted, part)
     if not clips:
         raise RuntimeError(f"no evaluation clips: {short}")
     if len(clips) < n_wanted and num_clips is not None:  # eval_num_clips is documented as an upper bound
@@ -354,7 +382,9 @@ class _Evaluation:
     device: torch.device
     steps: int  # sampling steps
     batch: int  # clips sampled together
-    val_set: ClipDataset
+    val_set: ClipDataset  # the part's validation clips: the held-out loss reads them
+    part: str  # "test" or "dev"
+    signers: str  # the part's held-out signers, as `EvaluationParts.describe` says them
     clips: _EvaluationSet
     references: _References
     autocast: Callable
@@ -423,11 +453,16 @@ def _evaluate_weights(ev: _Evaluation, weights: str, bar: _Progress
             generated[whole], clips.real[whole], clips.keypoints, clips.control_keys, refs.extractor,
             refs.extractor_status, refs.lpips_model, refs.lpips_status, refs.real_features, ev.cfg.fvd_min_clips,
         ),
+        **sign_fidelity_by_group(generated, clips.all_keypoints, clips.gloss_keys, splits),
         **back_translation_metrics(readings, refs.real_readings, clips.references, splits, refs.bt_unavailable),
         **_held_out(ev, denoiser, text),
         "inference_time_ms": 1000.0 * seconds / len(clips.clips),  # per clip
         "inference_memory_gb": peak_gb,
         "num_parameters_millions": metrics.count_parameters(denoiser) / 1e6,
+        "eval_part": ev.part,
+        "eval_signers": ev.signers,
+        "num_inference_steps": ev.steps,
+        "guidance_scale": ev.cfg.guidance_scale,
         "num_clips": len(whole),
         **{f"num_clips_{split}": splits.count(split) for split in CAPTION_SPLITS},
         "bt_recognizer": refs.recognizer.info["key"][:16] if refs.recognizer is not None else None,
@@ -453,16 +488,28 @@ def _gif_entry(clip: EvaluationClip, index: int, weights: str, readings: Optiona
 
 
 def _write_results(run: RunDir, rows: list[dict], gif_entries: list[dict], gif_clips: dict, step: int,
-                   tensorboard: bool = True) -> None:
-    """The rows merged into the run's earlier ones (a weight set not evaluated keeps its row), the GIFs, TensorBoard
-    (when the run's `trackers` list it)."""
-    old = read_json(run.logs / "evaluation_metrics.json", []) or []
+                   part: str, tensorboard: bool = True) -> None:
+    """The rows merged into the run's earlier ones of this part (a weight set not evaluated keeps its row), the GIFs,
+    TensorBoard (the test part, when the run's `trackers` list it)."""
+    old = read_json(run.evaluation_paths(part)[1], []) or []
     all_rows = _merge(old if isinstance(old, list) else [], rows, "weights")
     all_rows.sort(key=lambda r: {"raw": 0, "ema": 1}.get(r.get("weights"), 2))
-    write_rows(run, all_rows)
-    _write_gifs(run, gif_entries, gif_clips)
-    if tensorboard:
+    write_rows(run, all_rows, part)
+    _write_gifs(run, gif_entries, gif_clips, part)
+    if tensorboard and part == "test":
         _log_tensorboard(run, rows, step)
+
+
+def _evaluation(run: RunDir, cfg: Config, dev: torch.device, part: str, n_wanted: int, num_clips: Optional[int],
+                steps: int, batch: int, i3d_weights, lpips_weights) -> _Evaluation:
+    """What every weight set of one evaluation shares: the part's clips and validation clips, the references."""
+    train_set, val_set, _ = build_datasets(cfg)
+    clips = _evaluation_set(cfg, train_set, val_set, n_wanted, num_clips, part)
+    references = _references(cfg, train_set, val_set, clips, dev, i3d_weights, lpips_weights)
+    held_out = val_set.subset(part_indices(cfg, train_set, val_set, part))
+    return _Evaluation(run, cfg, dev, steps, batch, held_out, part,
+                       evaluation_parts(cfg, train_set, val_set).describe(part), clips, references,
+                       run_autocast(dev, cfg.mixed_precision))
 
 
 def evaluate_run(
@@ -475,6 +522,8 @@ def evaluate_run(
     lpips_weights: Optional[Union[str, Path]] = None,
     num_inference_steps: Optional[int] = None,
     batch_size: Optional[int] = None,
+    part: str = "test",
+    guidance_scale: Optional[float] = None,
 ) -> list[dict]:
     """Evaluate a run's final weights or latest checkpoint (see the module docstring); returns the rows, one per weight set.
 
@@ -483,13 +532,17 @@ def evaluate_run(
     i3d_weights / lpips_weights: files (or, for LPIPS, a folder) overriding the lookup of metrics.load_i3d/load_lpips.
     num_inference_steps: sampling steps (default cfg.num_inference_steps).
     batch_size: clips sampled together (default cfg.eval_batch_size); the clips do not depend on it.
+    part: "test" (what the report reads: logs/evaluation_metrics.*, evaluation/) or "dev", the development part for
+    choosing settings (logs/evaluation_metrics_dev.*, evaluation_dev/); they share no caption and no signer.
+    guidance_scale: classifier-free guidance (default cfg.guidance_scale).
     """
-    run, cfg, checkpoint = _check_run(run_dir)
+    run, cfg, checkpoint = _check_run(run_dir, part, guidance_scale)
     size_threads()  # the CPUs this process may use (affinity, cgroup quota, ablate's share)
     if run.status not in (None, "finished"):
         warnings.warn(f"{run.root} has status {run.status!r}: evaluating its latest checkpoint ({checkpoint['file']})")
     weight_sets, n_wanted, batch = _check_arguments(run, cfg, num_clips, weights, batch_size)
-    reused = reuse_evaluation(run, cfg, weight_sets) if num_clips is None and num_inference_steps is None else None
+    defaults = num_clips is None and num_inference_steps is None and guidance_scale is None and part == "test"
+    reused = reuse_evaluation(run, cfg, weight_sets) if defaults else None
     if reused is not None:  # a run that shares another's training and evaluation settings: its rows and clips
         write_rows(run, reused)
         clips = sum(int(reused[0].get(f"num_clips_{split}") or 0) for split in CAPTION_SPLITS)
@@ -497,13 +550,9 @@ def evaluate_run(
         return reused
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     run.write_progress("evaluating", 0, 0, "clip")  # 0 of 0: the data and metric models load first
-
-    train_set, val_set, _ = build_datasets(cfg)
-    clips = _evaluation_set(cfg, train_set, val_set, n_wanted, num_clips)
-    references = _references(cfg, train_set, val_set, clips, dev, i3d_weights, lpips_weights)
-    ev = _Evaluation(run, cfg, dev, num_inference_steps or cfg.num_inference_steps, batch, val_set, clips, references,
-                     run_autocast(dev, cfg.mixed_precision))
-
+    ev = _evaluation(run, cfg, dev, part, n_wanted, num_clips, num_inference_steps or cfg.num_inference_steps, batch,
+                     i3d_weights, lpips_weights)
+    clips, references = ev.clips, ev.references
     n = len(clips.clips)
     gif_entries = [_gif_entry(clips.clips[i], i, "real", references.real_readings) for i in range(n)]
     gif_clips = {f"real_{i:03d}.gif": clips.real[i] for i in range(n)}
@@ -517,6 +566,6 @@ def evaluate_run(
             gif_clips.update({f"{w}_{i:03d}.gif": generated[i] for i in range(n)})
     finally:
         bar.close()
-    _write_results(run, rows, gif_entries, gif_clips, checkpoint["step"], "tensorboard" in cfg.trackers)
+    _write_results(run, rows, gif_entries, gif_clips, checkpoint["step"], part, "tensorboard" in cfg.trackers)
     bar.write("evaluated")
     return rows

@@ -36,11 +36,16 @@ BT_SCORES = ("bleu4", "wer", "exact")
 BT_GROUPS = {**{split: (split,) for split in CAPTION_SPLITS}, "unseen": ("novel", "paraphrase")}
 # back-translation: bt_<score>_<group> (the metric), with _ceiling and _floor beside it; bt_bleu4_<group>_low/_high
 BT_METRICS = tuple(f"bt_{score}_{split}" for split in BT_GROUPS for score in BT_SCORES)
+# the DTW gap per caption group (`sign_fidelity_by_group`): where the model follows captions it saw in training, and
+# captions it did not ("unseen", as back-translation's: novel and paraphrased pooled)
+DTW_GROUPS = {"seen": ("seen",), "unseen": ("novel", "paraphrase")}
+DTW_GROUP_COLUMNS = [c for group in DTW_GROUPS for c in (f"dtw_gap_{group}", f"dtw_gap_{group}_low",
+                                                           f"dtw_gap_{group}_high")]
 BT_COLUMNS = [column for split in BT_GROUPS for column in [
     *(f"bt_{score}_{split}{part}" for score in BT_SCORES for part in ("", "_ceiling", "_floor")),
     f"bt_bleu4_{split}_low", f"bt_bleu4_{split}_high"]]
 STATUS_METRICS = ("fvd", "kvd", "kvd_std", "lpips", "ssim", "psnr", "dtw_error", "dtw_error_shuffled", "dtw_gap",
-                  "hand_detection_rate", "caption_dependence") + BT_METRICS
+                  *(f"dtw_gap_{group}" for group in DTW_GROUPS), "hand_detection_rate", "caption_dependence") + BT_METRICS
 NO_KEYPOINTS = "no ground-truth keypoints (synthsign only)"
 OK = "ok"
 
@@ -104,6 +109,31 @@ def sign_fidelity(errors: np.ndarray, captions: Sequence[str], resamples: int = 
             gaps.append(sub[pairs].mean() - np.diag(sub).mean())
     tail = 100 * (1 - level) / 2
     out["dtw_gap_low"], out["dtw_gap_high"] = (float(v) for v in np.percentile(gaps, [tail, 100 - tail]))
+    return out
+
+
+def sign_fidelity_by_group(generated: torch.Tensor, keypoints: Optional[Sequence[np.ndarray]], glosses: Sequence[str],
+                           splits: Sequence[str]) -> dict:
+    """`DTW_GROUP_COLUMNS` (and a status per group): `sign_fidelity`'s gap and interval on the clips of each
+    `DTW_GROUPS` group alone -- generated clips (B, 3, F, H, W) against the ground-truth tracks of their captions, the
+    control pairs being the group's clips of different glosses (`glosses[i]`, space-joined). A paraphrase is scored
+    against its seen clip's track (the same glosses: only the wording differs). Null with the reason without
+    keypoints, or below `DTW_GAP_MIN_CLIPS` clips in a group."""
+    out: dict = {c: None for c in DTW_GROUP_COLUMNS}
+    if keypoints is None:
+        return {**out, **{f"dtw_gap_{group}_status": NO_KEYPOINTS for group in DTW_GROUPS}}
+    tracks, _ = hand_tracks(generated)
+    errors = dtw_matrix(tracks, keypoints, float(generated.shape[-1]))
+    for group, members in DTW_GROUPS.items():
+        chosen = [i for i, split in enumerate(splits) if split in members]
+        if len(chosen) < DTW_GAP_MIN_CLIPS:
+            out[f"dtw_gap_{group}_status"] = (f"the {group} captions' DTW gap needs at least {DTW_GAP_MIN_CLIPS} "
+                                               f"evaluation clips, got {len(chosen)}")
+            continue
+        found = sign_fidelity(errors[np.ix_(chosen, chosen)], [glosses[i] for i in chosen])
+        out[f"dtw_gap_{group}_status"] = found["dtw_gap_status"]
+        for part in ("", "_low", "_high"):
+            out[f"dtw_gap_{group}{part}"] = found[f"dtw_gap{part}"]
     return out
 
 

@@ -17,6 +17,7 @@
 <run_dir>/samples/*.gif, samples.json sample clips for the fixed prompts
 <run_dir>/logs/evaluation_metrics.csv one row per evaluated weight set (and .json, the same rows)
 <run_dir>/evaluation/*.gif, index.json the evaluation clips, generated and real
+<run_dir>/logs/evaluation_metrics_dev.*, evaluation_dev/   the same for the development part (evaluate --part dev)
 <run_dir>/progress.json               what the run is doing now (phase, done of total, rate, loss), for live progress
 <run_dir>.ipynb                       the executed training notebook, beside the folder
 executed/<study>/study.json           the variants and seeds asked for, and the jobs
@@ -125,6 +126,15 @@ class RunDir:
         self.samples_json = self.samples / "samples.json"
         self.progress = self.root / "progress.json"
         self.notebook = self.root.with_suffix(".ipynb")
+
+    def evaluation_paths(self, part: str = "test") -> tuple[Path, Path, Path]:
+        """(rows CSV, rows JSON, clips folder) of an evaluation of one part of the evaluation set: the test part's
+        (what the report reads) are `evaluation_csv`, `evaluation_json` and `evaluation`; the development part's
+        carry a `_dev` suffix."""
+        if part == "test":
+            return self.evaluation_csv, self.evaluation_json, self.evaluation
+        return (self.logs / f"evaluation_metrics_{part}.csv", self.logs / f"evaluation_metrics_{part}.json",
+                self.root / f"evaluation_{part}")
 
     def make(self) -> "RunDir":
         for d in (self.root, self.logs, self.checkpoints, self.samples, self.tensorboard):

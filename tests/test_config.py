@@ -26,6 +26,32 @@ def test_merge_order_is_defaults_scale_variant_overrides(params):
     assert (cfg.variant, cfg.scale) == ("v", "s")
 
 
+def test_a_primary_metric_per_scale_is_resolved_for_the_scale_loaded(params):
+    """A params file may declare the primary metric per scale, fixed before any run; config.json then holds the one
+    of the scale it ran at, and a malformed mapping names the key and the expected form."""
+    (params / "q.yaml").write_text("compare_to: v\nprimary_metric: {s: dtw_gap_unseen, default: bt_bleu4_unseen}\n")
+    (params / "scales" / "other.yaml").write_text("batch_size: 1\n")
+    assert load_config("q", "s", params_dir=params).primary_metric == "dtw_gap_unseen"
+    assert load_config("q", "other", params_dir=params).primary_metric == "bt_bleu4_unseen"
+    (params / "bad.yaml").write_text("primary_metric: {s: 3}\n")
+    with pytest.raises(ConfigError, match="bad.yaml: key 'primary_metric' has value .*scale name"):
+        load_config("bad", "s", params_dir=params)
+
+
+def test_a_retired_key_switched_on_is_refused_with_the_reason_and_switched_off_is_ignored(tmp_path):
+    """hand_pose (removed: its glove layer painted over the denoiser's output) in an older run's config.json: off
+    loads, on is refused naming the key and why."""
+    old = {**Config().to_dict(), "hand_pose": False, "hand_pose_pretrain_steps": 0, "hand_pose_lr": None}
+    (tmp_path / "off.json").write_text(json.dumps(old))
+    assert load_config_file(tmp_path / "off.json").to_dict() == Config().to_dict()
+    (tmp_path / "on.json").write_text(json.dumps({**old, "hand_pose": True}))
+    with pytest.raises(ConfigError, match="on.json: key 'hand_pose' is no longer supported: the hand-pose stage was "
+                                          "removed"):
+        load_config_file(tmp_path / "on.json")
+    with pytest.raises(ConfigError, match="key 'hand_pose_lr' is no longer supported"):
+        load_config("baseline", "micro", {"hand_pose_lr": 0.0})
+
+
 def test_every_shipped_variant_and_scale_validates():
     for variant in ("baseline", "text_finetuned", "no_ema"):
         for scale in ("micro", "tiny", "small", "full"):

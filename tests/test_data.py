@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from t2s import data, synthdata, synthsign
+from t2s.captions import PARTS, evaluation_parts, part_indices
 from t2s.config import Config, from_dict
 from t2s.data import DataError, DataWarning
 
@@ -501,6 +502,32 @@ def test_evaluation_clips_split_synthsign_captions_into_seen_novel_and_paraphras
     assert [(c.caption, c.signer, c.seed) for c in again] == [(c.caption, c.signer, c.seed) for c in clips]
 
 
+@pytest.mark.parametrize("scale", ["micro", "tiny"])
+def test_the_development_and_test_parts_share_no_caption_and_no_signer(tmp_path, scale):
+    """Every clip of each part (its rendered seen captions, novel validation clips, paraphrases, and the validation
+    clips its held-out loss reads): no signer and no caption (gloss sequence) in both parts, and none of the parts'
+    signers trains. The shipped scales hold out 2 synthsign signers: one per part."""
+    from t2s.config import load_config
+
+    cfg = load_config("baseline", scale, {"data_dir": str(tmp_path / "synthsign")})
+    train, val, _ = data.build_datasets(cfg)
+    parts = evaluation_parts(cfg, train, val)
+    assert parts.signer_disjoint and len(val.signers) == 2
+    signers, keys = {}, {}
+    for part in PARTS:
+        clips, _ = data.evaluation_clips(cfg, train, val, 1000, part)
+        held_out = [val.records[i] for i in part_indices(cfg, train, val, part)]
+        assert clips and held_out
+        signers[part] = {c.signer for c in clips} | {r.signer for r in held_out}
+        keys[part] = {c.glosses for c in clips} | {tuple(synthsign.gloss_sequence(r.caption)) for r in held_out}
+        assert signers[part] == set(parts.part_signers(part))
+    assert not signers["dev"] & signers["test"] and not keys["dev"] & keys["test"]
+    assert not (signers["dev"] | signers["test"]) & set(train.signers)
+    # every validation clip of a test signer is a test clip; the parts are deterministic
+    assert {r.signer for r in held_out} == signers["test"]
+    assert evaluation_parts(cfg, train, val) == parts
+
+
 def test_evaluation_clips_of_a_small_budget_say_which_split_is_empty_and_why(tmp_path):
     cfg = synth_config(tmp_path)
     train, val, _ = data.build_datasets(cfg)
@@ -516,7 +543,8 @@ def test_evaluation_clips_of_folder_data_have_no_paraphrases(folder):
     train, val, _ = data.build_datasets(cfg)
     clips, short = data.evaluation_clips(cfg, train, val, 10)
     train_captions = {train.item_info(i)[0] for i in range(len(train))}
-    assert {c.split for c in clips} <= {"seen", "novel"} and len(clips) == len(val)
+    test_part = part_indices(cfg, train, val, "test")
+    assert {c.split for c in clips} <= {"seen", "novel"} and 0 < len(clips) == len(test_part) < len(val)
     for clip in clips:
         assert (clip.caption in train_captions) == (clip.split == "seen") and clip.keypoints is None
     assert "synonym table" in short["paraphrase"]

@@ -19,6 +19,7 @@ from t2s import evaluate, metrics, synthsign
 from t2s.data import to_clip
 from t2s.evaluate import EVALUATION_COLUMNS, NO_KEYPOINTS, compare_clips, evaluate_run, sign_fidelity
 from t2s.pipeline import TextToSignPipeline
+from t2s.rundir import RunDir
 
 from conftest import refuse_network
 from runfactory import make_run, run_layout
@@ -27,12 +28,15 @@ from runfactory import make_run, run_layout
 EXPECTED_COLUMNS = [
     "model_name", "config_name", "weights", "fvd", "kvd", "kvd_std", "lpips", "ssim", "psnr", "temporal_consistency",
     "temporal_consistency_real", "motion_magnitude", "motion_magnitude_real", "dtw_error", "dtw_error_shuffled",
-    "dtw_gap", "dtw_gap_low", "dtw_gap_high", "hand_detection_rate", "val_loss", "val_loss_other_caption",
+    "dtw_gap", "dtw_gap_low", "dtw_gap_high", "dtw_gap_seen", "dtw_gap_seen_low", "dtw_gap_seen_high", "dtw_gap_unseen",
+    "dtw_gap_unseen_low", "dtw_gap_unseen_high", "hand_detection_rate", "val_loss", "val_loss_other_caption",
     "caption_dependence", "inference_time_ms",
-    "inference_memory_gb", "num_parameters_millions", "num_clips", "feature_extractor", "feature_weights_sha256",
+    "inference_memory_gb", "num_parameters_millions", "eval_part", "eval_signers", "num_inference_steps",
+    "guidance_scale", "num_clips", "feature_extractor", "feature_weights_sha256",
     "timestamp",
     "fvd_status", "kvd_status", "kvd_std_status", "lpips_status", "ssim_status", "psnr_status", "dtw_error_status",
-    "dtw_error_shuffled_status", "dtw_gap_status", "hand_detection_rate_status", "caption_dependence_status",
+    "dtw_error_shuffled_status", "dtw_gap_status", "dtw_gap_seen_status", "dtw_gap_unseen_status",
+    "hand_detection_rate_status", "caption_dependence_status",
 ]
 # back-translation (issue 12): per caption split and on "unseen" (novel + paraphrase pooled), each score with its
 # ceiling and floor, BLEU-4's interval, a status
@@ -205,14 +209,38 @@ def test_sign_fidelity_on_synthsign_is_a_finite_number_that_sees_the_caption(mic
     assert row["dtw_gap"] is None and "at least 5" in row["dtw_gap_status"]
 
 
-def test_held_out_loss_reproduces_the_training_engines_validation_loss(evaluated):
+def test_the_development_part_reproduces_the_training_validation_and_the_test_part_is_apart(evaluated, micro_run,
+                                                                                            tmp_path, monkeypatch):
+    """The training's validation loss reads the development part; `evaluate` scores the test part by default
+    (logs/evaluation_metrics.*, evaluation/) and the development part only when asked (its own _dev files). The two
+    parts' clips share no caption and no signer."""
+    from t2s.captions import evaluation_parts
+
     run_dir, rows = evaluated
     summary = json.loads((run_dir / "summary.json").read_text())
-    by_weights = {r["weights"]: r for r in rows}
+    isolate_metric_weights(monkeypatch, tmp_path)
+    dev_rows = evaluate_run(micro_run, part="dev", progress=False)
+    run = RunDir(micro_run)
+    dev_csv, dev_json, dev_clips = run.evaluation_paths("dev")
+    assert dev_csv.is_file() and dev_json.is_file() and (dev_clips / "index.json").is_file()
+    dev = {r["weights"]: r for r in dev_rows}
+    test = {r["weights"]: r for r in read_json(micro_run)}  # the test part's rows are still the ones the report reads
     # the final validation ran on the weights of the last checkpoint, with the same clips, timesteps and noise
-    assert by_weights["raw"]["val_loss"] == pytest.approx(summary["val_loss_raw"], rel=1e-5)
-    assert by_weights["ema"]["val_loss"] == pytest.approx(summary["val_loss_ema"], rel=1e-5)
-    assert by_weights["raw"]["val_loss"] != by_weights["ema"]["val_loss"]
+    assert dev["raw"]["val_loss"] == pytest.approx(summary["val_loss_raw"], rel=1e-5)
+    assert dev["ema"]["val_loss"] == pytest.approx(summary["val_loss_ema"], rel=1e-5)
+    assert dev["raw"]["val_loss"] != dev["ema"]["val_loss"] and test["raw"]["val_loss"] != dev["raw"]["val_loss"]
+    assert {r["eval_part"] for r in rows} == {"test"} and {r["eval_part"] for r in dev_rows} == {"dev"}
+    from t2s.config import load_config_file
+    from t2s.data import build_datasets
+
+    cfg = load_config_file(micro_run / "config.json")
+    parts = evaluation_parts(cfg, *build_datasets(cfg)[:2])
+    clips = {part: json.loads((run.evaluation_paths(part)[2] / "index.json").read_text()) for part in ("dev", "test")}
+    for part, entries in clips.items():
+        assert {e["signer"] for e in entries} == set(parts.part_signers(part)), part
+        assert test["raw"]["eval_signers"] == "signer " + ", ".join(parts.part_signers("test"))
+    assert not {e["glosses"] for e in clips["dev"]} & {e["glosses"] for e in clips["test"]}
+    assert not {e["signer"] for e in clips["dev"]} & {e["signer"] for e in clips["test"]}
     from t2s.diffusion import VAL_NOISE_SEED
 
     assert evaluate.VAL_NOISE_SEED == VAL_NOISE_SEED
@@ -412,7 +440,8 @@ def test_real_clips_against_themselves_score_perfectly(rendered, weight_files):
     assert out["dtw_gap"] is None and "at least 5 evaluation clips, got 4" in out["dtw_gap_status"]
     unavailable = ("fvd", "kvd", "kvd_std", "dtw_gap")
     # back-translation and caption dependence (a held-out loss): evaluate_run's, not compare_clips'
-    compared = [m for m in evaluate.STATUS_METRICS if m not in evaluate.BT_METRICS and m != "caption_dependence"]
+    compared = [m for m in evaluate.STATUS_METRICS if m not in evaluate.BT_METRICS and m != "caption_dependence"
+                and m not in ("dtw_gap_seen", "dtw_gap_unseen")]  # per caption group: evaluate_run's
     assert all(out[f"{m}_status"] == "ok" for m in compared if m not in unavailable)
     for m in ("fvd", "kvd", "kvd_std"):
         assert out[m] is None and out[f"{m}_status"] == "I3D skipped"
@@ -459,6 +488,30 @@ def test_a_model_that_follows_its_captions_has_a_positive_gap_whose_interval_exc
     assert out["dtw_gap_status"] == "ok"
     assert out["dtw_gap"] == pytest.approx(out["dtw_error_shuffled"] - out["dtw_error"])
     assert 0 < out["dtw_gap_low"] <= out["dtw_gap"] <= out["dtw_gap_high"]
+
+
+def test_the_gap_per_caption_group_scores_each_group_on_its_own_clips(signed):
+    """dtw_gap_seen and dtw_gap_unseen: the gap of sign_fidelity on the group's clips alone (unseen = novel and
+    paraphrase pooled). Clips that follow their captions in the unseen group and ignore them in the seen group give a
+    positive unseen gap and a zero seen gap; a group below 5 clips is null with the reason."""
+    from t2s.evaluation_metrics import sign_fidelity_by_group
+
+    real, keypoints = signed
+    glosses = [" ".join(synthsign.gloss_sequence(c)) for c in GAP_CAPTIONS]
+    clips = torch.cat([real[:1].expand_as(real), real])  # seen: one clip whatever the caption; unseen: each its own
+    splits = ["seen"] * 6 + ["novel"] * 3 + ["paraphrase"] * 3
+    out = sign_fidelity_by_group(clips, keypoints + keypoints, glosses + glosses, splits)
+    alone = {group: sign_fidelity(evaluate.dtw_matrix(evaluate.hand_tracks(part)[0], keypoints, 32.0), glosses)
+             for group, part in (("seen", clips[:6]), ("unseen", clips[6:]))}
+    for group in ("seen", "unseen"):
+        assert out[f"dtw_gap_{group}_status"] == "ok"
+        for part in ("", "_low", "_high"):
+            assert out[f"dtw_gap_{group}{part}"] == pytest.approx(alone[group][f"dtw_gap{part}"]), (group, part)
+    assert out["dtw_gap_seen"] == pytest.approx(0.0, abs=1e-9) and out["dtw_gap_unseen_low"] > 0
+    few = sign_fidelity_by_group(clips[:8], (keypoints + keypoints)[:8], (glosses + glosses)[:8], splits[:8])
+    assert few["dtw_gap_unseen"] is None and "needs at least 5 evaluation clips, got 2" in few["dtw_gap_unseen_status"]
+    none = sign_fidelity_by_group(clips, None, glosses + glosses, splits)
+    assert none["dtw_gap_seen"] is None and none["dtw_gap_seen_status"] == NO_KEYPOINTS
 
 
 def test_identical_clips_for_every_caption_give_a_gap_of_zero(signed):

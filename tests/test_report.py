@@ -4,6 +4,7 @@ Run folders come from tests/runfactory.py (real file formats, made-up numbers); 
 """
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -16,7 +17,7 @@ from scipy import stats
 
 from runfactory import make_run, make_study
 from t2s import report
-from t2s.config import PROJECT_ROOT
+from t2s.config import PROJECT_ROOT, load_config
 
 XSS = "<img src=x onerror=alert(1)>"
 
@@ -155,11 +156,11 @@ def test_comparison_table_gives_mean_and_interval_per_variant(two_by_two, tmp_pa
     table = report.comparison_table(two_by_two)
     assert list(table.columns) == ["baseline", "text_finetuned"]
     assert table.loc["seeds (n)", "baseline"] == "2"
-    val = [json.loads((r.folder / "summary.json").read_text())["val_loss_ema"] for r in two_by_two.runs_of("baseline")]
+    val = [report.evaluation_row(r, "ema")["val_loss"] for r in two_by_two.runs_of("baseline")]
     expected = report.format_estimate(report.mean_ci(val))
-    assert table.loc["validation loss (deployed weights) ↓", "baseline"] == expected
+    assert table.loc["held-out loss, test part (deployed weights) ↓", "baseline"] == expected
     for row in ["final training loss", "minimum training loss", "training time (h) ↓", "throughput (clips/s) ↑",
-                "validation loss, raw weights ↓", "validation loss, EMA weights ↓", "LPIPS ↓", "SSIM ↑",
+                "held-out loss, test part, raw weights ↓", "held-out loss, test part, EMA weights ↓", "LPIPS ↓", "SSIM ↑",
                 "hand detection rate ↑"]:
         assert "±" in table.loc[row, "baseline"], row
     for row in ["peak memory (GB) ↓", "parameters (M)"]:  # equal in both seeds
@@ -176,13 +177,13 @@ def test_comparison_table_gives_mean_and_interval_per_variant(two_by_two, tmp_pa
     assert row["ci_low"] < row["mean"] < row["ci_high"]
     markdown = paths["md"].read_text()
     assert "| metric | baseline | text_finetuned |" in markdown
-    assert f"| validation loss (deployed weights) ↓ | {expected} |" in markdown
+    assert f"| held-out loss, test part (deployed weights) ↓ | {expected} |" in markdown
 
 
 def test_a_single_seed_is_said_to_give_no_interval_and_no_verdict(tmp_path):
     study = report.load_study("one", make_study(tmp_path, "one", seeds=(0,)))
     table = report.comparison_table(study)
-    assert table.loc["validation loss (deployed weights) ↓", "baseline"].endswith("(n=1, no interval)")
+    assert table.loc["held-out loss, test part (deployed weights) ↓", "baseline"].endswith("(n=1, no interval)")
     encoder = report.findings(study)[0]
     assert encoder.question.startswith("Does fine-tuning the text encoder help?")
     assert encoder.answer.startswith("One seed: no evidence either way.")
@@ -198,8 +199,8 @@ def test_variants_without_ema_are_judged_on_their_raw_weights(tmp_path):
     values = study.values.set_index("variant")
     no_ema = study.runs_of("no_ema")[0]
     assert no_ema.deployed_weights == "raw"
-    assert values.loc["no_ema", "val_loss"] == no_ema.summary["val_loss_raw"]
-    assert values.loc["baseline", "val_loss"] == study.runs_of("baseline")[0].summary["val_loss_ema"]
+    assert values.loc["no_ema", "val_loss"] == report.evaluation_row(no_ema, "raw")["val_loss"]
+    assert values.loc["baseline", "val_loss"] == report.evaluation_row(study.runs_of("baseline")[0], "ema")["val_loss"]
     assert math.isnan(values.loc["no_ema", "val_loss_ema"])
 
 
@@ -232,11 +233,11 @@ def test_findings_come_from_the_variant_files_and_are_paired_by_seed(tmp_path):
     assert "Text following (exploratory; text-following gap (DTW" in encoder.answer
     assert "Text following (exploratory; back-translation BLEU-4, unseen" not in encoder.answer  # it is the primary
     assert ema.question == "Is EMA important? (no_ema vs baseline)"
-    assert ema.answer.startswith("no_ema is worse than baseline on validation loss (deployed weights)")
+    assert ema.answer.startswith("no_ema is worse than baseline on held-out loss, test part (deployed weights)")
     # EMA vs raw inside the baseline runs: the factory's EMA is 0.01 lower in every seed, so no interval, no verdict
-    assert "Within baseline runs: No verdict: validation loss (EMA weights − raw weights) is -0.01 in every one of " \
+    assert "Within baseline runs: No verdict: held-out loss, test part (EMA weights − raw weights) is -0.01 in every one of " \
            "3 seeds" in ema.answer
-    assert "Lowest mean validation loss (deployed weights): text_finetuned" in best.answer
+    assert "Lowest mean held-out loss, test part (deployed weights): text_finetuned" in best.answer
     assert "text_finetuned is better than the runner-up" in best.answer
 
 
@@ -253,9 +254,9 @@ def test_other_metrics_are_exploratory_holm_adjusted_or_descriptive(tmp_path):
     assert len(with_p) == len(encoder.family) >= 2
     values = study.values.set_index(["variant", "seed"])["val_loss_raw"]
     raw = report.seed_difference(values["text_finetuned"].to_dict(), values["baseline"].to_dict())
-    shown = float(rows.loc["validation loss, raw weights ↓", "p (Holm within the question)"])
+    shown = float(rows.loc["held-out loss, test part, raw weights ↓", "p (Holm within the question)"])
     assert raw.p < shown <= 1.0  # adjusted upwards within the family
-    shown = float(rows.loc["validation loss (deployed weights) ↓", "p (Holm within the question)"])
+    shown = float(rows.loc["held-out loss, test part (deployed weights) ↓", "p (Holm within the question)"])
     by_label = {m.label: m.key for m in report.available_metrics(study)}
     table = study.values.set_index(["variant", "seed"])
     family_keys = [by_label[label.split(": ", 1)[1]] for label in encoder.family]
@@ -300,7 +301,7 @@ def test_a_user_variant_file_with_compare_to_gets_its_finding(tmp_path):
         (run_dir / "config.json").write_text(json.dumps(config), encoding="utf-8")
     finding = report.findings(report.load_study("mine", tmp_path / "executed"))[0]
     assert finding.question == "Does a higher learning rate help? (wide_lr vs baseline)"
-    assert finding.answer.startswith("wide_lr is worse than baseline on validation loss (deployed weights)")
+    assert finding.answer.startswith("wide_lr is worse than baseline on held-out loss, test part (deployed weights)")
 
 
 def test_an_unknown_primary_metric_is_named_with_the_valid_ones(tmp_path):
@@ -312,23 +313,21 @@ def test_an_unknown_primary_metric_is_named_with_the_valid_ones(tmp_path):
     finding = report.findings(report.load_study("typo", tmp_path / "executed"))[0]
     assert finding.answer.startswith("Cannot answer: the primary metric 'val_los' declared in "
                                      "text_finetuned-seed0/config.json has no value in this study; metrics with "
-                                     "values: val_loss, ")
+                                     "values: ")
+    assert "val_loss, " in finding.answer
 
 
 def test_a_missing_row_is_missing_not_another_weight_set(tmp_path):
-    """The deployed (EMA) row gone from evaluation_metrics.csv, val_loss_ema gone from summary.json: NaN with the
-    reason, never the raw weights' numbers in their place."""
+    """The deployed (EMA) row gone from evaluation_metrics.csv: NaN with the reason, never the raw weights' numbers in
+    their place."""
     run_dir = make_run(tmp_path / "executed" / "gap", "baseline", 0)
     evaluation = pd.read_csv(run_dir / "logs" / "evaluation_metrics.csv")
     evaluation[evaluation["weights"] == "raw"].to_csv(run_dir / "logs" / "evaluation_metrics.csv", index=False)
-    summary = json.loads((run_dir / "summary.json").read_text())
-    (run_dir / "summary.json").write_text(json.dumps({**summary, "val_loss_ema": None}))
     study = report.load_study("gap", tmp_path / "executed")
     values = study.values.iloc[0]
-    assert math.isnan(values["val_loss"]) and math.isnan(values["lpips"])
-    assert values["val_loss_raw"] == summary["val_loss_raw"]
+    assert math.isnan(values["val_loss"]) and math.isnan(values["lpips"]) and math.isnan(values["val_loss_ema"])
+    assert values["val_loss_raw"] == evaluation[evaluation["weights"] == "raw"]["val_loss"].iloc[0]
     reasons = report.unavailable_metrics(study).set_index("metric")["reason"]
-    assert reasons["val_loss"] == "summary.json has no val_loss_ema for the deployed ema weights"
     assert reasons["(all evaluation metrics)"] == "logs/evaluation_metrics.csv has no row for the deployed ema weights"
     assert report.evaluation_row(study.runs[0], "ema") == {}
 
@@ -359,6 +358,28 @@ def test_a_metric_missing_on_both_sides_is_called_unavailable_not_nan(tmp_path):
     assert one_sided["verdict"] == "cannot compare: no values for baseline (see the unavailable metrics)"
     page = report.findings_html(study)
     assert "nan" not in page.replace("nanoGPT", "")
+
+
+def test_the_answers_come_first_and_the_scope_names_every_way_the_scale_differs_from_the_reference(tmp_path):
+    """The report's first section states each question's answer and its scope: the test part it was scored on, and
+    the tiny scale's every difference from the reference scale, so a tiny finding is not read as a reference one."""
+    study = _paired_study(tmp_path)
+    page = report.answers_html(study)
+    for finding in report.findings(study):
+        assert html.escape(finding.question) in page
+    assert "no_ema is worse than baseline on held-out loss, test part (deployed weights)" in page
+    assert "scored on the test part of the held-out clips (signer07 and their captions)" in page
+    differences = report.scale_differences(load_config("baseline", "tiny").to_dict(),
+                                           load_config("baseline", "full").to_dict())
+    for words in ("32×32 clips of 8 frames (reference: 64×64 of 16)", "x0-prediction (reference: v-prediction)",
+                  "the cosine noise schedule (reference: linear)", "text layout maps (4 channels) (reference: none)",
+                  "aligned cross-attention on (reference: off)", "pixel coordinate channels on (reference: off)"):
+        assert words in differences, words
+        assert html.escape(words) in page, words
+    assert f"differs from the reference scale (full) in {len(differences)} settings" in page
+    assert "not findings about the reference model" in report.findings_html(study)
+    assert report.scale_differences(load_config("baseline", "full").to_dict(),
+                                    load_config("baseline", "full").to_dict()) == []
 
 
 # ----------------------------------------------------------------------------------------------- partial, empty, failed

@@ -10,7 +10,6 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "t2s"
 
-MAX_MODULE_LINES = 550  # "~500"
 MAX_CLASS_LINES = 250
 MAX_FUNCTION_LINES = 60
 
@@ -105,13 +104,12 @@ def _graph() -> dict[str, set[str]]:
     return graph
 
 
-def test_sizes_of_modules_classes_and_functions():
+def test_sizes_of_classes_and_functions():
+    """A function or class reads in one sitting. Modules have no line limit: a module is split when it holds two
+    ideas, never because of its length (shared/DESIGN.md, "Rooms")."""
     too_big = []
     for module, path in MODULES.items():
         text = path.read_text()
-        lines = len(text.splitlines())
-        if lines > MAX_MODULE_LINES:
-            too_big.append(f"t2s/{path.relative_to(PACKAGE)}: {lines} lines (> {MAX_MODULE_LINES})")
         for node in ast.walk(ast.parse(text)):
             limit = {ast.ClassDef: MAX_CLASS_LINES, ast.FunctionDef: MAX_FUNCTION_LINES,
                      ast.AsyncFunctionDef: MAX_FUNCTION_LINES}.get(type(node))

@@ -120,7 +120,8 @@ def loss_figure(runs: Union[Study, Sequence[Run]], smoothing: float = 0.6, show_
 
 
 def validation_figure(runs: Union[Study, Sequence[Run]]) -> Optional[go.Figure]:
-    """Validation loss over steps: raw weights dashed, EMA weights solid; mean over seeds with min–max band."""
+    """Validation loss over steps (the training's, on the development part of the held-out clips: a curve to watch,
+    not a result): raw weights dashed, EMA weights solid; mean over seeds with min–max band."""
     groups, colors = _groups_and_colors(runs)
     fig = go.Figure()
     for variant, variant_runs in groups:
@@ -133,8 +134,8 @@ def validation_figure(runs: Union[Study, Sequence[Run]]) -> Optional[go.Figure]:
                             dash=dash)
     if not fig.data:
         return None
-    return _layout(fig, "Validation loss: raw weights (dashed) vs EMA weights (solid)",
-                   xaxis_title="optimizer step", yaxis_title="validation loss")
+    return _layout(fig, "Validation loss on the development part: raw weights (dashed) vs EMA weights (solid)",
+                   xaxis_title="optimizer step", yaxis_title="validation loss (development part)")
 
 
 def schedule_figure(runs: Union[Study, Sequence[Run]]) -> Optional[go.Figure]:

@@ -19,6 +19,7 @@ How a question is answered (README, "Statistics"):
 """
 from __future__ import annotations
 
+import dataclasses
 import html
 import math
 from dataclasses import dataclass, field
@@ -26,17 +27,17 @@ from typing import Optional
 
 import pandas as pd
 
-from t2s.config import PARAMS_DIR, ConfigError, read_yaml
+from t2s.config import PARAMS_DIR, ConfigError, load_config, primary_metric_for, read_yaml
 from t2s.rundir import finite_number
 
 from .load import (
-    PRIMARY, Metric, Study, available_metrics, evaluation_metrics, evaluation_row,
+    BASELINE, PRIMARY, Metric, Study, available_metrics, evaluation_metrics, evaluation_row,
 )
 from .stats import ALPHA, CONFIDENCE, Difference, describe_difference, format_estimate, holm, mean_ci, seed_difference
 from .tables import _frame_html
 
-__all__ = ['TEXT_FOLLOWING', 'Question', 'questions', 'metric_role', 'Finding', 'findings', 'scope_text',
-           'findings_html']
+__all__ = ['TEXT_FOLLOWING', 'REFERENCE_SCALE', 'Question', 'questions', 'metric_role', 'Finding', 'findings',
+           'scale_differences', 'scope_text', 'answers_html', 'findings_html']
 
 # reported next to every question's primary metric, where measured: does the clip say its caption?
 TEXT_FOLLOWING = ("bt_bleu4_unseen", "bt_bleu4_seen", "dtw_gap")
@@ -77,7 +78,9 @@ def questions(study: Study) -> list:
         if not reference or reference == variant:
             continue
         text = declared.get("question") or f"Is {variant} better than {reference}?"
-        found.append(Question(variant, str(reference), str(text), str(declared.get("primary_metric") or PRIMARY),
+        scale = next((r.config.get("scale") for r in study.runs if r.config.get("scale")), None)
+        primary = primary_metric_for(declared.get("primary_metric"), scale)
+        found.append(Question(variant, str(reference), str(text), str(primary or PRIMARY),
                               where))
     return found
 
@@ -107,13 +110,9 @@ def _by_seed(study: Study, variant: str, key: str) -> dict:
 
 
 def _within(runs: list, metric: Metric) -> Difference:
-    """EMA minus raw weights of the same runs, paired by run."""
-    if metric.key == PRIMARY or metric.source == "training":
-        key = "val_loss" if metric.key == PRIMARY else metric.key.removesuffix("_raw").removesuffix("_ema")
-        pairs = {r.seed: (finite_number(r.summary.get(f"{key}_ema")), finite_number(r.summary.get(f"{key}_raw"))) for r in runs}
-    else:
-        pairs = {r.seed: (finite_number(evaluation_row(r, "ema").get(metric.key)),
-                          finite_number(evaluation_row(r, "raw").get(metric.key))) for r in runs}
+    """EMA minus raw weights of the same runs, paired by run (each weight set's evaluation row)."""
+    pairs = {r.seed: (finite_number(evaluation_row(r, "ema").get(metric.key)),
+                      finite_number(evaluation_row(r, "raw").get(metric.key))) for r in runs}
     return seed_difference({s: a for s, (a, _) in pairs.items() if a is not None},
                            {s: b for s, (_, b) in pairs.items() if b is not None})
 
@@ -255,13 +254,15 @@ def _question_finding(study: Study, q: Question, metrics: list) -> Finding:
 
 def _with_ema_within(study: Study, q: Question, primary: Metric, metrics: list, answer: str, rows: list):
     """The EMA question also compares EMA with raw weights inside each run that keeps an EMA (paired by run)."""
-    within_primary = primary if primary.source == "evaluation" else Metric(PRIMARY, "validation loss", "lower", "training")
+    within_primary = primary if primary.source == "evaluation" else _resolve_primary(PRIMARY, metrics)
+    if within_primary is not None:  # within a run both weight sets are measured, so neither is "the deployed" one
+        within_primary = dataclasses.replace(within_primary, label=within_primary.label.replace(" (deployed weights)", ""))
     for variant in (q.reference, q.variant):
         runs = [r for r in study.runs_of(variant) if r.deployed_weights == "ema"]
-        if not runs:
+        if not runs or within_primary is None:
             continue
         comparison = f"EMA − raw weights, {variant} runs"
-        within = [m for m in metrics if m.source == "evaluation" or m.key == PRIMARY]
+        within = [m for m in metrics if m.source == "evaluation"]
         new = _rows(study, comparison, lambda m: _within(runs, m), within_primary, within)
         new = [r for r in new if math.isfinite(r.d.diff)]
         if new and new[0].metric.key == within_primary.key:
@@ -301,6 +302,85 @@ def findings(study: Study) -> list:
 
 
 # ----------------------------------------------------------------------------------------------- scope and HTML
+REFERENCE_SCALE = "full"  # the reference setup (params/scales/full.yaml): a finding at another scale is about that model
+# Config keys that say nothing about the model, its training or its evaluation: left out of the scale comparison.
+_BOOKKEEPING = {"variant", "scale", "description", "compare_to", "question", "primary_metric", "seed", "resume_from",
+                "save_every", "keep_checkpoints", "keep_optimizer_state", "log_every", "trackers", "sample_every",
+                "sample_prompts", "num_workers", "data_dir", "manifest", "eval_batch_size", "channels_last",
+                "mixed_precision", "gradient_checkpointing"}
+_PREDICTION = {"sample": "x0-prediction", "v_prediction": "v-prediction", "epsilon": "ε-prediction"}
+
+
+def _option_words(key: str, value, reference) -> str:
+    """One way the study's scale differs from the reference, in words."""
+    on_off = {"frame_position_embedding": "frame position embeddings", "pooled_text_conditioning":
+              "pooled caption conditioning", "spatial_position_channels": "pixel coordinate channels",
+              "aligned_cross_attention": "aligned cross-attention", "zero_terminal_snr": "zero terminal SNR",
+              "use_ema": "EMA", "ema_warmup": "EMA warm-up", "freeze_text_encoder": "a frozen text encoder"}
+    if key in on_off:
+        return f"{on_off[key]} {'on' if value else 'off'} (reference: {'on' if reference else 'off'})"
+    if key == "prediction_type":
+        return f"{_PREDICTION.get(value, value)} (reference: {_PREDICTION.get(reference, reference)})"
+    if key == "beta_schedule":
+        return f"the {value} noise schedule (reference: {reference})"
+    if key == "text_layout_channels":
+        return (f"text layout maps ({value} channels)" if value else "no text layout maps") + \
+            (f" (reference: {reference})" if reference else " (reference: none)")
+    if key == "motion_loss_weight":
+        return f"a motion-weighted loss (weight {value:g}; reference: {reference:g})"
+    if key == "eta":
+        return f"DDIM eta {value:g} (reference: {reference:g})"
+    return f"{key} {value} (reference: {reference})"
+
+
+def scale_differences(config: dict, reference: dict) -> list[str]:
+    """How a run's config differs from the reference scale's config of the same variant, in words: the clip and model
+    size first, then every other option, training and evaluation setting that differs."""
+    changed = [k for k in config if k in reference and k not in _BOOKKEEPING and config[k] != reference[k]]
+    words = []
+    size = ("image_size", "num_frames")
+    if any(k in changed for k in size):
+        words.append(f"{config['image_size']}×{config['image_size']} clips of {config['num_frames']} frames "
+                     f"(reference: {reference['image_size']}×{reference['image_size']} of {reference['num_frames']})")
+    for key in changed:
+        if key not in size:
+            words.append(_option_words(key, config[key], reference[key]))
+    return words
+
+
+def _scale_scope(study: Study) -> str:
+    """The sentence that says which model the study is: its scale's every difference from the reference scale."""
+    runs = [r for r in study.finished_runs if r.config]
+    if not runs:
+        return ""
+    config = next((r.config for r in runs if r.variant == BASELINE), runs[0].config)
+    scale = config.get("scale") or "its own"
+    if scale == REFERENCE_SCALE:
+        return f"Model: the reference scale ({REFERENCE_SCALE}), as params/scales/{REFERENCE_SCALE}.yaml sets it."
+    try:
+        reference = load_config(config.get("variant"), REFERENCE_SCALE).to_dict()
+    except ConfigError:
+        reference = load_config(BASELINE, REFERENCE_SCALE).to_dict()
+    differences = scale_differences(config, reference)
+    return (f"Model: the {scale} scale, which differs from the reference scale ({REFERENCE_SCALE}) in "
+            f"{len(differences)} settings: {'; '.join(differences)}. Its findings are about this model; they are not "
+            f"findings about the reference model.")
+
+
+def _parts_scope(study: Study) -> str:
+    """Which part of the evaluation set the numbers come from."""
+    rows = [evaluation_row(r) for r in study.finished_runs]
+    signers = sorted({str(r.get("eval_signers")) for r in rows if r.get("eval_signers")})
+    parts = sorted({str(r.get("eval_part")) for r in rows if r.get("eval_part")})
+    if parts != ["test"]:
+        return ("Evaluation part: not recorded (runs evaluated before the development/test parts existed)."
+                if not parts else f"Evaluation parts: {', '.join(parts)} (mixed: re-evaluate with python -m t2s "
+                                  f"evaluate to score the test part only).")
+    return (f"Every evaluation number here is scored on the test part of the held-out clips ({'; '.join(signers)} "
+            f"and their captions); settings were chosen on the development part, which shares no caption and no "
+            f"signer with it, and the training's validation loss reads that development part.")
+
+
 def scope_text(study: Study) -> str:
     """What varies between replicates and what is held fixed, read from the runs' configs."""
     runs = study.finished_runs
@@ -315,7 +395,28 @@ def scope_text(study: Study) -> str:
             f"only. Held fixed in every run: the train/validation split (split_mode {values('split_mode')}, "
             f"split_seed {values('split_seed')}), the evaluation captions (eval_num_clips = "
             f"{values('eval_num_clips')} clips of the seen, novel and paraphrase caption splits) and the sampling noise (clip i is sampled from seed i). "
-            "To vary them, set split_seed, eval_num_clips or the data with -p (see the README's configuration).")
+            "To vary them, set split_seed, eval_num_clips or the data with -p (see the README's configuration). "
+            + " ".join(filter(None, (_parts_scope(study), _scale_scope(study)))))
+
+
+def answers_html(study: Study) -> str:
+    """The report's first section: each question's answer and the study's scope in a few lines, before the tables."""
+    e = html.escape
+    if not study.finished_runs:
+        return "<p><em>No finished runs, so there is nothing to answer yet.</em></p>"
+    items = []
+    for finding in findings(study):
+        answer = finding.answer.split(" Text following (")[0].split(" Within ")[0]
+        metric = f" <small>(primary metric: {e(finding.primary)})</small>" if finding.primary else ""
+        items.append(f"<li><b>{e(finding.question)}</b> {e(answer)}{metric}</li>")
+    seeds = sorted({r.seed for r in study.finished_runs})
+    scope = [f"{len(study.finished_runs)} finished runs over seeds {', '.join(map(str, seeds))}; intervals cover "
+             f"training randomness only.", _parts_scope(study), _scale_scope(study)]
+    notes = "".join(f"<li>{e(s)}</li>" for s in scope if s)
+    partial = ("<p><b>Partial study:</b> the answers use only the finished runs (see the status below).</p>"
+               if study.is_partial else "")
+    return (f"<ul>{''.join(items)}</ul>{partial}<p><b>Scope</b></p><ul>{notes}</ul>"
+            "<p><small>The details, with every comparison behind each answer, are under Findings.</small></p>")
 
 
 def findings_html(study: Study) -> str:

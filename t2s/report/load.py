@@ -17,7 +17,7 @@ import pandas as pd
 from t2s.config import DEFAULT_VARIANTS
 from t2s.rundir import FAILURES_FILE, STUDY_FILE, RunDir, finite_number
 
-__all__ = ['DEFAULT_VARIANTS', 'BASELINE', 'RUN_NAME', 'Metric', 'ONE_BATCH', 'COST', 'NO_DIRECTION', 'CONTROL', 'PRIMARY', 'TRAINING_METRICS', 'EVALUATION_METRICS', 'EVALUATION_NON_METRICS', 'EVALUATION_QUALIFIERS', 'BT_GROUPS', 'BT_SCORE_LABELS', 'Run', 'load_run', 'Study', 'load_study', 'evaluation_row', 'missing_values', 'evaluation_metrics', 'run_metrics', 'available_metrics']
+__all__ = ['DEFAULT_VARIANTS', 'BASELINE', 'RUN_NAME', 'Metric', 'ONE_BATCH', 'COST', 'NO_DIRECTION', 'CONTROL', 'PRIMARY', 'WEIGHT_SET_LOSSES', 'TRAINING_METRICS', 'EVALUATION_METRICS', 'EVALUATION_NON_METRICS', 'EVALUATION_QUALIFIERS', 'BT_GROUPS', 'BT_SCORE_LABELS', 'Run', 'load_run', 'Study', 'load_study', 'evaluation_row', 'missing_values', 'evaluation_metrics', 'run_metrics', 'available_metrics']
 
 
 BASELINE = "baseline"
@@ -51,13 +51,13 @@ CONTROL = "the control of the DTW gap, not a quality"
 DIAGNOSTIC = ("whether the denoiser uses the text at all, not what it signs: back-translation and the DTW gap judge "
               "that")
 SAME_READING = "the same recognizer readings as back-translation BLEU-4, which is the one judged (fewer tests, more power)"
-# The default primary metric: validation loss of the weights a variant would ship (EMA where it keeps one, raw
-# otherwise). A variant file may name another (`primary_metric`).
+# The default primary metric: the held-out loss on the evaluation's test part of the weights a variant would ship (EMA
+# where it keeps one, raw otherwise). A variant file may name another (`primary_metric`). The training's validation
+# loss (summary.json, the curves) reads the development part and is not compared.
 PRIMARY = "val_loss"
+# the held-out loss of each weight set, read from that weight set's evaluation row (the test part)
+WEIGHT_SET_LOSSES = {"val_loss_raw": "raw", "val_loss_ema": "ema"}
 TRAINING_METRICS = (
-    Metric("val_loss", "validation loss (deployed weights)", "lower", "training"),
-    Metric("val_loss_raw", "validation loss, raw weights", "lower", "training"),
-    Metric("val_loss_ema", "validation loss, EMA weights", "lower", "training"),
     Metric("final_loss", "final training loss", None, "training", "descriptive", ONE_BATCH),
     Metric("min_loss", "minimum training loss", None, "training", "descriptive", ONE_BATCH),
     Metric("train_time_hours", "training time (h)", "lower", "training", "descriptive", COST),
@@ -70,10 +70,15 @@ BT_GROUPS = {"unseen": "unseen captions (novel + paraphrased)", "novel": "novel 
              "paraphrase": "paraphrased captions", "seen": "seen captions"}
 BT_SCORE_LABELS = (("bleu4", "BLEU-4", "higher"), ("wer", "WER", "lower"), ("exact", "exact sequence", "higher"))
 EVALUATION_METRICS = (  # the columns of t2s.evaluate's logs/evaluation_metrics.csv, with the way they are read
+    Metric("val_loss", "held-out loss, test part (deployed weights)", "lower", "evaluation"),
+    Metric("val_loss_raw", "held-out loss, test part, raw weights", "lower", "evaluation"),
+    Metric("val_loss_ema", "held-out loss, test part, EMA weights", "lower", "evaluation"),
     *(Metric(f"bt_{score}_{group}", f"back-translation {label}, {words}", better, "evaluation",
              *(() if score == "bleu4" else ("descriptive", SAME_READING)))
       for group, words in BT_GROUPS.items() for score, label, better in BT_SCORE_LABELS),
     Metric("dtw_gap", "text-following gap (DTW, shuffled − matched captions)", "higher", "evaluation"),
+    Metric("dtw_gap_unseen", "text-following gap (DTW), unseen captions (novel + paraphrased)", "higher", "evaluation"),
+    Metric("dtw_gap_seen", "text-following gap (DTW), seen captions", "higher", "evaluation"),
     Metric("dtw_error", "DTW hand error", "lower", "evaluation"),
     Metric("dtw_error_shuffled", "DTW hand error, shuffled captions (control)", None, "evaluation", "descriptive",
            CONTROL),
@@ -98,8 +103,9 @@ EVALUATION_METRICS = (  # the columns of t2s.evaluate's logs/evaluation_metrics.
     Metric("inference_memory_gb", "inference memory (GB)", "lower", "evaluation", "descriptive", COST),
 )
 # Columns of evaluation_metrics.csv that are not metrics, or repeat one summary.json already gives.
-EVALUATION_NON_METRICS = {"model_name", "config_name", "weights", "timestamp", "num_clips", "val_loss",
-                          "num_parameters_millions", "feature_extractor", "feature_weights_sha256", "bt_recognizer"}
+EVALUATION_NON_METRICS = {"model_name", "config_name", "weights", "timestamp", "num_clips", "num_parameters_millions",
+                          "feature_extractor", "feature_weights_sha256", "bt_recognizer", "eval_part", "eval_signers",
+                          "num_inference_steps", "guidance_scale"}
 # Columns that qualify another one (an interval's bounds, a spread): shown beside it, never compared on their own.
 # (_ceiling / _floor: back-translation's bounds, the same real clips and shuffled references for every variant)
 EVALUATION_QUALIFIERS = ("_low", "_high", "_std", "_ceiling", "_floor")
@@ -136,7 +142,8 @@ class Run:
         """The weights this variant would ship: its EMA if it keeps one, else the raw weights."""
         if "use_ema" in self.config:
             return "ema" if self.config["use_ema"] else "raw"
-        return "ema" if finite_number(self.summary.get("val_loss_ema")) is not None else "raw"
+        weights = set(self.evaluation["weights"].astype(str)) if "weights" in self.evaluation else set()
+        return "ema" if "ema" in weights or finite_number(self.summary.get("val_loss_ema")) is not None else "raw"
 
 
 def _read_json(path: Path, problems: list, default):
@@ -296,8 +303,6 @@ def missing_values(run: Run) -> list:
     (not a null with a status, which `_status` columns explain: a whole row or summary field that is absent)."""
     deployed = run.deployed_weights
     rows = []
-    if finite_number(run.summary.get(f"val_loss_{deployed}")) is None:
-        rows.append((PRIMARY, deployed, f"summary.json has no val_loss_{deployed} for the deployed {deployed} weights"))
     if not run.evaluation.empty and not evaluation_row(run):
         rows.append(("(all evaluation metrics)", deployed,
                      f"logs/evaluation_metrics.csv has no row for the deployed {deployed} weights"))
@@ -314,6 +319,8 @@ def evaluation_metrics(study: Study) -> list:
                 continue
             if pd.to_numeric(run.evaluation[column], errors="coerce").notna().any():
                 columns[column] = True
+    if "val_loss" in columns:  # each weight set's held-out loss, from its own row
+        columns.update(dict.fromkeys(WEIGHT_SET_LOSSES, True))
     known = [m for m in EVALUATION_METRICS if m.key in columns]
     new = [Metric(c, c.replace("_", " "), None, "evaluation") for c in sorted(columns) if c not in {m.key for m in EVALUATION_METRICS}]
     return known + new
@@ -327,10 +334,12 @@ def run_metrics(study: Study) -> pd.DataFrame:
         row = {"variant": run.variant, "seed": run.seed, "run": run.name}
         for metric in TRAINING_METRICS:
             row[metric.key] = finite_number(run.summary.get(metric.key))
-        row[PRIMARY] = finite_number(run.summary.get(f"val_loss_{run.deployed_weights}"))  # missing stays missing
-        evaluated = evaluation_row(run)
+        evaluated = evaluation_row(run)  # the deployed weights'; a missing row stays missing
         for metric in evaluated_metrics:
-            row[metric.key] = finite_number(evaluated.get(metric.key))
+            if metric.key in WEIGHT_SET_LOSSES:
+                row[metric.key] = finite_number(evaluation_row(run, WEIGHT_SET_LOSSES[metric.key]).get(PRIMARY))
+            else:
+                row[metric.key] = finite_number(evaluated.get(metric.key))
         rows.append(row)
     frame = pd.DataFrame(rows)
     return frame.astype({c: float for c in frame.columns if c not in ("variant", "seed", "run")})
