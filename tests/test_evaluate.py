@@ -239,6 +239,8 @@ def test_the_development_part_reproduces_the_training_validation_and_the_test_pa
     for part, entries in clips.items():
         assert {e["signer"] for e in entries} == set(parts.part_signers(part)), part
         assert test["raw"]["eval_signers"] == "signer " + ", ".join(parts.part_signers("test"))
+    for part, entries in clips.items():  # every clip written is its part's, caption and signer
+        assert all(parts.captions[tuple(e["glosses"].split())] == part for e in entries), part
     assert not {e["glosses"] for e in clips["dev"]} & {e["glosses"] for e in clips["test"]}
     assert not {e["signer"] for e in clips["dev"]} & {e["signer"] for e in clips["test"]}
     from t2s.diffusion import VAL_NOISE_SEED
