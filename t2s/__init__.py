@@ -1,4 +1,4 @@
-"""t2s: the text-to-sign ablation kit.
+"""t2s: the text-to-sign ablation kit. Its Python API, the one facade of the package:
 
     import t2s
     cfg = t2s.load_config("baseline", "tiny", {"max_steps": 100})
@@ -6,19 +6,27 @@
     clips = t2s.generate(result.run_dir, ["thank you very much"])  # -> [{prompt, gif_path, clip}]
     rows = t2s.evaluate_run(result.run_dir)                         # -> logs/evaluation_metrics.csv/.json rows
 
-The command line is `python -m t2s` (ablate, run, report, generate, doctor).
+The command line is `python -m t2s` (`t2s.cli`). The package's rooms: `config`, `rundir`, `data/`, `synthsign/`,
+`text`, `model`, `diffusion`, `ema`, `pipeline`, `engine/`, `eval/`, `report/`, `study/`, `bench/`, `cli`. The names
+above are loaded on first use, so `import t2s` does not import torch.
 """
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
 
-import warnings as _warnings  # noqa: E402
+# the API: name -> the module that defines it
+API = {
+    "Config": "t2s.config", "ConfigError": "t2s.config", "load_config": "t2s.config",
+    "train": "t2s.engine.train", "RunResult": "t2s.engine.train",
+    "generate": "t2s.pipeline", "TextToSignPipeline": "t2s.pipeline",
+    "evaluate_run": "t2s.eval.evaluate",
+}
+__all__ = list(API)
 
-# `python -m t2s.train` (and accelerate launch / torchrun -m t2s.train) imports this package, hence t2s.train, before
-# running the module as __main__; its __main__ block calls the imported copy, so runpy's warning about it is noise.
-_warnings.filterwarnings("ignore", message=r"'t2s\.train' found in sys\.modules", category=RuntimeWarning)
 
-from .config import Config, ConfigError, load_config  # noqa: E402
-from .train import RunResult, train  # noqa: E402  (the function shadows the submodule name on purpose)
-from .pipeline import TextToSignPipeline, generate  # noqa: E402
-from .evaluate import evaluate_run  # noqa: E402
-
-__all__ = ["Config", "ConfigError", "load_config", "train", "generate", "evaluate_run", "RunResult", "TextToSignPipeline"]
+def __getattr__(name: str):
+    if name in API:
+        return getattr(importlib.import_module(API[name]), name)
+    raise AttributeError(f"module 't2s' has no attribute {name!r}")

@@ -1,31 +1,105 @@
-"""The command line: `python -m t2s {ablate, run, report, generate, evaluate, bench, doctor}`.
+"""The command line: `python -m t2s {ablate, run, train, report, generate, evaluate, bench, doctor}`, the kit's one
+parser (`accelerate launch -m t2s train ...` and `torchrun -m t2s train ...` run its `train` command on every process).
 
-Every command validates its input before any work starts and prints an error that names the file, key or value.
+Every command checks its arguments and config before any work starts and prints one line that names the file, key
+or value. The parser and those checks import no torch: each command imports what it needs when it runs, so `--help`
+and a bad argument answer at once.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
+from typing import Optional
 
-import torch
-
-from . import arguments, bench, metrics
-from .ablate import SlurmOptions, build_report, parse_mem_gb, parse_sbatch, parse_time_minutes, run_study
-from .config import DEFAULT_VARIANTS, PROJECT_ROOT, ConfigError, available, load_config, parse_override
-from .data import DataError, build_datasets
-from .evaluate import EVALUATION_COLUMNS, evaluate_run
-from .pipeline import generate
-from .rundir import RunDir
-from .runtime import usable_cpus
-from .text import TextEncoder
-from .train import train
+from t2s.bench.defaults import (
+    DEFAULT_OUT,
+    DEFAULT_STEP_VARIANTS,
+    DEFAULT_VARIANT_SCALES,
+    REFERENCE_CLIPS,
+    SAMPLING_TARGET_STEPS,
+    SCALE_DEFAULTS,
+    STEP_VARIANTS,
+)
+from t2s.bench.goals import REFERENCE_SCALE
+from t2s.config import DEFAULT_VARIANTS, PROJECT_ROOT, RANGES, ConfigError, available, load_config, parse_override
+from t2s.data.records import DataError
 
 EXECUTED = PROJECT_ROOT / "executed"
 REPORTS = PROJECT_ROOT / "reports"
 
 
+# --------------------------------------------------------------------------------------------- argument types
+# each value out of range stops argparse with one line naming the option, the value and what would be valid (exit 2)
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    value = _whole(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number of at least 0."""
+    value = _whole(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 0")
+    return value
+
+
+def seed(text: str) -> int:
+    """argparse type: a seed, in the config's range of the `seed` key (numpy's and torch's: 0 to 2**32 - 1)."""
+    value = _whole(text)
+    low, high = RANGES["seed"][:2]
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{value} is not a seed: expected {low} to {high}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number of at least 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"{value} must be a finite number of at least 0")
+    return value
+
+
+DEVICE = re.compile(r"(cpu|cuda)(:[0-9]+)?")
+
+
+def device_argument(text: str) -> str:
+    """argparse type of a --device option: cpu, cuda or cuda:N (whether this machine has it: `check_device`)."""
+    if not DEVICE.fullmatch(text) or text.startswith("cpu:"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use cpu, cuda or cuda:N")
+    return text
+
+
+def check_device(text: Optional[str]) -> None:
+    """A --device this machine has, else a ConfigError saying what it has (torch is imported here, once the command
+    runs)."""
+    if text is None or not text.startswith("cuda"):
+        return
+    import torch
+
+    count, index = torch.cuda.device_count(), int(text.split(":")[1]) if ":" in text else 0
+    if index >= count:
+        have = f"CUDA devices 0-{count - 1}" if count else "no CUDA device"
+        raise ConfigError(f"--device {text}: this machine has {have}")
+
+
+# --------------------------------------------------------------------------------------------- commands
 OPTION_KEYS = {"epochs": "num_epochs", "data_dir": "data_dir", "seed": "seed"}  # option -> the config key it sets
 
 
@@ -57,6 +131,11 @@ def _overrides(args, without: tuple = ()) -> list[str]:
 def cmd_run(args) -> int:
     """One variant, one seed, trained in this process into executed/<study>/<variant>-seed<k>/ and evaluated, so the
     run directory is the one the training notebook leaves (--no-eval: trained only)."""
+    from t2s.engine.train import train
+    from t2s.eval.evaluate import evaluate_run
+    from t2s.rundir import RunDir
+    from t2s.study.ablate import run_study
+
     if args.no_eval and args.notebook:
         raise ConfigError("--no-eval: the training notebook always evaluates; leave out --notebook to train without "
                           "evaluating")
@@ -87,6 +166,8 @@ def _option(name: str) -> str:
 def slurm_options(args):
     """The SlurmOptions of `ablate --executor slurm`; a Slurm option given with another executor is an error naming
     it (and --gpus, --submitit-folder where they do not apply)."""
+    from t2s.study.executors import SlurmOptions, parse_mem_gb, parse_sbatch, parse_time_minutes
+
     given = [name for name in SLURM_OPTIONS if getattr(args, name, None) not in (None, [])]
     if args.executor != "slurm":
         if given:
@@ -114,17 +195,21 @@ def slurm_options(args):
 
 def _jobs_value(text: str):
     """argparse type of --jobs: 'auto' or a whole number of at least 1."""
-    return "auto" if text == "auto" else arguments.positive_int(text)
+    return "auto" if text == "auto" else positive_int(text)
 
 
 def _jobs(value, gpus, executor: str) -> int:
     """--jobs: a number, or auto = one run per usable CPU when runs train on this machine's CPUs, else 1."""
+    from t2s.engine.runtime import usable_cpus
+
     if value == "auto":
         return usable_cpus() if not gpus and executor == "default" else 1
     return value
 
 
 def cmd_ablate(args) -> int:
+    from t2s.study.ablate import run_study
+
     if "seed" in _given(args):
         raise ConfigError(f"-p seed={_given(args)['seed']}: a study's seeds are given with --seeds (default 0 1)")
 
@@ -146,6 +231,8 @@ def cmd_ablate(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from t2s.study.export import build_report
+
     folder = Path(args.executed_dir) / args.study
     if not folder.is_dir():
         found = sorted(p.name for p in Path(args.executed_dir).glob("*") if p.is_dir() and not p.name.startswith("."))
@@ -157,6 +244,8 @@ def cmd_report(args) -> int:
 
 
 def cmd_generate(args) -> int:
+    from t2s.pipeline import generate
+
     results = generate(args.run_dir, args.prompts, weights=args.weights, seed=args.seed, out_dir=args.out,
                        num_inference_steps=args.steps, guidance_scale=args.guidance)
     for r in results:
@@ -165,8 +254,13 @@ def cmd_generate(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    """FVD, LPIPS, SSIM/PSNR, temporal metrics, sign fidelity and cost of a finished run, raw and EMA weights."""
-    rows = evaluate_run(args.run_dir, num_clips=args.num_clips, weights=args.weights, device=args.device,
+    """FVD, LPIPS, SSIM/PSNR, temporal metrics, sign fidelity and cost of a finished run, raw and EMA weights (a run
+    derived from another's training takes that run's rows where its evaluation settings are the same)."""
+    from t2s.rundir import EVALUATION_COLUMNS, RunDir
+    from t2s.study.derived import evaluate_or_reuse
+
+    check_device(args.device)
+    rows = evaluate_or_reuse(args.run_dir, num_clips=args.num_clips, weights=args.weights, device=args.device,
                         num_inference_steps=args.steps, batch_size=args.batch_size, part=args.part,
                         guidance_scale=args.guidance)
     identity = {"model_name", "config_name", "weights", "timestamp", "feature_weights_sha256"}
@@ -183,11 +277,76 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    return bench.run_from_args(args)
+    """The benchmark (`t2s.bench`): its step, sampling, FLOP utilization and diffusers' UNet3D, or --contention."""
+    from t2s.bench.contention import measure_contention
+    from t2s.bench.contention import to_markdown as contention_markdown
+    from t2s.bench.report import to_markdown
+    from t2s.bench.run import run_benchmark
+    from t2s.rundir import atomic_write_bytes, atomic_write_json
+
+    check_device(args.device)
+    out = Path(args.out)
+    if args.contention:
+        result = measure_contention(steps=args.steps or 20, warmup=args.warmup or 3)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "contention.json", result)
+        text = contention_markdown(result)
+        atomic_write_bytes(out / "contention.md", text.encode("utf-8"))
+        print(text)
+        return 0
+    overrides = list(args.param or [])
+    if args.data_dir:
+        overrides.append(f"data_dir={args.data_dir}")
+    result = run_benchmark(
+        scales=tuple(_split(args.scales)), quick=args.quick, steps=args.steps, warmup=args.warmup,
+        sampling_steps=args.sampling_steps, sampling_target=args.sampling_target_steps,
+        race_seconds=args.race_seconds, race_scale=args.race_scale, compare_diffusers=not args.no_diffusers,
+        variants=None if args.variants is None else [v for v in _split(args.variants) if v != "none"],
+        variant_scales=tuple(_split(args.variant_scales)) if args.variant_scales else None,
+        overrides=overrides, reference_clips=args.reference_clips, device=args.device, out_dir=out,
+        threads=args.threads, variants_for_diffusers=args.variants_for_diffusers,
+    )
+    print(to_markdown(result))
+    return 0
+
+
+def _split(text: Optional[str]) -> list[str]:
+    return [s.strip() for s in (text or "").split(",") if s.strip()]
+
+
+def cmd_train(args) -> int:
+    """One variant into a run directory, in this process or, under `accelerate launch -m t2s train ...` or `torchrun
+    -m t2s train ...`, data parallel on every process (only the main process writes the run directory)."""
+    loud = int(os.environ.get("RANK", "0")) == 0  # one error message for all processes
+    params = Path(args.params)
+    if (params.suffix in (".yaml", ".yml") or len(params.parts) > 1) and not params.is_file():
+        raise ConfigError(f"--params: params file not found: {params}")
+    scale = None if args.scale.lower() == "none" else args.scale
+    cfg = load_config(args.params, scale, args.param)
+    run_dir = Path(args.run_dir) if args.run_dir else EXECUTED / args.study / cfg.run_name
+
+    import torch
+
+    from t2s.engine.train import train
+
+    try:
+        result = train(cfg, run_dir, progress=not args.no_progress)
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if loud:
+        print(f"{result.status}: {result.run_dir}")
+    return 0 if result.status == "finished" else 1
 
 
 def cmd_doctor(args) -> int:
     """What the setup test did, better: params, data, text encoder, metric weights, devices. Exit 1 on a problem."""
+    import torch
+
+    from t2s.data.splits import build_datasets
+    from t2s.eval.metrics.weights import weights_status
+    from t2s.text import TextEncoder
+
     problems = 0
 
     def report(ok: bool, what: str, detail: str = "") -> None:
@@ -221,7 +380,7 @@ def cmd_doctor(args) -> int:
         report(False, "text encoder", f"{type(exc).__name__}: {exc}")
     print("metric weights (optional: an absent one is downloaded on first use where a network answers and T2S_OFFLINE "
           "is unset; else that metric is null with this reason)")
-    for name, status in metrics.weights_status().items():  # it reports each loader's failure as a status
+    for name, status in weights_status().items():  # it reports each loader's failure as a status
         tag = "ok" if status.startswith("ok") else "download" if "will be downloaded" in status else "missing"
         print(f"  [{tag}] {name}: {status}")
     print("devices")
@@ -239,9 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     _add_ablate(sub)
     _add_run_commands(sub)
-    sp = sub.add_parser("bench", help="benchmark the training step, sampling, FLOP utilization, and diffusers' UNet3D")
-    bench.add_arguments(sp)
-    sp.set_defaults(func=cmd_bench)
+    _add_train(sub)
+    _add_bench(sub)
 
     sp = sub.add_parser("doctor", help="check params, data, text encoder, metric weights and devices")
     _add_common(sp, study=False)
@@ -253,7 +411,7 @@ def _add_common(sp, study=True) -> None:
     """The options every training command shares."""
     sp.add_argument("--scale", default="tiny", help="params/scales/<name>.yaml (default tiny)")
     sp.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
-    sp.add_argument("--epochs", type=arguments.positive_int, help="override num_epochs")
+    sp.add_argument("--epochs", type=positive_int, help="override num_epochs")
     sp.add_argument("--data-dir", help="override data_dir")
     sp.add_argument("--executed-dir", default=str(EXECUTED), help="where runs go (default executed/)")
     if study:
@@ -264,7 +422,7 @@ def _add_ablate(sub) -> None:
     sp = sub.add_parser("ablate", help="run variants x seeds through the training notebook, then build the report")
     _add_common(sp)
     sp.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), help="params/<name>.yaml (default: the three)")
-    sp.add_argument("--seeds", nargs="+", type=arguments.seed, default=[0, 1],
+    sp.add_argument("--seeds", nargs="+", type=seed, default=[0, 1],
                     help="training seeds of every variant (default 0 1: two seeds, so every difference has an "
                          "interval)")
     sp.add_argument("--gpus", help="comma-separated GPU ids: one run per GPU at a time (default: sequential)")
@@ -274,7 +432,7 @@ def _add_ablate(sub) -> None:
                          "(default auto: one per usable CPU; 1: one after another)")
     sp.add_argument("--no-share", action="store_true",
                     help="train every run itself (default: a variant that differs from another only in keys that do "
-                         "not change training, e.g. no_ema from baseline, takes that run's weights; see t2s/share.py)")
+                         "not change training, e.g. no_ema from baseline, takes that run's weights; see t2s/study/derived.py)")
     sp.add_argument("--reports-dir", default=str(REPORTS))
     sp.add_argument("--executor", choices=["default", "local", "slurm"], default="default",
                     help="default: run here (one after another, or one per GPU with --gpus); local: each run as a "
@@ -297,7 +455,7 @@ def _add_run_commands(sub) -> None:
     sp = sub.add_parser("run", help="train one variant into executed/<study>/<variant>-seed<k>/ and evaluate it")
     _add_common(sp)
     sp.add_argument("--variant", default="baseline")
-    sp.add_argument("--seed", type=arguments.seed, help="training seed (default 0, or -p seed=K)")
+    sp.add_argument("--seed", type=seed, help="training seed (default 0, or -p seed=K)")
     sp.add_argument("--notebook", action="store_true", help="run through the papermill training notebook")
     sp.add_argument("--force", action="store_true", help="with --notebook: rerun a finished run")
     sp.add_argument("--no-eval", action="store_true",
@@ -314,24 +472,78 @@ def _add_run_commands(sub) -> None:
     sp.add_argument("run_dir")
     sp.add_argument("prompts", nargs="+")
     sp.add_argument("--weights", choices=["ema", "raw"], default="ema")
-    sp.add_argument("--seed", type=arguments.seed, default=0, help="seed of the first clip (clip i: seed + i)")
-    sp.add_argument("--steps", type=arguments.positive_int, help="DDIM steps (default: the run's num_inference_steps)")
-    sp.add_argument("--guidance", type=arguments.non_negative_float, help="guidance scale (default: the run's)")
+    sp.add_argument("--seed", type=seed, default=0, help="seed of the first clip (clip i: seed + i)")
+    sp.add_argument("--steps", type=positive_int, help="DDIM steps (default: the run's num_inference_steps)")
+    sp.add_argument("--guidance", type=non_negative_float, help="guidance scale (default: the run's)")
     sp.add_argument("--out", help="output folder (default <run_dir>/generated)")
     sp.set_defaults(func=cmd_generate)
 
     sp = sub.add_parser("evaluate", help="evaluate a finished run (raw and EMA weights) into logs/evaluation_metrics.*")
     sp.add_argument("run_dir")
-    sp.add_argument("--num-clips", type=arguments.positive_int, help="validation clips to generate (default: the run's eval_num_clips)")
+    sp.add_argument("--num-clips", type=positive_int, help="validation clips to generate (default: the run's eval_num_clips)")
     sp.add_argument("--weights", nargs="+", choices=["raw", "ema"], help="default: raw, and ema when the run has it")
-    sp.add_argument("--steps", type=arguments.positive_int, help="DDIM steps (default: the run's num_inference_steps)")
-    sp.add_argument("--batch-size", type=arguments.positive_int, help="clips sampled together (default: the run's eval_batch_size)")
-    sp.add_argument("--guidance", type=arguments.non_negative_float, help="guidance scale (default: the run's)")
+    sp.add_argument("--steps", type=positive_int, help="DDIM steps (default: the run's num_inference_steps)")
+    sp.add_argument("--batch-size", type=positive_int, help="clips sampled together (default: the run's eval_batch_size)")
+    sp.add_argument("--guidance", type=non_negative_float, help="guidance scale (default: the run's)")
     sp.add_argument("--part", choices=["test", "dev"], default="test",
                     help="test: the part the report scores (default); dev: the development part, for choosing settings "
                          "(logs/evaluation_metrics_dev.*); the two share no caption and no signer")
-    sp.add_argument("--device", type=arguments.device_argument, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    sp.add_argument("--device", type=device_argument, help="cpu, cuda, cuda:1 (default: cuda when available)")
     sp.set_defaults(func=cmd_evaluate)
+
+
+def _add_train(sub) -> None:
+    sp = sub.add_parser("train", help="train one variant into a run directory (also data parallel: accelerate launch "
+                                      "-m t2s train ... or torchrun -m t2s train ...)")
+    sp.add_argument("--params", required=True, metavar="FILE",
+                    help="the variant's YAML file (params/baseline.yaml) or its name (baseline)")
+    sp.add_argument("--scale", default="tiny", metavar="S",
+                    help="params/scales/<S>.yaml or a YAML path, merged under --params (default tiny; 'none': no "
+                         "scale file)")
+    sp.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key (repeatable), read as YAML")
+    sp.add_argument("--run-dir", metavar="DIR", help="default: executed/<study>/<variant>-seed<seed>")
+    sp.add_argument("--study", default="default", help="the study folder of the default run directory")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sp.set_defaults(func=cmd_train)
+
+
+def _add_bench(sub) -> None:
+    sp = sub.add_parser("bench", help="benchmark the training step, sampling, FLOP utilization, and diffusers' UNet3D")
+    sp.add_argument("--quick", action="store_true", help="smoke test: tiny only, few steps, 5 s race, no variants")
+    sp.add_argument("--scales", default=f"tiny,{REFERENCE_SCALE}",
+                    help=f"comma-separated params/scales names (default tiny,{REFERENCE_SCALE})")
+    sp.add_argument("--steps", type=positive_int, help="measured steps per model (default per scale: "
+                    + ", ".join(f"{k} {v[0]}" for k, v in SCALE_DEFAULTS.items()) + ")")
+    sp.add_argument("--warmup", type=non_negative_int, help="warm-up steps per model, not measured (default 1)")
+    sp.add_argument("--sampling-steps", type=positive_int,
+                    help="DDIM steps actually run when timing sampling; the time is extrapolated linearly per step "
+                         "to --sampling-target-steps (default per scale: "
+                         + ", ".join(f"{k} {v[2]}" for k, v in SCALE_DEFAULTS.items()) + ")")
+    sp.add_argument("--sampling-target-steps", type=positive_int, default=SAMPLING_TARGET_STEPS,
+                    help=f"DDIM steps the sampling time is reported for (default {SAMPLING_TARGET_STEPS})")
+    sp.add_argument("--race-seconds", type=non_negative_float, default=60.0,
+                    help="wall-clock training budget per model in the t2s-vs-diffusers race (default 60; 0 skips)")
+    sp.add_argument("--race-scale", help="scale of the race (default tiny)")
+    sp.add_argument("--no-diffusers", action="store_true", help="skip diffusers' UNet3DConditionModel (and the race)")
+    sp.add_argument("--variants",
+                    help="comma-separated step variants of the t2s engine step to measure, or 'none' (default "
+                         f"{','.join(DEFAULT_STEP_VARIANTS)}; known: {', '.join(STEP_VARIANTS)})")
+    sp.add_argument("--variants-for-diffusers", action="store_true",
+                    help="also run diffusers' model under each variant (the side-by-side at equal options)")
+    sp.add_argument("--variant-scales",
+                    help=f"scales at which to run --variants (default {','.join(DEFAULT_VARIANT_SCALES)})")
+    sp.add_argument("--reference-clips", type=positive_int, default=REFERENCE_CLIPS,
+                    help=f"synthsign clips generated at the reference scale (default {REFERENCE_CLIPS})")
+    sp.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="config override for every scale")
+    sp.add_argument("--data-dir", help="override data_dir (where synthsign caches live)")
+    sp.add_argument("--device", type=device_argument, help="cpu or cuda (default: cuda when available)")
+    sp.add_argument("--threads", type=positive_int, help="torch intra-op threads (default: torch's, one per core)")
+    sp.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default reports/bench)")
+    sp.add_argument("--contention", action="store_true",
+                    help="only measure one tiny training alone against two at once (shared and unshared cores); "
+                         "writes contention.json and contention.md to --out")
+    sp.set_defaults(func=cmd_bench)
 
 
 def main(argv=None) -> int:
@@ -339,5 +551,6 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except (ConfigError, DataError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # one message, not one per process of a data-parallel launch
+            print(f"error: {exc}", file=sys.stderr)
         return 2

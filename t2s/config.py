@@ -179,7 +179,7 @@ class Config:
     manifest: Optional[str] = None
     split_mode: str = "signer_disjoint"
     # signer_disjoint: the share of clips whose signers train; the rest (at least 2 signers where the data has 3 or more
-    # with comparable clip counts) are held out and divided into the development and test parts (t2s.captions)
+    # with comparable clip counts) are held out and divided into the development and test parts (t2s.data.splits)
     train_ratio: float = 0.75
     split_seed: int = 0
     num_workers: int = 0

@@ -6,6 +6,7 @@ denoiser predicts epsilon or v (`prediction_type`); the training target follows 
 from __future__ import annotations
 
 import contextlib
+
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 

@@ -421,3 +421,9 @@ def to_channels_last(model: nn.Module) -> nn.Module:
             if p.ndim in formats:
                 p.data = p.data.contiguous(memory_format=formats[p.ndim])
     return model
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters of any network (shared tensors counted once); only those with requires_grad if
+    trainable_only."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

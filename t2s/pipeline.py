@@ -30,15 +30,15 @@ import torch
 from diffusers import DDIMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
-from .checkpoint import load_run_weights
-from .config import Config, load_config_file
-from .diffusion import MAX_ETA, build_sample_scheduler
-from .model import build_denoiser
-from .rundir import RunDir, atomic_write_json
-from .runtime import resolve_mixed_precision, run_autocast
-from .text import TextEncoder, pad_to
-from .video import to_frames
-from .video import write_gif as video_write_gif
+from t2s.config import Config, load_config_file
+from t2s.data.video import to_frames
+from t2s.data.video import write_gif as video_write_gif
+from t2s.diffusion import MAX_ETA, build_sample_scheduler
+from t2s.engine.checkpoint import load_run_weights
+from t2s.engine.runtime import resolve_mixed_precision, run_autocast
+from t2s.model import build_denoiser
+from t2s.rundir import RunDir, atomic_write_json
+from t2s.text import TextEncoder, pad_to
 
 # what a bare pipeline samples with when neither the call nor a config says otherwise
 DEFAULT_SAMPLING = {"num_inference_steps": 50, "guidance_scale": 7.5, "eta": 0.0}
@@ -179,7 +179,7 @@ def load_run_models(run_dir: Union[str, Path], weights: str = "ema", device: Opt
 
 
 def write_gif(path: Path, clip: torch.Tensor, fps: int = 8) -> Path:
-    """Write a (c, f, h, w) clip in [-1, 1] as a looping GIF, atomically (`t2s.video.write_gif`)."""
+    """Write a (c, f, h, w) clip in [-1, 1] as a looping GIF, atomically (`t2s.data.video.write_gif`)."""
     video_write_gif(Path(path), to_frames(clip), duration_ms=int(1000 / fps))
     return Path(path)
 

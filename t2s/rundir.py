@@ -43,6 +43,40 @@ VALIDATION_COLUMNS = ["epoch", "step", "val_loss_raw", "val_loss_ema", "timestam
 MEMORY_COLUMNS = ["step", "device", "allocated_gb", "reserved_gb", "peak_gb", "rss_gb", "timestamp"]
 
 
+# ---------------------------------------------------------------------------------------------- evaluation columns
+# logs/evaluation_metrics.csv (and .json, and the development part's _dev files): one row per evaluated weight set.
+CAPTION_SPLITS = ("seen", "novel", "paraphrase")  # the evaluation captions: seen in training, novel, paraphrased
+BT_SCORES = ("bleu4", "wer", "exact")
+# back-translation is scored per caption split and on "unseen" = novel + paraphrase pooled (captions whose wording
+# never occurred in training: the text-encoder question's primary metric)
+BT_GROUPS = {**{split: (split,) for split in CAPTION_SPLITS}, "unseen": ("novel", "paraphrase")}
+# back-translation: bt_<score>_<group> (the metric), with _ceiling and _floor beside it; bt_bleu4_<group>_low/_high
+BT_METRICS = tuple(f"bt_{score}_{split}" for split in BT_GROUPS for score in BT_SCORES)
+# the DTW gap per caption group (`sign_fidelity_by_group`): where the model follows captions it saw in training, and
+# captions it did not ("unseen", as back-translation's: novel and paraphrased pooled)
+DTW_GROUPS = {"seen": ("seen",), "unseen": ("novel", "paraphrase")}
+DTW_GROUP_COLUMNS = [c for group in DTW_GROUPS for c in (f"dtw_gap_{group}", f"dtw_gap_{group}_low",
+                                                           f"dtw_gap_{group}_high")]
+BT_COLUMNS = [column for split in BT_GROUPS for column in [
+    *(f"bt_{score}_{split}{part}" for score in BT_SCORES for part in ("", "_ceiling", "_floor")),
+    f"bt_bleu4_{split}_low", f"bt_bleu4_{split}_high"]]
+STATUS_METRICS = ("fvd", "kvd", "kvd_std", "lpips", "ssim", "psnr", "dtw_error", "dtw_error_shuffled", "dtw_gap",
+                  *(f"dtw_gap_{group}" for group in DTW_GROUPS), "hand_detection_rate", "caption_dependence") + BT_METRICS
+EVALUATION_COLUMNS = [
+    "model_name", "config_name", "weights",
+    "fvd", "kvd", "kvd_std", "lpips", "ssim", "psnr",
+    "temporal_consistency", "temporal_consistency_real", "motion_magnitude", "motion_magnitude_real",
+    "dtw_error", "dtw_error_shuffled", "dtw_gap", "dtw_gap_low", "dtw_gap_high", *DTW_GROUP_COLUMNS,
+    "hand_detection_rate",
+    *BT_COLUMNS,
+    "val_loss", "val_loss_other_caption", "caption_dependence",
+    "inference_time_ms", "inference_memory_gb", "num_parameters_millions",
+    "eval_part", "eval_signers", "num_inference_steps", "guidance_scale", "num_clips",
+    "num_clips_seen", "num_clips_novel", "num_clips_paraphrase",
+    "feature_extractor", "feature_weights_sha256", "bt_recognizer", "timestamp",
+] + [f"{m}_status" for m in STATUS_METRICS]
+
+
 def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
     """Write to a temporary file beside `path`, fsync, then rename: a crash never leaves a half-written file.
     durable=False skips the fsync: a reader still never sees a half-written file (for files rewritten often, whose
@@ -92,6 +126,7 @@ def read_json(path: Path, default: Any = None) -> Any:
 
 STUDY_FILE = "study.json"
 FAILURES_FILE = "failures.json"
+COMPARISON_TABLE = "comparison_table"  # reports/<study>/comparison_table.csv (long, numeric) and .md (as shown)
 # progress.json: every key is always there (None where it does not apply). phase: validating, training, sampling,
 # trained (training done, evaluation next), evaluating, evaluated; done of total units ("step" while training,
 # "clip" while evaluating); rate: units per second lately; loss and clips_per_s of the last log window; weights: the
@@ -106,7 +141,7 @@ class RunDir:
         self.root = Path(root)
         self.logs = self.root / "logs"
         self.checkpoints = self.root / "checkpoints"
-        self.weights = self.root / "weights"  # a finished run's final weights, safetensors (t2s.checkpoint)
+        self.weights = self.root / "weights"  # a finished run's final weights, safetensors (t2s.engine.checkpoint)
         self.weights_raw = self.weights / "denoiser.safetensors"
         self.weights_ema = self.weights / "denoiser_ema.safetensors"
         self.weights_text = self.weights / "text_encoder.safetensors"
@@ -123,9 +158,19 @@ class RunDir:
         self.evaluation_json = self.logs / "evaluation_metrics.json"
         self.evaluation = self.root / "evaluation"
         self.evaluation_index = self.evaluation / "index.json"
+        self.checkpoint_index = self.checkpoints / "index.json"  # [{file, step, epoch, sha256}], oldest first
         self.samples_json = self.samples / "samples.json"
         self.progress = self.root / "progress.json"
         self.notebook = self.root.with_suffix(".ipynb")
+
+    def sample_gif(self, step: int, index: int) -> Path:
+        """samples/step<S>_<i>.gif: the training sample of prompt i at optimizer step S."""
+        return self.samples / f"step{step:06d}_{index}.gif"
+
+    @staticmethod
+    def evaluation_gif_name(weights: str, index: int) -> str:
+        """<weights>_<i>.gif in an evaluation folder: clip i as generated by a weight set, or "real"."""
+        return f"{weights}_{index:03d}.gif"
 
     def evaluation_paths(self, part: str = "test") -> tuple[Path, Path, Path]:
         """(rows CSV, rows JSON, clips folder) of an evaluation of one part of the evaluation set: the test part's

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel
 
-from .config import PACKAGED_TEXT_ENCODER, ConfigError
+from t2s.config import PACKAGED_TEXT_ENCODER, ConfigError
 
 NULL_CAPTION = ""
 _PACKAGED_ALIASES = {PACKAGED_TEXT_ENCODER, "all-MiniLM-L6-v2", "minilm", "packaged"}

@@ -19,7 +19,7 @@ import torch
 import torchvision
 from torch import nn
 
-from t2s.runtime import torch_threads
+from t2s.engine.runtime import torch_threads
 
 
 def read_csv(path: Path) -> list[dict]:

@@ -19,12 +19,11 @@ import numpy as np
 import pandas as pd
 
 from t2s.config import ConfigError, load_config
-from t2s.evaluate import EVALUATION_COLUMNS, STATUS_METRICS
-from t2s.rundir import PROGRESS_KEYS
-from t2s.runtime import RECORDED_PACKAGES
+from t2s.engine.runtime import RECORDED_PACKAGES
+from t2s.rundir import EVALUATION_COLUMNS, PROGRESS_KEYS, STATUS_METRICS
 
 PROMPTS = ("hello my name is anna", "where is the train station")
-# The evaluation columns come from t2s.evaluate (one definition); these are the ones that hold no made-up metric value.
+# The evaluation columns come from t2s.eval.evaluate (one definition); these are the ones that hold no made-up metric value.
 EVAL_DESCRIPTIONS = {"model_name", "config_name", "weights", "val_loss", "num_parameters_millions", "num_clips",
                      "feature_extractor", "feature_weights_sha256", "timestamp", "eval_part", "eval_signers",
                      "num_inference_steps", "guidance_scale"}
@@ -45,7 +44,7 @@ def _config(variant: str, seed: int) -> dict:
 
 
 def _ema_summary(use_ema: bool, steps: int) -> dict:
-    """summary.json's EMA keys (t2s.runlog.ema_summary's), made up: an update every step at decay 0.999."""
+    """summary.json's EMA keys (t2s.engine.logs.ema_summary's), made up: an update every step at decay 0.999."""
     keys = ("ema_updates", "ema_update_every", "ema_decay_per_step", "ema_decay_per_update", "ema_horizon_steps",
             "ema_final_decay_per_step", "ema_final_horizon_steps", "ema_mass_first_half")
     if not use_ema:
@@ -154,7 +153,7 @@ def make_run(
             rows.append({c: row.get(c) for c in EVALUATION_COLUMNS})
         pd.DataFrame(rows).to_csv(logs / "evaluation_metrics.csv", index=False)
         _write_json(logs / "evaluation_metrics.json", rows)
-        # evaluation clips as t2s.evaluate writes them: the real clip and each weight set's clip, with readings
+        # evaluation clips as t2s.eval.evaluate writes them: the real clip and each weight set's clip, with readings
         index = []
         for i, (prompt, split) in enumerate(zip(prompts, ("seen", "novel"))):
             for weights in ["real"] + (["raw", "ema"] if use_ema else ["raw"]):

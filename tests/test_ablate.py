@@ -14,10 +14,11 @@ import papermill
 import pytest
 import torch
 from papermill.exceptions import PapermillExecutionError
-
 from runfactory import make_run
-from t2s import ablate
-from t2s.config import ConfigError, PROJECT_ROOT
+
+from t2s.config import PROJECT_ROOT, ConfigError
+from t2s.study import ablate
+from t2s.study.runs import ANALYSIS_NOTEBOOK, SUBPROCESS_CODE, TRAIN_NOTEBOOK, execute_notebook
 
 TESTS = Path(__file__).resolve().parent
 
@@ -35,7 +36,7 @@ class FakePapermill:
             self.calls.append({"input": Path(input_path), "output": Path(output_path), "parameters": parameters, **kwargs})
         output = Path(output_path)
         output.write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
-        if Path(input_path) == ablate.ANALYSIS_NOTEBOOK:
+        if Path(input_path) == ANALYSIS_NOTEBOOK:
             return
         if parameters["variant"] in self.fail:
             make_run(output.parent, parameters["variant"], parameters["seed"], status="running", notebook=False)
@@ -43,7 +44,7 @@ class FakePapermill:
         make_run(output.parent, parameters["variant"], parameters["seed"], notebook=False)
 
     def runs(self) -> list:
-        return [c["output"].stem for c in self.calls if c["input"] == ablate.TRAIN_NOTEBOOK]
+        return [c["output"].stem for c in self.calls if c["input"] == TRAIN_NOTEBOOK]
 
 
 @pytest.fixture
@@ -93,7 +94,7 @@ def test_every_variant_and_seed_runs_the_train_notebook(tmp_path, fake):
     assert call["parameters"] == {"variant": "baseline", "scale": "tiny", "study": "s", "seed": 1,
                                   "overrides": {"learning_rate": 3e-4, "num_epochs": 2},
                                   "executed_dir": str(tmp_path / "executed"), "params_dir": None, "weights_from": None}
-    # no_ema shares the training of the baseline of its seed (t2s/share.py)
+    # no_ema shares the training of the baseline of its seed (t2s/study/derived.py)
     assert fake.calls[4]["parameters"]["weights_from"] == str(tmp_path / "executed" / "s" / "baseline-seed0")
     assert (call["kernel_name"], call["progress_bar"], call["cwd"]) == ("python3", False, str(PROJECT_ROOT))
     assert [r.status for r in result.runs] == ["finished"] * 6 and result.ok
@@ -185,11 +186,11 @@ def test_gpus_get_one_papermill_process_each(tmp_path, monkeypatch):
     assert peak[0] == 2  # both GPUs busy at once, never more than one run per GPU
     assert {gpu for gpu, _ in seen} == {"0", "1"}
     command = seen[0][1]  # python -c <execute_notebook(notebook, output, parameters)>: papermill as in this process
-    assert command[1:4] == ["-c", ablate.SUBPROCESS_CODE, str(ablate.TRAIN_NOTEBOOK)]
+    assert command[1:4] == ["-c", SUBPROCESS_CODE, str(TRAIN_NOTEBOOK)]
 
 
 def test_jobs_train_runs_at_once_on_the_cpus_and_shared_runs_wait_for_their_provider(tmp_path, monkeypatch):
-    from t2s import runtime
+    from t2s.engine import runtime
 
     running, peak, events = [0], [0], []
     lock = threading.Lock()
@@ -255,8 +256,8 @@ def test_a_failing_report_is_recorded_not_raised(tmp_path, monkeypatch):
     fake = FakePapermill()
 
     def execute(input_path, output_path, parameters=None, **kwargs):
-        if Path(input_path) == ablate.ANALYSIS_NOTEBOOK:
-            raise PapermillExecutionError(3, 2, "report.show(...)", "KeyError", "'loss'", ["KeyError: 'loss'"])
+        if Path(input_path) == ANALYSIS_NOTEBOOK:
+            raise PapermillExecutionError(3, 2, "notebook.show(...)", "KeyError", "'loss'", ["KeyError: 'loss'"])
         return fake(input_path, output_path, parameters, **kwargs)
 
     monkeypatch.setattr(papermill, "execute_notebook", execute)
@@ -267,7 +268,7 @@ def test_a_failing_report_is_recorded_not_raised(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------------------------- the train notebook
 def test_train_notebook_parameters_cell_holds_every_default():
-    nb = nbformat.read(str(ablate.TRAIN_NOTEBOOK), as_version=4)
+    nb = nbformat.read(str(TRAIN_NOTEBOOK), as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code[0].metadata.get("tags") == ["parameters"]
     defaults: dict = {}
@@ -283,29 +284,26 @@ from pathlib import Path
 sys.path[:0] = [{root!r}, {tests!r}]
 import runfactory
 
-def train(config, run_dir, progress=True, weights_from=None):
-    """Stand-in for t2s.train.train: writes a finished run in the contract's format."""
+def train_or_derive(config, run_dir, weights_from=None, progress=True):
+    """Stand-in for t2s.study.derived.train_or_derive: writes a finished run in the contract's format."""
     run_dir = Path(run_dir)
     runfactory.make_run(run_dir.parent, config.variant, config.seed, prompts=["<b>bold</b> caption"], notebook=False)
     summary = json.loads((run_dir / "summary.json").read_text())
     return types.SimpleNamespace(run_dir=run_dir, summary=summary, status="finished")
 
-def evaluate_run(run_dir, progress=True):
-    """Stand-in for t2s.evaluate.evaluate_run: the rows of logs/evaluation_metrics.json."""
+def evaluate_or_reuse(run_dir, progress=True):
+    """Stand-in for t2s.study.derived.evaluate_or_reuse: the rows of logs/evaluation_metrics.json."""
     return [{{"weights": "raw", "ssim": 0.25, "fvd": None, "fvd_status": "I3D weights not found"}}]
 
 def train_processes(config, run_dir, num_processes, progress=False):
     raise AssertionError("the notebook must not launch processes when num_processes is 1")
 
-module = types.ModuleType("t2s.train")
-module.train = train
-sys.modules["t2s.train"] = module
-launch = types.ModuleType("t2s.launch")
+derived = types.ModuleType("t2s.study.derived")
+derived.train_or_derive, derived.evaluate_or_reuse = train_or_derive, evaluate_or_reuse
+sys.modules["t2s.study.derived"] = derived
+launch = types.ModuleType("t2s.engine.launch")
 launch.train_processes = train_processes
-sys.modules["t2s.launch"] = launch
-evaluation = types.ModuleType("t2s.evaluate")
-evaluation.evaluate_run = evaluate_run
-sys.modules["t2s.evaluate"] = evaluation
+sys.modules["t2s.engine.launch"] = launch
 '''
 
 
@@ -319,7 +317,7 @@ def test_train_notebook_runs_against_the_training_contract(tmp_path, monkeypatch
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
     output = tmp_path / "executed" / "s" / "no_ema-seed3.ipynb"
     output.parent.mkdir(parents=True)
-    ablate.execute_notebook(ablate.TRAIN_NOTEBOOK, output, {"variant": "no_ema", "seed": 3, "study": "s",
+    execute_notebook(TRAIN_NOTEBOOK, output, {"variant": "no_ema", "seed": 3, "study": "s",
                                                             "executed_dir": str(tmp_path / "executed"),
                                                             "overrides": {"num_epochs": 1}})
     assert "without encryption" not in capfd.readouterr().err  # the kernel's stderr is this process's

@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from t2s import backtranslate as bt
-from t2s import glosses
-from t2s import synthsign as ss
-from t2s.data import to_clip
+from t2s.data.video import to_clip
+from t2s.eval import backtranslate as bt
+from t2s.synthsign import glosses
+from t2s.synthsign import signer as ss
+from t2s.synthsign.glosses import gloss_sequence, random_caption
 
 SIZE, FRAMES = 32, 8
 TRAIN_SIGNERS = [1, 3, 4, 5, 6, 7]
@@ -31,9 +32,9 @@ HELD_OUT_SIGNERS = [0, 2]
 def held_out():
     """120 clips of random captions by held-out signers: (uint8 clips [(F, H, W, 3)], gloss sequences)."""
     rng = np.random.default_rng(123)
-    captions = [ss.random_caption(rng) for _ in range(120)]
+    captions = [random_caption(rng) for _ in range(120)]
     clips = [ss.render_clip(c, HELD_OUT_SIGNERS[i % 2], FRAMES, SIZE, seed=1000 + i)[0] for i, c in enumerate(captions)]
-    return clips, [ss.gloss_sequence(c) for c in captions]
+    return clips, [gloss_sequence(c) for c in captions]
 
 
 @pytest.fixture(scope="module")

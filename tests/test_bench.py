@@ -9,7 +9,11 @@ import torch
 from torch import nn
 
 from t2s import bench
-from t2s.bench import PHASES, PhaseTimer, StepTiming, summarize_steps
+from t2s.bench.diffusers_model import DiffusersDenoiser, match_diffusers
+from t2s.bench.flops import count_flops, training_step_flops
+from t2s.bench.goals import GOALS, evaluate_goals
+from t2s.bench.step import endless_batches, make_engine, time_sampling, timed_step
+from t2s.bench.timing import PHASES, PhaseTimer, StepTiming, amortized_shares, summarize_steps
 from t2s.config import load_config
 from t2s.model import build_denoiser
 
@@ -30,7 +34,7 @@ def text(micro_cfg):
 
 @pytest.fixture(scope="module")
 def datasets(micro_cfg):
-    from t2s.data import build_datasets
+    from t2s.data.splits import build_datasets
 
     return build_datasets(micro_cfg)  # (train, validation, split)
 
@@ -83,7 +87,7 @@ def test_amortized_shares_weight_phases_by_accumulation_and_ema_interval():
     summary = summarize_steps([StepTiming(1.0, {"data": 0.01, "text": 0.01, "forward_backward": 0.8, "grad_clip": 0.02,
                                                 "optimizer": 0.1, "ema": 0.05})])
     cfg = load_config("baseline", "full")  # accumulation 8, EMA every 10 steps
-    am = bench.amortized_shares(summary, cfg)
+    am = amortized_shares(summary, cfg)
     expected_ms = 8 * (10 + 10 + 800) + 20 + 100 + 50 / 10 + summary["residual_ms"]
     assert am["optimizer_step_ms"] == pytest.approx(expected_ms)
     assert am["shares"]["ema"] == pytest.approx(5 / expected_ms)
@@ -105,10 +109,10 @@ def test_the_engine_step_brackets_each_phase_once_per_micro_batch(micro_cfg, tex
     """The benchmark's PhaseTimer around the engine's own step, on a clock that ticks once per reading: every phase
     entry is one interval of one tick, so the phases show the step's structure, and the gaps between them (the
     bookkeeping: lr schedule, step count) are the residual = total - phases."""
-    from t2s.engine import Engine
+    from t2s.engine.step import Engine
 
-    engine = bench.make_engine(micro_cfg, lambda: build_denoiser(micro_cfg, HIDDEN), text, datasets, torch.device("cpu"))
-    timing, record = bench.timed_step(engine, bench.endless_batches(engine), PhaseTimer(clock=Tick()))
+    engine = make_engine(micro_cfg, lambda: build_denoiser(micro_cfg, HIDDEN), text, datasets, torch.device("cpu"))
+    timing, record = timed_step(engine, endless_batches(engine), PhaseTimer(clock=Tick()))
     assert timing.phases == {phase: 1.0 for phase in PHASES}  # one micro-batch: each phase once, in order
     assert timing.total == 13.0  # start, 6 phases x 2 readings, stop: 14 readings
     assert timing.residual == 7.0 and timing.phase_sum + timing.residual == timing.total
@@ -116,7 +120,7 @@ def test_the_engine_step_brackets_each_phase_once_per_micro_batch(micro_cfg, tex
     # two micro-batches per optimizer step: data, text, forward_backward (and the optimizer call, a no-op until the
     # boundary) twice; gradient clipping and the EMA once, at the boundary
     two = Engine(micro_cfg.replace(gradient_accumulation_steps=2), cpu=True, text=text, datasets=datasets)
-    timing, record = bench.timed_step(two, bench.endless_batches(two), PhaseTimer(clock=Tick()))
+    timing, record = timed_step(two, endless_batches(two), PhaseTimer(clock=Tick()))
     assert timing.phases == {"data": 2.0, "text": 2.0, "forward_backward": 2.0, "grad_clip": 1.0, "optimizer": 2.0,
                              "ema": 1.0}
     assert two.micro == 2 and two.step == 1
@@ -127,18 +131,18 @@ def test_the_engine_step_brackets_each_phase_once_per_micro_batch(micro_cfg, tex
 def test_the_benchmark_times_the_trainers_own_step(micro_cfg, text, datasets, tmp_path, single_thread):
     """The same weights through a Trainer's step and the benchmark's engine step: the same data, optimizer groups,
     conditioning, loss and updated weights, bit for bit."""
-    from t2s.train import Trainer
+    from t2s.engine.train import Trainer
 
     trainer = Trainer(micro_cfg, tmp_path / "run", progress=False, cpu=True)
-    engine = bench.make_engine(micro_cfg, lambda: build_denoiser(micro_cfg, HIDDEN), text, datasets, torch.device("cpu"))
-    engine.model.load_state_dict(trainer.model.state_dict())
-    for a, b in zip(engine.ema.shadow, trainer.ema.shadow):  # the shadow: a copy of the same initial weights
+    engine = make_engine(micro_cfg, lambda: build_denoiser(micro_cfg, HIDDEN), text, datasets, torch.device("cpu"))
+    engine.model.load_state_dict(trainer.engine.model.state_dict())
+    for a, b in zip(engine.ema.shadow, trainer.engine.ema.shadow):  # the shadow: a copy of the same initial weights
         a.copy_(b)
-    ours = trainer.train_step(iter(trainer.epoch_loader()))
-    _, theirs = bench.timed_step(engine, bench.endless_batches(engine), PhaseTimer())
-    assert [g["name"] for g in engine.optimizer.param_groups] == [g["name"] for g in trainer.optimizer.param_groups]
+    ours = trainer.engine.train_step(iter(trainer.engine.epoch_loader()))
+    _, theirs = timed_step(engine, endless_batches(engine), PhaseTimer())
+    assert [g["name"] for g in engine.optimizer.param_groups] == [g["name"] for g in trainer.engine.optimizer.param_groups]
     assert float(theirs["loss"]) == float(ours["loss"]) and theirs["lr"] == ours["lr"]
-    for key, value in trainer.model.state_dict().items():
+    for key, value in trainer.engine.model.state_dict().items():
         assert torch.equal(engine.model.state_dict()[key], value), key
 
 
@@ -146,8 +150,8 @@ def test_goals_come_from_the_table_and_say_why_a_value_is_missing():
     shares = {"ema": {"share": 0.01}, "data": {"share": 0.01}, "text": {"share": 0.05}}
     result = {"machine": {"device": "cpu"}, "scales": {"tiny": {
         "models": {"t2s": {"phases": shares, "amortized": {"shares": {"ema": 0.001}}}}, "variants": {}}}}
-    rows = {r["goal"]: r for r in bench.evaluate_goals(result)}
-    assert len(rows) == len([g for g in bench.GOALS if g["missing"] or g["scope"] == "scales"])
+    rows = {r["goal"]: r for r in evaluate_goals(result)}
+    assert len(rows) == len([g for g in GOALS if g["missing"] or g["scope"] == "scales"])
     assert rows["tiny: EMA update < 2% of the step (one update per step)"]["met"] is True
     data_text = rows["tiny: data + text < 5% of the step (steady state)"]
     assert data_text["value"] == pytest.approx(0.06) and data_text["met"] is False and data_text["threshold"] == 0.05
@@ -159,7 +163,7 @@ def test_goals_come_from_the_table_and_say_why_a_value_is_missing():
                                                    "step": {"mfu": 0.6}},
                                            "diffusers": {"t2s_speedup": 3.5, "t2s_speedup_median": 2.9}},
                                 "sampling": {"seconds_at_target": 90.0}, "variants": {}}
-    rows = {r["goal"]: r for r in bench.evaluate_goals(result)}
+    rows = {r["goal"]: r for r in evaluate_goals(result)}
     speedup = rows["reference scale: t2s step >= 3x faster than diffusers UNet3DConditionModel (matched parameters; "
                    "median steps)"]
     assert speedup["value"] == 2.9 and speedup["met"] is False  # the median steps' ratio, not the mean's
@@ -174,9 +178,9 @@ def test_flop_count_of_a_linear_matches_the_hand_count():
     n, d_in, d_out = 8, 32, 16
     layer = nn.Linear(d_in, d_out)
     x = torch.randn(n, d_in, requires_grad=True)
-    forward, _ = bench.count_flops(lambda: layer(x))
+    forward, _ = count_flops(lambda: layer(x))
     assert forward == 2 * n * d_in * d_out
-    total, by_op = bench.count_flops(lambda: layer(x).sum().backward())
+    total, by_op = count_flops(lambda: layer(x).sum().backward())
     assert total == 3 * 2 * n * d_in * d_out  # forward, grad of the input, grad of the weight
     assert set(by_op) == {"addmm", "mm"}
 
@@ -186,9 +190,9 @@ def test_flop_count_of_a_conv2d_matches_the_hand_count():
     conv = nn.Conv2d(c_in, c_out, k, padding=1)
     x = torch.randn(n, c_in, hw, hw, requires_grad=True)
     hand = 2 * n * c_out * hw * hw * c_in * k * k
-    forward, _ = bench.count_flops(lambda: conv(x))
+    forward, _ = count_flops(lambda: conv(x))
     assert forward == hand
-    total, _ = bench.count_flops(lambda: conv(x).sum().backward())
+    total, _ = count_flops(lambda: conv(x).sum().backward())
     assert total == 3 * hand
 
 
@@ -206,14 +210,14 @@ class ChannelMix(nn.Module):
 def test_training_step_flops_on_meta_count_the_step_of_one_layer():
     cfg = load_config("baseline", "micro")
     pixels = cfg.batch_size * cfg.num_frames * cfg.image_size * cfg.image_size
-    flops, _ = bench.training_step_flops(ChannelMix, cfg, context_len=5, context_dim=HIDDEN)
+    flops, _ = training_step_flops(ChannelMix, cfg, context_len=5, context_dim=HIDDEN)
     # forward 2*N*3*3; backward only the weight's gradient (the noisy clip needs no gradient)
     assert flops == 2 * (2 * pixels * 3 * 3)
 
 
 def test_meta_flop_count_of_the_denoiser_includes_attention():
     cfg = load_config("baseline", "micro")
-    flops, by_op = bench.training_step_flops(lambda: build_denoiser(cfg, HIDDEN), cfg, 7, HIDDEN)
+    flops, by_op = training_step_flops(lambda: build_denoiser(cfg, HIDDEN), cfg, 7, HIDDEN)
     assert flops == sum(by_op.values()) > 0
     assert by_op.get("bmm", 0) > 0  # attention's QK^T and AV, forward and backward
     assert by_op["convolution_backward"] == pytest.approx(2 * by_op["convolution"], rel=0.2)
@@ -224,8 +228,8 @@ def test_meta_flop_count_of_the_denoiser_includes_attention():
 def test_matched_diffusers_model_is_within_15_percent_of_ours(scale):
     cfg = load_config("baseline", scale)
     ours = sum(p.numel() for p in build_denoiser(cfg, HIDDEN).parameters())
-    kwargs, counted = bench.match_diffusers(cfg, HIDDEN, ours)
-    theirs = sum(p.numel() for p in bench.DiffusersDenoiser(**kwargs).parameters())  # a real model, not meta
+    kwargs, counted = match_diffusers(cfg, HIDDEN, ours)
+    theirs = sum(p.numel() for p in DiffusersDenoiser(**kwargs).parameters())  # a real model, not meta
     assert theirs == counted
     assert abs(theirs / ours - 1) <= 0.15, (theirs, ours, kwargs)
     assert kwargs["cross_attention_dim"] == HIDDEN and len(kwargs["block_out_channels"]) == len(cfg.channel_mult)
@@ -233,8 +237,8 @@ def test_matched_diffusers_model_is_within_15_percent_of_ours(scale):
 
 def test_diffusers_denoiser_takes_the_t2s_interface():
     cfg = load_config("baseline", "micro")
-    kwargs, _ = bench.match_diffusers(cfg, HIDDEN, 383_059)
-    model = bench.DiffusersDenoiser(**kwargs)
+    kwargs, _ = match_diffusers(cfg, HIDDEN, 383_059)
+    model = DiffusersDenoiser(**kwargs)
     x = torch.randn(2, 3, cfg.num_frames, cfg.image_size, cfg.image_size)
     out = model(x, torch.tensor([3, 500]), torch.randn(2, 6, HIDDEN), torch.ones(2, 6, dtype=torch.bool))
     assert out.shape == x.shape
@@ -243,15 +247,15 @@ def test_diffusers_denoiser_takes_the_t2s_interface():
 # ------------------------------------------------------------------------------------------ sampling
 def test_sampling_time_extrapolates_per_step(micro_cfg, text, single_thread):
     model = build_denoiser(micro_cfg, HIDDEN)
-    out = bench.time_sampling(model, text, micro_cfg, torch.device("cpu"), steps=3, target_steps=10)
+    out = time_sampling(model, text, micro_cfg, torch.device("cpu"), steps=3, target_steps=10)
     first, *rest = out["per_step_ms"]
     assert out["extrapolated"] and len(out["per_step_ms"]) == 3
     overhead = out["measured_s"] - sum(out["per_step_ms"]) / 1e3
     assert out["seconds_at_target"] == pytest.approx(overhead + (first + 9 * sum(rest) / len(rest)) / 1e3)
-    exact = bench.time_sampling(model, text, micro_cfg, torch.device("cpu"), steps=2, target_steps=2)
+    exact = time_sampling(model, text, micro_cfg, torch.device("cpu"), steps=2, target_steps=2)
     assert not exact["extrapolated"] and exact["seconds_at_target"] == exact["measured_s"]
     assert out["precision"] == micro_cfg.mixed_precision == "no"  # the run's precision unless told otherwise
-    bf16 = bench.time_sampling(model, text, micro_cfg, torch.device("cpu"), steps=1, target_steps=1, precision="bf16")
+    bf16 = time_sampling(model, text, micro_cfg, torch.device("cpu"), steps=1, target_steps=1, precision="bf16")
     assert bf16["precision"] == "bf16"
 
 
@@ -303,7 +307,7 @@ def test_contention_slowdowns_are_pair_wall_over_single_wall(monkeypatch):
     monkeypatch.setattr(contention, "_start", start)
     monkeypatch.setattr(contention, "_finish", lambda env: {"seconds": 8.0 if not env["T2S_THREADS"] else 9.0,
                                                             "steps": 5, "threads": 1, "torch_threads": 1})
-    from t2s import runtime
+    from t2s.engine import runtime
 
     monkeypatch.setattr(contention, "usable_cpus", lambda: 2)
     monkeypatch.setattr(runtime, "usable_cpus", lambda: 2)  # the shared pair's env: runtime.share_cpus_env(2)

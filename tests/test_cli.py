@@ -3,10 +3,10 @@ notebook leaves (`--no-eval`: trained only)."""
 from __future__ import annotations
 
 import pytest
-
 from runfactory import make_run, run_layout
+
 from t2s import cli
-from t2s.progress import read_progress
+from t2s.study.progress import read_progress
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "no_metric_weights")
 
@@ -33,7 +33,7 @@ def test_run_leaves_the_notebooks_run_directory_evaluation_included_and_no_eval_
 
 
 def test_an_interrupted_run_exits_non_zero_so_a_batch_script_sees_it(synth_dir, tmp_path, monkeypatch, capsys):
-    from t2s.train import RunResult
+    from t2s.engine.train import RunResult
 
     calls = []
 

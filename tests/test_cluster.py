@@ -15,11 +15,13 @@ import pandas as pd
 import papermill
 import pytest
 import submitit
-
 from runfactory import make_run
-from t2s import ablate, cli, executors
-from t2s.ablate import SlurmOptions
-from t2s.config import ConfigError, PROJECT_ROOT
+
+from t2s import cli
+from t2s.config import PROJECT_ROOT, ConfigError
+from t2s.study import ablate, executors
+from t2s.study.executors import RunJob, SlurmOptions, make_executor, parse_mem_gb, parse_time_minutes
+from t2s.study.runs import plan_study
 
 VARIANTS = ["baseline", "no_ema"]
 # measured, not computed: these may differ between two runs of the same config
@@ -106,9 +108,9 @@ def test_a_job_that_dies_without_a_result_is_a_recorded_failure(tmp_path):
     """A job killed from outside (out of memory, a node failure) leaves no result: the run is failed, with the
     job's id and log in failures.json."""
     study_dir = tmp_path / "executed" / "s"
-    (plan,) = ablate.plan_study("s", ["baseline"], [0], "micro", {}, tmp_path / "executed")
+    (plan,) = plan_study("s", ["baseline"], [0], "micro", {}, tmp_path / "executed")
     study_dir.mkdir(parents=True)
-    job = ablate.make_executor("local", study_dir / ".submitit", "s").submit(os._exit, 3)
+    job = make_executor("local", study_dir / ".submitit", "s").submit(os._exit, 3)
     job.wait()
     job._results_timeout_s = 0  # submitit waits 15 s for a result file a slow shared filesystem may not show yet
     outcome = executors._collect(job, plan)
@@ -151,12 +153,12 @@ def test_slurm_options_from_the_command_line():
 @pytest.mark.parametrize("text, minutes", [("4", 240), ("0.5", 30), ("2:30", 150), ("1:00:30", 61),
                                            ("1-00:00:00", 1440), ("0.01", 1)])
 def test_time_limits_read_as_hours_or_slurm_time(text, minutes):
-    assert ablate.parse_time_minutes(text) == minutes
+    assert parse_time_minutes(text) == minutes
 
 
 @pytest.mark.parametrize("text, gb", [("32", 32.0), ("32G", 32.0), ("16gb", 16.0), ("512M", 0.5), ("1T", 1024.0)])
 def test_memory_reads_with_units(text, gb):
-    assert ablate.parse_mem_gb(text) == gb
+    assert parse_mem_gb(text) == gb
 
 
 @pytest.mark.parametrize("bad", [{"gpus_per_job": -1}, {"timeout_min": 0}, {"cpus_per_job": 0}, {"mem_gb": 0},
@@ -210,7 +212,7 @@ def test_slurm_job_parameters_reach_the_sbatch_script(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{stand_in_slurm(tmp_path / 'bin')}{os.pathsep}{os.environ['PATH']}")
     options = SlurmOptions(partition="gpu", gpus_per_job=2, timeout_min=90, cpus_per_job=8, mem_gb=32,
                            sbatch={"account": "lab", "qos": "high"})
-    executor = ablate.make_executor("slurm", tmp_path / "jobs", "s", options)
+    executor = make_executor("slurm", tmp_path / "jobs", "s", options)
     assert executor.cluster == "slurm" and isinstance(executor._executor, submitit.SlurmExecutor)
     script = executor._executor._make_submission_file_text("python -u -m submitit.core._submit jobs", "uid")
     for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=2", "#SBATCH --time=90", "#SBATCH --nodes=1",
@@ -219,7 +221,7 @@ def test_slurm_job_parameters_reach_the_sbatch_script(tmp_path, monkeypatch):
                  f"#SBATCH --output={tmp_path / 'jobs'}/%j_0_log.out",
                  f"export PYTHONPATH={PROJECT_ROOT}${{PYTHONPATH:+:$PYTHONPATH}}"):
         assert line in script.splitlines(), line
-    default = ablate.make_executor("slurm", tmp_path / "jobs", "s", SlurmOptions())
+    default = make_executor("slurm", tmp_path / "jobs", "s", SlurmOptions())
     script = default._executor._make_submission_file_text("python -u -m submitit.core._submit jobs", "uid")
     assert "#SBATCH --gpus-per-node=1" in script and "#SBATCH --time=240" in script
     assert "--partition" not in script and "--mem" not in script and "--cpus-per-task" not in script
@@ -258,7 +260,7 @@ def test_interrupting_a_slurm_study_leaves_the_jobs_and_says_how_to_report(tmp_p
     jobs = tmp_path / "executed" / "s" / ".submitit"
     submitted = submitit.helpers.DelayedSubmission.load(jobs / "4242_submitted.pkl")
     plan, index, total, forced, environment = submitted.args
-    assert isinstance(submitted.function, ablate.RunJob)
+    assert isinstance(submitted.function, RunJob)
     assert (plan.name, index, total, forced) == ("baseline-seed0", 1, 1, False)
     assert plan.parameters["num_processes"] == 2 and environment is None
 
@@ -266,9 +268,9 @@ def test_interrupting_a_slurm_study_leaves_the_jobs_and_says_how_to_report(tmp_p
 def test_a_job_is_requeueable_with_its_own_arguments():
     """submitit calls checkpoint() on a Slurm timeout or preemption and requeues what it returns: the same run,
     which train() then resumes from its latest checkpoint."""
-    (plan,) = ablate.plan_study("s", ["baseline"], [0], "micro", {}, Path("executed"))
-    again = ablate.RunJob().checkpoint(plan, 1, 1, False, None)
-    assert isinstance(again, submitit.helpers.DelayedSubmission) and isinstance(again.function, ablate.RunJob)
+    (plan,) = plan_study("s", ["baseline"], [0], "micro", {}, Path("executed"))
+    again = RunJob().checkpoint(plan, 1, 1, False, None)
+    assert isinstance(again, submitit.helpers.DelayedSubmission) and isinstance(again.function, RunJob)
     assert again.args == (plan, 1, 1, False, None)
 
 

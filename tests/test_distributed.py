@@ -12,16 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import read_csv  # tests/ is on sys.path: pytest's rootdir, or this file's folder when run as a script
 
 import t2s
-from t2s.checkpoint import list_checkpoints, load_checkpoint
 from t2s.config import load_config
-from t2s.engine import EpochSampler
-from t2s.launch import free_port
+from t2s.engine.checkpoint import list_checkpoints, load_checkpoint
+from t2s.engine.launch import free_port
+from t2s.engine.step import EpochSampler
+from t2s.engine.train import Trainer
 from t2s.rundir import RunDir
-from t2s.train import Trainer
-
-from conftest import read_csv  # tests/ is on sys.path: pytest's rootdir, or this file's folder when run as a script
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,10 +51,10 @@ def first_step_gradients(cfg, run_dir: Path, steps: int) -> dict:
     trainer.run.make()
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for p in trainer.model.parameters():
+        for p in trainer.engine.model.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=g))
-    named = {f"denoiser.{n}": p for n, p in trainer.model.named_parameters()}
-    text = trainer.accelerator.unwrap_model(trainer.text)
+    named = {f"denoiser.{n}": p for n, p in trainer.engine.model.named_parameters()}
+    text = trainer.engine.accelerator.unwrap_model(trainer.engine.text)
     layers = max(int(n.split(".")[2]) for n, _ in text.model.named_parameters() if n.startswith("encoder.layer."))
     named.update({f"text.{n}": p for n, p in text.model.named_parameters() if n.startswith(f"encoder.layer.{layers}.")})
     seen: dict = {}
@@ -64,10 +63,10 @@ def first_step_gradients(cfg, run_dir: Path, steps: int) -> dict:
         if not seen:
             seen.update({n: p.grad.detach().clone() for n, p in named.items() if p.grad is not None})
 
-    trainer.optimizer.optimizer.register_step_pre_hook(record)
+    trainer.engine.optimizer.optimizer.register_step_pre_hook(record)
     trainer.fit(stop_after=steps)
-    return {"grads": seen, "world_size": trainer.world_size, "text_wrapper": type(trainer.text).__name__,
-            "denoiser_wrapper": type(trainer.denoiser).__name__}
+    return {"grads": seen, "world_size": trainer.engine.world_size, "text_wrapper": type(trainer.engine.text).__name__,
+            "denoiser_wrapper": type(trainer.engine.denoiser).__name__}
 
 
 # --------------------------------------------------------------------------------------------- sharding
@@ -109,7 +108,7 @@ def test_two_processes_first_step_gradients_equal_one_process_with_the_global_ba
 
 
 def test_two_process_run_matches_one_process_and_writes_its_run_directory_once(tmp_path):
-    """A micro run (30 steps) under `torchrun -m t2s.train`: two processes x batch 1 against one process x batch 2.
+    """A micro run (30 steps) under `torchrun -m t2s train`: two processes x batch 1 against one process x batch 2.
 
     Tolerance: both runs see the same global batches, noise, timesteps and dropout, and the denoiser has no batch
     statistics (group norm), so they are the same computation up to float summation order (an all-reduce of two
@@ -118,19 +117,19 @@ def test_two_process_run_matches_one_process_and_writes_its_run_directory_once(t
     synth = str(tmp_path / "synthsign")
     one = t2s.train(load_config("baseline", "micro", {"data_dir": synth, "batch_size": 2, **RUN_OVERRIDES}),
                     tmp_path / "one", progress=False)
-    assert one.status == "finished"
+    assert one.engine.status == "finished"
     two_dir = tmp_path / "two"
     params = [a for k, v in {"data_dir": synth, "batch_size": 1, **RUN_OVERRIDES}.items() for a in ("-p", f"{k}={v}")]
-    proc = torchrun("-m", "t2s.train", "--params", "params/baseline.yaml", "--scale", "micro", *params,
+    proc = torchrun("-m", "t2s", "train", "--params", "params/baseline.yaml", "--scale", "micro", *params,
                     "--run-dir", str(two_dir), "--no-progress")
     assert proc.stdout.count(f"finished: {two_dir}") == 1  # one process speaks
 
     # the held-out loss and the logged (rank-mean) training loss of every step match the single process
-    a, b = json.loads(RunDir(one.run_dir).summary.read_text()), json.loads(RunDir(two_dir).summary.read_text())
+    a, b = json.loads(RunDir(one.engine.run_dir).summary.read_text()), json.loads(RunDir(two_dir).summary.read_text())
     for key in ("val_loss_raw", "val_loss_ema"):
         assert b[key] == pytest.approx(a[key], rel=1e-3), key
         assert abs(a[key] - a["val_loss_step0"]) > 10 * 1e-3 * a[key]  # training moved it far more than the tolerance
-    one_rows, two_rows = read_csv(RunDir(one.run_dir).training_csv), read_csv(RunDir(two_dir).training_csv)
+    one_rows, two_rows = read_csv(RunDir(one.engine.run_dir).training_csv), read_csv(RunDir(two_dir).training_csv)
     for r1, r2 in zip(one_rows, two_rows):
         assert float(r2["loss"]) == pytest.approx(float(r1["loss"]), rel=1e-3), r1["step"]
 
@@ -141,7 +140,7 @@ def test_two_process_run_matches_one_process_and_writes_its_run_directory_once(t
     assert b["world_size"] == 2 and b["effective_batch_size"] == 2 and b["steps"] == 30
     assert [int(r["step"]) for r in two_rows] == list(range(1, 31))
     val_steps = [int(r["step"]) for r in read_csv(run.validation_csv)]
-    assert val_steps == [int(r["step"]) for r in read_csv(RunDir(one.run_dir).validation_csv)] == [0, 10, 20, 30]
+    assert val_steps == [int(r["step"]) for r in read_csv(RunDir(one.engine.run_dir).validation_csv)] == [0, 10, 20, 30]
     mem_steps = [int(r["step"]) for r in read_csv(run.memory_csv)]
     assert mem_steps == sorted(set(mem_steps)) and mem_steps[-1] == 30
     assert len(list(run.tensorboard.glob("events.out.tfevents.*"))) == 1
@@ -171,11 +170,11 @@ def test_resume_with_another_world_size_maps_the_position_by_global_samples(tmp_
     trainer = Trainer(cfg, run.root, progress=False)
     with pytest.warns(RuntimeWarning, match="resumed with 1 processes from a checkpoint written by 2"):
         trainer.resume(run.checkpoints / "step_3.pt", state)
-    assert (trainer.step, trainer.epoch, trainer.micro) == (3, 0, 6)
+    assert (trainer.engine.step, trainer.engine.epoch, trainer.engine.micro) == (3, 0, 6)
     (change,) = json.loads(run.metadata.read_text())["world_size_changes"]
     assert change["from_effective_batch_size"] == 4 and change["to_effective_batch_size"] == 2
     assert change["samples_seen_again"] == 0 and change["step"] == 3
-    assert not trainer.fit(stop_after=5).get("signal") and trainer.step == 5  # and it trains on
+    assert not trainer.fit(stop_after=5).get("signal") and trainer.engine.step == 5  # and it trains on
 
 
 # --------------------------------------------------------------------------------------------- the worker

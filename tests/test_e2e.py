@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from t2s.ablate import run_study
+from t2s.study.ablate import run_study
 
 XSS = "<img src=x onerror=alert(1)>"
 

@@ -8,15 +8,21 @@ import shutil
 
 import pytest
 import torch
+from conftest import read_csv
 
 import t2s
 from t2s.config import ConfigError, load_config
-from t2s.checkpoint import check_resumable, latest_good_checkpoint, list_checkpoints, load_checkpoint, load_run_weights
+from t2s.engine.checkpoint import (
+    check_resumable,
+    latest_good_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    load_run_weights,
+)
+from t2s.engine.logs import NonFiniteLossError
+from t2s.engine.step import Engine
+from t2s.engine.train import Trainer
 from t2s.rundir import RunDir
-from t2s.runlog import NonFiniteLossError
-from t2s.train import Trainer
-
-from conftest import read_csv
 
 
 def micro(synth_dir, variant="baseline", **over):
@@ -129,11 +135,11 @@ def test_the_ema_holds_every_trained_parameter_of_the_denoiser_and_of_a_fine_tun
 
     for variant in ("baseline", "text_finetuned"):
         trainer = Trainer(micro(synth_dir, variant, max_steps=1), tmp_path / variant, progress=False)
-        text = trainer.accelerator.unwrap_model(trainer.text)
-        expected = {id(p) for p in trainer.model.parameters()} | {id(p) for p in text.trainable_parameters()}
-        assert {id(p) for p in trainer.ema.params} == expected, variant
+        text = trainer.engine.accelerator.unwrap_model(trainer.engine.text)
+        expected = {id(p) for p in trainer.engine.model.parameters()} | {id(p) for p in text.trainable_parameters()}
+        assert {id(p) for p in trainer.engine.ema.params} == expected, variant
         assert bool(text.trainable_parameters()) == (variant == "text_finetuned")
-        assert len(trainer.ema.params) == len(trainer.ema.names) == len(set(trainer.ema.names))
+        assert len(trainer.engine.ema.params) == len(trainer.engine.ema.names) == len(set(trainer.engine.ema.names))
     run = RunDir(kept_run.run_dir)
     raw_text, ema_text = load_file(run.weights_text), load_file(run.weights_text_ema)
     assert raw_text.keys() == ema_text.keys()
@@ -152,7 +158,7 @@ def test_text_finetuned_and_baseline_share_no_fitted_parameter(baseline_run, syn
     from t2s.text import build_text_encoder
 
     cfg = micro(synth_dir, "text_finetuned", text_encoder_lr=3e-4)
-    initial = {k: v.clone() for k, v in Trainer(cfg, tmp_path / "init", progress=False).model.state_dict().items()}
+    initial = {k: v.clone() for k, v in Trainer(cfg, tmp_path / "init", progress=False).engine.model.state_dict().items()}
     finetuned = t2s.train(cfg, tmp_path / "text_finetuned-seed0", progress=False)
     a, b = weights(baseline_run.run_dir), weights(finetuned.run_dir)
     moved = [k for k in initial if not torch.equal(a["model"][k], initial[k]) or not torch.equal(b["model"][k], initial[k])]
@@ -218,21 +224,21 @@ def test_frozen_encoder_is_bit_identical_and_finetuned_one_moves(synth_dir, tmp_
     cfg = micro(synth_dir, max_steps=3, num_epochs=1)
     frozen = Trainer(cfg, tmp_path / "frozen", progress=False)
     RunDir(tmp_path / "frozen").make()
-    before = {k: v.clone() for k, v in frozen.text.model.state_dict().items()}
+    before = {k: v.clone() for k, v in frozen.engine.text.model.state_dict().items()}
     frozen.fit()
-    after = frozen.text.model.state_dict()
+    after = frozen.engine.text.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert all(not p.requires_grad for p in frozen.text.model.parameters())
+    assert all(not p.requires_grad for p in frozen.engine.text.model.parameters())
 
     ft_cfg = micro(synth_dir, "text_finetuned", max_steps=3, num_epochs=1, text_encoder_lr=3e-4)
     ft = Trainer(ft_cfg, tmp_path / "ft", progress=False)
     RunDir(tmp_path / "ft").make()
-    groups = {g["name"]: g for g in ft.optimizer.param_groups}
+    groups = {g["name"]: g for g in ft.engine.optimizer.param_groups}
     assert groups["text_encoder"]["initial_lr"] == pytest.approx(3e-4)
     assert groups["denoiser"]["initial_lr"] == pytest.approx(1e-3)
-    before = {k: v.clone() for k, v in ft.text.model.state_dict().items()}
+    before = {k: v.clone() for k, v in ft.engine.text.model.state_dict().items()}
     ft.fit()
-    changed = [k for k, v in ft.text.model.state_dict().items() if not torch.equal(before[k], v)]
+    changed = [k for k, v in ft.engine.text.model.state_dict().items() if not torch.equal(before[k], v)]
     assert changed, "the fine-tuned text encoder did not change"
     # the last-N-layers mode unfreezes exactly those layers
     enc = TextEncoder(ft_cfg.text_encoder, 77, freeze=False, trainable_layers=1)
@@ -279,7 +285,7 @@ def test_a_trainable_encoder_encodes_separately_as_the_frozen_one_caches():
     captions = ["thank you", "hello my name is anna", "good morning"]
     frozen, trainable = TextEncoder("minilm"), TextEncoder("minilm", freeze=False)
     states, mask = trainable.encode_separately(captions)
-    cached, cached_mask = frozen.encode(captions)
+    cached, cached_mask = frozen.engine.encode(captions)
     assert torch.equal(mask, cached_mask) and torch.equal(states, cached) and not states.requires_grad
     together, _ = trainable.encode(captions)  # padded together: the padding's states are not zero
     assert not torch.equal(together, states)
@@ -310,11 +316,11 @@ def test_reference_scale_completes_one_optimizer_step(synth_dir, tmp_path):
     })
     trainer = Trainer(cfg, tmp_path / "full", progress=False)
     RunDir(tmp_path / "full").make()
-    before = [p.detach().clone() for p in trainer.model.parameters()]
+    before = [p.detach().clone() for p in trainer.engine.model.parameters()]
     trainer.fit(stop_after=1)
-    assert trainer.step == 1
-    assert any(not torch.equal(b, p) for b, p in zip(before, trainer.model.parameters()))
-    print(f"reference-scale parameters: {trainer.parameter_counts()}")
+    assert trainer.engine.step == 1
+    assert any(not torch.equal(b, p) for b, p in zip(before, trainer.engine.model.parameters()))
+    print(f"reference-scale parameters: {trainer.engine.parameter_counts()}")
 
 
 def test_bf16_channels_last_training_runs_and_its_checkpoint_loads_anywhere(synth_dir, tmp_path):
@@ -323,9 +329,9 @@ def test_bf16_channels_last_training_runs_and_its_checkpoint_loads_anywhere(synt
     run_dir = tmp_path / "bf16-seed0"
     cfg = micro(synth_dir, mixed_precision="bf16", channels_last=True, max_steps=4)
     trainer = Trainer(cfg, run_dir, progress=False)
-    convs = [m.weight for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    convs = [m.weight for m in trainer.engine.model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
-    assert trainer.accelerator.mixed_precision == "bf16"
+    assert trainer.engine.accelerator.mixed_precision == "bf16"
     del trainer
     result = t2s.train(cfg, run_dir, progress=False)
     losses = [float(r["loss"]) for r in read_csv(run_dir / "logs" / "training_metrics.csv")]
@@ -337,7 +343,7 @@ def test_bf16_channels_last_training_runs_and_its_checkpoint_loads_anywhere(synt
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(synth_dir, tmp_path, monkeypatch):
-    import t2s.engine as engine_module  # the step's module: it calls diffusion_loss
+    import t2s.engine.step as engine_module  # the step's module: it calls diffusion_loss
 
     cfg = micro(synth_dir, max_steps=12, log_every=1, save_every=1)
     calls = {"n": 0}
@@ -415,8 +421,8 @@ def test_generate_writes_gifs_from_a_run(baseline_run, tmp_path):
 def test_the_epoch_loader_gives_whole_steps_in_the_epochs_order_with_or_without_workers(synth_dir):
     """The engine's loader (the trainer's and the benchmark's): batches of (clips, captions, signers), only whole
     optimizer steps, the epoch's seeded order from any position on, the same batches from a worker process."""
-    from t2s.data import build_datasets
-    from t2s.engine import epoch_loader, steps_per_epoch
+    from t2s.data.splits import build_datasets
+    from t2s.engine.step import epoch_loader, steps_per_epoch
 
     cfg = micro(synth_dir)
     train_set, _, _ = build_datasets(cfg)
@@ -493,7 +499,7 @@ def test_sigterm_finishes_the_step_checkpoints_and_resumes(synth_dir, tmp_path):
 
     cfg = micro(synth_dir, max_steps=10, log_every=1)
     straight = t2s.train(cfg, tmp_path / "straight", progress=False)
-    trainer_cls = Trainer
+    trainer_cls = Engine  # the trainer's engine takes each micro-step
     original = trainer_cls.micro_step
 
     def send_sigterm_at_step_4(self, *args):
@@ -529,18 +535,18 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_effective_batch(synt
             return True
         return False
 
-    trainer.oom_hook = hook
+    trainer.engine.oom_hook = hook
     trainer.fit()
-    assert trainer.step == 6
-    assert (trainer.cfg.batch_size, trainer.cfg.gradient_accumulation_steps) == (2, 2)
-    assert trainer.cfg.effective_batch_size == cfg.effective_batch_size
+    assert trainer.engine.step == 6
+    assert (trainer.engine.cfg.batch_size, trainer.engine.cfg.gradient_accumulation_steps) == (2, 2)
+    assert trainer.engine.cfg.effective_batch_size == cfg.effective_batch_size
     meta = json.loads(RunDir(tmp_path / "oom").metadata.read_text())
     assert meta["oom_fallbacks"][0]["batch_size"] == 2 and meta["oom_fallbacks"][0]["step"] == 2
     assert [int(r["step"]) for r in read_csv(RunDir(tmp_path / "oom").training_csv)] == list(range(1, 7))
 
     one = Trainer(micro(synth_dir, batch_size=1, gradient_accumulation_steps=2), tmp_path / "oom1", progress=False)
     RunDir(tmp_path / "oom1").make()
-    one.oom_hook = lambda tr: True
+    one.engine.oom_hook = lambda tr: True
     with pytest.raises(RuntimeError, match="batch_size 1.*gradient_checkpointing"):
         one.fit()
 

@@ -1,4 +1,4 @@
-"""Tests for t2s.evaluate. One micro run is trained per module; every metric-weights file is made here (random
+"""Tests for t2s.eval.evaluate. One micro run is trained per module; every metric-weights file is made here (random
 init, saved as a user's real file would be); nothing is downloaded and the user's caches are never consulted."""
 import csv
 import hashlib
@@ -12,17 +12,24 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import refuse_network
+from runfactory import make_run, run_layout
 from torch import nn
 
 import t2s
-from t2s import evaluate, metrics, synthsign
-from t2s.data import to_clip
-from t2s.evaluate import EVALUATION_COLUMNS, NO_KEYPOINTS, compare_clips, evaluate_run, sign_fidelity
+from t2s import rundir
+from t2s.data.video import to_clip
+from t2s.eval import compare, evaluate
+from t2s.eval.compare import NO_KEYPOINTS, back_translation_metrics, caption_dependence, compare_clips, sign_fidelity
+from t2s.eval.evaluate import evaluate_run
+from t2s.eval.metrics.files import sha256_file
+from t2s.eval.metrics.perceptual import PSNR_CAP_DB, load_lpips
+from t2s.eval.metrics.video_features import I3D, STATE_DICT_OTHER, VideoFeatureExtractor
+from t2s.eval.metrics.weights import weights_status
 from t2s.pipeline import TextToSignPipeline
-from t2s.rundir import RunDir
-
-from conftest import refuse_network
-from runfactory import make_run, run_layout
+from t2s.rundir import EVALUATION_COLUMNS, STATUS_METRICS, RunDir
+from t2s.synthsign import signer as synthsign
+from t2s.synthsign.glosses import gloss_sequence
 
 # The column set the issue asks for, written out here so the module's constant cannot drift from it silently.
 EXPECTED_COLUMNS = [
@@ -95,7 +102,7 @@ def weight_files(tmp_path_factory):
     AlexNet state dict under torchvision's file name: the files a user would provide, loaded the same way."""
     folder = tmp_path_factory.mktemp("metric_weights")
     torch.manual_seed(0)
-    i3d = metrics.I3D()
+    i3d = I3D()
     for module in i3d.modules():
         if isinstance(module, nn.Conv3d):
             nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
@@ -125,7 +132,8 @@ def copy_run(run_dir, dest):
 def real_clip_of_each_caption(run_dir, num_clips=None):
     """{caption: real clip (3, F, H, W)} of a run's evaluation set (every split), and the evaluation clips."""
     from t2s.config import load_config_file
-    from t2s.data import build_datasets, evaluation_clips
+    from t2s.data.splits import build_datasets
+    from t2s.eval.captions import evaluation_clips
 
     cfg = load_config_file(run_dir / "config.json")
     train_set, val_set, _ = build_datasets(cfg)
@@ -214,7 +222,7 @@ def test_the_development_part_reproduces_the_training_validation_and_the_test_pa
     """The training's validation loss reads the development part; `evaluate` scores the test part by default
     (logs/evaluation_metrics.*, evaluation/) and the development part only when asked (its own _dev files). The two
     parts' clips share no caption and no signer."""
-    from t2s.captions import evaluation_parts
+    from t2s.data.splits import evaluation_parts
 
     run_dir, rows = evaluated
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -231,7 +239,7 @@ def test_the_development_part_reproduces_the_training_validation_and_the_test_pa
     assert dev["raw"]["val_loss"] != dev["ema"]["val_loss"] and test["raw"]["val_loss"] != dev["raw"]["val_loss"]
     assert {r["eval_part"] for r in rows} == {"test"} and {r["eval_part"] for r in dev_rows} == {"dev"}
     from t2s.config import load_config_file
-    from t2s.data import build_datasets
+    from t2s.data.splits import build_datasets
 
     cfg = load_config_file(micro_run / "config.json")
     parts = evaluation_parts(cfg, *build_datasets(cfg)[:2])
@@ -243,9 +251,6 @@ def test_the_development_part_reproduces_the_training_validation_and_the_test_pa
         assert all(parts.captions[tuple(e["glosses"].split())] == part for e in entries), part
     assert not {e["glosses"] for e in clips["dev"]} & {e["glosses"] for e in clips["test"]}
     assert not {e["signer"] for e in clips["dev"]} & {e["signer"] for e in clips["test"]}
-    from t2s.diffusion import VAL_NOISE_SEED
-
-    assert evaluate.VAL_NOISE_SEED == VAL_NOISE_SEED
 
 
 def test_caption_dependence_is_the_share_of_the_other_caption_loss_the_right_caption_saves(evaluated, micro_run):
@@ -255,7 +260,7 @@ def test_caption_dependence_is_the_share_of_the_other_caption_loss_the_right_cap
         assert other > 0 and own != other and row["caption_dependence_status"] == "ok"
         assert row["caption_dependence"] == pytest.approx(100 * (other - own) / other)
     # a denoiser that ignores the text: swapping captions changes nothing
-    from t2s.data import build_datasets
+    from t2s.data.splits import build_datasets
     from t2s.diffusion import build_train_scheduler, held_out_loss
     from t2s.pipeline import load_run_models
 
@@ -274,7 +279,7 @@ def test_caption_dependence_is_the_share_of_the_other_caption_loss_the_right_cap
     args = (text, build_train_scheduler(cfg), val_set, cfg, "cpu")
     assert held_out_loss(blind, *args, other_captions=True) == pytest.approx(held_out_loss(blind, *args), rel=1e-6)
     assert held_out_loss(denoiser, *args, other_captions=True) != held_out_loss(denoiser, *args)
-    assert evaluate.caption_dependence(0.5, None, 1)["caption_dependence_status"].startswith("needs at least 2")
+    assert caption_dependence(0.5, None, 1)["caption_dependence_status"].startswith("needs at least 2")
 
 
 def test_cost_and_reference_columns(evaluated):
@@ -327,7 +332,7 @@ def test_with_metric_weights_kvd_and_lpips_are_finite_and_fvd_waits_for_enough_c
         assert isinstance(row[metric], float) and math.isfinite(row[metric])
     assert row["lpips"] > 0
     assert row["kvd_std"] is None and "at least 4 clips" in row["kvd_std_status"]
-    assert row["feature_extractor"] == metrics.STATE_DICT_OTHER
+    assert row["feature_extractor"] == STATE_DICT_OTHER
     assert row["feature_weights_sha256"] == hashlib.sha256(weight_files[0].read_bytes()).hexdigest()
     _, csv_rows = read_evaluation_csv(run_dir)
     assert float(csv_rows[0]["kvd"]) == pytest.approx(row["kvd"])
@@ -380,7 +385,7 @@ def test_an_oracle_model_scores_perfectly_so_clips_captions_and_ground_truth_lin
     # micro's validation split holds 2 clips of novel captions: 9 = 4 seen + 2 novel + 3 paraphrases
     assert [c.split for c in clips] == ["seen"] * 4 + ["novel"] * 2 + ["paraphrase"] * 3
     assert (row["num_clips"], row["num_clips_seen"], row["num_clips_novel"], row["num_clips_paraphrase"]) == (6, 4, 2, 3)
-    assert row["ssim"] == pytest.approx(1.0, abs=1e-9) and row["psnr"] == pytest.approx(metrics.PSNR_CAP_DB)
+    assert row["ssim"] == pytest.approx(1.0, abs=1e-9) and row["psnr"] == pytest.approx(PSNR_CAP_DB)
     assert row["motion_magnitude"] == row["motion_magnitude_real"]
     # at 16x16 a few small gloves are missed by the colour finder, each costing 1 image width in its frame
     assert row["dtw_error"] <= 1 - row["hand_detection_rate"] + 1e-9 < row["dtw_error_shuffled"]
@@ -427,12 +432,12 @@ def rendered():
 
 def test_real_clips_against_themselves_score_perfectly(rendered, weight_files):
     real, keypoints = rendered
-    lpips_model, lpips_status = metrics.load_lpips("alex", weights_dir=weight_files[1])
+    lpips_model, lpips_status = load_lpips("alex", weights_dir=weight_files[1])
     assert lpips_model is not None, lpips_status
     # I3D on the CPU costs seconds per clip: FVD/KVD of real I3D sets are tested in test_metrics; here it is skipped
     out = compare_clips(real, real, keypoints, CAPTIONS, None, "I3D skipped", lpips_model, lpips_status)
     assert out["ssim"] == pytest.approx(1.0, abs=1e-9)
-    assert out["psnr"] == pytest.approx(metrics.PSNR_CAP_DB)
+    assert out["psnr"] == pytest.approx(PSNR_CAP_DB)
     assert out["lpips"] == pytest.approx(0.0, abs=1e-6)
     assert out["dtw_error"] == 0.0
     assert out["hand_detection_rate"] == 1.0
@@ -442,7 +447,7 @@ def test_real_clips_against_themselves_score_perfectly(rendered, weight_files):
     assert out["dtw_gap"] is None and "at least 5 evaluation clips, got 4" in out["dtw_gap_status"]
     unavailable = ("fvd", "kvd", "kvd_std", "dtw_gap")
     # back-translation and caption dependence (a held-out loss): evaluate_run's, not compare_clips'
-    compared = [m for m in evaluate.STATUS_METRICS if m not in evaluate.BT_METRICS and m != "caption_dependence"
+    compared = [m for m in STATUS_METRICS if m not in rundir.BT_METRICS and m != "caption_dependence"
                 and m not in ("dtw_gap_seen", "dtw_gap_unseen")]  # per caption group: evaluate_run's
     assert all(out[f"{m}_status"] == "ok" for m in compared if m not in unavailable)
     for m in ("fvd", "kvd", "kvd_std"):
@@ -496,14 +501,14 @@ def test_the_gap_per_caption_group_scores_each_group_on_its_own_clips(signed):
     """dtw_gap_seen and dtw_gap_unseen: the gap of sign_fidelity on the group's clips alone (unseen = novel and
     paraphrase pooled). Clips that follow their captions in the unseen group and ignore them in the seen group give a
     positive unseen gap and a zero seen gap; a group below 5 clips is null with the reason."""
-    from t2s.evaluation_metrics import sign_fidelity_by_group
+    from t2s.eval.compare import sign_fidelity_by_group
 
     real, keypoints = signed
-    glosses = [" ".join(synthsign.gloss_sequence(c)) for c in GAP_CAPTIONS]
+    glosses = [" ".join(gloss_sequence(c)) for c in GAP_CAPTIONS]
     clips = torch.cat([real[:1].expand_as(real), real])  # seen: one clip whatever the caption; unseen: each its own
     splits = ["seen"] * 6 + ["novel"] * 3 + ["paraphrase"] * 3
     out = sign_fidelity_by_group(clips, keypoints + keypoints, glosses + glosses, splits)
-    alone = {group: sign_fidelity(evaluate.dtw_matrix(evaluate.hand_tracks(part)[0], keypoints, 32.0), glosses)
+    alone = {group: sign_fidelity(compare.dtw_matrix(compare.hand_tracks(part)[0], keypoints, 32.0), glosses)
              for group, part in (("seen", clips[:6]), ("unseen", clips[6:]))}
     for group in ("seen", "unseen"):
         assert out[f"dtw_gap_{group}_status"] == "ok"
@@ -566,7 +571,7 @@ class MeanColourDetector(nn.Module):
 
 def test_fvd_is_null_below_fvd_min_clips_with_the_reason_and_kvd_is_reported(signed):
     real, keypoints = signed
-    extractor = metrics.VideoFeatureExtractor(MeanColourDetector(), "torchscript", "test detector", None, "ab" * 32)
+    extractor = VideoFeatureExtractor(MeanColourDetector(), "torchscript", "test detector", None, "ab" * 32)
     generated = real * 0.5  # paler clips: other colour statistics
     below = compare_clips(generated, real, extractor=extractor, extractor_status="unused", fvd_min_clips=7)
     assert below["fvd"] is None and "fvd_min_clips = 7" in below["fvd_status"] and "got 6" in below["fvd_status"]
@@ -580,15 +585,15 @@ def test_fvd_is_null_below_fvd_min_clips_with_the_reason_and_kvd_is_reported(sig
 
 def test_weights_status_reports_paths_or_how_to_without_downloading(weight_files, tmp_path, monkeypatch):
     isolate_metric_weights(monkeypatch, tmp_path)
-    status = metrics.weights_status()
+    status = weights_status()
     assert set(status) == {"I3D (FVD)", "AlexNet (LPIPS)"}
     assert not status["I3D (FVD)"].startswith("ok") and "T2S_I3D_WEIGHTS" in status["I3D (FVD)"]
     assert not status["AlexNet (LPIPS)"].startswith("ok") and "T2S_LPIPS_BACKBONE" in status["AlexNet (LPIPS)"]
     monkeypatch.setenv("T2S_I3D_WEIGHTS", str(weight_files[0]))
     monkeypatch.setenv("T2S_LPIPS_BACKBONE", str(weight_files[1]))
-    status = metrics.weights_status()
-    assert status["I3D (FVD)"].startswith(f"ok: {weight_files[0]} ({metrics.STATE_DICT_OTHER}, sha256 ")
-    assert status["AlexNet (LPIPS)"] == (f"ok: {weight_files[1]} (sha256 {metrics.sha256_file(weight_files[1])[:12]}..., "
+    status = weights_status()
+    assert status["I3D (FVD)"].startswith(f"ok: {weight_files[0]} ({STATE_DICT_OTHER}, sha256 ")
+    assert status["AlexNet (LPIPS)"] == (f"ok: {weight_files[1]} (sha256 {sha256_file(weight_files[1])[:12]}..., "
                                          "not the pinned torchvision file)")
 
 
@@ -600,8 +605,8 @@ def test_back_translation_columns_hold_each_splits_scores_ceiling_and_floor():
     splits = ["seen"] * 5 + ["novel"] * 5
     real = [list(r) for r in refs]
     generated = real[:5] + [["good", "night", "my", "friend"]] * 5  # seen: signed right; novel: one caption for all
-    out = evaluate.back_translation_metrics(generated, real, refs, splits)
-    assert set(out) == set(evaluate.BT_COLUMNS) | {f"{m}_status" for m in evaluate.BT_METRICS}
+    out = back_translation_metrics(generated, real, refs, splits)
+    assert set(out) == set(rundir.BT_COLUMNS) | {f"{m}_status" for m in rundir.BT_METRICS}
     assert out["bt_exact_seen"] == out["bt_exact_seen_ceiling"] == 1.0 and out["bt_bleu4_seen"] == pytest.approx(100)
     assert out["bt_exact_novel"] == pytest.approx(2 / 5) and out["bt_exact_novel_ceiling"] == 1.0
     assert out["bt_wer_novel_floor"] > out["bt_wer_seen"] == 0.0
@@ -611,27 +616,27 @@ def test_back_translation_columns_hold_each_splits_scores_ceiling_and_floor():
     # unseen pools novel and paraphrase: here the novel clips alone
     assert all(out[f"bt_{s}_unseen{part}"] == out[f"bt_{s}_novel{part}"] for s in ("bleu4", "wer", "exact")
                for part in ("", "_ceiling", "_floor"))
-    pooled = evaluate.back_translation_metrics(generated, real, refs, ["seen"] * 5 + ["novel", "paraphrase", "paraphrase", "novel", "novel"])
+    pooled = back_translation_metrics(generated, real, refs, ["seen"] * 5 + ["novel", "paraphrase", "paraphrase", "novel", "novel"])
     assert pooled["bt_exact_unseen"] == pytest.approx(2 / 5) and pooled["bt_exact_novel"] == pytest.approx(2 / 3)
     assert pooled["bt_exact_paraphrase"] == 0.0 and pooled["bt_wer_unseen_status"] == "ok"
 
 
 def test_back_translation_without_a_recognizer_is_null_with_the_reason(folder_run_config):
-    from t2s.data import build_datasets
+    from t2s.data.splits import build_datasets
 
     cfg = folder_run_config
     train_set, val_set, _ = build_datasets(cfg)
     recognizer, unavailable = evaluate._recognizer(cfg, train_set, val_set)
     assert recognizer is None and "needs dataset synthsign, not 'folder'" in unavailable["*"]
-    out = evaluate.back_translation_metrics(None, None, [["a"], ["b"]], ["seen", "novel"], unavailable)
-    assert all(out[c] is None for c in evaluate.BT_COLUMNS)
-    assert all(out[f"{m}_status"] == unavailable["*"] for m in evaluate.BT_METRICS)
+    out = back_translation_metrics(None, None, [["a"], ["b"]], ["seen", "novel"], unavailable)
+    assert all(out[c] is None for c in rundir.BT_COLUMNS)
+    assert all(out[f"{m}_status"] == unavailable["*"] for m in rundir.BT_METRICS)
 
 
 @pytest.fixture
 def folder_run_config(tmp_path):
     """A folder dataset of 6 synthsign GIFs (no keypoints): what a user's own videos look like to evaluation."""
-    from t2s.data import write_gif
+    from t2s.data.video import write_gif
 
     folder = tmp_path / "clips"
     folder.mkdir()

@@ -7,13 +7,12 @@ import html
 import shutil
 
 import numpy as np
-
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
-
 from runfactory import make_study
-from t2s import report
+
+from t2s.report import load, notebook
 
 XSS = "<img src=x onerror=alert(1)>"
 
@@ -21,8 +20,8 @@ XSS = "<img src=x onerror=alert(1)>"
 @pytest.fixture
 def explorer(tmp_path):
     executed = make_study(tmp_path, "demo", variants=("baseline", "no_ema"), seeds=(0, 1), prompts=("thank you", XSS))
-    study = report.load_study("demo", executed)
-    return study, report.explorer_widget(study)
+    study = load.load_study("demo", executed)
+    return study, notebook.explorer_widget(study)
 
 
 def shown(view) -> tuple:
@@ -49,7 +48,7 @@ def test_the_controls_offer_the_study_and_start_on_its_first_choices(explorer):
     assert view.variant.options == ("baseline", "no_ema")
     assert view.prompt.options == ("thank you", XSS)
     keys = [key for _, key in view.metric.options]
-    assert keys == [m.key for m in report.available_metrics(study)] and len(keys) > 3
+    assert keys == [m.key for m in load.available_metrics(study)] and len(keys) > 3
     assert (view.variant.value, view.metric.value, view.prompt.value) == ("baseline", keys[0], "thank you")
     assert view.box.children[1] is view.output and list(view.box.children[0].children) == [view.variant, view.metric,
                                                                                              view.prompt]
@@ -95,7 +94,7 @@ def test_a_study_without_samples_offers_none_and_says_so(tmp_path):
     executed = make_study(tmp_path, "bare", variants=("baseline",), seeds=(0,))
     for samples in (executed / "bare").glob("*/samples"):
         shutil.rmtree(samples)
-    view = report.explorer_widget(report.load_study("bare", executed))
+    view = notebook.explorer_widget(load.load_study("bare", executed))
     assert view.prompt.options == ("(no samples)",)
     assert view.output.outputs[2]["data"]["text/plain"] == ("No sample for this prompt in baseline: no training samples "
                                                             "in this run.")
@@ -110,7 +109,7 @@ def test_a_derived_variant_without_samples_says_why_in_the_explorer(tmp_path):
     meta = json.loads((derived / "metadata.json").read_text())
     meta["shared_training"] = {"from": "baseline-seed0", "checkpoint": "x", "step": 5, "differing_keys": ["use_ema"]}
     (derived / "metadata.json").write_text(json.dumps(meta))
-    view = report.explorer_widget(report.load_study("x", executed))
+    view = notebook.explorer_widget(load.load_study("x", executed))
     assert "data:image/gif;base64," in shown(view)[2]  # the baseline's sample
     view.variant.value = "no_ema"
     assert view.output.outputs[2]["data"]["text/plain"] == (
@@ -122,8 +121,8 @@ def test_explorer_displays_the_widget_or_a_note(explorer, tmp_path):
     study, _ = explorer
     InteractiveShell.instance()
     with capture_output() as shown_here:
-        report.explorer(study)
-        report.explorer(report.load_study("none", tmp_path / "nothing"))
+        notebook.explorer(study)
+        notebook.explorer(load.load_study("none", tmp_path / "nothing"))
     widget, note = shown_here.outputs
     assert "application/vnd.jupyter.widget-view+json" in widget.data
     assert "No finished runs to explore." in note.data["text/html"]

@@ -13,8 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from t2s.data import ClipDataset, DataError, UnusableFile, load_clip, read_manifest, scan_folder
-from t2s.releases import read_how2sign, read_phoenix14t
+from t2s.data.datasets import ClipDataset, read_manifest, scan_folder
+from t2s.data.records import DataError
+from t2s.data.releases import read_how2sign, read_phoenix14t
+from t2s.data.video import UnusableFile, load_clip
 
 EXAMPLES = 1000
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)

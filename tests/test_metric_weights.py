@@ -16,9 +16,13 @@ import time
 import pytest
 import torch
 
-from t2s import evaluate, metrics
-from t2s.evaluation_metrics import compare_clips
-from t2s.metrics import files, perceptual, video_features, weights
+from t2s.eval import evaluate
+from t2s.eval.compare import compare_clips
+from t2s.eval.metrics import files, perceptual, video_features, weights
+from t2s.eval.metrics.files import PROBE_TIMEOUT_S, sha256_file
+from t2s.eval.metrics.perceptual import LPIPS_BACKBONE_SHA256, load_lpips
+from t2s.eval.metrics.video_features import I3D_TORCHSCRIPT_SHA256, TORCHSCRIPT_REFERENCE, load_i3d
+from t2s.eval.metrics.weights import weights_status
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -79,20 +83,20 @@ def _closed_port() -> int:
 def test_lpips_backbone_is_downloaded_verified_cached_and_not_fetched_again(server, alexnet_file, tmp_path, monkeypatch):
     root, base, requests = server
     source, backbone = alexnet_file
-    digest = metrics.sha256_file(source)
+    digest = sha256_file(source)
     name = f"alexnet-owt-{digest[:8]}.pth"
     os.link(source, root / name)
     cached, _ = _point_at(monkeypatch, tmp_path, base, alex_name=name)
-    monkeypatch.setitem(metrics.LPIPS_BACKBONE_SHA256, "alex", digest)
-    model, status = metrics.load_lpips("alex")
+    monkeypatch.setitem(LPIPS_BACKBONE_SHA256, "alex", digest)
+    model, status = load_lpips("alex")
     assert model is not None, status
     assert status == f"ok: LPIPS alex with backbone from {cached}"
-    assert metrics.sha256_file(cached) == digest and len(_gets(requests, name)) == 1
+    assert sha256_file(cached) == digest and len(_gets(requests, name)) == 1
     assert torch.equal(model.net.slice1[0].weight, backbone.features[0].weight)  # the served weights, not others
     assert not list(cached.parent.glob("*.part"))
-    model, status = metrics.load_lpips("alex")
+    model, status = load_lpips("alex")
     assert model is not None and len(_gets(requests, name)) == 1  # the cached file: nothing fetched again
-    line = metrics.weights_status()["AlexNet (LPIPS)"]
+    line = weights_status()["AlexNet (LPIPS)"]
     assert line == f"ok: {cached} (sha256 {digest[:12]}...)"
 
 
@@ -103,11 +107,11 @@ def test_the_torchscript_i3d_is_downloaded_verified_cached_and_not_fetched_again
     _, cached = _point_at(monkeypatch, tmp_path, base)
     digest = hashlib.sha256(torchscript_bytes).hexdigest()
     monkeypatch.setattr(video_features, "I3D_TORCHSCRIPT_SHA256", digest)
-    extractor, status = metrics.load_i3d()
+    extractor, status = load_i3d()
     assert extractor is not None, status
     assert extractor.kind == "torchscript" and extractor.path == cached and extractor.sha256 == digest
-    assert extractor.name == metrics.TORCHSCRIPT_REFERENCE and cached.read_bytes() == torchscript_bytes
-    assert metrics.load_i3d()[0] is not None and len(_gets(requests, "i3d_torchscript.pt")) == 1
+    assert extractor.name == TORCHSCRIPT_REFERENCE and cached.read_bytes() == torchscript_bytes
+    assert load_i3d()[0] is not None and len(_gets(requests, "i3d_torchscript.pt")) == 1
 
 
 # --- (b) a wrong hash: deleted, null with both hashes ------------------------------------------------------------
@@ -118,13 +122,13 @@ def test_a_backbone_whose_sha256_differs_from_the_pin_is_deleted_and_lpips_is_nu
     got = hashlib.sha256(payload).hexdigest()
     (root / "alexnet-owt-00000000.pth").write_bytes(payload)
     cached, _ = _point_at(monkeypatch, tmp_path, base)
-    monkeypatch.setitem(metrics.LPIPS_BACKBONE_SHA256, "alex", "ab" * 32)
-    model, status = metrics.load_lpips("alex")
+    monkeypatch.setitem(LPIPS_BACKBONE_SHA256, "alex", "ab" * 32)
+    model, status = load_lpips("alex")
     assert model is None and len(_gets(requests, "alexnet-owt-00000000.pth")) == 1
     assert f"has SHA-256 {got}, not the pinned {'ab' * 32}; it was deleted" in status
     assert not cached.exists() and not list(cached.parent.glob("*"))
-    monkeypatch.setitem(metrics.LPIPS_BACKBONE_SHA256, "alex", None)  # then torchvision's prefix in the name is the pin
-    model, status = metrics.load_lpips("alex")
+    monkeypatch.setitem(LPIPS_BACKBONE_SHA256, "alex", None)  # then torchvision's prefix in the name is the pin
+    model, status = load_lpips("alex")
     assert model is None and f"has SHA-256 {got}, not one starting with the pinned prefix 00000000" in status
     assert not list(cached.parent.glob("*"))
 
@@ -133,10 +137,10 @@ def test_an_i3d_whose_sha256_differs_from_the_pin_is_deleted_and_fvd_is_null(ser
     root, base, requests = server
     (root / "i3d_torchscript.pt").write_bytes(b"something else")
     _, cached = _point_at(monkeypatch, tmp_path, base)
-    extractor, status = metrics.load_i3d()
+    extractor, status = load_i3d()
     got = hashlib.sha256(b"something else").hexdigest()
     assert extractor is None and len(_gets(requests, "i3d_torchscript.pt")) == 1
-    assert f"has SHA-256 {got}, not the pinned {metrics.I3D_TORCHSCRIPT_SHA256}; it was deleted" in status
+    assert f"has SHA-256 {got}, not the pinned {I3D_TORCHSCRIPT_SHA256}; it was deleted" in status
     assert not list(cached.parent.glob("*"))
 
 
@@ -149,12 +153,12 @@ def test_offline_no_request_is_made_and_the_reason_says_so(server, tmp_path, mon
     (root / "i3d_torchscript.pt").write_bytes(b"x")
     _point_at(monkeypatch, tmp_path, base)
     monkeypatch.setenv(variable, value)
-    extractor, i3d_status = metrics.load_i3d()
-    model, lpips_status = metrics.load_lpips("alex")
+    extractor, i3d_status = load_i3d()
+    model, lpips_status = load_lpips("alex")
     assert extractor is None and model is None and requests == []
     for status in (i3d_status, lpips_status):
         assert f"downloads are off ({variable}={value})" in status
-    lines = metrics.weights_status()
+    lines = weights_status()
     assert lines["I3D (FVD)"].startswith(f"absent; downloads are off ({variable}={value}): set T2S_I3D_WEIGHTS=")
     assert lines["AlexNet (LPIPS)"].startswith(f"absent; downloads are off ({variable}={value}): set T2S_LPIPS_BACKBONE=")
     assert requests == []
@@ -178,13 +182,13 @@ def test_an_unreachable_host_fails_fast_with_the_no_network_reason(tmp_path, mon
     port = _closed_port()
     _point_at(monkeypatch, tmp_path, f"http://127.0.0.1:{port}")
     start = time.monotonic()
-    extractor, i3d_status = metrics.load_i3d()
-    model, lpips_status = metrics.load_lpips("alex")
-    assert time.monotonic() - start < 2 * metrics.PROBE_TIMEOUT_S
+    extractor, i3d_status = load_i3d()
+    model, lpips_status = load_lpips("alex")
+    assert time.monotonic() - start < 2 * PROBE_TIMEOUT_S
     assert extractor is None and model is None
     for status in (i3d_status, lpips_status):
         assert f"no network answered within 3 s (127.0.0.1:{port}: URLError" in status
-    lines = metrics.weights_status()
+    lines = weights_status()
     assert lines["I3D (FVD)"].startswith(f"absent; no network answered within 3 s (127.0.0.1:{port}: ")
     assert ": set T2S_LPIPS_BACKBONE=" in lines["AlexNet (LPIPS)"]
 
@@ -208,12 +212,12 @@ def test_the_doctor_says_what_the_first_use_will_do_without_downloading(server, 
     root, base, requests = server
     name = "alexnet-owt-00000000.pth"
     cached, i3d_cached = _point_at(monkeypatch, tmp_path, base, alex_name=name)
-    lines = metrics.weights_status()
+    lines = weights_status()
     assert lines["I3D (FVD)"] == (f"absent; will be downloaded from {base}/i3d_torchscript.pt on first use (verified "
-                                  f"against sha256 {metrics.I3D_TORCHSCRIPT_SHA256})")
+                                  f"against sha256 {I3D_TORCHSCRIPT_SHA256})")
     assert lines["AlexNet (LPIPS)"] == (f"absent; will be downloaded from {base}/{name} on first use (verified against "
-                                        f"sha256 {metrics.LPIPS_BACKBONE_SHA256['alex']})")
+                                        f"sha256 {LPIPS_BACKBONE_SHA256['alex']})")
     assert {method for method, _ in requests} == {"HEAD"}  # the probes only: nothing downloaded
     assert not cached.exists() and not i3d_cached.exists()
-    monkeypatch.setitem(metrics.LPIPS_BACKBONE_SHA256, "alex", None)
-    assert metrics.weights_status()["AlexNet (LPIPS)"].endswith("(verified against the sha256 prefix 00000000)")
+    monkeypatch.setitem(LPIPS_BACKBONE_SHA256, "alex", None)
+    assert weights_status()["AlexNet (LPIPS)"].endswith("(verified against the sha256 prefix 00000000)")

@@ -11,28 +11,45 @@ import torchvision
 from scipy import signal
 from torch import nn
 
-from t2s import metrics, synthsign
-from t2s.metrics import (
-    I3D,
+from t2s.eval import metrics
+from t2s.eval.metrics.distances import (
     compute_fvd,
-    compute_lpips,
-    count_parameters,
-    dtw,
-    dtw_joint_error,
     feature_statistics,
-    find_hands,
     frechet_distance,
-    hand_detection_rate,
-    i3d_features,
     kernel_distance,
     kernel_distance_std,
-    load_i3d,
+)
+from t2s.eval.metrics.files import is_torchscript_archive
+from t2s.eval.metrics.hands import (
+    dtw,
+    dtw_from_cost,
+    dtw_joint_error,
+    find_hands,
+    hand_cost_matrix,
+    hand_detection_rate,
+)
+from t2s.eval.metrics.perceptual import (
+    LPIPS_BACKBONE_SHA256,
+    compute_lpips,
     load_lpips,
-    motion_magnitude,
+    lpips_backbone_path,
     psnr,
     ssim,
-    temporal_consistency,
 )
+from t2s.eval.metrics.temporal import motion_magnitude, temporal_consistency
+from t2s.eval.metrics.video_features import (
+    I3D,
+    I3D_STATE_DICT_SHA256,
+    I3D_TORCHSCRIPT_SHA256,
+    I3D_TORCHSCRIPT_URL,
+    STATE_DICT_OTHER,
+    TORCHSCRIPT_OTHER,
+    TORCHSCRIPT_REFERENCE,
+    i3d_features,
+    load_i3d,
+)
+from t2s.model import count_parameters
+from t2s.synthsign import signer as synthsign
 
 HAND_COLORS = {"left": (255, 0, 200), "right": (0, 200, 255)}
 
@@ -117,7 +134,7 @@ def test_load_i3d_from_argument_loads_every_tensor(i3d_weights, i3d_model):
     assert all(torch.equal(loaded[k], state[k]) for k in state)
     # what the evaluation row records: the file's hash, and that it is not the pinned piergiaj file
     assert i3d_model.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert i3d_model.name == metrics.STATE_DICT_OTHER and i3d_model.path == path
+    assert i3d_model.name == STATE_DICT_OTHER and i3d_model.path == path
 
 
 def test_load_i3d_from_env_var(i3d_weights, monkeypatch):
@@ -219,7 +236,7 @@ def test_load_i3d_missing_file_gives_reason(tmp_path, monkeypatch):
     assert model is None and "absent.pt" in status and "T2S_I3D_WEIGHTS" in status
     model, status = load_i3d()  # default cache paths; the download is refused: T2S_OFFLINE=1 (conftest's `offline`)
     assert model is None
-    assert "I3D weights not found" in status and metrics.I3D_TORCHSCRIPT_URL in status
+    assert "I3D weights not found" in status and I3D_TORCHSCRIPT_URL in status
     assert "downloads are off (T2S_OFFLINE=1)" in status
     monkeypatch.delenv("T2S_OFFLINE")
     model, status = load_i3d()  # downloads on: the no_network fixture makes the probe fail
@@ -232,12 +249,12 @@ def test_load_i3d_missing_file_gives_reason(tmp_path, monkeypatch):
 
 
 def test_torchscript_i3d_is_loaded_with_jit_and_called_as_stylegan_v_calls_it(torchscript_file):
-    assert metrics.is_torchscript_archive(torchscript_file)
+    assert is_torchscript_archive(torchscript_file)
     extractor, status = load_i3d(torchscript_file, allow_download=False)
     assert extractor is not None, status
     assert extractor.kind == "torchscript" and isinstance(extractor.model, torch.jit.ScriptModule)
     assert extractor.sha256 == hashlib.sha256(torchscript_file.read_bytes()).hexdigest()
-    assert extractor.name == metrics.TORCHSCRIPT_OTHER  # a file other than the pinned one is named as such
+    assert extractor.name == TORCHSCRIPT_OTHER  # a file other than the pinned one is named as such
     clips = random_clips(3, 3, 8, 16, 16, seed=4)
     features = extractor.features(clips)
     # StyleGAN-V: frames looped to >= 9 here, then (x * 127.5 + 128).clamp(0, 255).to(uint8), detector flags on
@@ -251,7 +268,7 @@ def test_torchscript_i3d_is_loaded_with_jit_and_called_as_stylegan_v_calls_it(to
 def test_the_pinned_torchscript_file_is_named_as_the_reference(torchscript_file, monkeypatch):
     monkeypatch.setattr(metrics.video_features, "I3D_TORCHSCRIPT_SHA256", hashlib.sha256(torchscript_file.read_bytes()).hexdigest())
     extractor, status = load_i3d(torchscript_file, allow_download=False)
-    assert extractor.name == metrics.TORCHSCRIPT_REFERENCE and metrics.TORCHSCRIPT_REFERENCE in status
+    assert extractor.name == TORCHSCRIPT_REFERENCE and TORCHSCRIPT_REFERENCE in status
 
 
 def test_a_file_whose_sha256_differs_from_the_expected_one_is_refused(torchscript_file):
@@ -283,7 +300,7 @@ def test_load_i3d_downloads_the_pinned_torchscript_into_the_cache(torchscript_fi
     monkeypatch.setattr(metrics.video_features, "I3D_TORCHSCRIPT_SHA256", hashlib.sha256(payload).hexdigest())
     extractor, status = load_i3d()
     assert extractor is not None, status
-    assert urls == [metrics.I3D_TORCHSCRIPT_URL] and extractor.kind == "torchscript"
+    assert urls == [I3D_TORCHSCRIPT_URL] and extractor.kind == "torchscript"
     assert (tmp_path / ".cache" / "t2s" / "i3d_torchscript.pt").read_bytes() == payload
     assert load_i3d()[0] is not None and len(urls) == 1  # the cached file is used; nothing fetched again
 
@@ -292,10 +309,10 @@ def test_a_download_whose_sha256_differs_from_the_pin_is_deleted_not_used(torchs
     _online(monkeypatch, tmp_path)
     urls = []
     monkeypatch.setattr(urllib.request, "urlopen", _serve(torchscript_file.read_bytes(), urls))
-    assert metrics.I3D_TORCHSCRIPT_SHA256 != hashlib.sha256(torchscript_file.read_bytes()).hexdigest()
+    assert I3D_TORCHSCRIPT_SHA256 != hashlib.sha256(torchscript_file.read_bytes()).hexdigest()
     extractor, status = load_i3d()
-    assert extractor is None and urls == [metrics.I3D_TORCHSCRIPT_URL]
-    assert "SHA-256" in status and metrics.I3D_TORCHSCRIPT_SHA256 in status and "deleted" in status
+    assert extractor is None and urls == [I3D_TORCHSCRIPT_URL]
+    assert "SHA-256" in status and I3D_TORCHSCRIPT_SHA256 in status and "deleted" in status
     assert not list((tmp_path / ".cache" / "t2s").glob("*"))
 
 
@@ -309,10 +326,10 @@ def test_without_a_pinned_sha256_nothing_is_downloaded(tmp_path, monkeypatch):
 
 
 def test_pinned_hashes_are_sha256_hex_digests():
-    for digest in (metrics.I3D_TORCHSCRIPT_SHA256, metrics.I3D_STATE_DICT_SHA256, *metrics.LPIPS_BACKBONE_SHA256.values()):
+    for digest in (I3D_TORCHSCRIPT_SHA256, I3D_STATE_DICT_SHA256, *LPIPS_BACKBONE_SHA256.values()):
         assert digest is None or (len(digest) == 64 and int(digest, 16) >= 0)
-    for net, digest in metrics.LPIPS_BACKBONE_SHA256.items():  # each full pin starts with torchvision's own prefix
-        url = metrics.lpips_backbone_path(net)[2]
+    for net, digest in LPIPS_BACKBONE_SHA256.items():  # each full pin starts with torchvision's own prefix
+        url = lpips_backbone_path(net)[2]
         assert digest is None or url.endswith(f"-{digest[:8]}.pth"), (net, url)
 
 
@@ -619,7 +636,7 @@ def test_dtw_joint_error_penalises_frames_sharing_no_hand():
 def test_hand_cost_matrix_matches_the_frame_pair_rule():
     gt = np.array([[[0.0, 0.0], [1.0, 0.0]], [[0.0, 0.5], [np.nan, np.nan]]])
     pred = np.array([[[0.0, 0.3], [np.nan, np.nan]]])
-    cost = metrics.hand_cost_matrix(gt, pred, unmatched_cost=1.0)
+    cost = hand_cost_matrix(gt, pred, unmatched_cost=1.0)
     assert cost.shape == (2, 1)
     assert cost[0, 0] == pytest.approx((0.3 + 1.0) / 2)  # left 0.3 away, right missing in pred
     assert cost[1, 0] == pytest.approx(0.2)  # only the left hand is anywhere: 0.2 away
@@ -629,8 +646,8 @@ def test_dtw_from_cost_equals_dtw():
     rng = np.random.default_rng(5)
     a, b = rng.normal(size=(6, 2)), rng.normal(size=(9, 2))
     cost = np.linalg.norm(a[:, None] - b[None], axis=-1)
-    assert metrics.dtw_from_cost(cost) == pytest.approx(dtw(a, b, euclid))
-    assert metrics.dtw_from_cost(cost, "reference") == pytest.approx(dtw(a, b, euclid, normalize="reference"))
+    assert dtw_from_cost(cost) == pytest.approx(dtw(a, b, euclid))
+    assert dtw_from_cost(cost, "reference") == pytest.approx(dtw(a, b, euclid, normalize="reference"))
 
 
 # --- cost helpers ------------------------------------------------------------------------------------------

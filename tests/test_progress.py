@@ -10,15 +10,16 @@ from pathlib import Path
 import papermill
 import pytest
 import torch
-
-import t2s
 from conftest import read_csv
 from runfactory import make_run
-from t2s import ablate, progress, study_runs
+
+import t2s
 from t2s.config import load_config
-from t2s.evaluate import evaluate_run
-from t2s.progress import RunProgress, StudyProgress, describe, read_progress
+from t2s.eval.evaluate import evaluate_run
 from t2s.rundir import PROGRESS_KEYS, RunDir
+from t2s.study import ablate, progress
+from t2s.study import runs as study_runs
+from t2s.study.progress import RunProgress, StudyProgress, describe, read_progress
 
 pytestmark = pytest.mark.usefixtures("no_network", "one_torch_thread")
 

@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
-from t2s import data
-from t2s.config import ConfigError, from_dict
-from t2s.data import DataError, DataWarning, UnusableFile, load_clip, read_video
-from t2s.releases import phoenix_layout, read_how2sign
 from test_data import FRAMES, SIZE, check_item, config, solid_frames, write_mp4
+
+from t2s.config import ConfigError, from_dict
+from t2s.data.records import DataError, DataWarning
+from t2s.data.releases import phoenix_layout, read_how2sign
+from t2s.data.splits import build_datasets
+from t2s.data.video import UnusableFile, load_clip, read_video
 
 PHOENIX_HEADER = "name|video|start|end|speaker|orth|translation"
 HOW2SIGN_HEADER = "VIDEO_ID\tVIDEO_NAME\tSENTENCE_ID\tSENTENCE_NAME\tSTART_REALIGNED\tEND_REALIGNED\tSENTENCE"
@@ -58,7 +59,7 @@ def phoenix_config(root: Path, **overrides):
 
 # ------------------------------------------------------------------------------------------------ PHOENIX-2014-T
 def test_phoenix_official_split_uses_train_and_dev_and_holds_out_test(tmp_path):
-    train, val, stats = data.build_datasets(phoenix_config(write_phoenix(tmp_path), split_mode="official"))
+    train, val, stats = build_datasets(phoenix_config(write_phoenix(tmp_path), split_mode="official"))
     assert (len(train), len(val)) == (3, 2) and stats["mode"] == "official" and stats["num_skipped"] == 0
     assert stats["held_out_clips"] == 1  # the test split
     assert {r.split for r in train.records} == {"train"} and {r.split for r in val.records} == {"dev"}
@@ -70,7 +71,7 @@ def test_phoenix_official_split_uses_train_and_dev_and_holds_out_test(tmp_path):
 
 @pytest.mark.parametrize("mode", ["random", "signer_disjoint"])
 def test_phoenix_other_split_modes_use_every_present_split(tmp_path, mode):
-    train, val, stats = data.build_datasets(phoenix_config(write_phoenix(tmp_path), split_mode=mode, train_ratio=0.6))
+    train, val, stats = build_datasets(phoenix_config(write_phoenix(tmp_path), split_mode=mode, train_ratio=0.6))
     assert len(train) + len(val) == 6
     if mode == "signer_disjoint":
         assert not set(stats["train_signers"]) & set(stats["val_signers"])
@@ -78,10 +79,10 @@ def test_phoenix_other_split_modes_use_every_present_split(tmp_path, mode):
 
 def test_phoenix_reads_whichever_corpus_files_are_present(tmp_path):
     write_phoenix(tmp_path, splits=("dev",))
-    train, val, _ = data.build_datasets(phoenix_config(tmp_path, split_mode="random"))
+    train, val, _ = build_datasets(phoenix_config(tmp_path, split_mode="random"))
     assert len(train) + len(val) == 2
     with pytest.raises(DataError, match=r"split_mode 'official' needs training clips .* split\(s\) dev"):
-        data.build_datasets(phoenix_config(tmp_path, split_mode="official"))
+        build_datasets(phoenix_config(tmp_path, split_mode="official"))
 
 
 def test_phoenix_layout_finds_the_frames_beside_the_corpus_and_never_walks_into_features(tmp_path):
@@ -97,7 +98,7 @@ def test_phoenix_layout_finds_the_frames_beside_the_corpus_and_never_walks_into_
 
 
 def test_phoenix_frames_are_sampled_looped_and_resized_from_the_pngs(tmp_path):
-    train, _, _ = data.build_datasets(phoenix_config(write_phoenix(tmp_path), split_mode="official"))
+    train, _, _ = build_datasets(phoenix_config(write_phoenix(tmp_path), split_mode="official"))
     frames = train.frames(0)
     assert frames.shape == (FRAMES, SIZE, SIZE, 3)
     assert len({int(f[SIZE // 2, SIZE // 2, 1]) for f in frames}) == 3  # 3 PNG frames looped to 6
@@ -115,7 +116,7 @@ def test_phoenix_missing_and_corrupt_frames_and_empty_fields_are_skipped_and_nam
         handle.write(f"{PHOENIX_ROWS[2][1]}|{PHOENIX_ROWS[2][1]}/1/*.png|-1|-1|Signer05|X|\n")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        train, val, stats = data.build_datasets(phoenix_config(root, split_mode="official"))
+        train, val, stats = build_datasets(phoenix_config(root, split_mode="official"))
     assert any(w.category is DataWarning and "ghost" in str(w.message) for w in caught)
     reasons = {Path(s["path"]).parts[-3]: s["reason"] for s in stats["skipped_files"]}
     assert "frame folder not found" in reasons["ghost"] and "corpus row" in reasons["ghost"]
@@ -126,15 +127,15 @@ def test_phoenix_missing_and_corrupt_frames_and_empty_fields_are_skipped_and_nam
 
 def test_phoenix_bad_release_roots_and_corpus_files_are_errors_naming_them(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
-        data.build_datasets(phoenix_config(tmp_path / "nope"))
+        build_datasets(phoenix_config(tmp_path / "nope"))
     with pytest.raises(DataError, match="holds no PHOENIX-2014-T corpus file"):
-        data.build_datasets(phoenix_config(tmp_path))
+        build_datasets(phoenix_config(tmp_path))
     (tmp_path / "PHOENIX-2014-T.train.corpus.csv").write_text("name,video,speaker\na,b,c\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"PHOENIX-2014-T.train.corpus.csv lacks column\(s\)"):
-        data.build_datasets(phoenix_config(tmp_path))
+        build_datasets(phoenix_config(tmp_path))
     (tmp_path / "PHOENIX-2014-T.train.corpus.csv").write_bytes(b"\xff\xfe" + PHOENIX_HEADER.encode("utf-16-le"))
     with pytest.raises(DataError, match="is not UTF-8"):
-        data.build_datasets(phoenix_config(tmp_path))
+        build_datasets(phoenix_config(tmp_path))
 
 
 def test_release_config_validation_names_the_key_and_value():
@@ -153,7 +154,7 @@ def test_micro_config_with_a_release_builds_datasets(tmp_path):
 
     cfg = load_config("baseline", "micro", {"dataset": "phoenix14t", "data_dir": str(write_phoenix(tmp_path)),
                                             "split_mode": "official"})
-    train, val, stats = data.build_datasets(cfg)
+    train, val, stats = build_datasets(cfg)
     assert (len(train), len(val)) == (3, 2)
     clip, caption, signer = train[0]
     assert clip.shape == (3, cfg.num_frames, cfg.image_size, cfg.image_size)
@@ -197,7 +198,7 @@ def how2sign_config(path: Path, **overrides):
 
 
 def test_how2sign_clips_raw_cuts_captions_signers_and_official_split(tmp_path):
-    train, val, stats = data.build_datasets(how2sign_config(write_how2sign(tmp_path), split_mode="official"))
+    train, val, stats = build_datasets(how2sign_config(write_how2sign(tmp_path), split_mode="official"))
     assert (len(train), len(val), stats["num_skipped"]) == (4, 1, 0)
     by_name = {r.id: r for r in train.records}
     first = by_name["--7E2sU6zP4_10-5-rgb_front"]
@@ -216,9 +217,9 @@ def test_how2sign_clips_raw_cuts_captions_signers_and_official_split(tmp_path):
 
 def test_how2sign_data_dir_may_be_one_sentence_file(tmp_path):
     root = write_how2sign(tmp_path)
-    train, val, _ = data.build_datasets(how2sign_config(root / "how2sign_realigned_train.csv", split_mode="random"))
+    train, val, _ = build_datasets(how2sign_config(root / "how2sign_realigned_train.csv", split_mode="random"))
     assert len(train) + len(val) == 4
-    _, _, stats = data.build_datasets(how2sign_config(root, split_mode="signer_disjoint"))
+    _, _, stats = build_datasets(how2sign_config(root, split_mode="signer_disjoint"))
     assert not set(stats["train_signers"]) & set(stats["val_signers"])
 
 
@@ -241,7 +242,7 @@ def test_how2sign_missing_and_corrupt_clips_and_bad_times_are_skipped_and_named(
     (root / "train_rgb_front_clips" / "raw_videos" / "--7E2sU6zP4_11-5-rgb_front.mp4").write_bytes(b"\x00" * 64)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        train, val, stats = data.build_datasets(how2sign_config(root, split_mode="official"))
+        train, val, stats = build_datasets(how2sign_config(root, split_mode="official"))
     assert sum(w.category is DataWarning for w in caught) == 3
     reasons = " | ".join(f"{s['path']}: {s['reason']}" for s in stats["skipped_files"])
     assert "neither ghost_0-1-rgb_front.mp4 nor the raw video ghost-1-rgb_front.mp4 found" in reasons
@@ -255,28 +256,28 @@ def test_how2sign_prefers_the_realigned_files_and_reads_the_older_start_end_ones
     older = root / "how2sign_train.csv"  # the release's non-realigned file: START/END, same sentences
     text = (root / "how2sign_realigned_train.csv").read_text(encoding="utf-8")
     older.write_text(text.replace("START_REALIGNED\tEND_REALIGNED", "START\tEND"), encoding="utf-8")
-    train, val, _ = data.build_datasets(how2sign_config(root, split_mode="official"))
+    train, val, _ = build_datasets(how2sign_config(root, split_mode="official"))
     assert (len(train), len(val)) == (4, 1)  # not read twice
-    alone, rest, _ = data.build_datasets(how2sign_config(older, split_mode="random", train_ratio=0.5))
+    alone, rest, _ = build_datasets(how2sign_config(older, split_mode="random", train_ratio=0.5))
     cut = [r for r in alone.records + rest.records if r.start is not None]
     assert sorted((r.start, r.end) for r in cut) == [(0.0, 0.9), (1.0, 1.9)]
 
 
 def test_how2sign_bad_roots_and_sentence_files_are_errors_naming_them(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
-        data.build_datasets(how2sign_config(tmp_path / "nope"))
+        build_datasets(how2sign_config(tmp_path / "nope"))
     (tmp_path / "other.csv").write_text("a,b\n1,2\n", encoding="utf-8")
     with pytest.raises(DataError, match="holds no How2Sign sentence file"):
-        data.build_datasets(how2sign_config(tmp_path))
+        build_datasets(how2sign_config(tmp_path))
     comma = tmp_path / "how2sign_realigned_val.csv"
     comma.write_text(HOW2SIGN_HEADER.replace("\t", ",") + "\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"how2sign_realigned_val.csv lacks column\(s\)"):
-        data.build_datasets(how2sign_config(comma))
+        build_datasets(how2sign_config(comma))
     comma.write_text(HOW2SIGN_HEADER + "\nv\tv-1\t0\tv_0-1\t0\t1\thello\n", encoding="utf-8")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(DataError, match=r"no usable clips in .*how2sign_realigned_val.csv.*1 candidate"):
-            data.build_datasets(how2sign_config(comma))
+            build_datasets(how2sign_config(comma))
 
 
 def test_a_cut_late_in_a_long_video_seeks_and_keeps_only_its_seconds(tmp_path):
@@ -289,7 +290,7 @@ def test_a_cut_late_in_a_long_video_seeks_and_keeps_only_its_seconds(tmp_path):
 
 
 def test_cut_clips_are_cached_separately_from_the_whole_video(tmp_path):
-    train, _, _ = data.build_datasets(how2sign_config(write_how2sign(tmp_path), split_mode="official"))
+    train, _, _ = build_datasets(how2sign_config(write_how2sign(tmp_path), split_mode="official"))
     cuts = [i for i, r in enumerate(train.records) if r.start is not None]
     a, b = (train.frames(i) for i in cuts)
     assert not np.array_equal(a, b) and len(train.cache) >= 2

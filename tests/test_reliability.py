@@ -17,7 +17,7 @@ import torch
 
 import t2s
 from t2s.config import load_config
-from t2s.checkpoint import latest_good_checkpoint, load_run_weights
+from t2s.engine.checkpoint import latest_good_checkpoint, load_run_weights
 from t2s.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,12 +84,12 @@ def test_tiny_run_stopped_by_sigterm_resumes_bit_identical(tmp_path, monkeypatch
     trainer (new text encoder, empty caption cache), and the losses, weights and EMA equal the straight run's bit for
     bit. The resumed run's captions are first encoded in other company than in the straight run (after step 8, and
     without the step-0 validation), so a caption's cached states must not depend on the captions beside it."""
-    from t2s.runtime import resolve_mixed_precision
-    from t2s.train import Trainer
+    from t2s.engine.runtime import resolve_mixed_precision
+    from t2s.engine.step import Engine
 
     cfg = load_config("baseline", "tiny", {"data_dir": str(tmp_path / "synthsign"), **TINY_OVERRIDES})
     straight = t2s.train(cfg, tmp_path / "straight", progress=False)
-    original = Trainer.micro_step
+    original = Engine.micro_step
 
     def sigterm_in_step_8(self, *args):
         out = original(self, *args)
@@ -97,9 +97,9 @@ def test_tiny_run_stopped_by_sigterm_resumes_bit_identical(tmp_path, monkeypatch
             os.kill(os.getpid(), signal.SIGTERM)  # the trainer finishes optimizer step 8, checkpoints, stops
         return out
 
-    monkeypatch.setattr(Trainer, "micro_step", sigterm_in_step_8)
+    monkeypatch.setattr(Engine, "micro_step", sigterm_in_step_8)
     assert t2s.train(cfg, tmp_path / "resumed", progress=False).status == "interrupted"
-    monkeypatch.setattr(Trainer, "micro_step", original)
+    monkeypatch.setattr(Engine, "micro_step", original)
     meta = json.loads(RunDir(tmp_path / "resumed").metadata.read_text())
     assert "SIGTERM" in meta["error"] and latest_good_checkpoint(RunDir(tmp_path / "resumed"))[1]["step"] == 8
     resumed = t2s.train(cfg, tmp_path / "resumed", progress=False)

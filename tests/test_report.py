@@ -13,11 +13,11 @@ import nbformat
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
-
 from runfactory import make_run, make_study
-from t2s import report
+from scipy import stats as scipy_stats
+
 from t2s.config import PROJECT_ROOT, load_config
+from t2s.report import figures, findings, following, load, pages, samples, stats, tables
 
 XSS = "<img src=x onerror=alert(1)>"
 
@@ -25,54 +25,54 @@ XSS = "<img src=x onerror=alert(1)>"
 # ----------------------------------------------------------------------------------------------- statistics
 def test_mean_ci_is_the_student_t_interval():
     values = [1.0, 1.4, 0.9, 1.3]
-    half = stats.t.ppf(0.975, df=3) * np.std(values, ddof=1) / math.sqrt(4)
-    estimate = report.mean_ci(values)
+    half = scipy_stats.t.ppf(0.975, df=3) * np.std(values, ddof=1) / math.sqrt(4)
+    estimate = stats.mean_ci(values)
     assert estimate.n == 4
     assert estimate.mean == pytest.approx(1.15)
     assert estimate.low == pytest.approx(1.15 - half)
     assert estimate.high == pytest.approx(1.15 + half)
-    assert report.format_estimate(estimate) == f"1.15 ± {half:.2g}"
+    assert stats.format_estimate(estimate) == f"1.15 ± {half:.2g}"
 
 
 def test_one_seed_gives_a_mean_and_no_interval():
-    estimate = report.mean_ci([0.25])
+    estimate = stats.mean_ci([0.25])
     assert (estimate.mean, estimate.n, estimate.has_interval) == (0.25, 1, False)
     assert math.isnan(estimate.low) and math.isnan(estimate.high)
-    assert report.format_estimate(estimate) == "0.25 (n=1, no interval)"
+    assert stats.format_estimate(estimate) == "0.25 (n=1, no interval)"
 
 
 def test_missing_values_are_left_out_of_the_mean():
-    estimate = report.mean_ci([1.0, None, float("nan"), 3.0])
+    estimate = stats.mean_ci([1.0, None, float("nan"), 3.0])
     assert (estimate.mean, estimate.n) == (2.0, 2)
-    assert report.format_estimate(report.mean_ci([None])) == "—"
+    assert stats.format_estimate(stats.mean_ci([None])) == "—"
 
 
 def test_welch_difference_matches_the_welch_satterthwaite_interval():
     a, b = np.array([0.30, 0.32, 0.31, 0.35]), np.array([0.20, 0.22, 0.19])
     va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    half = stats.t.ppf(0.975, df) * math.sqrt(va + vb)
-    d = report.welch_difference(a, b)
+    half = scipy_stats.t.ppf(0.975, df) * math.sqrt(va + vb)
+    d = stats.welch_difference(a, b)
     assert d.diff == pytest.approx(a.mean() - b.mean())
     assert d.low == pytest.approx(a.mean() - b.mean() - half)
     assert d.high == pytest.approx(a.mean() - b.mean() + half)
     assert d.significant is True
-    assert d.p == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue)
-    assert "(Welch, n=4 vs 3); interval excludes zero" in report.format_difference(d)
+    assert d.p == pytest.approx(scipy_stats.ttest_ind(a, b, equal_var=False).pvalue)
+    assert "(Welch, n=4 vs 3); interval excludes zero" in stats.format_difference(d)
 
 
 def test_an_interval_spanning_zero_is_not_significant():
-    d = report.welch_difference([0.30, 0.40, 0.20], [0.31, 0.25, 0.38])
+    d = stats.welch_difference([0.30, 0.40, 0.20], [0.31, 0.25, 0.38])
     assert d.low < 0 < d.high
     assert d.significant is False
-    assert report.format_difference(d).endswith("interval spans zero")
+    assert stats.format_difference(d).endswith("interval spans zero")
 
 
 def test_a_single_seed_gives_no_difference_interval():
-    d = report.welch_difference([0.3], [0.2, 0.25])
+    d = stats.welch_difference([0.3], [0.2, 0.25])
     assert d.diff == pytest.approx(0.075)
     assert d.significant is None
-    assert "one seed gives no interval" in report.format_difference(d)
+    assert "one seed gives no interval" in stats.format_difference(d)
 
 
 def test_variants_are_paired_by_seed_where_both_have_it_and_welch_only_otherwise():
@@ -81,44 +81,44 @@ def test_variants_are_paired_by_seed_where_both_have_it_and_welch_only_otherwise
     noise = {0: 0.004, 1: -0.003, 2: 0.001, 3: -0.002}
     base = {s: 1.0 + e for s, e in seed_effect.items()}
     variant = {s: base[s] - 0.05 + noise[s] for s in base}
-    paired = report.seed_difference(variant, base)
+    paired = stats.seed_difference(variant, base)
     assert paired.method == "paired" and paired.n_a == 4 and paired.note == ""
     differences = [variant[s] - base[s] for s in sorted(base)]
-    expected = stats.ttest_1samp(differences, 0.0)
+    expected = scipy_stats.ttest_1samp(differences, 0.0)
     assert (paired.low, paired.high) == pytest.approx(tuple(expected.confidence_interval(0.95)))
     assert paired.p == pytest.approx(expected.pvalue) and paired.significant is True
-    unpaired = report.welch_difference(list(variant.values()), list(base.values()))
+    unpaired = stats.welch_difference(list(variant.values()), list(base.values()))
     assert unpaired.significant is False  # the same numbers, unpaired: the seed effect swamps the gain
     # a seed only one side has is left out of the pairing, and the test says so
-    leftover = report.seed_difference({**variant, 7: 2.0}, base)
+    leftover = stats.seed_difference({**variant, 7: 2.0}, base)
     assert leftover.method == "paired" and leftover.n_a == 4 and leftover.note == "unpaired seed 7 left out"
     # no shared seeds at all: Welch over all values, said so
-    apart = report.seed_difference({0: 1.0, 1: 1.2}, {2: 0.9, 3: 1.0})
+    apart = stats.seed_difference({0: 1.0, 1: 1.2}, {2: 0.9, 3: 1.0})
     assert apart.method == "Welch" and apart.note == "no shared seeds: unpaired"
 
 
 def test_holm_adjusts_a_hand_made_family():
     # sorted p: 0.005, 0.01, 0.03, 0.04 (m = 4) -> 4*0.005=0.02, 3*0.01=0.03, 2*0.03=0.06, max(0.06, 1*0.04)=0.06
-    assert report.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
-    assert report.holm([0.5, float("nan"), 0.01])[1] != report.holm([0.5, float("nan"), 0.01])[1]  # NaN stays NaN
-    assert report.holm([0.5, float("nan"), 0.01])[::2] == pytest.approx([0.5, 0.02])  # and is not in the family
-    assert report.holm([0.3, 0.9]) == pytest.approx([0.6, 0.9])  # monotone, capped at 1
+    assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert stats.holm([0.5, float("nan"), 0.01])[1] != stats.holm([0.5, float("nan"), 0.01])[1]  # NaN stays NaN
+    assert stats.holm([0.5, float("nan"), 0.01])[::2] == pytest.approx([0.5, 0.02])  # and is not in the family
+    assert stats.holm([0.3, 0.9]) == pytest.approx([0.6, 0.9])  # monotone, capped at 1
 
 
 def test_no_spread_over_the_seeds_is_no_interval_not_certainty():
-    same = report.seed_difference({0: 1.0, 1: 2.0}, {0: 0.5, 1: 1.5})  # +0.5 in both seeds
+    same = stats.seed_difference({0: 1.0, 1: 2.0}, {0: 0.5, 1: 1.5})  # +0.5 in both seeds
     assert same.diff == pytest.approx(0.5) and not same.spread
     assert same.significant is None and not same.has_interval
-    assert report.describe_difference(same) == "+0.5 in every seed (no spread over 2 seeds: no interval)"
+    assert stats.describe_difference(same) == "+0.5 in every seed (no spread over 2 seeds: no interval)"
     # float rounding of equal differences (0.3 - 0.2 vs 0.4 - 0.3) is no spread either
-    assert not report.seed_difference({0: 0.3, 1: 0.4}, {0: 0.2, 1: 0.3}).spread
-    constant = report.mean_ci([0.25, 0.25, 0.25])
-    assert not constant.has_interval and report.format_estimate(constant) == "0.25 (no spread over 3 seeds)"
+    assert not stats.seed_difference({0: 0.3, 1: 0.4}, {0: 0.2, 1: 0.3}).spread
+    constant = stats.mean_ci([0.25, 0.25, 0.25])
+    assert not constant.has_interval and stats.format_estimate(constant) == "0.25 (no spread over 3 seeds)"
 
 
 def test_paired_difference_uses_the_per_run_differences():
-    d = report.paired_difference([1.0, 2.0, 3.5], [0.5, 1.0, 3.0])
-    expected = report.mean_ci([0.5, 1.0, 0.5])
+    d = stats.paired_difference([1.0, 2.0, 3.5], [0.5, 1.0, 3.0])
+    expected = stats.mean_ci([0.5, 1.0, 0.5])
     assert (d.diff, d.low, d.high, d.n_a) == (expected.mean, expected.low, expected.high, 3)
 
 
@@ -127,7 +127,7 @@ def test_paired_difference_uses_the_per_run_differences():
 def two_by_two(tmp_path):
     """baseline and text_finetuned, seeds 0 and 1, with evaluation metrics (FVD unavailable)."""
     executed = make_study(tmp_path, "demo", eval_status={"fvd": "I3D weights not found: set T2S_I3D_WEIGHTS=..."})
-    return report.load_study("demo", executed)
+    return load.load_study("demo", executed)
 
 
 def test_load_study_finds_every_run_in_variant_order(two_by_two):
@@ -147,17 +147,17 @@ def test_a_resumed_run_keeps_the_latest_row_per_step(tmp_path):
     frame = pd.read_csv(path)
     repeated = frame.tail(3).assign(loss=99.0)  # the steps after the last checkpoint, logged again after resuming
     pd.concat([frame, repeated]).to_csv(path, index=False)
-    training = report.load_run(run_dir).training
+    training = load.load_run(run_dir).training
     assert training["step"].is_unique
     assert (training.tail(3)["loss"] == 99.0).all()
 
 
 def test_comparison_table_gives_mean_and_interval_per_variant(two_by_two, tmp_path):
-    table = report.comparison_table(two_by_two)
+    table = tables.comparison_table(two_by_two)
     assert list(table.columns) == ["baseline", "text_finetuned"]
     assert table.loc["seeds (n)", "baseline"] == "2"
-    val = [report.evaluation_row(r, "ema")["val_loss"] for r in two_by_two.runs_of("baseline")]
-    expected = report.format_estimate(report.mean_ci(val))
+    val = [load.evaluation_row(r, "ema")["val_loss"] for r in two_by_two.runs_of("baseline")]
+    expected = stats.format_estimate(stats.mean_ci(val))
     assert table.loc["held-out loss, test part (deployed weights) ↓", "baseline"] == expected
     for row in ["final training loss", "minimum training loss", "training time (h) ↓", "throughput (clips/s) ↑",
                 "held-out loss, test part, raw weights ↓", "held-out loss, test part, EMA weights ↓", "LPIPS ↓", "SSIM ↑",
@@ -169,7 +169,7 @@ def test_comparison_table_gives_mean_and_interval_per_variant(two_by_two, tmp_pa
     assert "DTW hand error, shuffled captions (control)" in table.index  # a reference: no arrow
     assert not [row for row in table.index if "num_clips" in row or "num clips" in row]  # a count, not a metric
 
-    paths = report.write_comparison_table(two_by_two, tmp_path / "reports")
+    paths = tables.write_comparison_table(two_by_two, tmp_path / "reports")
     assert paths["csv"] == tmp_path / "reports" / "demo" / "comparison_table.csv"
     written = pd.read_csv(paths["csv"])
     row = written[(written["variant"] == "baseline") & (written["metric"] == "val_loss")].iloc[0]
@@ -181,10 +181,10 @@ def test_comparison_table_gives_mean_and_interval_per_variant(two_by_two, tmp_pa
 
 
 def test_a_single_seed_is_said_to_give_no_interval_and_no_verdict(tmp_path):
-    study = report.load_study("one", make_study(tmp_path, "one", seeds=(0,)))
-    table = report.comparison_table(study)
+    study = load.load_study("one", make_study(tmp_path, "one", seeds=(0,)))
+    table = tables.comparison_table(study)
     assert table.loc["held-out loss, test part (deployed weights) ↓", "baseline"].endswith("(n=1, no interval)")
-    encoder = report.findings(study)[0]
+    encoder = findings.findings(study)[0]
     assert encoder.question.startswith("Does fine-tuning the text encoder help?")
     assert encoder.answer.startswith("One seed: no evidence either way.")
     assert "--seeds 0 1 2" in encoder.answer
@@ -195,12 +195,12 @@ def test_a_single_seed_is_said_to_give_no_interval_and_no_verdict(tmp_path):
 
 
 def test_variants_without_ema_are_judged_on_their_raw_weights(tmp_path):
-    study = report.load_study("s", make_study(tmp_path, "s", variants=("baseline", "no_ema"), seeds=(0,)))
+    study = load.load_study("s", make_study(tmp_path, "s", variants=("baseline", "no_ema"), seeds=(0,)))
     values = study.values.set_index("variant")
     no_ema = study.runs_of("no_ema")[0]
     assert no_ema.deployed_weights == "raw"
-    assert values.loc["no_ema", "val_loss"] == report.evaluation_row(no_ema, "raw")["val_loss"]
-    assert values.loc["baseline", "val_loss"] == report.evaluation_row(study.runs_of("baseline")[0], "ema")["val_loss"]
+    assert values.loc["no_ema", "val_loss"] == load.evaluation_row(no_ema, "raw")["val_loss"]
+    assert values.loc["baseline", "val_loss"] == load.evaluation_row(study.runs_of("baseline")[0], "ema")["val_loss"]
     assert math.isnan(values.loc["no_ema", "val_loss_ema"])
 
 
@@ -213,11 +213,11 @@ def _paired_study(tmp_path, name="paired", seeds=(0, 1, 2)):
     for variant, shift in (("baseline", 0.0), ("text_finetuned", -0.05), ("no_ema", 0.04)):
         for seed in seeds:
             make_run(study_dir, variant, seed, loss_shift=shift + (noise[seed] if shift else 0.0))
-    return report.load_study(name, tmp_path / "executed")
+    return load.load_study(name, tmp_path / "executed")
 
 
 def test_findings_come_from_the_variant_files_and_are_paired_by_seed(tmp_path):
-    encoder, ema, best = report.findings(_paired_study(tmp_path))
+    encoder, ema, best = findings.findings(_paired_study(tmp_path))
     assert encoder.question == "Does fine-tuning the text encoder help? (text_finetuned vs baseline)"
     # the text encoder is judged on captions never seen in training: at the tiny scale (the factory's runs) by the DTW
     # gap there (params/text_finetuned.yaml: back-translation stays at its floor at tiny); the factory's evaluation
@@ -246,7 +246,7 @@ def test_findings_come_from_the_variant_files_and_are_paired_by_seed(tmp_path):
 
 def test_other_metrics_are_exploratory_holm_adjusted_or_descriptive(tmp_path):
     study = _paired_study(tmp_path)
-    encoder = report.findings(study)[0]
+    encoder = findings.findings(study)[0]
     rows = encoder.table.set_index("metric")
     assert rows.loc["final training loss", "role"] == "descriptive"
     assert rows.loc["final training loss", "verdict"].startswith("descriptive only (the loss of a single mini-batch")
@@ -256,20 +256,20 @@ def test_other_metrics_are_exploratory_holm_adjusted_or_descriptive(tmp_path):
     with_p = exploratory[exploratory["p (Holm within the question)"] != "—"]
     assert len(with_p) == len(encoder.family) >= 2
     values = study.values.set_index(["variant", "seed"])["val_loss_raw"]
-    raw = report.seed_difference(values["text_finetuned"].to_dict(), values["baseline"].to_dict())
+    raw = stats.seed_difference(values["text_finetuned"].to_dict(), values["baseline"].to_dict())
     shown = float(rows.loc["held-out loss, test part, raw weights ↓", "p (Holm within the question)"])
     assert raw.p < shown <= 1.0  # adjusted upwards within the family
     shown = float(rows.loc["held-out loss, test part (deployed weights) ↓", "p (Holm within the question)"])
-    by_label = {m.label: m.key for m in report.available_metrics(study)}
+    by_label = {m.label: m.key for m in load.available_metrics(study)}
     table = study.values.set_index(["variant", "seed"])
     family_keys = [by_label[label.split(": ", 1)[1]] for label in encoder.family]
     assert family_keys[0] == "val_loss" and "dtw_gap_unseen" not in family_keys  # the primary is not in the family
     assert "val_loss_raw" in family_keys and "bt_bleu4_seen" in family_keys and "bt_wer_seen" not in family_keys
     assert rows.loc["back-translation WER, seen captions ↓", "role"] == "descriptive"
-    unadjusted = [report.seed_difference(table[key]["text_finetuned"].to_dict(), table[key]["baseline"].to_dict()).p
+    unadjusted = [stats.seed_difference(table[key]["text_finetuned"].to_dict(), table[key]["baseline"].to_dict()).p
                   for key in family_keys]
-    assert shown == pytest.approx(report.holm(unadjusted)[0], rel=1e-2)
-    page = report.findings_html(study)
+    assert shown == pytest.approx(stats.holm(unadjusted)[0], rel=1e-2)
+    page = findings.findings_html(study)
     assert "Holm family:" in page and "Primary metric:" in page
     assert "replicates differ only in the training seed (seeds 0, 1, 2" in page
     assert "split_mode signer_disjoint" in page and "sampling noise" in page
@@ -281,7 +281,7 @@ def test_pixel_metrics_enter_the_exploratory_family_under_a_random_split(tmp_pat
     for run in study.runs:
         config = json.loads((run.folder / "config.json").read_text())
         (run.folder / "config.json").write_text(json.dumps({**config, "split_mode": mode}))
-    rows = report.findings(report.load_study("paired", tmp_path / "executed"))[0].table.set_index("metric")
+    rows = findings.findings(load.load_study("paired", tmp_path / "executed"))[0].table.set_index("metric")
     assert rows.loc["LPIPS ↓", "role"] == "exploratory"
 
 
@@ -302,7 +302,7 @@ def test_a_user_variant_file_with_compare_to_gets_its_finding(tmp_path):
         run_dir = make_run(study_dir, "wide_lr", seed, loss_shift=0.02 + 0.001 * seed)
         config = load_config("wide_lr", "tiny", {"seed": seed}, params_dir=params).to_dict()  # what training writes
         (run_dir / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    finding = report.findings(report.load_study("mine", tmp_path / "executed"))[0]
+    finding = findings.findings(load.load_study("mine", tmp_path / "executed"))[0]
     assert finding.question == "Does a higher learning rate help? (wide_lr vs baseline)"
     assert finding.answer.startswith("wide_lr is worse than baseline on held-out loss, test part (deployed weights)")
 
@@ -313,7 +313,7 @@ def test_an_unknown_primary_metric_is_named_with_the_valid_ones(tmp_path):
     run_dir = make_run(study_dir, "text_finetuned", 0)
     config = json.loads((run_dir / "config.json").read_text())
     (run_dir / "config.json").write_text(json.dumps({**config, "primary_metric": "val_los"}))
-    finding = report.findings(report.load_study("typo", tmp_path / "executed"))[0]
+    finding = findings.findings(load.load_study("typo", tmp_path / "executed"))[0]
     assert finding.answer.startswith("Cannot answer: the primary metric 'val_los' declared in "
                                      "text_finetuned-seed0/config.json has no value in this study; metrics with "
                                      "values: ")
@@ -326,20 +326,20 @@ def test_a_missing_row_is_missing_not_another_weight_set(tmp_path):
     run_dir = make_run(tmp_path / "executed" / "gap", "baseline", 0)
     evaluation = pd.read_csv(run_dir / "logs" / "evaluation_metrics.csv")
     evaluation[evaluation["weights"] == "raw"].to_csv(run_dir / "logs" / "evaluation_metrics.csv", index=False)
-    study = report.load_study("gap", tmp_path / "executed")
+    study = load.load_study("gap", tmp_path / "executed")
     values = study.values.iloc[0]
     assert math.isnan(values["val_loss"]) and math.isnan(values["lpips"]) and math.isnan(values["val_loss_ema"])
     assert values["val_loss_raw"] == evaluation[evaluation["weights"] == "raw"]["val_loss"].iloc[0]
-    reasons = report.unavailable_metrics(study).set_index("metric")["reason"]
+    reasons = pages.unavailable_metrics(study).set_index("metric")["reason"]
     assert reasons["(all evaluation metrics)"] == "logs/evaluation_metrics.csv has no row for the deployed ema weights"
-    assert report.evaluation_row(study.runs[0], "ema") == {}
+    assert load.evaluation_row(study.runs[0], "ema") == {}
 
 
 def test_findings_without_a_variant_say_they_cannot_answer(tmp_path):
     executed = make_study(tmp_path, "half", variants=("baseline", "text_finetuned", "no_ema"), seeds=(0,))
     for path in (executed / "half").glob("no_ema-seed0*"):
         path.unlink() if path.is_file() else __import__("shutil").rmtree(path)
-    encoder, ema, best = report.findings(report.load_study("half", executed))
+    encoder, ema, best = findings.findings(load.load_study("half", executed))
     assert ema.answer == "Cannot answer: no finished run of no_ema."
     assert {"comparison", "metric", "role", "difference", "95% interval", "test", "verdict"} <= set(encoder.table)
 
@@ -350,16 +350,16 @@ def test_a_metric_missing_on_both_sides_is_called_unavailable_not_nan(tmp_path):
     for variant in ("baseline", "text_finetuned", "no_ema"):
         missing = {} if variant == "no_ema" else {"dtw_error": "no hands found in the generated clips"}
         make_run(study_dir, variant, 0, eval_status=missing)
-    study = report.load_study("mixed", tmp_path / "executed")
-    encoder, ema, _ = report.findings(study)
-    dtw = [m.title for m in report.available_metrics(study) if m.key == "dtw_error"]
+    study = load.load_study("mixed", tmp_path / "executed")
+    encoder, ema, _ = findings.findings(study)
+    dtw = [m.title for m in load.available_metrics(study) if m.key == "dtw_error"]
     assert dtw, "the factory's DTW metric should be available in the no_ema run"
     row = encoder.table.set_index("metric").loc[dtw[0]]
     assert row["difference"] == "unavailable" and row["95% interval"] == "—"
     assert row["verdict"] == "cannot compare: unavailable on both sides (see the unavailable metrics)"
     one_sided = ema.table[(ema.table["comparison"] == "no_ema − baseline") & (ema.table["metric"] == dtw[0])].iloc[0]
     assert one_sided["verdict"] == "cannot compare: no values for baseline (see the unavailable metrics)"
-    page = report.findings_html(study)
+    page = findings.findings_html(study)
     assert "nan" not in page.replace("nanoGPT", "")
 
 
@@ -367,12 +367,12 @@ def test_the_answers_come_first_and_the_scope_names_every_way_the_scale_differs_
     """The report's first section states each question's answer and its scope: the test part it was scored on, and
     the tiny scale's every difference from the reference scale, so a tiny finding is not read as a reference one."""
     study = _paired_study(tmp_path)
-    page = report.answers_html(study)
-    for finding in report.findings(study):
+    page = findings.answers_html(study)
+    for finding in findings.findings(study):
         assert html.escape(finding.question) in page
     assert "no_ema is worse than baseline on held-out loss, test part (deployed weights)" in page
     assert "scored on the test part of the held-out clips (signer07 and their captions)" in page
-    differences = report.scale_differences(load_config("baseline", "tiny").to_dict(),
+    differences = findings.scale_differences(load_config("baseline", "tiny").to_dict(),
                                            load_config("baseline", "full").to_dict())
     for words in ("32×32 clips of 8 frames (reference: 64×64 of 16)", "x0-prediction (reference: v-prediction)",
                   "the cosine noise schedule (reference: linear)", "text layout maps (4 channels) (reference: none)",
@@ -380,8 +380,8 @@ def test_the_answers_come_first_and_the_scope_names_every_way_the_scale_differs_
         assert words in differences, words
         assert html.escape(words) in page, words
     assert f"differs from the reference scale (full) in {len(differences)} settings" in page
-    assert "not findings about the reference model" in report.findings_html(study)
-    assert report.scale_differences(load_config("baseline", "full").to_dict(),
+    assert "not findings about the reference model" in findings.findings_html(study)
+    assert findings.scale_differences(load_config("baseline", "full").to_dict(),
                                     load_config("baseline", "full").to_dict()) == []
 
 
@@ -390,29 +390,29 @@ def test_a_partial_study_is_said_so(tmp_path):
     executed = make_study(tmp_path, "part", variants=("baseline", "text_finetuned", "no_ema"), seeds=(0,))
     for path in (executed / "part").glob("no_ema-seed0*"):
         path.rename(path.with_name("gone-" + path.name)) if path.is_file() else __import__("shutil").rmtree(path)
-    study = report.load_study("part", executed)
+    study = load.load_study("part", executed)
     assert study.is_partial and study.missing == ["no_ema-seed0"]
-    overview = report.overview_html(study, tmp_path / "reports")
+    overview = pages.overview_html(study, tmp_path / "reports")
     assert "This is a partial study" in overview
     assert "Variant no_ema has no finished run." in overview
     assert "Runs not started (no folder, no notebook): no_ema-seed0." in overview
-    assert "partial study" in report.findings_html(study)
+    assert "partial study" in findings.findings_html(study)
 
 
 @pytest.mark.parametrize("make_folder", [False, True])
 def test_an_empty_study_gives_a_report_that_says_so(tmp_path, make_folder):
     if make_folder:
         (tmp_path / "executed" / "empty").mkdir(parents=True)
-    study = report.load_study("empty", tmp_path / "executed")
+    study = load.load_study("empty", tmp_path / "executed")
     assert study.runs == [] and study.finished_runs == []
-    assert "No finished run" in report.overview_html(study, tmp_path / "reports")
-    assert report.comparison_table(study) is None
-    assert report.write_comparison_table(study, tmp_path / "reports") == {}
-    for figure in (report.loss_figure, report.validation_figure, report.schedule_figure, report.memory_figure,
-                   report.throughput_figure, report.metric_bars_figure, report.change_figure, report.samples_html):
+    assert "No finished run" in pages.overview_html(study, tmp_path / "reports")
+    assert tables.comparison_table(study) is None
+    assert tables.write_comparison_table(study, tmp_path / "reports") == {}
+    for figure in (figures.loss_figure, figures.validation_figure, figures.schedule_figure, figures.memory_figure,
+                   figures.throughput_figure, figures.metric_bars_figure, figures.change_figure, samples.samples_html):
         assert figure(study) is None
-    assert "nothing to conclude" in report.findings_html(study)
-    report.provenance_html(study, tmp_path / "reports")
+    assert "nothing to conclude" in findings.findings_html(study)
+    pages.provenance_html(study, tmp_path / "reports")
 
 
 def test_a_failed_run_is_listed_with_its_notebook(tmp_path):
@@ -422,10 +422,10 @@ def test_a_failed_run_is_listed_with_its_notebook(tmp_path):
     (executed / "f" / "text_finetuned-seed0.ipynb").write_text("{}")
     (executed / "f" / "failures.json").write_text(json.dumps({"text_finetuned-seed0": {
         "ename": "ImportError", "evalue": "no module named t2s.train", "traceback": "..."}}))
-    study = report.load_study("f", executed)
+    study = load.load_study("f", executed)
     status = {r.name: r.status for r in study.runs}
     assert status == {"baseline-seed0": "finished", "text_finetuned-seed0": "failed", "no_ema-seed0": "failed"}
-    overview = report.overview_html(study, tmp_path / "reports")
+    overview = pages.overview_html(study, tmp_path / "reports")
     assert "Run no_ema-seed0: failed (../executed/f/no_ema-seed0.ipynb): RuntimeError: CUDA out of memory" in overview
     assert ("Run text_finetuned-seed0: failed (../executed/f/text_finetuned-seed0.ipynb): ImportError: no module "
             "named t2s.train") in overview
@@ -436,8 +436,8 @@ def test_an_unreadable_file_is_reported_not_raised(tmp_path):
     executed = make_study(tmp_path, "u", variants=("baseline",), seeds=(0, 1))
     (executed / "u" / "baseline-seed1" / "summary.json").write_text('{"steps": 10, "final_lo')  # cut off mid-write
     (executed / "u" / "baseline-seed0" / "samples" / "samples.json").write_text('{"not": "a list"}')
-    study = report.load_study("u", executed)
-    overview = report.overview_html(study, tmp_path / "reports")
+    study = load.load_study("u", executed)
+    overview = pages.overview_html(study, tmp_path / "reports")
     assert "Could not read a file of baseline-seed1: summary.json: unreadable" in overview
     assert "Could not read a file of baseline-seed0: samples.json: expected a JSON list, found dict" in overview
     assert study.values.set_index("run").loc["baseline-seed0", "final_loss"] > 0
@@ -446,20 +446,20 @@ def test_an_unreadable_file_is_reported_not_raised(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- figures, samples, provenance
 def test_loss_figure_has_a_line_and_a_seed_band_per_variant(two_by_two):
-    fig = report.loss_figure(two_by_two)
+    fig = figures.loss_figure(two_by_two)
     lines = [t for t in fig.data if t.showlegend is not False]
     assert [t.name for t in lines] == ["baseline (n=2)", "text_finetuned (n=2)"]
     assert sum(t.fill == "tonexty" for t in fig.data) == 2
-    smoothed = report.smooth(two_by_two.runs[0].training.set_index("step")["loss"], 0.6)
+    smoothed = figures.smooth(two_by_two.runs[0].training.set_index("step")["loss"], 0.6)
     assert len(lines[0].y) == len(smoothed)
 
 
 def test_every_figure_is_built_from_the_factory_study(two_by_two):
-    for build in (report.validation_figure, report.schedule_figure, report.memory_figure, report.throughput_figure,
-                  report.metric_bars_figure, report.change_figure):
+    for build in (figures.validation_figure, figures.schedule_figure, figures.memory_figure, figures.throughput_figure,
+                  figures.metric_bars_figure, figures.change_figure):
         fig = build(two_by_two)
         assert fig is not None and fig.data, build.__name__
-    change = report.change_vs_baseline(two_by_two)
+    change = figures.change_vs_baseline(two_by_two)
     val = change[change["metric"] == "val_loss"].iloc[0]
     values = two_by_two.values.groupby("variant")["val_loss"].mean()
     assert val["percent"] == pytest.approx((values["text_finetuned"] - values["baseline"]) / values["baseline"] * 100)
@@ -482,8 +482,8 @@ def test_the_change_axis_fits_the_bars_not_a_near_zero_metrics_interval():
 
 
 def test_the_change_figure_says_when_its_axis_cuts_an_error_bar(two_by_two):
-    fig = report.change_figure(two_by_two)
-    change = report.change_vs_baseline(two_by_two)
+    fig = figures.change_figure(two_by_two)
+    change = figures.change_vs_baseline(two_by_two)
     reach = fig.layout.xaxis.range[1]
     assert list(fig.layout.xaxis.range) == [-reach, reach] and fig.layout.xaxis.title.text == "percent change of the mean"
     assert (change["percent"].abs() <= reach).all()
@@ -493,8 +493,8 @@ def test_the_change_figure_says_when_its_axis_cuts_an_error_bar(two_by_two):
 
 def test_sample_captions_are_escaped(tmp_path):
     executed = make_study(tmp_path, "x", seeds=(0,), prompts=(XSS, "thank you"))
-    study = report.load_study("x", executed)
-    for page in (report.samples_html(study), report.run_samples_html(study.runs[0])):
+    study = load.load_study("x", executed)
+    for page in (samples.samples_html(study), samples.run_samples_html(study.runs[0])):
         assert "&lt;img src=x onerror=alert(1)&gt;" in page
         assert XSS not in page
         assert page.count("data:image/gif;base64,") >= 2
@@ -511,7 +511,7 @@ def test_a_variant_without_training_samples_says_why_in_the_samples_grid(tmp_pat
     meta = json.loads((derived / "metadata.json").read_text())
     meta["shared_training"] = {"from": "baseline-seed0<b>", "checkpoint": "x", "step": 5, "differing_keys": ["use_ema"]}
     (derived / "metadata.json").write_text(json.dumps(meta))
-    page = report.samples_html(report.load_study("x", executed))
+    page = samples.samples_html(load.load_study("x", executed))
     rows = page.split("<tr>")[2:]  # one per prompt, after the head
     assert rows and all("data:image/gif;base64," in row for row in rows)  # the baseline's samples
     assert all("its weights are baseline-seed0&lt;b&gt;'s raw weights (shared training)" in row for row in rows)
@@ -521,7 +521,7 @@ def test_a_variant_without_training_samples_says_why_in_the_samples_grid(tmp_pat
 
 def test_evaluation_clips_show_the_real_clip_beside_each_variant_with_readings_escaped(tmp_path):
     executed = make_study(tmp_path, "x", seeds=(0,), prompts=(XSS, "thank you very much"))
-    page = report.evaluation_samples_html(report.load_study("x", executed))
+    page = samples.evaluation_samples_html(load.load_study("x", executed))
     assert XSS not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
     assert "<th>real clip<br>" in page and "<th>baseline<br>" in page and "<th>text_finetuned<br>" in page
     # per caption: the real clip and each variant's deployed (EMA) clip, each with the recognizer's reading
@@ -543,44 +543,44 @@ def test_following_checks_each_run_against_the_thresholds(tmp_path):
     frame.loc[frame["weights"] == "ema", "bt_bleu4_seen_low"] = 1.0  # the deployed row: interval reaches the floor
     frame.loc[frame["weights"] == "ema", "hand_detection_rate"] = None
     frame.to_csv(run / "logs" / "evaluation_metrics.csv", index=False)
-    table = report.following_table(report.load_study("f", tmp_path / "executed"))
+    table = following.following_table(load.load_study("f", tmp_path / "executed"))
     row = table.iloc[0]
-    checks = [c.name for c in report.CHECKS]
+    checks = [c.name for c in following.CHECKS]
     assert (row["run"], row["weights"]) == ("baseline-seed0", "ema")
     assert row[checks[0]].startswith("NOT met: BLEU-4 40.0 [1.0, 50.0]; floor 2.0, ceiling 70.0")
     assert row[checks[1]] == "met: gap 0.100 [0.050, 0.150] = 33% of 0.300"
     assert row[checks[2]] == "not measured: hand_detection_rate"
-    assert row[report.following.DEPENDENCE] == "4.00% of the held-out loss (0.1200 with its caption, 0.1250 with another clip's)"
+    assert row[following.DEPENDENCE] == "4.00% of the held-out loss (0.1200 with its caption, 0.1250 with another clip's)"
 
 
 def test_back_translation_figure_marks_floor_and_ceiling(two_by_two):
-    fig = report.back_translation_figure(two_by_two)
+    fig = following.back_translation_figure(two_by_two)
     names = [trace.name for trace in fig.data]
     assert names == ["baseline", "text_finetuned", "ceiling", "floor"]
     assert list(fig.data[0].x[:4]) == ["unseen", "novel", "paraphrase", "seen"]
 
 
 def test_unavailable_metrics_give_their_reason(two_by_two):
-    table = report.unavailable_metrics(two_by_two)
+    table = pages.unavailable_metrics(two_by_two)
     assert table.to_dict("records") == [{
         "metric": "fvd", "weights": "ema, raw", "reason": "I3D weights not found: set T2S_I3D_WEIGHTS=...",
         "runs": "baseline-seed0, baseline-seed1, text_finetuned-seed0, text_finetuned-seed1"}]
 
 
 def test_provenance_shows_config_differences_and_relative_links(two_by_two, tmp_path):
-    differences = report.config_differences(two_by_two)
+    differences = pages.config_differences(two_by_two)
     assert differences.to_dict("records") == [
         {"variant": "text_finetuned", "key": "freeze_text_encoder", "baseline value": "True", "value": "False"}]
-    page = report.provenance_html(two_by_two, tmp_path / "reports")
+    page = pages.provenance_html(two_by_two, tmp_path / "reports")
     assert 'href="../executed/demo/baseline-seed0.ipynb"' in page
     assert "abc1234" in page and "I3D weights not found" in page
     assert str(tmp_path) not in page
 
 
 # ----------------------------------------------------------------------------------------------- the analysis notebook
-def _run_cells_in_process(notebook, parameters: dict) -> dict:
+def _run_cells_in_process(path, parameters: dict) -> dict:
     """Execute a notebook's code cells here (no kernel), parameters cell replaced: a quick top-to-bottom check."""
-    nb = nbformat.read(str(notebook), as_version=4)
+    nb = nbformat.read(str(path), as_version=4)
     namespace: dict = {}
     for cell in nb.cells:
         if cell.cell_type != "code":
@@ -610,7 +610,7 @@ def test_analysis_notebook_runs_top_to_bottom_on_odd_studies(tmp_path, monkeypat
 
 def test_exported_report_is_self_contained_and_escaped(tmp_path):
     """The expensive one: papermill runs notebooks/analysis.ipynb in a kernel, nbconvert exports it."""
-    from t2s.ablate import build_report
+    from t2s.study.export import build_report
 
     executed = make_study(tmp_path, "demo", variants=("baseline", "text_finetuned", "no_ema"), seeds=(0, 1),
                           prompts=(XSS, "thank you"), eval_status={"fvd": "I3D weights not found"})
@@ -628,7 +628,7 @@ def test_exported_report_is_self_contained_and_escaped(tmp_path):
     # training samples: 2 prompts × 3 variants; evaluation clips: 2 captions × (the real clip + 3 variants)
     assert page.count("data:image/gif;base64,") == 6 + 8
     assert "&lt;img src=x onerror=alert(1)&gt;" in page and XSS not in page
-    assert "report.show(" not in page and "executed_dir =" not in page  # no code
+    assert "notebook.show(" not in page and "executed_dir =" not in page  # no code
     assert "widget-view" not in page and "jupyter-widgets" not in page
     assert "Pick a variant" not in page and "Run this cell in JupyterLab" not in page  # cells tagged interactive
     assert "Run no_ema-seed2: failed (../executed/demo/no_ema-seed2.ipynb): ValueError: boom" in page

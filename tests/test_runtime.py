@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from t2s import runtime
-from t2s.runtime import share_cpus_env
+from t2s.engine import runtime
+from t2s.engine.runtime import share_cpus_env
 
 
 def test_cgroup_quota_is_read_from_v2_and_v1_files(tmp_path):

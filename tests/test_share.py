@@ -1,16 +1,16 @@
-"""Train each distinct configuration once (t2s/share.py): which runs share a training, how a study plans them, and
+"""Train each distinct configuration once (t2s/study/derived.py): which runs share a training, how a study plans them, and
 what a derived run directory holds."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from t2s import share
-from t2s.checkpoint import load_run_weights
 from t2s.config import load_config
+from t2s.engine.checkpoint import load_run_weights
+from t2s.engine.train import train
 from t2s.rundir import RunDir, read_json
-from t2s.study_runs import plan_study
-from t2s.train import train
+from t2s.study import derived as share
+from t2s.study.runs import plan_study
 
 
 def _config(variant, **overrides):

@@ -4,8 +4,22 @@ import itertools
 import numpy as np
 import pytest
 
-from t2s import synthsign as ss
 from t2s.config import Config
+from t2s.synthsign import signer as ss
+from t2s.synthsign.glosses import (
+    ANCHORS,
+    FILLER_WORDS,
+    HANDEDNESS,
+    PATHS,
+    SHAPES,
+    SYNONYMS,
+    VOCABULARY,
+    gloss_for,
+    gloss_sequence,
+    paraphrase,
+    random_caption,
+    tokenize,
+)
 
 PROMPTS = Config().sample_prompts
 CAPTIONS = PROMPTS + ["please help me", "zebra quantum banana", "", "Hello, where IS anna?!", "work work work work work"]
@@ -39,22 +53,22 @@ def test_no_drawn_colour_other_than_the_gloves_is_near_a_glove(signer):
 
 
 def test_vocabulary_has_at_least_30_glosses_and_every_prompt_word():
-    assert len(ss.VOCABULARY) >= 30
+    assert len(VOCABULARY) >= 30
     for prompt in PROMPTS:
-        for word in ss.tokenize(prompt):
-            assert word in ss.VOCABULARY, word
+        for word in tokenize(prompt):
+            assert word in VOCABULARY, word
     for word in ("hello", "my", "name", "is", "where", "train", "station", "thank", "you", "very", "much", "please", "help"):
-        assert word in ss.VOCABULARY
+        assert word in VOCABULARY
 
 
 def test_every_gloss_has_its_own_definition_and_trajectory():
-    glosses = list(ss.VOCABULARY.values())
+    glosses = list(VOCABULARY.values())
     assert len(set(glosses)) == len(glosses)
     for gloss in glosses:
-        assert gloss.path in ss.PATHS and gloss.anchor in ss.ANCHORS and gloss.hands in ss.HANDEDNESS
-        assert set(gloss.shapes) <= set(ss.SHAPES)
-    trajectories = {w: ss.hand_trajectory(w, 0, 16, 64, seed=0) for w in ss.VOCABULARY}
-    for a, b in itertools.combinations(ss.VOCABULARY, 2):
+        assert gloss.path in PATHS and gloss.anchor in ANCHORS and gloss.hands in HANDEDNESS
+        assert set(gloss.shapes) <= set(SHAPES)
+    trajectories = {w: ss.hand_trajectory(w, 0, 16, 64, seed=0) for w in VOCABULARY}
+    for a, b in itertools.combinations(VOCABULARY, 2):
         (kp_a, shapes_a), (kp_b, shapes_b) = trajectories[a], trajectories[b]
         assert not np.array_equal(kp_a, kp_b) or shapes_a != shapes_b, (a, b)
 
@@ -128,10 +142,10 @@ def test_different_captions_give_different_motion():
 
 
 def test_unknown_words_map_deterministically_to_a_valid_fallback_gloss():
-    gloss = ss.gloss_for("zebra")
-    assert gloss == ss.gloss_for("ZEBRA") and "zebra" not in ss.VOCABULARY
-    assert gloss.path in ss.PATHS and gloss.anchor in ss.ANCHORS and gloss.hands in ss.HANDEDNESS
-    fallbacks = {ss.gloss_for(w) for w in ("zebra", "quantum", "banana", "xylophone", "kettle", "orbit")}
+    gloss = gloss_for("zebra")
+    assert gloss == gloss_for("ZEBRA") and "zebra" not in VOCABULARY
+    assert gloss.path in PATHS and gloss.anchor in ANCHORS and gloss.hands in HANDEDNESS
+    fallbacks = {gloss_for(w) for w in ("zebra", "quantum", "banana", "xylophone", "kettle", "orbit")}
     assert len(fallbacks) > 1
     a, _ = ss.render_clip("zebra quantum", 0, 8, 32)
     b, _ = ss.render_clip("zebra quantum", 0, 8, 32)
@@ -139,15 +153,15 @@ def test_unknown_words_map_deterministically_to_a_valid_fallback_gloss():
 
 
 def test_tokenize_lowercases_and_splits_on_punctuation():
-    assert ss.tokenize("Hello, my NAME is Anna!") == ["hello", "my", "name", "is", "anna"]
-    assert ss.tokenize("  ") == []
+    assert tokenize("Hello, my NAME is Anna!") == ["hello", "my", "name", "is", "anna"]
+    assert tokenize("  ") == []
 
 
 def test_random_captions_are_2_to_5_vocabulary_glosses():
     rng = np.random.default_rng(0)
     for _ in range(200):
-        words = ss.random_caption(rng).split()
-        assert 2 <= len(words) <= 5 and all(w in ss.VOCABULARY for w in words)
+        words = random_caption(rng).split()
+        assert 2 <= len(words) <= 5 and all(w in VOCABULARY for w in words)
 
 
 def test_signer_names_round_trip():
@@ -175,11 +189,11 @@ def test_captions_render_exactly_as_before_the_synonym_table():
 
 
 def test_synonyms_phrases_and_filler_words_sign_the_glosses_of_their_meaning():
-    assert ss.gloss_sequence("Thanks a lot!") == ["thank", "you", "very", "much"]
-    assert ss.gloss_sequence("um, hi! my name's Anna") == ["hello", "my", "name", "is", "anna"]
-    assert ss.gloss_sequence("where's the station for trains?") == ["where", "is", "the", "train", "station"]
-    assert ss.gloss_sequence("so much") == ["very", "much"] and ss.gloss_sequence("so") == []
-    assert ss.gloss_sequence("zebra um quantum") == ["zebra", "quantum"]  # unknown words keep their fallback gloss
+    assert gloss_sequence("Thanks a lot!") == ["thank", "you", "very", "much"]
+    assert gloss_sequence("um, hi! my name's Anna") == ["hello", "my", "name", "is", "anna"]
+    assert gloss_sequence("where's the station for trains?") == ["where", "is", "the", "train", "station"]
+    assert gloss_sequence("so much") == ["very", "much"] and gloss_sequence("so") == []
+    assert gloss_sequence("zebra um quantum") == ["zebra", "quantum"]  # unknown words keep their fallback gloss
     for pair in (("thanks a lot", "thank you very much"), ("um, hi! my name's anna", "hello my name is anna"),
                  ("zebra um quantum", "zebra quantum")):
         a, b = (ss.render_clip(c, 4, 8, 32, seed=3) for c in pair)
@@ -188,32 +202,32 @@ def test_synonyms_phrases_and_filler_words_sign_the_glosses_of_their_meaning():
 
 def test_a_caption_of_vocabulary_words_is_its_own_gloss_sequence():
     rng = np.random.default_rng(1)
-    for caption in PROMPTS + [ss.random_caption(rng) for _ in range(200)]:
-        assert ss.gloss_sequence(caption) == caption.split()
-    for phrase, glosses in ss.SYNONYMS.items():  # every table entry holds a word outside the vocabulary...
-        assert any(w not in ss.VOCABULARY for w in phrase.split()) and all(g in ss.VOCABULARY for g in glosses)
-        assert ss.gloss_sequence(phrase) == list(glosses)
-    assert not set(ss.FILLER_WORDS) & set(ss.VOCABULARY)  # ...and no filler word is a gloss
+    for caption in PROMPTS + [random_caption(rng) for _ in range(200)]:
+        assert gloss_sequence(caption) == caption.split()
+    for phrase, glosses in SYNONYMS.items():  # every table entry holds a word outside the vocabulary...
+        assert any(w not in VOCABULARY for w in phrase.split()) and all(g in VOCABULARY for g in glosses)
+        assert gloss_sequence(phrase) == list(glosses)
+    assert not set(FILLER_WORDS) & set(VOCABULARY)  # ...and no filler word is a gloss
 
 
 def test_paraphrases_change_the_words_keep_the_glosses_and_follow_the_generator():
     rng = np.random.default_rng(2)
-    captions = PROMPTS + [ss.random_caption(rng) for _ in range(100)]
+    captions = PROMPTS + [random_caption(rng) for _ in range(100)]
     for caption in captions:
-        reworded = ss.paraphrase(caption, np.random.default_rng(7))
-        assert ss.tokenize(reworded) != ss.tokenize(caption), caption
-        assert ss.gloss_sequence(reworded) == ss.gloss_sequence(caption), (caption, reworded)
-        assert reworded == ss.paraphrase(caption, np.random.default_rng(7))  # deterministic given the generator
-    wordings = {ss.paraphrase("thank you very much", np.random.default_rng(s)) for s in range(40)}
+        reworded = paraphrase(caption, np.random.default_rng(7))
+        assert tokenize(reworded) != tokenize(caption), caption
+        assert gloss_sequence(reworded) == gloss_sequence(caption), (caption, reworded)
+        assert reworded == paraphrase(caption, np.random.default_rng(7))  # deterministic given the generator
+    wordings = {paraphrase("thank you very much", np.random.default_rng(s)) for s in range(40)}
     assert {"thanks so much", "um thanks a lot"} <= wordings and len(wordings) > 10
     with pytest.raises(ValueError, match="signs no gloss"):
-        ss.paraphrase("um", np.random.default_rng(0))
+        paraphrase("um", np.random.default_rng(0))
 
 
 @pytest.mark.parametrize("num_frames", [4, 8, 16])
 def test_frame_gloss_index_is_the_gloss_whose_shapes_each_frame_shows(num_frames):
     for caption in PROMPTS + ["good name", "work work work"]:
-        glosses = [ss.gloss_for(g) for g in ss.gloss_sequence(caption)]
+        glosses = [gloss_for(g) for g in gloss_sequence(caption)]
         which = ss.frame_gloss_index(len(glosses), num_frames)
         assert which[0] == 0 and which[-1] == len(glosses) - 1 and (np.diff(which) >= 0).all()
         _, shapes = ss.hand_trajectory(caption, 1, num_frames, 32, seed=0)

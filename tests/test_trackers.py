@@ -5,13 +5,12 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
+from conftest import read_csv
 
 import t2s
 from t2s.config import ConfigError, load_config
+from t2s.engine.runtime import accelerate_trackers
 from t2s.rundir import RunDir
-from t2s.runtime import accelerate_trackers
-
-from conftest import read_csv
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

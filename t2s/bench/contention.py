@@ -1,10 +1,10 @@
 """Sharing the cores: one training alone against two at once on this machine.
 
-`python -m t2s bench --contention` runs the engine's training step (`t2s.engine.Engine.train_step`, the baseline at
-the tiny scale by default) for a fixed number of steps in worker processes (`python -m t2s.bench.contention
+`python -m t2s bench --contention` runs the engine's training step (`t2s.engine.step.Engine.train_step`, the baseline at
+the tiny scale by default) for a fixed number of steps in worker processes (`WORKER_CODE`
 --worker`), each timing its own steps after a warm-up:
 
-* alone: one worker with the threads `t2s.runtime.size_threads` gives it (the CPUs this process may use);
+* alone: one worker with the threads `t2s.engine.runtime.size_threads` gives it (the CPUs this process may use);
 * together, shared: two workers started at once, each with its share (`T2S_THREADS` = usable CPUs // 2) and
   `OMP_WAIT_POLICY=PASSIVE`, as `ablate --jobs 2` starts them;
 * together, unshared: two workers started at once, each sized to every usable CPU with OpenMP's default waiting, as
@@ -16,20 +16,18 @@ shared machine: a description of this hardware at that moment, never asserted in
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import time
-from typing import Optional
 
 import torch
 
-from ..config import load_config
-from ..runtime import THREADS_ENV_VAR, share_cpus_env, size_threads, usable_cpus
-from ..engine import Engine
-from .step import endless_batches
+from t2s.bench.step import endless_batches
+from t2s.config import load_config
+from t2s.engine.runtime import THREADS_ENV_VAR, share_cpus_env, size_threads, usable_cpus
+from t2s.engine.step import Engine
 
 CONTENTION_GOAL = 2.4  # a pair of runs on shared cores may take at most this many times one run alone
 
@@ -48,9 +46,13 @@ def worker(scale: str, steps: int, warmup: int) -> dict:
             "torch_threads": torch.get_num_threads()}
 
 
+# a worker process: one timed training (`worker`), its JSON on the last line of its output
+WORKER_CODE = ("import json, sys; from t2s.bench.contention import worker; "
+               "print(json.dumps(worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))))")
+
+
 def _start(scale: str, steps: int, warmup: int, env: dict) -> subprocess.Popen:
-    command = [sys.executable, "-m", "t2s.bench.contention", "--worker", "--scale", scale, "--steps", str(steps),
-               "--warmup", str(warmup)]
+    command = [sys.executable, "-c", WORKER_CODE, scale, str(steps), str(warmup)]
     return subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
@@ -109,22 +111,3 @@ def to_markdown(result: dict) -> str:
     lines += ["", f"Goal: two runs at once within {result['goal']}x of one alone: "
                   f"{'met' if met else 'NOT met'} ({result['shared']['slowdown']:.2f}x)."]
     return "\n".join(lines) + "\n"
-
-
-def main(argv: Optional[list] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m t2s.bench.contention", description=__doc__.splitlines()[0])
-    parser.add_argument("--worker", action="store_true", help="run one timed worker and print its JSON")
-    parser.add_argument("--scale", default="tiny")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    args = parser.parse_args(argv)
-    if args.worker:
-        print(json.dumps(worker(args.scale, args.steps, args.warmup)))
-        return 0
-    result = measure_contention(args.scale, args.steps, args.warmup)
-    print(to_markdown(result))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -9,8 +9,8 @@ import torch
 from diffusers import UNet3DConditionModel
 from torch import nn
 
-from ..config import Config, ConfigError
-from ..counting import count_parameters
+from t2s.config import Config, ConfigError
+from t2s.model import count_parameters
 
 
 class DiffusersDenoiser(nn.Module):

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..config import Config
-from ..diffusion import build_train_scheduler, diffusion_loss
-from ..runtime import cpu_has_native_bf16
-from .timing import make_sync
+from t2s.bench.timing import make_sync
+from t2s.config import Config
+from t2s.diffusion import build_train_scheduler, diffusion_loss
+from t2s.engine.runtime import cpu_has_native_bf16
 
 
 def count_flops(fn: Callable[[], Any]) -> tuple[int, dict[str, int]]:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..rundir import atomic_write_bytes
-from .timing import PHASES
+from t2s.bench.timing import PHASES
+from t2s.rundir import atomic_write_bytes
 
 
 def _fmt(x, spec=".1f", none="—"):

@@ -9,27 +9,28 @@ from typing import Any, Optional
 
 import torch
 
-from ..config import PROJECT_ROOT, Config, ConfigError, load_config
-from ..data import build_datasets
-from ..model import build_denoiser
-from ..runtime import resolve_mixed_precision, torch_threads
-from ..text import build_text_encoder
-from .diffusers_model import DiffusersDenoiser, match_diffusers, parameters_on_meta
-from .flops import best_peaks, measure_peaks, mfu, peak_for
-from .goals import REFERENCE_SCALE, evaluate_goals
-from .report import write_outputs
-from .step import (
-    DEFAULT_STEP_VARIANTS, DEFAULT_VARIANT_SCALES, SAMPLING_TARGET_STEPS, STEP_VARIANTS, StepOptions, bench_model,
-    race, time_sampling, warm_caches,
+from t2s.bench.defaults import (
+    DEFAULT_OUT,
+    DEFAULT_STEP_VARIANTS,
+    DEFAULT_VARIANT_SCALES,
+    QUICK_DEFAULTS,
+    REFERENCE_CLIPS,
+    SAMPLING_TARGET_STEPS,
+    SCALE_DEFAULTS,
+    STEP_VARIANTS,
 )
-from .timing import load_average, log, machine_info, oversubscription_warning, runnable_now
+from t2s.bench.diffusers_model import DiffusersDenoiser, match_diffusers, parameters_on_meta
+from t2s.bench.flops import best_peaks, measure_peaks, mfu, peak_for
+from t2s.bench.goals import REFERENCE_SCALE, evaluate_goals
+from t2s.bench.report import write_outputs
+from t2s.bench.step import StepOptions, bench_model, race, time_sampling, warm_caches
+from t2s.bench.timing import load_average, log, machine_info, oversubscription_warning, runnable_now
+from t2s.config import Config, ConfigError, load_config
+from t2s.data.splits import build_datasets
+from t2s.engine.runtime import resolve_mixed_precision, torch_threads
+from t2s.model import build_denoiser
+from t2s.text import build_text_encoder
 
-DEFAULT_OUT = PROJECT_ROOT / "reports" / "bench"
-# Per-scale defaults: (measured steps, warm-up steps, sampling steps actually run). The reference scale is costly
-# on a CPU (a step is tens of seconds), so it runs fewer steps and extrapolates sampling from a few DDIM steps.
-SCALE_DEFAULTS = {"micro": (3, 1, 4), "tiny": (5, 1, 10), "small": (3, 1, 4), "full": (3, 1, 4)}
-QUICK_DEFAULTS = (2, 1, 2)
-REFERENCE_CLIPS = 48  # synthsign clips generated for the reference scale: enough for steady-state loading
 CONFIG_KEYS = ("image_size", "num_frames", "batch_size", "model_channels", "channel_mult", "num_res_blocks",
                "attention_resolutions", "num_heads", "mixed_precision", "gradient_accumulation_steps", "ema_update_every",
                "num_inference_steps", "guidance_scale", "synthsign_num_clips", "num_workers")

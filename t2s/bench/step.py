@@ -1,4 +1,4 @@
-"""The measured work: the engine's own training step (`t2s.engine.Engine.train_step`, phase by phase through a
+"""The measured work: the engine's own training step (`t2s.engine.step.Engine.train_step`, phase by phase through a
 `PhaseTimer`), for t2s's denoiser or any other with its interface; one clip's sampling time through the pipeline;
 and the race, each contender trained by its own engine for the same wall-clock budget.
 
@@ -17,15 +17,23 @@ from typing import Callable, Iterator, Optional
 import torch
 from torch import nn
 
-from ..config import Config
-from ..counting import count_parameters
-from ..runtime import PeakMemory, proc_status_bytes
-from ..pipeline import TextToSignPipeline
-from ..engine import Engine
-from .flops import mfu, training_step_flops
-from .timing import PhaseTimer, StepTiming, amortized_shares, load_average, log, make_sync, runnable_now, summarize_steps
-
-SAMPLING_TARGET_STEPS = 50
+from t2s.bench.defaults import SAMPLING_TARGET_STEPS
+from t2s.bench.flops import mfu, training_step_flops
+from t2s.bench.timing import (
+    PhaseTimer,
+    StepTiming,
+    amortized_shares,
+    load_average,
+    log,
+    make_sync,
+    runnable_now,
+    summarize_steps,
+)
+from t2s.config import Config
+from t2s.engine.runtime import PeakMemory, proc_status_bytes
+from t2s.engine.step import Engine
+from t2s.model import count_parameters
+from t2s.pipeline import TextToSignPipeline
 
 
 @dataclass(frozen=True)
@@ -48,20 +56,6 @@ class StepOptions:
         return ", ".join(parts) or "as the engine"
 
 
-# the step variants the benchmark can measure, by name (`--variants`)
-STEP_VARIANTS: dict[str, dict] = {
-    "fp32": {"mixed_precision": "no"},
-    "bf16": {"mixed_precision": "bf16"},
-    "channels_last": {"channels_last": True},
-    "contiguous": {"channels_last": False},
-    "unfused_adamw": {"fused_adamw": False},
-    "fp32+contiguous": {"mixed_precision": "no", "channels_last": False},
-    "fp32+contiguous+unfused": {"mixed_precision": "no", "channels_last": False, "fused_adamw": False},
-    "bf16+channels_last": {"mixed_precision": "bf16", "channels_last": True},
-    "compile": {"compile": True},
-}
-DEFAULT_STEP_VARIANTS = ["fp32", "channels_last", "unfused_adamw"]
-DEFAULT_VARIANT_SCALES = ("tiny",)  # cheap there; at the reference scale each variant costs minutes on a CPU
 
 
 def make_engine(cfg: Config, build: Callable[[], nn.Module], text, datasets: tuple, device: torch.device,

@@ -18,10 +18,10 @@ from typing import Callable, Optional
 
 import torch
 
-from ..config import Config
-from ..runtime import cpu_has_native_bf16, package_version
+from t2s.config import Config
+from t2s.engine.runtime import cpu_has_native_bf16, package_version
 
-# the phases of one micro-batch and its optimizer step, as `t2s.engine.Engine.train_step` brackets them
+# the phases of one micro-batch and its optimizer step, as `t2s.engine.step.Engine.train_step` brackets them
 PHASES = ("data", "text", "forward_backward", "grad_clip", "optimizer", "ema")
 
 

@@ -1,8 +1,8 @@
 """From run directories to tables, statistics, figures and findings: everything the analysis notebook shows.
 
-    from t2s import report
-    study = report.load_study("quickstart")
-    report.show(report.findings_html(study))
+    from t2s.report import findings, load, notebook
+    study = load.load_study("quickstart")
+    notebook.show(findings.findings_html(study))
 
 The rooms, in reading order (each imports only those before it):
     load      what a metric is; a run and a study read from executed/<study>/; each run's metric values
@@ -15,12 +15,3 @@ The rooms, in reading order (each imports only those before it):
     pages     the overview and provenance sections
     notebook  display in a notebook and the ipywidgets explorer
 """
-from .load import *  # noqa: F401,F403
-from .stats import *  # noqa: F401,F403
-from .tables import *  # noqa: F401,F403
-from .figures import *  # noqa: F401,F403
-from .samples import *  # noqa: F401,F403
-from .following import *  # noqa: F401,F403
-from .findings import *  # noqa: F401,F403
-from .pages import *  # noqa: F401,F403
-from .notebook import *  # noqa: F401,F403

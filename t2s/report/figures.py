@@ -11,11 +11,10 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .load import BASELINE, Run, Study, _variant_order, available_metrics
-from .stats import _finite, describe_difference, seed_difference
-from .tables import metric_estimates
+from t2s.report.load import BASELINE, Run, Study, available_metrics, variant_order
+from t2s.report.stats import describe_difference, finite_values, seed_difference
+from t2s.report.tables import metric_estimates
 
-__all__ = ['smooth', 'loss_figure', 'validation_figure', 'schedule_figure', 'memory_figure', 'throughput_figure', 'metric_bars_figure', 'change_vs_baseline', 'change_figure', 'change_axis_reach']
 
 def smooth(values: pd.Series, smoothing: float) -> pd.Series:
     """TensorBoard-style exponential moving average with bias correction; smoothing 0 returns the values."""
@@ -24,7 +23,7 @@ def smooth(values: pd.Series, smoothing: float) -> pd.Series:
     return values.ewm(alpha=1 - smoothing, adjust=True, ignore_na=True).mean()
 
 
-def _colors(variants: Sequence[str]) -> dict:
+def variant_colors(variants: Sequence[str]) -> dict:
     palette = px.colors.qualitative.Plotly
     return {v: palette[i % len(palette)] for i, v in enumerate(variants)}
 
@@ -38,7 +37,7 @@ def _by_variant(runs: Union[Study, Sequence[Run]]) -> list:
     """[(variant, [finished runs with data])] in study order; a list of runs is taken as given."""
     if isinstance(runs, Study):
         return [(v, runs.runs_of(v)) for v in runs.variants_with_results]
-    order = _variant_order(r.variant for r in runs)
+    order = variant_order(r.variant for r in runs)
     return [(v, [r for r in runs if r.variant == v]) for v in order]
 
 
@@ -75,7 +74,7 @@ def _add_mean_curve(fig: go.Figure, curves: pd.DataFrame, color: str, group: str
                              line=dict(color=color, **line)))
 
 
-def _layout(fig: go.Figure, title: str, **axes) -> go.Figure:
+def figure_layout(fig: go.Figure, title: str, **axes) -> go.Figure:
     fig.update_layout(title=title, template="plotly_white", height=axes.pop("height", 420),
                       legend=dict(groupclick="togglegroup"), margin=dict(t=60, l=60, r=20, b=50), **axes)
     return fig
@@ -88,7 +87,7 @@ def _stacked(titles: tuple[str, str]) -> go.Figure:
 
 def _groups_and_colors(runs: Union[Study, Sequence[Run]]) -> tuple[list, dict]:
     groups = _by_variant(runs)
-    return groups, _colors([v for v, _ in groups])
+    return groups, variant_colors([v for v, _ in groups])
 
 
 def _training_curves(runs: Union[Study, Sequence[Run]], column: str, smoothing: float):
@@ -115,7 +114,7 @@ def loss_figure(runs: Union[Study, Sequence[Run]], smoothing: float = 0.6, show_
     if not fig.data:
         return None
     band = ", band: min–max over seeds" if any(len(r) > 1 for _, r in groups) else ""
-    return _layout(fig, f"Training loss (EMA-smoothed, smoothing {smoothing}{band})",
+    return figure_layout(fig, f"Training loss (EMA-smoothed, smoothing {smoothing}{band})",
                    xaxis_title="optimizer step", yaxis_title="loss")
 
 
@@ -134,7 +133,7 @@ def validation_figure(runs: Union[Study, Sequence[Run]]) -> Optional[go.Figure]:
                             dash=dash)
     if not fig.data:
         return None
-    return _layout(fig, "Validation loss on the development part: raw weights (dashed) vs EMA weights (solid)",
+    return figure_layout(fig, "Validation loss on the development part: raw weights (dashed) vs EMA weights (solid)",
                    xaxis_title="optimizer step", yaxis_title="validation loss (development part)")
 
 
@@ -153,7 +152,7 @@ def schedule_figure(runs: Union[Study, Sequence[Run]]) -> Optional[go.Figure]:
     if not fig.data:
         return None
     fig.update_xaxes(title_text="optimizer step", row=2, col=1)
-    return _layout(fig, "Learning rate and effective EMA decay (variants without EMA have no decay)", height=520)
+    return figure_layout(fig, "Learning rate and effective EMA decay (variants without EMA have no decay)", height=520)
 
 
 def _elapsed_minutes(frame: pd.DataFrame) -> pd.Series:
@@ -180,7 +179,7 @@ def memory_figure(runs: Union[Study, Sequence[Run]]) -> Optional[go.Figure]:
     if not fig.data:
         return None
     fig.update_xaxes(title_text="minutes since the run started", row=2, col=1)
-    return _layout(fig, "Memory over time (one line per run)", height=520)
+    return figure_layout(fig, "Memory over time (one line per run)", height=520)
 
 
 def throughput_figure(runs: Union[Study, Sequence[Run]], smoothing: float = 0.6) -> Optional[go.Figure]:
@@ -190,7 +189,7 @@ def throughput_figure(runs: Union[Study, Sequence[Run]], smoothing: float = 0.6)
         _add_mean_curve(fig, curves, color, variant, variant)
     if not fig.data:
         return None
-    return _layout(fig, "Throughput", xaxis_title="optimizer step", yaxis_title="clips per second")
+    return figure_layout(fig, "Throughput", xaxis_title="optimizer step", yaxis_title="clips per second")
 
 
 def metric_bars_figure(study: Study) -> Optional[go.Figure]:
@@ -203,7 +202,7 @@ def metric_bars_figure(study: Study) -> Optional[go.Figure]:
     rows = math.ceil(len(metrics) / cols)
     titles = [textwrap.fill(m.title, 38).replace("\n", "<br>") for m in metrics]  # long labels on two lines
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, vertical_spacing=0.5 / rows)
-    colors = _colors(study.variants_with_results)
+    colors = variant_colors(study.variants_with_results)
     for i, metric in enumerate(metrics):
         part = estimates[estimates["metric"] == metric.key]
         for _, row in part.iterrows():
@@ -213,7 +212,7 @@ def metric_bars_figure(study: Study) -> Optional[go.Figure]:
                                  error_y=dict(type="data", array=[half], visible=half is not None),
                                  hovertext=f"{row['display']} (n={row['n']})", hoverinfo="text"),
                           row=i // cols + 1, col=i % cols + 1)
-    return _layout(fig, "Metrics per variant: mean over seeds, error bars = 95% interval (none where n=1)",
+    return figure_layout(fig, "Metrics per variant: mean over seeds, error bars = 95% interval (none where n=1)",
                    height=260 * rows + 80, barmode="group")
 
 
@@ -226,7 +225,7 @@ def change_vs_baseline(study: Study, baseline: str = BASELINE) -> pd.DataFrame:
         return pd.DataFrame(rows, columns=["variant", "metric", "label", "better", "percent", "low", "high", "difference"])
     base = values[values["variant"] == baseline]
     for metric in available_metrics(study, values):
-        reference = _finite(base[metric.key])
+        reference = finite_values(base[metric.key])
         if len(reference) == 0 or reference.mean() == 0:
             continue
         scale = 100 / abs(reference.mean())
@@ -248,7 +247,7 @@ def change_figure(study: Study, baseline: str = BASELINE) -> Optional[go.Figure]
     change = change_vs_baseline(study, baseline)
     if change.empty:
         return None
-    colors = _colors(study.variants_with_results)
+    colors = variant_colors(study.variants_with_results)
     fig = go.Figure()
     for variant, part in change.groupby("variant", sort=False):
         has = part["low"].notna()
@@ -263,7 +262,7 @@ def change_figure(study: Study, baseline: str = BASELINE) -> Optional[go.Figure]
     title = f"Change versus {baseline} (%), error bars = 95% interval paired by seed (none with one seed or no spread)"
     if cut:
         title += f"<br><sup>axis cut at ±{reach:.3g}%: a longer error bar runs off the plot (hover a bar for its interval)</sup>"
-    return _layout(fig, title, xaxis_title="percent change of the mean", height=140 + 28 * len(change),
+    return figure_layout(fig, title, xaxis_title="percent change of the mean", height=140 + 28 * len(change),
                    barmode="group", yaxis=dict(autorange="reversed"), xaxis=dict(range=[-reach, reach]))
 
 

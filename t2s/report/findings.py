@@ -28,16 +28,19 @@ from typing import Optional
 import pandas as pd
 
 from t2s.config import PARAMS_DIR, ConfigError, load_config, primary_metric_for, read_yaml
-from t2s.rundir import finite_number
-
-from .load import (
-    BASELINE, PRIMARY, Metric, Study, available_metrics, evaluation_metrics, evaluation_row,
+from t2s.report.load import BASELINE, PRIMARY, Metric, Study, available_metrics, evaluation_metrics, evaluation_row
+from t2s.report.stats import (
+    ALPHA,
+    CONFIDENCE,
+    Difference,
+    describe_difference,
+    format_estimate,
+    holm,
+    mean_ci,
+    seed_difference,
 )
-from .stats import ALPHA, CONFIDENCE, Difference, describe_difference, format_estimate, holm, mean_ci, seed_difference
-from .tables import _frame_html
-
-__all__ = ['TEXT_FOLLOWING', 'REFERENCE_SCALE', 'Question', 'questions', 'metric_role', 'Finding', 'findings',
-           'scale_differences', 'scope_text', 'answers_html', 'findings_html']
+from t2s.report.tables import frame_html
+from t2s.rundir import finite_number
 
 # reported next to every question's primary metric, where measured: does the clip say its caption?
 TEXT_FOLLOWING = ("bt_bleu4_unseen", "bt_bleu4_seen", "dtw_gap_unseen", "dtw_gap")
@@ -448,5 +451,5 @@ def findings_html(study: Study) -> str:
                       if finding.family else "empty (no exploratory comparison has an interval)")
             parts.append(f"<p><small>Holm family: {e(family)}.</small></p>")
         if not finding.table.empty:
-            parts.append(_frame_html(finding.table))
+            parts.append(frame_html(finding.table))
     return "\n".join(parts)

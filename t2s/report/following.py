@@ -3,7 +3,7 @@
 A text-encoder question is only worth asking of a model whose clips depend on their caption. Each finished run's
 deployed weights are checked against `CHECKS` (README, "Back-translation"): a study whose runs fail them answers its
 questions about a model that does not sign its captions, and the report says so. Beside them, not a check: the
-caption dependence of the held-out loss (`t2s.evaluate`), which shows whether the denoiser uses the text at all.
+caption dependence of the held-out loss (`t2s.eval.evaluate`), which shows whether the denoiser uses the text at all.
 """
 from __future__ import annotations
 
@@ -14,11 +14,8 @@ from typing import Callable, Optional
 import pandas as pd
 import plotly.graph_objects as go
 
+from t2s.report.load import BT_GROUP_LABELS, Study, evaluation_row
 from t2s.rundir import finite_number
-
-from .load import BT_GROUPS, Study, evaluation_row
-
-__all__ = ['Check', 'CHECKS', 'following_table', 'back_translation_figure']
 
 
 @dataclass(frozen=True)
@@ -86,7 +83,7 @@ def back_translation_figure(study: Study) -> Optional[go.Figure]:
     """Back-translation BLEU-4 per caption group: each finished run (deployed weights) as a point with its bootstrap
     interval, between the floor (readings against other captions) and the ceiling (the real clips)."""
     fig = go.Figure()
-    groups = list(BT_GROUPS)
+    groups = list(BT_GROUP_LABELS)
     bounds = {}
     shown = False
     for variant in study.variants_with_results:

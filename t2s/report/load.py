@@ -17,9 +17,6 @@ import pandas as pd
 from t2s.config import DEFAULT_VARIANTS
 from t2s.rundir import FAILURES_FILE, STUDY_FILE, RunDir, finite_number
 
-__all__ = ['DEFAULT_VARIANTS', 'BASELINE', 'RUN_NAME', 'Metric', 'ONE_BATCH', 'COST', 'NO_DIRECTION', 'CONTROL', 'PRIMARY', 'WEIGHT_SET_LOSSES', 'TRAINING_METRICS', 'EVALUATION_METRICS', 'EVALUATION_NON_METRICS', 'EVALUATION_QUALIFIERS', 'BT_GROUPS', 'BT_SCORE_LABELS', 'Run', 'load_run', 'Study', 'load_study', 'evaluation_row', 'missing_values', 'evaluation_metrics', 'run_metrics', 'available_metrics']
-
-
 BASELINE = "baseline"
 RUN_NAME = re.compile(r"^(?P<variant>.+)-seed(?P<seed>\d+)$")
 
@@ -65,17 +62,17 @@ TRAINING_METRICS = (
     Metric("clips_per_s", "throughput (clips/s)", "higher", "training", "descriptive", COST),
     Metric("num_parameters_millions", "parameters (M)", None, "training", "descriptive", NO_DIRECTION),
 )
-# back-translation (t2s.evaluate, "Back-translation"): caption groups, and each score's label and direction
-BT_GROUPS = {"unseen": "unseen captions (novel + paraphrased)", "novel": "novel captions",
+# back-translation (t2s.eval.evaluate, "Back-translation"): caption groups, and each score's label and direction
+BT_GROUP_LABELS = {"unseen": "unseen captions (novel + paraphrased)", "novel": "novel captions",
              "paraphrase": "paraphrased captions", "seen": "seen captions"}
 BT_SCORE_LABELS = (("bleu4", "BLEU-4", "higher"), ("wer", "WER", "lower"), ("exact", "exact sequence", "higher"))
-EVALUATION_METRICS = (  # the columns of t2s.evaluate's logs/evaluation_metrics.csv, with the way they are read
+EVALUATION_METRICS = (  # the columns of t2s.eval.evaluate's logs/evaluation_metrics.csv, with the way they are read
     Metric("val_loss", "held-out loss, test part (deployed weights)", "lower", "evaluation"),
     Metric("val_loss_raw", "held-out loss, test part, raw weights", "lower", "evaluation"),
     Metric("val_loss_ema", "held-out loss, test part, EMA weights", "lower", "evaluation"),
     *(Metric(f"bt_{score}_{group}", f"back-translation {label}, {words}", better, "evaluation",
              *(() if score == "bleu4" else ("descriptive", SAME_READING)))
-      for group, words in BT_GROUPS.items() for score, label, better in BT_SCORE_LABELS),
+      for group, words in BT_GROUP_LABELS.items() for score, label, better in BT_SCORE_LABELS),
     Metric("dtw_gap", "text-following gap (DTW, shuffled − matched captions)", "higher", "evaluation"),
     Metric("dtw_gap_unseen", "text-following gap (DTW), unseen captions (novel + paraphrased)", "higher", "evaluation"),
     Metric("dtw_gap_seen", "text-following gap (DTW), seen captions", "higher", "evaluation"),
@@ -260,7 +257,7 @@ class Study:
         return run_metrics(self)
 
 
-def _variant_order(names: Iterable[str], first: Sequence[str] = DEFAULT_VARIANTS) -> list:
+def variant_order(names: Iterable[str], first: Sequence[str] = DEFAULT_VARIANTS) -> list:
     names = list(dict.fromkeys(names))
     return [v for v in first if v in names] + sorted(v for v in names if v not in first)
 
@@ -280,7 +277,7 @@ def load_study(study: str, executed_dir: Union[str, Path] = "executed") -> Study
 
     planned = list(plan.get("variants", []))
     seeds = list(plan.get("seeds", []))
-    variants = _variant_order(planned + [r.variant for r in runs], first=planned or DEFAULT_VARIANTS)
+    variants = variant_order(planned + [r.variant for r in runs], first=planned or DEFAULT_VARIANTS)
     rank = {v: i for i, v in enumerate(variants)}
     runs.sort(key=lambda r: (rank[r.variant], r.seed))
     expected = [(v, s) for v in planned for s in seeds]

@@ -10,13 +10,11 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
-from .figures import _colors, _layout, loss_figure
-from .load import Study, available_metrics
-from .samples import _img, latest_samples, no_sample_reason
-from .tables import _frame_html
+from t2s.report.figures import figure_layout, loss_figure, variant_colors
+from t2s.report.load import Study, available_metrics
+from t2s.report.samples import latest_samples, no_sample_reason, sample_img_html
+from t2s.report.tables import frame_html
 
-__all__ = ['init_notebook', 'figure_bundle', 'bundle', 'show', 'seeds_figure', 'Explorer', 'explorer_views',
-           'explorer_widget', 'explorer']
 
 def init_notebook() -> None:
     """Embed plotly.js once (the HTML report then works offline); figures shown with `show` rely on it."""
@@ -41,7 +39,7 @@ def bundle(item, empty: str = "Nothing to show: no finished run has this data.")
     if isinstance(item, go.Figure):
         return figure_bundle(item)
     if isinstance(item, pd.DataFrame):
-        return {"text/html": _frame_html(item, index=True), "text/plain": item.to_string()}
+        return {"text/html": frame_html(item, index=True), "text/plain": item.to_string()}
     if isinstance(item, str):
         return {"text/html": item, "text/plain": "(HTML)"}
     return None
@@ -65,8 +63,8 @@ def seeds_figure(study: Study, metric_key: str) -> Optional[go.Figure]:
         return None
     label = next((m.title for m in available_metrics(study, values) if m.key == metric_key), metric_key)
     fig = px.strip(values, x="variant", y=metric_key, color="variant", hover_name="run",
-                   color_discrete_map=_colors(study.variants_with_results))
-    return _layout(fig, f"{label}: one point per seed", yaxis_title=label)
+                   color_discrete_map=variant_colors(study.variants_with_results))
+    return figure_layout(fig, f"{label}: one point per seed", yaxis_title=label)
 
 
 @dataclass
@@ -89,7 +87,7 @@ def explorer_views(study: Study, variant: str, metric: str, prompt: str) -> list
     runs = study.runs_of(variant)
     samples = latest_samples(runs[0])
     entry = samples.get(prompt)
-    sample = _img(runs[0], entry, f"{variant}: {prompt}") if entry else None
+    sample = sample_img_html(runs[0], entry, f"{variant}: {prompt}") if entry else None
     why = no_sample_reason(runs[0], bool(samples))
     return [bundle(seeds_figure(study, metric)), bundle(loss_figure(runs, show_raw=True)),
             bundle(sample, empty=f"No sample for this prompt in {variant}: {why}.")]

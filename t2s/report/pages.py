@@ -7,10 +7,9 @@ from typing import Iterable, Optional, Union
 
 import pandas as pd
 
-from .load import BASELINE, Study, missing_values
-from .tables import _frame_html, public_text, relative_link, status_table
+from t2s.report.load import BASELINE, Study, missing_values
+from t2s.report.tables import frame_html, public_text, relative_link, status_table
 
-__all__ = ['config_differences', 'unavailable_metrics', 'files_html', 'provenance_html', 'overview_html']
 
 def config_differences(study: Study, baseline: str = BASELINE) -> pd.DataFrame:
     """Per variant, the config keys whose value differs from the reference (baseline, or the first variant)."""
@@ -102,16 +101,16 @@ def provenance_html(study: Study, reports_dir: Union[str, Path] = "reports") -> 
 
     differences = config_differences(study)
     parts.append("<h3>Configuration: each variant as a difference from the baseline</h3>")
-    parts.append(_frame_html(differences) if not differences.empty else "<p>No differences to show.</p>")
+    parts.append(frame_html(differences) if not differences.empty else "<p>No differences to show.</p>")
 
     unavailable = unavailable_metrics(study)
     parts.append("<h3>Metrics that could not be computed</h3>")
-    parts.append(_frame_html(unavailable) if not unavailable.empty else "<p>None: every metric was computed.</p>")
+    parts.append(frame_html(unavailable) if not unavailable.empty else "<p>None: every metric was computed.</p>")
 
     for title, frame in (("Data split", _split(study)), ("Hardware and software", _hardware(study)),
                          ("Package versions", _packages(study))):
         if not frame.empty:
-            parts.append(f"<h3>{e(title)}</h3>" + _frame_html(frame, index=title == "Package versions"))
+            parts.append(f"<h3>{e(title)}</h3>" + frame_html(frame, index=title == "Package versions"))
 
     links = [f'<li><a href="{e(relative_link(r.notebook, reports_dir))}">{e(relative_link(r.notebook, reports_dir))}</a>'
              f" — {e(r.status)}</li>" for r in study.runs if r.notebook.exists()]
@@ -149,4 +148,4 @@ def overview_html(study: Study, reports_dir: Union[str, Path] = "reports") -> st
     for owner, problems in [(study.name, study.problems)] + [(r.name, r.problems) for r in study.runs]:
         lines += [f"Could not read a file of {owner}: {public_text(problem)}" for problem in problems]
     table = status_table(study, reports_dir)
-    return head + "".join(f"<p>{e(line)}</p>" for line in lines) + _frame_html(table)
+    return head + "".join(f"<p>{e(line)}</p>" for line in lines) + frame_html(table)

@@ -7,12 +7,9 @@ import json
 from pathlib import Path
 from typing import Optional, Union
 
+from t2s.report.load import Run, Study
 from t2s.rundir import RunDir
 
-from .load import Run, Study
-
-__all__ = ['gif_data_uri', 'latest_samples', 'samples_html', 'run_samples_html', 'evaluation_entries',
-           'evaluation_samples_html']
 
 def gif_data_uri(path: Union[str, Path]) -> str:
     """A GIF file as a data URI, so the HTML needs no file next to it."""
@@ -39,7 +36,7 @@ def latest_samples(run: Run) -> dict:
     return {str(e.get("prompt")): e for e in entries if (e.get("step") or 0) == last}
 
 
-def _img(run: Run, entry: dict, caption: str, folder: Optional[Path] = None) -> str:
+def sample_img_html(run: Run, entry: dict, caption: str, folder: Optional[Path] = None) -> str:
     uri = gif_data_uri((folder or RunDir(run.folder).samples) / entry["file"])
     text = html.escape(caption)
     return (f'<figure style="display:inline-block;margin:4px;text-align:center">'
@@ -62,7 +59,7 @@ def samples_html(study: Study) -> Optional[str]:
         cells = ""
         for variant, samples in picked.items():
             entry = samples.get(prompt)
-            cells += "<td>" + (_img(chosen[variant], entry, f"step {entry.get('step')}") if entry
+            cells += "<td>" + (sample_img_html(chosen[variant], entry, f"step {entry.get('step')}") if entry
                                else _no_sample(chosen[variant], bool(samples))) + "</td>"
         body += f"<tr><th style='max-width:220px;text-align:left'>{html.escape(prompt)}</th>{cells}</tr>"
     return f"<table><thead><tr><th>prompt</th>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -74,7 +71,7 @@ def no_sample_reason(run: Run, has_others: bool) -> str:
         return "it sampled other prompts"
     shared = run.metadata.get("shared_training")
     if isinstance(shared, dict) and shared.get("from"):
-        # a derived run (t2s/share.py) takes its provider's samples of the raw weights, and a run keeping an EMA
+        # a derived run (t2s/study/derived.py) takes its provider's samples of the raw weights, and a run keeping an EMA
         # samples only its EMA weights while it trains
         return (f"no training samples: its weights are {shared['from']}'s raw weights (shared training), which "
                 f"sampled its EMA weights; see Evaluation clips")
@@ -96,7 +93,7 @@ def run_samples_html(run: Run, last_steps: int = 3) -> Optional[str]:
     entries = [e for e in entries if (e.get("step") or 0) in steps]
     if not entries:
         return None
-    figures = [_img(run, e, f"step {e.get('step')} · {e.get('weights')} · {e.get('prompt')}") for e in entries]
+    figures = [sample_img_html(run, e, f"step {e.get('step')} · {e.get('weights')} · {e.get('prompt')}") for e in entries]
     return "<div>" + "".join(figures) + "</div>"
 
 
@@ -135,7 +132,7 @@ def evaluation_samples_html(study: Study, per_split: int = 2) -> Optional[str]:
         if entry is None:
             return "<td>—</td>"
         folder = RunDir(chosen[variant].folder).evaluation
-        return "<td>" + _img(chosen[variant], entry, reading(entry), folder) + "</td>"
+        return "<td>" + sample_img_html(chosen[variant], entry, reading(entry), folder) + "</td>"
 
     e_ = html.escape
     head = f"<th>real clip<br><small>held-out signer ({e_(chosen[source].name)})</small></th>" + "".join(

@@ -19,8 +19,6 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-__all__ = ['CONFIDENCE', 'ALPHA', 'Estimate', 'mean_ci', 'Difference', 'welch_difference', 'paired_difference', 'seed_difference', 'holm', 'format_estimate', 'describe_difference', 'format_difference']
-
 CONFIDENCE = 0.95
 ALPHA = 1 - CONFIDENCE
 
@@ -55,7 +53,7 @@ def _constant(x: np.ndarray, *scales: np.ndarray) -> bool:
     return float(np.ptp(x)) <= 1e-12 * scale
 
 
-def _finite(values) -> np.ndarray:
+def finite_values(values) -> np.ndarray:
     array = pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce").to_numpy(dtype=float)
     return array[np.isfinite(array)]
 
@@ -63,7 +61,7 @@ def _finite(values) -> np.ndarray:
 def mean_ci(values, confidence: float = CONFIDENCE) -> Estimate:
     """Mean and Student-t interval over the non-missing values; n=1 gives the mean and no interval; equal values
     give low == high == mean, which `Estimate.spread` reports as no spread (not as an interval)."""
-    x = _finite(values)
+    x = finite_values(values)
     n = len(x)
     if n == 0:
         return Estimate(math.nan, math.nan, math.nan, 0)
@@ -117,7 +115,7 @@ def _nan_difference(diff: float, n_a: int, n_b: int, method: str, spread: bool =
 
 def welch_difference(a, b, confidence: float = CONFIDENCE, note: str = "") -> Difference:
     """Difference of means a − b with Welch's t interval (unequal variances); needs two values on each side."""
-    x, y = _finite(a), _finite(b)
+    x, y = finite_values(a), finite_values(b)
     if len(x) == 0 or len(y) == 0:
         return _nan_difference(math.nan, len(x), len(y), "Welch", note=note)
     diff = float(x.mean() - y.mean())

@@ -8,13 +8,10 @@ from typing import Optional, Union
 import pandas as pd
 
 from t2s.config import PROJECT_ROOT
+from t2s.report.load import Run, Study, available_metrics
+from t2s.report.stats import CONFIDENCE, format_estimate, mean_ci
+from t2s.rundir import COMPARISON_TABLE, finite_number
 
-from t2s.rundir import finite_number
-
-from .load import Run, Study, available_metrics
-from .stats import CONFIDENCE, format_estimate, mean_ci
-
-__all__ = ['public_text', 'relative_link', 'metric_estimates', 'comparison_table', 'markdown_table', 'write_comparison_table', 'status_table', 'summary_table', 'config_table']
 
 def public_text(text: str) -> str:
     """Text for a shared report: the project folder and the home folder are not spelled out."""
@@ -27,7 +24,7 @@ def relative_link(path: Union[str, Path], reports_dir: Union[str, Path]) -> str:
     return Path(os.path.relpath(Path(path).resolve(), Path(reports_dir).resolve())).as_posix()
 
 
-def _frame_html(frame: pd.DataFrame, index: bool = False) -> str:
+def frame_html(frame: pd.DataFrame, index: bool = False) -> str:
     return frame.to_html(index=index, escape=True, na_rep="—", border=0, classes="dataframe")
 
 
@@ -80,7 +77,7 @@ def write_comparison_table(study: Study, reports_dir: Union[str, Path] = "report
         return {}
     folder = Path(reports_dir) / study.name
     folder.mkdir(parents=True, exist_ok=True)
-    paths = {"csv": folder / "comparison_table.csv", "md": folder / "comparison_table.md"}
+    paths = {"csv": folder / f"{COMPARISON_TABLE}.csv", "md": folder / f"{COMPARISON_TABLE}.md"}
     metric_estimates(study).to_csv(paths["csv"], index=False)
     note = (f"Mean ± half-width of the {CONFIDENCE:.0%} Student-t interval over seeds; n=1 gives no interval. "
             "↓ lower is better, ↑ higher is better.\n\n")

@@ -1,0 +1,545 @@
+"""Evaluation of a run: sample clips for held-out captions and compare them with the real clips of those captions.
+
+    rows = evaluate_run("executed/mystudy/baseline-seed0")   # one row per weight set: raw, and ema when use_ema
+
+What is evaluated
+-----------------
+* One part of the evaluation set (`t2s.eval.captions.evaluation_parts`): the test part by default (what the report scores),
+  or with `part="dev"` the development part, for choosing a scale's settings. The held-out signers are divided
+  between the parts and so are the captions: the two share no caption and no signer. Rows record `eval_part` and
+  `eval_signers`, and the sampling settings used (`num_inference_steps`, `guidance_scale`).
+* The part's evaluation set (`t2s.eval.captions.evaluation_clips`): `num_clips` (default `cfg.eval_num_clips`, an upper bound) clips
+  divided among three caption splits as evenly as their candidates allow (`captions.split_sizes`; e.g. 24 -> 8 + 8 + 8,
+  8 -> 3 + 3 + 2), each scored separately by back-translation:
+  - `seen`: captions that occur in the training split, signed by a signer who does not sign them there. synthsign:
+    distinct training gloss sequences of the part (the sample prompts first, then a fixed-seed order), each rendered
+    for a held-out signer of the part; other data: the part's validation clips whose caption occurs in training.
+  - `novel`: the part's validation clips whose caption (gloss sequence) never occurs in training, in split order.
+  - `paraphrase` (synthsign only): the first seen captions reworded by `glosses.paraphrase` (synonyms, phrases,
+    filler words: "thanks a lot" for "thank you very much"); same glosses, so the same real clip. Only a text encoder
+    that maps wordings it never saw to their meaning can sign them.
+  Sampling seeds: seen clip i gets seed i, novel clip j seed n_seen + j, a paraphrase its seen clip's seed (so seen
+  and paraphrase differ in wording only). Clips are sampled by `t2s.pipeline.TextToSignPipeline` in batches of
+  `cfg.eval_batch_size`; each clip depends on its caption and seed only (not on its batch), so every run, variant and
+  weight set sees the same captions and the same initial noise. Everything is fixed: it does not vary with the
+  training seed. `num_clips_seen`, `num_clips_novel`, `num_clips_paraphrase` count them.
+* The whole-set metrics below (FVD to sign fidelity) use the seen and novel clips (`num_clips` = their number); a
+  paraphrase repeats its seen clip's real clip and glosses, so it enters back-translation only.
+* Weight sets: the run's raw weights and, when the run kept an EMA (`use_ema`), its EMA weights: a finished run's
+  final safetensors weights (`weights/`), else its latest good checkpoint.
+* Distribution metrics on I3D features of the generated and the real clips (`metrics.load_i3d`: StyleGAN-V's
+  TorchScript I3D or an I3D state dict; the row records `feature_extractor` and the weights file's
+  `feature_weights_sha256`):
+  - `fvd`: Fréchet Video Distance, null below `cfg.fvd_min_clips` clips (default 401 = the 400-d features + 1: with
+    fewer clips each covariance is singular and the estimate biased; see config.py). Comparable only between rows with
+    the same `num_clips` and `feature_extractor`.
+  - `kvd`: kernel video distance (Unterthiner et al. 2018): unbiased polynomial-kernel MMD^2 on the same features
+    (`metrics.kernel_distance`), usable at small n (>= 2), expectation 0 when the two distributions are equal.
+    `kvd_std`: its standard error from 100 seeded subsets of min(n // 2, 1000) clips (delete-d jackknife,
+    `metrics.kernel_distance_std`; needs n >= 4). Read kvd +- 2 kvd_std.
+* LPIPS / SSIM / PSNR (frame by frame against the real clip of the same caption, averaged over frames and clips),
+  temporal consistency and motion magnitude of the generated clips and, for reference, of the real ones (`*_real`).
+* Held-out diffusion loss (`held_out_loss`): the training engine's fixed-timestep, fixed-noise validation loss
+  on the first `val_max_clips` validation clips of the part, for each weight set (column `val_loss`; the training's
+  validation reads the development part's); the same with each clip
+  conditioned on the next clip's caption (`val_loss_other_caption`), and the share of that loss the right caption
+  saves, in percent (`caption_dependence`: 0 = the denoiser ignores the text; the first sign that it follows it).
+* Sign fidelity (synthsign only: a dataset with ground-truth keypoints): hands are found in every generated frame
+  by colour (`metrics.find_hands` with `synthsign.HAND_COLORS`), and E[j, i] = `metrics.dtw_joint_error` of generated
+  clip j's hands against the ground-truth track of evaluation clip i's caption, with coordinates divided by the image
+  size (1.0 = one image width). Every clip is scored, found hands or not: a hand missing from a generated frame (or
+  present where the ground truth has none) is charged 1.0 image width in place of its distance (a frame pair costs
+  the mean over its hands), so a clip in which no hand is found scores exactly 1.0 -- every variant is scored on the
+  same clips (`hand_detection_rate`, the fraction of (frame, hand) slots with a hand found, says how often hands were
+  missed). If no hand is found in any clip, every pair costs 1.0 and dtw_gap is 0 with a zero-width interval.
+  - `dtw_error`: mean of E[i, i] (each clip against its own caption).
+  - `dtw_error_shuffled` (the control): mean of E[j, i] over ALL pairs j != i whose captions differ -- the same
+    generated clips and ground truths, re-paired; no extra sampling.
+  - `dtw_gap` = dtw_error_shuffled - dtw_error: how much closer a clip is to its own caption's signing than to other
+    captions'; > 0 if the model follows its captions, ~0 if it ignores them. `dtw_gap_low` / `dtw_gap_high`: 95%
+    percentile bootstrap interval over clips (`DTW_BOOTSTRAP_RESAMPLES` resamples of the n clips with replacement,
+    generator seeded `DTW_BOOTSTRAP_SEED`; pairs re-formed within each resample); null below `DTW_GAP_MIN_CLIPS` = 5
+    clips, where a bootstrap has too few distinct resamples for an interval.
+  - `dtw_gap_seen`, `dtw_gap_unseen` (with `_low` / `_high`): the same gap on the seen captions alone and on the
+    unseen ones (novel and paraphrased pooled, as back-translation's "unseen"; a paraphrase is scored against its seen
+    clip's track), each group's control pairs within the group (`t2s.eval.compare.sign_fidelity_by_group`).
+* Back-translation (synthsign only; `t2s.eval.backtranslate`): a small recognizer, trained once per data and split on
+  clips rendered for it (training-split signers, none of the held-out captions, `bt_train_frames` / `bt_epochs` /
+  `bt_seed`) and cached (`bt_recognizer`: the first 16 hex digits of its key), reads each clip's gloss sequence; the
+  reading is scored against the clip's glosses, per split (`<split>` = seen, novel, paraphrase) and on `unseen`
+  (novel and paraphrase clips pooled: every caption whose wording never occurred in training; the text-encoder
+  question's primary metric):
+  - `bt_bleu4_<split>`: sacrebleu corpus BLEU-4 (0-100) of the generated clips' readings, gloss tokens space-joined,
+    tokenize "none" (glosses are tokens already); `bt_bleu4_<split>_low` / `_high`: 95% percentile bootstrap interval
+    over the split's clips (1000 resamples, seed 0; null below 5 clips).
+  - `bt_wer_<split>`: jiwer corpus gloss WER (edits / reference glosses; lower is better, can exceed 1).
+  - `bt_exact_<split>`: fraction of clips read exactly as their gloss sequence.
+  - `..._ceiling`: the same score of the recognizer on the split's REAL clips (held-out signers): the most a
+    generator can reach with this recognizer. The same for every run and weight set of one data and split.
+  - `..._floor`: the generated clips' readings scored against the glosses of every OTHER clip of the split whose
+    gloss sequence differs (all such off-diagonal pairs, one corpus): what a model that ignores its caption gets.
+  "How much of the caption survives generation" is where bt_<score>_<split> lies between floor and ceiling. A split
+  with no clips, or fewer than 2 different gloss sequences (no floor), is null with the reason in
+  `bt_<score>_<split>_status` (one status per score and split covers its _ceiling, _floor and interval).
+* Cost: `inference_time_ms` is the wall-clock time of sampling all clips divided by their number -- per clip, in
+  batches of `eval_batch_size` (CUDA synchronised; after a one-step warm-up) --, `inference_memory_gb` the peak during
+  sampling (CUDA: `max_memory_allocated`; CPU: the process's peak resident set size, reset before sampling on Linux
+  through /proc/self/clear_refs, else sampled every 10 ms), `num_parameters_millions` the denoiser's parameters.
+
+A metric that cannot be computed is null (empty CSV cell, JSON null) and its `<metric>_status` column says why
+(e.g. how to provide the I3D or AlexNet weights, or how many clips FVD needs); otherwise the status is "ok".
+
+Files (in the run directory)
+----------------------------
+* `logs/evaluation_metrics.csv`, `logs/evaluation_metrics.json`: the test part's rows (`EVALUATION_COLUMNS`), one per
+  weight set; a weight set not evaluated this time keeps its previous row. Written atomically. The development
+  part's: `logs/evaluation_metrics_dev.*` and `evaluation_dev/` (`RunDir.evaluation_paths`).
+* `tensorboard/`: the numbers as scalars `eval/<weights>/<metric>` at the checkpoint's step.
+* `evaluation/<weights>_<i>.gif` (generated), `evaluation/real_<i>.gif` (the reference clip), and
+  `evaluation/index.json`: [{prompt, file, weights ("raw" | "ema" | "real"), index, split, seed, signer, glosses (the
+  reference, space-joined), reading (the recognizer's reading of that clip, space-joined; null without one)}].
+
+Metric weights are looked up as `t2s.eval.metrics.video_features.load_i3d` / `load_lpips` document (argument, environment variable,
+cache folder). When none is found, the default one (StyleGAN-V's TorchScript I3D; torchvision's AlexNet) is downloaded
+into its cache and kept only if its SHA-256 matches the pinned one -- unless `T2S_OFFLINE=1` is set or no network
+answers within 3 s (`t2s.eval.metrics.files.download_blocker`): then the metric is null and its status says why.
+
+This room: the orchestration of one run's evaluation (arguments, the evaluation set and its references, sampling each
+weight set, the rows) and its files. The metrics of a row are `t2s.eval.compare`'s, the columns `t2s.rundir`'s.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from t2s.config import Config, load_config_file
+from t2s.data.datasets import ClipDataset
+from t2s.data.splits import PARTS, build_datasets, caption_key, evaluation_parts, part_indices
+from t2s.data.video import to_clip
+from t2s.diffusion import build_train_scheduler, held_out_loss
+from t2s.engine.checkpoint import list_checkpoints, load_run_weights
+from t2s.engine.runtime import PeakMemory, run_autocast, size_threads, sync
+from t2s.eval import backtranslate
+from t2s.eval.captions import EvaluationClip, evaluation_clips
+from t2s.eval.compare import back_translation_metrics, caption_dependence, compare_clips, sign_fidelity_by_group
+from t2s.eval.metrics.perceptual import load_lpips
+from t2s.eval.metrics.video_features import VideoFeatureExtractor, load_i3d
+from t2s.model import count_parameters
+from t2s.pipeline import TextToSignPipeline, load_run_models, write_gif
+from t2s.rundir import CAPTION_SPLITS, EVALUATION_COLUMNS, RunDir, atomic_write_bytes, atomic_write_json, read_json
+from t2s.synthsign import signer as synthsign
+from t2s.synthsign.dataset import recognizer_dir
+
+
+# --------------------------------------------------------------------------------------------- files
+def _row_value(v):
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return ""
+    return repr(v) if isinstance(v, float) else v
+
+
+def write_rows(run: RunDir, rows: list[dict], part: str = "test") -> None:
+    """logs/evaluation_metrics.csv and .json (the development part's: `_dev`), atomically, with exactly
+    `EVALUATION_COLUMNS`."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=EVALUATION_COLUMNS, extrasaction="raise", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _row_value(row.get(k)) for k in EVALUATION_COLUMNS})
+    csv_path, json_path, _ = run.evaluation_paths(part)
+    atomic_write_bytes(csv_path, buf.getvalue().encode("utf-8"))
+    atomic_write_json(json_path, [{k: row.get(k) for k in EVALUATION_COLUMNS} for row in rows])
+
+
+def _merge(old: list[dict], new: list[dict], key: str) -> list[dict]:
+    """Entries of `old` whose `key` is not among `new`'s, then `new` (a partial re-evaluation keeps the rest)."""
+    replaced = {e.get(key) for e in new}
+    return [e for e in old if isinstance(e, dict) and e.get(key) not in replaced] + new
+
+
+def _write_gifs(run: RunDir, entries: list[dict], clips: dict, part: str = "test") -> None:
+    folder = run.evaluation_paths(part)[2]
+    for entry in entries:
+        write_gif(folder / entry["file"], clips[entry["file"]])
+    index_path = folder / run.evaluation_index.name
+    index = _merge(read_json(index_path, []) or [], entries, "weights")
+    atomic_write_json(index_path, index)
+    keep = {e["file"] for e in index}
+    for stale in folder.glob("*.gif"):
+        if stale.name not in keep:
+            stale.unlink(missing_ok=True)
+
+
+def _log_tensorboard(run: RunDir, rows: list[dict], step: int) -> None:
+    writer = SummaryWriter(str(run.tensorboard))
+    try:
+        for row in rows:
+            for key in EVALUATION_COLUMNS:
+                value = row.get(key)
+                if key.startswith("num_clips") or key.endswith("_status") or isinstance(value, (str, bool)) or value is None:
+                    continue
+                writer.add_scalar(f"eval/{row['weights']}/{key}", float(value), step)
+    finally:
+        writer.close()
+
+
+# --------------------------------------------------------------------------------------------- the run
+def _load_metric_models(device, i3d_weights, lpips_weights):
+    """I3D and LPIPS with their statuses; each loader downloads an absent default file under the download policy."""
+    extractor, extractor_status = load_i3d(i3d_weights, device=device)
+    try:
+        lpips_model, lpips_status = load_lpips("alex", weights_dir=lpips_weights, device=device)
+    except ImportError as exc:
+        lpips_model, lpips_status = None, f"the lpips package is not installed ({exc}): pip install lpips"
+    return extractor, extractor_status, lpips_model, lpips_status
+
+
+def _recognizer(cfg: Config, train_set, val_set):
+    """(the back-translation recognizer of this data and split, {}) or (None, {"*": why there is none})."""
+    if cfg.dataset != "synthsign" or not train_set.has_keypoints:
+        return None, {"*": f"back-translation reads synthsign glosses: needs dataset synthsign, not {cfg.dataset!r}"}
+    settings = backtranslate.RecognizerSettings(train_frames=cfg.bt_train_frames, epochs=cfg.bt_epochs,
+                                                seed=cfg.bt_seed)
+    signers = [synthsign.signer_index(s) for s in train_set.signers]
+    held_out = {caption_key(r.caption, True) for r in val_set.records}  # never trained on a held-out caption
+    try:
+        recognizer = backtranslate.load_or_train(cfg.image_size, cfg.num_frames, signers, held_out,
+                                                 recognizer_dir(cfg), settings)
+    except Exception as exc:  # a failure here must not cost the other metrics: null with the reason
+        return None, {"*": f"the back-translation recognizer could not be trained: {type(exc).__name__}: {exc}"}
+    return recognizer, {}
+
+
+def _check_run(run_dir: Union[str, Path], part: str = "test", guidance_scale: Optional[float] = None
+               ) -> tuple[RunDir, Config, dict]:
+    """(run, config with the guidance scale asked for, its weights' {file, step}: the final weights or the latest
+    checkpoint) of a run directory, or a FileNotFoundError saying what is missing (a ValueError for a bad part)."""
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {', '.join(PARTS)}, not {part!r}")
+    run = RunDir(run_dir)
+    if not run.root.is_dir():
+        raise FileNotFoundError(f"cannot evaluate {run.root}: no such directory")
+    if not run.config.is_file():
+        raise FileNotFoundError(f"cannot evaluate {run.root}: it is not a run directory (no config.json); "
+                                f"train a run into it first")
+    cfg = load_config_file(run.config)
+    if guidance_scale is not None:
+        cfg = cfg.replace(guidance_scale=guidance_scale)
+    if not run.weights_raw.is_file() and not list_checkpoints(run):
+        raise FileNotFoundError(f"cannot evaluate {run.root}: it has no final weights ({run.weights.name}/) and "
+                                f"{run.checkpoints} holds no checkpoint (the run has not saved one yet, or "
+                                f"checkpoints/index.json is missing)")
+    found = load_run_weights(run)  # the weights load_run_models will use
+    if found is None:
+        raise FileNotFoundError(f"cannot evaluate {run.root}: no checkpoint in {run.checkpoints} verifies and loads")
+    return run, cfg, {"file": found["source"].name, "step": found["step"]}
+
+
+
+def _check_arguments(run: RunDir, cfg: Config, num_clips: Optional[int], weights, batch_size: Optional[int]
+                     ) -> tuple[list[str], int, int]:
+    """(weight sets, clips wanted, clips sampled together) from `evaluate_run`'s arguments and the run's config; a
+    ValueError names a bad argument."""
+    if isinstance(weights, str):
+        weights = [weights]
+    weight_sets = list(dict.fromkeys(weights)) if weights is not None else (["raw", "ema"] if cfg.use_ema else ["raw"])
+    for w in weight_sets:
+        if w not in ("raw", "ema"):
+            raise ValueError(f"weights must be 'raw' or 'ema', not {w!r}")
+        if w == "ema" and not cfg.use_ema:
+            raise ValueError(f"{run.root} was trained without EMA (use_ema false): evaluate weights 'raw' only")
+    if not weight_sets:
+        raise ValueError("weights is empty: give 'raw' and/or 'ema'")
+    n_wanted = int(cfg.eval_num_clips if num_clips is None else num_clips)
+    if n_wanted < 1:
+        raise ValueError(f"num_clips must be positive, got {num_clips}")
+    batch = int(cfg.eval_batch_size if batch_size is None else batch_size)
+    if batch < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    return weight_sets, n_wanted, batch
+
+
+@dataclass
+class _EvaluationSet:
+    """The evaluation clips with their captions, seeds and ground truth (see the module docstring)."""
+
+    clips: list[EvaluationClip]
+    short: dict  # {split: why it is empty, or short of its share}
+    real: torch.Tensor  # the real clips (n, 3, F, H, W) in [-1, 1]
+    whole: list[int]  # the clips of the whole-set metrics: seen and novel (a paraphrase repeats its seen clip's real clip)
+    keypoints: Optional[list[np.ndarray]]  # the whole-set clips' ground-truth hand tracks, or None
+    control_keys: list[str]  # the whole-set clips' glosses, space-joined: same glosses = no control pair
+
+    @property
+    def captions(self) -> list[str]:
+        return [c.caption for c in self.clips]
+
+    @property
+    def seeds(self) -> list[int]:
+        return [c.seed for c in self.clips]
+
+    @property
+    def splits(self) -> list[str]:
+        return [c.split for c in self.clips]
+
+    @property
+    def references(self) -> list[list[str]]:
+        return [list(c.glosses) for c in self.clips]
+
+    @property
+    def all_keypoints(self) -> Optional[list[np.ndarray]]:
+        """Every clip's ground-truth hand track (a paraphrase's is its seen clip's), or None without keypoints."""
+        return None if any(c.keypoints is None for c in self.clips) else [c.keypoints for c in self.clips]
+
+    @property
+    def gloss_keys(self) -> list[str]:
+        return [" ".join(c.glosses) for c in self.clips]
+
+
+def _evaluation_set(cfg: Config, train_set: ClipDataset, val_set: ClipDataset, n_wanted: int,
+                    num_clips: Optional[int], part: str) -> _EvaluationSet:
+    """The caption splits' clips of one part (`captions.evaluation_clips`); a RuntimeError if there are none."""
+    clips, short = evaluation_clips(cfg, train_set, val_set, n_wanted, part)
+    if not clips:
+        raise RuntimeError(f"no evaluation clips: {short}")
+    if len(clips) < n_wanted and num_clips is not None:  # eval_num_clips is documented as an upper bound
+        warnings.warn(f"the caption splits hold {len(clips)} usable clips; evaluating those instead of {n_wanted}")
+    whole = [i for i, c in enumerate(clips) if c.split != "paraphrase"]
+    keypoints = [clips[i].keypoints for i in whole] if all(clips[i].keypoints is not None for i in whole) else None
+    return _EvaluationSet(clips, short, torch.stack([to_clip(c.frames) for c in clips]), whole, keypoints,
+                          [" ".join(clips[i].glosses) for i in whole])
+
+
+@dataclass
+class _References:
+    """The metric models and what they make of the real clips, shared by every weight set."""
+
+    extractor: Optional[VideoFeatureExtractor]
+    extractor_status: str
+    lpips_model: object
+    lpips_status: str
+    real_features: Optional[torch.Tensor]  # I3D features of the whole-set real clips
+    recognizer: Optional[backtranslate.Recognizer]
+    real_readings: Optional[list[list[str]]]  # the recognizer's reading of every real clip
+    bt_unavailable: dict  # {split or "*": why back-translation cannot score it}
+
+
+def _references(cfg: Config, train_set: ClipDataset, val_set: ClipDataset, evaluation: _EvaluationSet,
+                device: torch.device, i3d_weights, lpips_weights) -> _References:
+    """Load the metric models and the recognizer, and compute the real clips' features and readings."""
+    extractor, extractor_status, lpips_model, lpips_status = _load_metric_models(device, i3d_weights, lpips_weights)
+    whole = evaluation.whole
+    real_features = extractor.features(evaluation.real[whole]) if extractor is not None and len(whole) >= 2 else None
+    recognizer, bt_unavailable = _recognizer(cfg, train_set, val_set)
+    if recognizer is not None:
+        real_readings = recognizer.read(evaluation.real)
+        splits = evaluation.splits
+        bt_unavailable.update({split: f"no {split} evaluation clips ({why})" for split, why in evaluation.short.items()
+                               if split not in splits})
+    else:
+        real_readings = None
+    return _References(extractor, extractor_status, lpips_model, lpips_status, real_features, recognizer,
+                       real_readings, bt_unavailable)
+
+
+@dataclass
+class _Evaluation:
+    """What one `evaluate_run` shares across its weight sets."""
+
+    run: RunDir
+    cfg: Config
+    device: torch.device
+    steps: int  # sampling steps
+    batch: int  # clips sampled together
+    val_set: ClipDataset  # the part's validation clips: the held-out loss reads them
+    part: str  # "test" or "dev"
+    signers: str  # the part's held-out signers, as `EvaluationParts.describe` says them
+    clips: _EvaluationSet
+    references: _References
+    autocast: Callable
+
+
+class _Progress:
+    """The evaluation's tqdm bar and the run's progress.json (phase "evaluating": clips generated of all, clips/s),
+    advanced together by the pipeline's callback."""
+
+    def __init__(self, run: RunDir, total: int, show: bool):
+        self.run, self.total, self.done, self.weights = run, total, 0, None
+        self.bar = tqdm(total=total, disable=not show, desc=f"evaluate {run.root.name}", unit="clip")
+        self.start = time.perf_counter()
+        self.write("evaluating")
+
+    def write(self, phase: str) -> None:
+        seconds = time.perf_counter() - self.start
+        self.run.write_progress(phase, self.done, self.total, "clip", weights=self.weights,
+                                rate=self.done / seconds if self.done and seconds > 0 else None)
+
+    def set_weights(self, weights: str) -> None:
+        self.weights = weights
+        self.bar.set_postfix(weights=weights)
+        self.write("evaluating")
+
+    def update(self, clips: int) -> None:
+        self.done += clips
+        self.bar.update(clips)
+        self.write("evaluating")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _sample(pipe: TextToSignPipeline, ev: _Evaluation, bar: _Progress) -> tuple[torch.Tensor, float, float]:
+    """Every evaluation clip, clip i from seed i's noise: (clips (n, 3, F, H, W) float32 on the CPU, seconds, peak
+    memory in GB). A one-step warm-up runs first, untimed."""
+    sampling = dict(guidance_scale=ev.cfg.guidance_scale, eta=ev.cfg.eta)
+    captions = ev.clips.captions
+    pipe(captions[:1], seeds=[0], num_inference_steps=1, **sampling)  # warm-up, untimed
+    with PeakMemory(ev.device) as peak:
+        sync(ev.device)
+        t0 = time.perf_counter()
+        generated = pipe(captions, seeds=ev.clips.seeds, num_inference_steps=ev.steps, batch_size=ev.batch,
+                         callback=bar.update, **sampling)  # clip i from seeds[i]
+        sync(ev.device)
+        seconds = time.perf_counter() - t0
+    return generated.float().cpu(), seconds, peak.peak_gb
+
+
+def _evaluate_weights(ev: _Evaluation, weights: str, bar: _Progress
+                      ) -> tuple[dict, torch.Tensor, Optional[list[list[str]]]]:
+    """Sample the evaluation clips with one weight set and score them: (its row, the generated clips (n, 3, F, H, W),
+    the recognizer's readings of them or None)."""
+    _, denoiser, text = load_run_models(ev.run.root, weights, str(ev.device))
+    bar.set_weights(weights)
+    pipe = TextToSignPipeline.from_config(denoiser, text, ev.cfg)
+    generated, seconds, peak_gb = _sample(pipe, ev, bar)
+    refs, clips, whole, splits = ev.references, ev.clips, ev.clips.whole, ev.clips.splits
+    readings = refs.recognizer.read(generated) if refs.recognizer is not None else None
+    row = {
+        "model_name": ev.run.root.name,
+        "config_name": ev.cfg.variant,
+        "weights": weights,
+        **compare_clips(
+            generated[whole], clips.real[whole], clips.keypoints, clips.control_keys, refs.extractor,
+            refs.extractor_status, refs.lpips_model, refs.lpips_status, refs.real_features, ev.cfg.fvd_min_clips,
+        ),
+        **sign_fidelity_by_group(generated, clips.all_keypoints, clips.gloss_keys, splits),
+        **back_translation_metrics(readings, refs.real_readings, clips.references, splits, refs.bt_unavailable),
+        **_held_out(ev, denoiser, text),
+        "inference_time_ms": 1000.0 * seconds / len(clips.clips),  # per clip
+        "inference_memory_gb": peak_gb,
+        "num_parameters_millions": count_parameters(denoiser) / 1e6,
+        "eval_part": ev.part,
+        "eval_signers": ev.signers,
+        "num_inference_steps": ev.steps,
+        "guidance_scale": ev.cfg.guidance_scale,
+        "num_clips": len(whole),
+        **{f"num_clips_{split}": splits.count(split) for split in CAPTION_SPLITS},
+        "bt_recognizer": refs.recognizer.info["key"][:16] if refs.recognizer is not None else None,
+        "timestamp": _dt.datetime.now().isoformat(timespec="seconds"),
+    }
+    return {k: row.get(k) for k in EVALUATION_COLUMNS}, generated, readings
+
+
+def _held_out(ev: _Evaluation, denoiser, text) -> dict:
+    """The held-out loss of these weights, and with each clip's caption swapped for another's (caption_dependence)."""
+    n = min(len(ev.val_set), ev.cfg.val_max_clips)
+    args = (denoiser, text, build_train_scheduler(ev.cfg), ev.val_set, ev.cfg, ev.device, ev.autocast)
+    own = held_out_loss(*args)
+    other = held_out_loss(*args, other_captions=True) if n >= 2 else None
+    return {"val_loss": own, **caption_dependence(own, other, n)}
+
+
+def _gif_entry(clip: EvaluationClip, index: int, weights: str, readings: Optional[list[list[str]]]) -> dict:
+    """The evaluation/index.json entry of clip `index` as generated by `weights` (or the real clip: "real")."""
+    return {"prompt": clip.caption, "file": RunDir.evaluation_gif_name(weights, index), "weights": weights, "index": index,
+            "split": clip.split, "seed": None if weights == "real" else clip.seed, "signer": clip.signer,
+            "glosses": " ".join(clip.glosses), "reading": None if readings is None else " ".join(readings[index])}
+
+
+def _write_results(run: RunDir, rows: list[dict], gif_entries: list[dict], gif_clips: dict, step: int,
+                   part: str, tensorboard: bool = True) -> None:
+    """The rows merged into the run's earlier ones of this part (a weight set not evaluated keeps its row), the GIFs,
+    TensorBoard (the test part, when the run's `trackers` list it)."""
+    old = read_json(run.evaluation_paths(part)[1], []) or []
+    all_rows = _merge(old if isinstance(old, list) else [], rows, "weights")
+    all_rows.sort(key=lambda r: {"raw": 0, "ema": 1}.get(r.get("weights"), 2))
+    write_rows(run, all_rows, part)
+    _write_gifs(run, gif_entries, gif_clips, part)
+    if tensorboard and part == "test":
+        _log_tensorboard(run, rows, step)
+
+
+def _evaluation(run: RunDir, cfg: Config, dev: torch.device, part: str, n_wanted: int, num_clips: Optional[int],
+                steps: int, batch: int, i3d_weights, lpips_weights) -> _Evaluation:
+    """What every weight set of one evaluation shares: the part's clips and validation clips, the references."""
+    train_set, val_set, _ = build_datasets(cfg)
+    clips = _evaluation_set(cfg, train_set, val_set, n_wanted, num_clips, part)
+    references = _references(cfg, train_set, val_set, clips, dev, i3d_weights, lpips_weights)
+    held_out = val_set.subset(part_indices(cfg, train_set, val_set, part))
+    return _Evaluation(run, cfg, dev, steps, batch, held_out, part,
+                       evaluation_parts(cfg, train_set, val_set).describe(part), clips, references,
+                       run_autocast(dev, cfg.mixed_precision))
+
+
+def evaluate_run(
+    run_dir: Union[str, Path],
+    num_clips: Optional[int] = None,
+    weights: Optional[Sequence[str]] = None,
+    device: Optional[str] = None,
+    progress: bool = True,
+    i3d_weights: Optional[Union[str, Path]] = None,
+    lpips_weights: Optional[Union[str, Path]] = None,
+    num_inference_steps: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    part: str = "test",
+    guidance_scale: Optional[float] = None,
+) -> list[dict]:
+    """Evaluate a run's final weights or latest checkpoint (see the module docstring); returns the rows, one per weight set.
+
+    num_clips: evaluation clips (default cfg.eval_num_clips; fewer if the validation split is smaller).
+    weights: subset of ("raw", "ema") (default: raw, plus ema when the run kept an EMA).
+    i3d_weights / lpips_weights: files (or, for LPIPS, a folder) overriding the lookup of metrics.load_i3d/load_lpips.
+    num_inference_steps: sampling steps (default cfg.num_inference_steps).
+    batch_size: clips sampled together (default cfg.eval_batch_size); the clips do not depend on it.
+    part: "test" (what the report reads: logs/evaluation_metrics.*, evaluation/) or "dev", the development part for
+    choosing settings (logs/evaluation_metrics_dev.*, evaluation_dev/); they share no caption and no signer.
+    guidance_scale: classifier-free guidance (default cfg.guidance_scale).
+    """
+    run, cfg, checkpoint = _check_run(run_dir, part, guidance_scale)
+    size_threads()  # the CPUs this process may use (affinity, cgroup quota, ablate's share)
+    if run.status not in (None, "finished"):
+        warnings.warn(f"{run.root} has status {run.status!r}: evaluating its latest checkpoint ({checkpoint['file']})")
+    weight_sets, n_wanted, batch = _check_arguments(run, cfg, num_clips, weights, batch_size)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    run.write_progress("evaluating", 0, 0, "clip")  # 0 of 0: the data and metric models load first
+    ev = _evaluation(run, cfg, dev, part, n_wanted, num_clips, num_inference_steps or cfg.num_inference_steps, batch,
+                     i3d_weights, lpips_weights)
+    clips, references = ev.clips, ev.references
+    n = len(clips.clips)
+    gif_entries = [_gif_entry(clips.clips[i], i, "real", references.real_readings) for i in range(n)]
+    gif_clips = {RunDir.evaluation_gif_name("real", i): clips.real[i] for i in range(n)}
+    rows = []
+    bar = _Progress(run, n * len(weight_sets), progress)
+    try:
+        for w in weight_sets:
+            row, generated, readings = _evaluate_weights(ev, w, bar)
+            rows.append(row)
+            gif_entries += [_gif_entry(clips.clips[i], i, w, readings) for i in range(n)]
+            gif_clips.update({RunDir.evaluation_gif_name(w, i): generated[i] for i in range(n)})
+    finally:
+        bar.close()
+    _write_results(run, rows, gif_entries, gif_clips, checkpoint["step"], part, "tensorboard" in cfg.trackers)
+    bar.write("evaluated")
+    return rows
