@@ -256,10 +256,10 @@ def cmd_generate(args) -> int:
 def cmd_evaluate(args) -> int:
     """FVD, LPIPS, SSIM/PSNR, temporal metrics, sign fidelity and cost of a finished run, raw and EMA weights (a run
     derived from another's training takes that run's rows where its evaluation settings are the same)."""
+    check_device(args.device)
     from t2s.rundir import EVALUATION_COLUMNS, RunDir
     from t2s.study.derived import evaluate_or_reuse
 
-    check_device(args.device)
     rows = evaluate_or_reuse(args.run_dir, num_clips=args.num_clips, weights=args.weights, device=args.device,
                         num_inference_steps=args.steps, batch_size=args.batch_size, part=args.part,
                         guidance_scale=args.guidance)
@@ -278,13 +278,13 @@ def cmd_evaluate(args) -> int:
 
 def cmd_bench(args) -> int:
     """The benchmark (`t2s.bench`): its step, sampling, FLOP utilization and diffusers' UNet3D, or --contention."""
+    check_device(args.device)
     from t2s.bench.contention import measure_contention
     from t2s.bench.contention import to_markdown as contention_markdown
     from t2s.bench.report import to_markdown
     from t2s.bench.run import run_benchmark
     from t2s.rundir import atomic_write_bytes, atomic_write_json
 
-    check_device(args.device)
     out = Path(args.out)
     if args.contention:
         result = measure_contention(steps=args.steps or 20, warmup=args.warmup or 3)

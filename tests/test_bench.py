@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from t2s import bench
+from t2s import cli
 from t2s.bench.diffusers_model import DiffusersDenoiser, match_diffusers
 from t2s.bench.flops import count_flops, training_step_flops
 from t2s.bench.goals import GOALS, evaluate_goals
@@ -262,7 +262,7 @@ def test_sampling_time_extrapolates_per_step(micro_cfg, text, single_thread):
 # ------------------------------------------------------------------------------------------ the whole run
 def test_quick_run_on_micro_writes_json_and_markdown(synth_dir, tmp_path):
     out = tmp_path / "bench"
-    code = bench.main(["--quick", "--scales", "micro", "--data-dir", synth_dir, "--out", str(out),
+    code = cli.main(["bench", "--quick", "--scales", "micro", "--data-dir", synth_dir, "--out", str(out),
                        "--race-seconds", "1", "--threads", "1", "-p", "mixed_precision=bf16"])
     assert code == 0
     result = json.loads((out / "bench.json").read_text())

@@ -41,7 +41,7 @@ def test_an_interrupted_run_exits_non_zero_so_a_batch_script_sees_it(synth_dir, 
         calls.append(run_dir)
         return RunResult(run_dir, {}, "interrupted")
 
-    monkeypatch.setattr(cli, "train", interrupted)
+    monkeypatch.setattr("t2s.engine.train.train", interrupted)  # cli imports it when the command runs
     argv = ["run", "--scale", "micro", "--executed-dir", str(tmp_path / "executed"), "-p", f"data_dir={synth_dir}"]
     assert cli.main(argv) == 1
     assert len(calls) == 1 and "interrupted: " in capsys.readouterr().out

@@ -117,7 +117,7 @@ def test_two_process_run_matches_one_process_and_writes_its_run_directory_once(t
     synth = str(tmp_path / "synthsign")
     one = t2s.train(load_config("baseline", "micro", {"data_dir": synth, "batch_size": 2, **RUN_OVERRIDES}),
                     tmp_path / "one", progress=False)
-    assert one.engine.status == "finished"
+    assert one.status == "finished"
     two_dir = tmp_path / "two"
     params = [a for k, v in {"data_dir": synth, "batch_size": 1, **RUN_OVERRIDES}.items() for a in ("-p", f"{k}={v}")]
     proc = torchrun("-m", "t2s", "train", "--params", "params/baseline.yaml", "--scale", "micro", *params,
@@ -125,11 +125,11 @@ def test_two_process_run_matches_one_process_and_writes_its_run_directory_once(t
     assert proc.stdout.count(f"finished: {two_dir}") == 1  # one process speaks
 
     # the held-out loss and the logged (rank-mean) training loss of every step match the single process
-    a, b = json.loads(RunDir(one.engine.run_dir).summary.read_text()), json.loads(RunDir(two_dir).summary.read_text())
+    a, b = json.loads(RunDir(one.run_dir).summary.read_text()), json.loads(RunDir(two_dir).summary.read_text())
     for key in ("val_loss_raw", "val_loss_ema"):
         assert b[key] == pytest.approx(a[key], rel=1e-3), key
         assert abs(a[key] - a["val_loss_step0"]) > 10 * 1e-3 * a[key]  # training moved it far more than the tolerance
-    one_rows, two_rows = read_csv(RunDir(one.engine.run_dir).training_csv), read_csv(RunDir(two_dir).training_csv)
+    one_rows, two_rows = read_csv(RunDir(one.run_dir).training_csv), read_csv(RunDir(two_dir).training_csv)
     for r1, r2 in zip(one_rows, two_rows):
         assert float(r2["loss"]) == pytest.approx(float(r1["loss"]), rel=1e-3), r1["step"]
 
@@ -140,7 +140,7 @@ def test_two_process_run_matches_one_process_and_writes_its_run_directory_once(t
     assert b["world_size"] == 2 and b["effective_batch_size"] == 2 and b["steps"] == 30
     assert [int(r["step"]) for r in two_rows] == list(range(1, 31))
     val_steps = [int(r["step"]) for r in read_csv(run.validation_csv)]
-    assert val_steps == [int(r["step"]) for r in read_csv(RunDir(one.engine.run_dir).validation_csv)] == [0, 10, 20, 30]
+    assert val_steps == [int(r["step"]) for r in read_csv(RunDir(one.run_dir).validation_csv)] == [0, 10, 20, 30]
     mem_steps = [int(r["step"]) for r in read_csv(run.memory_csv)]
     assert mem_steps == sorted(set(mem_steps)) and mem_steps[-1] == 30
     assert len(list(run.tensorboard.glob("events.out.tfevents.*"))) == 1

@@ -285,7 +285,7 @@ def test_a_trainable_encoder_encodes_separately_as_the_frozen_one_caches():
     captions = ["thank you", "hello my name is anna", "good morning"]
     frozen, trainable = TextEncoder("minilm"), TextEncoder("minilm", freeze=False)
     states, mask = trainable.encode_separately(captions)
-    cached, cached_mask = frozen.engine.encode(captions)
+    cached, cached_mask = frozen.encode(captions)
     assert torch.equal(mask, cached_mask) and torch.equal(states, cached) and not states.requires_grad
     together, _ = trainable.encode(captions)  # padded together: the padding's states are not zero
     assert not torch.equal(together, states)

@@ -9,7 +9,7 @@ from t2s.config import load_config
 from t2s.engine.checkpoint import load_run_weights
 from t2s.engine.train import train
 from t2s.rundir import RunDir, read_json
-from t2s.study import derived as share
+from t2s.study import derived as share  # the derived runs' room
 from t2s.study.runs import plan_study
 
 
@@ -54,7 +54,7 @@ def provider(tmp_path_factory):
 def test_a_derived_run_holds_the_providers_raw_weights_and_no_ema(provider):
     root, cfg = provider
     consumer = _config("no_ema", data_dir=str(root / "data"))
-    result = train(consumer, root / "no_ema-seed0", progress=False, weights_from=root / "baseline-seed0")
+    result = share.train_or_derive(consumer, root / "no_ema-seed0", root / "baseline-seed0", progress=False)
     assert result.status == "finished"
     run, source = RunDir(root / "no_ema-seed0"), RunDir(root / "baseline-seed0")
     mine, theirs = load_run_weights(run), load_run_weights(source)
@@ -77,7 +77,7 @@ def test_a_run_whose_training_differs_trains_itself(provider, capsys):
     root, cfg = provider
     other = _config("no_ema", data_dir=str(root / "data"), learning_rate=5e-4)
     assert "differs in training keys ['learning_rate']" in share.why_not_shared(other, RunDir(root / "baseline-seed0"))
-    result = train(other, root / "no_ema-lr", progress=False, weights_from=root / "baseline-seed0")
+    result = share.train_or_derive(other, root / "no_ema-lr", root / "baseline-seed0", progress=False)
     assert result.status == "finished" and "weights_from" not in read_json(RunDir(root / "no_ema-lr").metadata, {})
     assert "trains itself: it cannot share the training" in capsys.readouterr().out
     assert share.why_not_shared(other, RunDir(root / "absent")).endswith("has not finished")
