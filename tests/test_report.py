@@ -372,8 +372,9 @@ def test_the_answers_come_first_and_the_scope_names_every_way_the_scale_differs_
         assert html.escape(finding.question) in page
     assert "no_ema is worse than baseline on held-out loss, test part (deployed weights)" in page
     assert "scored on the test part of the held-out clips (signer07 and their captions)" in page
-    differences = findings.scale_differences(load_config("baseline", "tiny").to_dict(),
-                                           load_config("baseline", "full").to_dict())
+    grouped = findings.scale_differences(load_config("baseline", "tiny").to_dict(),
+                                         load_config("baseline", "full").to_dict())
+    differences = [words for group in grouped.values() for words in group]
     for words in ("32×32 clips of 8 frames (reference: 64×64 of 16)", "x0-prediction (reference: v-prediction)",
                   "the cosine noise schedule (reference: linear)", "text layout maps (4 channels) (reference: none)",
                   "a motion-weighted loss (weight 3; reference: 0)", "DDIM eta 1 (reference: 0)"):
@@ -381,8 +382,9 @@ def test_the_answers_come_first_and_the_scope_names_every_way_the_scale_differs_
         assert html.escape(words) in page, words
     assert f"differs from the reference scale (full) in {len(differences)} settings" in page
     assert "not findings about the reference model" in findings.findings_html(study)
+    assert list(grouped)[:3] == ["clips and data", "denoiser", "diffusion"]
     assert findings.scale_differences(load_config("baseline", "full").to_dict(),
-                                    load_config("baseline", "full").to_dict()) == []
+                                      load_config("baseline", "full").to_dict()) == {}
 
 
 # ----------------------------------------------------------------------------------------------- partial, empty, failed

@@ -44,7 +44,7 @@ from t2s.rundir import finite_number
 
 # reported next to every question's primary metric, where measured: does the clip say its caption?
 TEXT_FOLLOWING = ("bt_bleu4_unseen", "bt_bleu4_seen", "dtw_gap_unseen", "dtw_gap")
-README_STATISTICS = "README.md#statistics-how-a-finding-is-decided"
+README_STATISTICS = "docs/statistics.md"
 
 
 # ----------------------------------------------------------------------------------------------- the questions
@@ -336,19 +336,37 @@ def _option_words(key: str, value, reference) -> str:
     return f"{key} {value} (reference: {reference})"
 
 
-def scale_differences(config: dict, reference: dict) -> list[str]:
-    """How a run's config differs from the reference scale's config of the same variant, in words: the clip and model
-    size first, then every other option, training and evaluation setting that differs."""
+# The groups a scale's differences are named in, in this order; a key in none of them goes under "other".
+SCALE_GROUPS = (
+    ("clips and data", ("image_size", "num_frames", "synthsign_num_clips", "train_ratio", "val_max_clips")),
+    ("denoiser", ("model_channels", "channel_mult", "num_res_blocks", "attention_resolutions", "num_heads",
+                  "text_layout_channels", "aligned_cross_attention", "spatial_position_channels",
+                  "frame_position_embedding", "pooled_text_conditioning")),
+    ("diffusion", ("prediction_type", "beta_schedule", "zero_terminal_snr", "num_train_timesteps", "motion_loss_weight",
+                   "cond_drop_prob")),
+    ("training", ("max_steps", "num_epochs", "batch_size", "gradient_accumulation_steps", "learning_rate",
+                  "text_encoder_lr", "warmup_steps", "weight_decay", "ema_decay", "ema_update_every")),
+    ("sampling and evaluation", ("num_inference_steps", "guidance_scale", "eta", "eval_num_clips")),
+)
+
+
+def scale_differences(config: dict, reference: dict) -> dict[str, list[str]]:
+    """How a run's config differs from the reference scale's config of the same variant, in words, by the groups
+    `SCALE_GROUPS` names ({"denoiser": ["model_channels 32 (reference: 64)", ...], ...}): every setting that differs
+    (the clip size as one), empty groups left out."""
     changed = [k for k in config if k in reference and k not in _BOOKKEEPING and config[k] != reference[k]]
-    words = []
-    size = ("image_size", "num_frames")
-    if any(k in changed for k in size):
-        words.append(f"{config['image_size']}×{config['image_size']} clips of {config['num_frames']} frames "
-                     f"(reference: {reference['image_size']}×{reference['image_size']} of {reference['num_frames']})")
-    for key in changed:
-        if key not in size:
-            words.append(_option_words(key, config[key], reference[key]))
-    return words
+    grouped = {name: [k for k in keys if k in changed] for name, keys in SCALE_GROUPS}
+    grouped["other"] = [k for k in changed if not any(k in keys for _, keys in SCALE_GROUPS)]
+    out = {}
+    for name, keys in grouped.items():
+        words = []
+        if "image_size" in keys or "num_frames" in keys:
+            words.append(f"{config['image_size']}×{config['image_size']} clips of {config['num_frames']} frames "
+                         f"(reference: {reference['image_size']}×{reference['image_size']} of {reference['num_frames']})")
+        words += [_option_words(k, config[k], reference[k]) for k in keys if k not in ("image_size", "num_frames")]
+        if words:
+            out[name] = words
+    return out
 
 
 def _scale_scope(study: Study) -> str:
@@ -365,9 +383,10 @@ def _scale_scope(study: Study) -> str:
     except ConfigError:
         reference = load_config(BASELINE, REFERENCE_SCALE).to_dict()
     differences = scale_differences(config, reference)
-    return (f"Model: the {scale} scale, which differs from the reference scale ({REFERENCE_SCALE}) in "
-            f"{len(differences)} settings: {'; '.join(differences)}. Its findings are about this model; they are not "
-            f"findings about the reference model.")
+    count = sum(len(words) for words in differences.values())
+    listed = "; ".join(f"{group[0].upper() + group[1:]}: {', '.join(words)}" for group, words in differences.items())
+    return (f"Model: the {scale} scale, which differs from the reference scale ({REFERENCE_SCALE}) in {count} settings. "
+            f"{listed}. Its findings are about this model; they are not findings about the reference model.")
 
 
 def _parts_scope(study: Study) -> str:
@@ -439,7 +458,7 @@ def findings_html(study: Study) -> str:
     if study.is_partial:
         notes.append("This is a partial study (see the run status above): the answers use only the finished runs.")
     parts = [f"<p><em>{e(n)}</em></p>" for n in notes]
-    parts.append(f'<p><small>How these rules work: <a href="../{e(README_STATISTICS)}">README, Statistics</a>.'
+    parts.append(f'<p><small>How these rules work: <a href="../{e(README_STATISTICS)}">docs/statistics.md</a>.'
                  "</small></p>")
     for finding in findings(study):
         parts.append(f"<h3>{e(finding.question)}</h3>")
