@@ -24,7 +24,8 @@ from t2s.bench.defaults import (
     STEP_VARIANTS,
 )
 from t2s.bench.goals import REFERENCE_SCALE
-from t2s.config import DEFAULT_VARIANTS, PROJECT_ROOT, RANGES, ConfigError, available, load_config, parse_override
+from t2s.config import (DEFAULT_VARIANTS, PROJECT_ROOT, RANGES, ConfigError, available, check_trackers, load_config,
+                        parse_override)
 from t2s.data.records import DataError
 
 EXECUTED = PROJECT_ROOT / "executed"
@@ -131,18 +132,20 @@ def _overrides(args, without: tuple = ()) -> list[str]:
 def cmd_run(args) -> int:
     """One variant, one seed, trained in this process into executed/<study>/<variant>-seed<k>/ and evaluated, so the
     run directory is the one the training notebook leaves (--no-eval: trained only)."""
-    from t2s.engine.train import train
-    from t2s.eval.evaluate import evaluate_run
-    from t2s.rundir import RunDir
-    from t2s.study.ablate import run_study
-
     if args.no_eval and args.notebook:
         raise ConfigError("--no-eval: the training notebook always evaluates; leave out --notebook to train without "
                           "evaluating")
     seed = _agreed(args, "seed")
     seed = 0 if seed is None else seed
     cfg = load_config(args.variant, args.scale, _overrides(args, without=("seed",)) + [f"seed={seed}"])
+    check_trackers(cfg)  # checked, like the config, before anything loads or is written
     run_dir = Path(args.executed_dir) / args.study / cfg.run_name
+
+    from t2s.engine.train import train
+    from t2s.eval.evaluate import evaluate_run
+    from t2s.rundir import RunDir
+    from t2s.study.ablate import run_study
+
     if args.notebook:
         result = run_study(args.study, variants=[args.variant], seeds=[cfg.seed], scale=args.scale,
                            overrides=_overrides(args, without=("seed",)), force=args.force,
@@ -208,10 +211,12 @@ def _jobs(value, gpus, executor: str) -> int:
 
 
 def cmd_ablate(args) -> int:
-    from t2s.study.ablate import run_study
-
     if "seed" in _given(args):
         raise ConfigError(f"-p seed={_given(args)['seed']}: a study's seeds are given with --seeds (default 0 1)")
+    for variant in args.variants:  # every config checked before anything loads or is written
+        check_trackers(load_config(variant, args.scale, _overrides(args)))
+
+    from t2s.study.ablate import run_study
 
     slurm = slurm_options(args)
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
@@ -220,7 +225,7 @@ def cmd_ablate(args) -> int:
             args.study, variants=args.variants, seeds=args.seeds, scale=args.scale, overrides=_overrides(args),
             force=args.force, gpus=gpus, executed_dir=args.executed_dir, reports_dir=args.reports_dir,
             executor=args.executor, slurm=slurm, submitit_folder=args.submitit_folder, share=not args.no_share,
-            jobs=_jobs(args.jobs, gpus, args.executor),
+            jobs=_jobs(args.jobs, gpus, args.executor), build_report=not args.no_report,
         )
     except KeyboardInterrupt:  # with submitit, run_study has said what keeps running and how to build the report
         if args.executor == "default":
@@ -244,6 +249,10 @@ def cmd_report(args) -> int:
 
 
 def cmd_generate(args) -> int:
+    for i, prompt in enumerate(args.prompts):
+        if not prompt.strip():
+            raise ConfigError(f"prompt {i + 1} is empty ({prompt!r}): give a caption to sign (the empty caption is the "
+                              f"null caption that guidance contrasts with)")
     from t2s.pipeline import generate
 
     results = generate(args.run_dir, args.prompts, weights=args.weights, seed=args.seed, out_dir=args.out,
@@ -279,6 +288,17 @@ def cmd_evaluate(args) -> int:
 def cmd_bench(args) -> int:
     """The benchmark (`t2s.bench`): its step, sampling, FLOP utilization and diffusers' UNet3D, or --contention."""
     check_device(args.device)
+    if args.startup:
+        from t2s.bench.startup import measure_startup
+        from t2s.bench.startup import to_markdown as startup_markdown
+        from t2s.rundir import atomic_write_bytes, atomic_write_json
+
+        result = measure_startup()
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(Path(args.out) / "startup.json", result)
+        atomic_write_bytes(Path(args.out) / "startup.md", startup_markdown(result).encode("utf-8"))
+        print(startup_markdown(result))
+        return 0
     from t2s.bench.contention import measure_contention
     from t2s.bench.contention import to_markdown as contention_markdown
     from t2s.bench.report import to_markdown
@@ -323,6 +343,7 @@ def cmd_train(args) -> int:
         raise ConfigError(f"--params: params file not found: {params}")
     scale = None if args.scale.lower() == "none" else args.scale
     cfg = load_config(args.params, scale, args.param)
+    check_trackers(cfg)
     run_dir = Path(args.run_dir) if args.run_dir else EXECUTED / args.study / cfg.run_name
 
     import torch
@@ -434,6 +455,8 @@ def _add_ablate(sub) -> None:
                     help="train every run itself (default: a variant that differs from another only in keys that do "
                          "not change training, e.g. no_ema from baseline, takes that run's weights; see t2s/study/derived.py)")
     sp.add_argument("--reports-dir", default=str(REPORTS))
+    sp.add_argument("--no-report", action="store_true",
+                    help="run the study only; build the report later with python -m t2s report --study <study>")
     sp.add_argument("--executor", choices=["default", "local", "slurm"], default="default",
                     help="default: run here (one after another, or one per GPU with --gpus); local: each run as a "
                          "submitit job on this machine, one at a time; slurm: each run as a Slurm job (submitit)")
@@ -540,6 +563,9 @@ def _add_bench(sub) -> None:
     sp.add_argument("--device", type=device_argument, help="cpu or cuda (default: cuda when available)")
     sp.add_argument("--threads", type=positive_int, help="torch intra-op threads (default: torch's, one per core)")
     sp.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default reports/bench)")
+    sp.add_argument("--startup", action="store_true",
+                    help="only time how fast the command line answers (--help, a bad key's error, import t2s); writes "
+                         "startup.json and startup.md to --out")
     sp.add_argument("--contention", action="store_true",
                     help="only measure one tiny training alone against two at once (shared and unshared cores); "
                          "writes contention.json and contention.md to --out")
@@ -550,6 +576,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C before or between the command's own handling of it: say so, no traceback
+        print("interrupted: run the same command again to go on (finished work is kept, a run resumes from its "
+              "newest checkpoint)", file=sys.stderr)
+        return 130
     except (ConfigError, DataError, FileNotFoundError) as exc:
         if int(os.environ.get("RANK", "0")) == 0:  # one message, not one per process of a data-parallel launch
             print(f"error: {exc}", file=sys.stderr)

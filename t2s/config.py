@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import json
 import math
+import os
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -40,6 +42,10 @@ CHOICES: dict[str, tuple] = {
 
 # Where training scalars may go (`trackers`): the run's own TensorBoard folder, and accelerate's trackers.
 TRACKERS = ("tensorboard", "mlflow", "wandb", "aim")
+# the package each of accelerate's trackers needs, and how to install it
+TRACKER_PACKAGES = {"mlflow": ("mlflow", "pip install mlflow-skinny"), "wandb": ("wandb", "pip install wandb"),
+                    "aim": ("aim", "pip install aim")}
+MLFLOW_DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 
 # Keys with numeric ranges: (low, high, low_inclusive, high_inclusive). None means unbounded.
 RANGES: dict[str, tuple] = {
@@ -388,6 +394,30 @@ def from_dict(data: dict, source: str = "") -> Config:
     cfg = Config(**values)
     _check_range(cfg, source)
     return cfg
+
+
+def check_trackers(cfg: Config) -> None:
+    """A ConfigError, before anything is written, for a tracker this machine cannot use: its package missing, or
+    MLflow's store unusable (MLflow 3 keeps its local file store in maintenance mode: a `file:` store needs
+    MLFLOW_ALLOW_FILE_STORE=true; a database store, the default `sqlite:///mlflow.db` among them, needs SQLAlchemy)."""
+    for name in cfg.trackers:
+        if name == "tensorboard":
+            continue
+        module, install = TRACKER_PACKAGES[name]
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(f"key 'trackers' lists {name!r}, but the {module} package is not installed: {install} "
+                              f"(or remove {name} from trackers)")
+    if "mlflow" not in cfg.trackers:
+        return
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    scheme = uri.split(":", 1)[0].split("+", 1)[0] if "://" in uri or uri.startswith("file:") else "file"
+    if scheme == "file" and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1"):
+        raise ConfigError(f"MLFLOW_TRACKING_URI={uri} is MLflow's local file store, which MLflow 3 keeps in maintenance "
+                          f"mode: use a database store, e.g. MLFLOW_TRACKING_URI=sqlite:///mlflow.db, or opt in with "
+                          f"MLFLOW_ALLOW_FILE_STORE=true")
+    if scheme in MLFLOW_DATABASE_SCHEMES and importlib.util.find_spec("sqlalchemy") is None:
+        raise ConfigError(f"MLFLOW_TRACKING_URI={uri} is a database store, which needs SQLAlchemy: pip install "
+                          f"sqlalchemy alembic (both are in requirements.txt)")
 
 
 def primary_metric_for(value: Any, scale: Optional[str], source: str = "") -> str:

@@ -23,6 +23,7 @@ loaded with weights_only=True, the text encoder, the denoiser with its raw or EM
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -42,6 +43,15 @@ from t2s.text import TextEncoder, pad_to
 
 # what a bare pipeline samples with when neither the call nor a config says otherwise
 DEFAULT_SAMPLING = {"num_inference_steps": 50, "guidance_scale": 7.5, "eta": 0.0}
+
+
+def check_prompts(prompts: Sequence[str]) -> None:
+    """A ValueError naming an empty prompt: the empty caption is the null caption, the unconditional input of
+    classifier-free guidance, not something to sign."""
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"prompt {i} is empty ({prompt!r}): give a caption to sign (the empty caption is the null "
+                             f"caption that guidance contrasts with)")
 
 
 class TextToSignPipeline:
@@ -100,6 +110,7 @@ class TextToSignPipeline:
         batches of at most `batch_size` clips. Steps, guidance scale and eta default to the pipeline's (the run's
         config). `callback(k)` runs after each batch with its size k; `step_callback(i)` after each DDIM step i."""
         prompts = list(prompts)
+        check_prompts(prompts)
         seeds = list(range(len(prompts))) if seeds is None else [int(s) for s in seeds]
         if len(seeds) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
@@ -188,14 +199,23 @@ def generate(run_dir: Union[str, Path], prompts: list[str], weights: str = "ema"
              out_dir: Optional[Union[str, Path]] = None, num_inference_steps: Optional[int] = None,
              guidance_scale: Optional[float] = None, device: Optional[str] = None) -> list[dict]:
     """Clips for prompts from a run (clip i from seed `seed + i`), written as GIFs to out_dir (default
-    <run_dir>/generated/) with an index `<weights>_seed<seed>.json`; returns [{prompt, gif_path, clip}]."""
+    <run_dir>/generated/) with an index `<weights>_seed<seed>.json` ({prompt, file}, and `tokens` / `kept` for a prompt
+    longer than the text encoder reads, which is cut with a warning); returns [{prompt, gif_path, clip}]. An empty
+    prompt is a ValueError, before anything loads."""
+    check_prompts(prompts)
     pipe = TextToSignPipeline.from_run(run_dir, weights, device)
+    cut = {c["caption"]: c for c in pipe.text.cut_captions(prompts)}
+    for entry in cut.values():
+        warnings.warn(f"the prompt {entry['caption'][:60]!r}... has {entry['tokens']} tokens; the text encoder reads the "
+                      f"first {entry['kept']} (max_text_length), the rest is cut", stacklevel=2)
     clips = pipe(prompts, seeds=range(seed, seed + len(prompts)), num_inference_steps=num_inference_steps,
                  guidance_scale=guidance_scale)
     out = Path(out_dir) if out_dir else Path(run_dir) / "generated"
-    results = []
+    results, index = [], []
     for i, (prompt, clip) in enumerate(zip(prompts, clips)):
         path = write_gif(out / f"{weights}_seed{seed}_{i:03d}.gif", clip)
         results.append({"prompt": prompt, "gif_path": path, "clip": clip.cpu()})
-    atomic_write_json(out / f"{weights}_seed{seed}.json", [{"prompt": r["prompt"], "file": r["gif_path"].name} for r in results])
+        index.append({"prompt": prompt, "file": path.name,
+                      **({k: cut[prompt][k] for k in ("tokens", "kept")} if prompt in cut else {})})
+    atomic_write_json(out / f"{weights}_seed{seed}.json", index)
     return results

@@ -77,10 +77,31 @@ EVALUATION_COLUMNS = [
 ] + [f"{m}_status" for m in STATUS_METRICS]
 
 
+def umask() -> int:
+    """This process's umask: read from /proc on Linux (setting it to read it back would open a moment in which another
+    thread's new file is world-writable), else set and restored."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode the user's umask gives an ordinary new file (0o644 under the common umask 022)."""
+    return 0o666 & ~umask()
+
+
 def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
     """Write to a temporary file beside `path`, fsync, then rename: a crash never leaves a half-written file.
     durable=False skips the fsync: a reader still never sees a half-written file (for files rewritten often, whose
-    loss in a crash does not matter: progress.json)."""
+    loss in a crash does not matter: progress.json). The file gets the mode an ordinary file gets under the user's
+    umask (a temporary file is private; collaborators on a shared file system must read what a run writes)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -88,6 +109,7 @@ def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
+            os.fchmod(fh.fileno(), file_mode())
             if durable:
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -197,6 +219,17 @@ class RunDir:
     @property
     def status(self) -> str | None:
         return self.read_metadata().get("status")
+
+    @property
+    def complete(self) -> bool:
+        """A run is complete when it is trained and evaluated: metadata.json says "finished" and the test part's rows
+        hold every weight set it keeps (raw, and EMA when `use_ema`). The rows are an evaluation's last write."""
+        if self.status != "finished":
+            return False
+        rows = read_json(self.evaluation_json, [])
+        weights = {r.get("weights") for r in rows} if isinstance(rows, list) else set()
+        use_ema = (read_json(self.config, {}) or {}).get("use_ema", False)
+        return {"raw", "ema"} <= weights if use_ema else "raw" in weights
 
     def write_progress(self, phase: str, done: int, total: int, unit: str, **fields: Any) -> None:
         """progress.json, replaced atomically (not fsynced: it is rewritten at every log point and phase change)."""

@@ -102,6 +102,20 @@ class TextEncoder(nn.Module):
         trail = next((i for i, t in enumerate(reversed(ids)) if t not in special), len(ids))
         return lead, trail
 
+    def token_count(self, caption: str) -> int:
+        """How many tokens a caption has before truncation (special tokens included)."""
+        return len(self.tokenizer(caption, truncation=False)["input_ids"])
+
+    def cut_captions(self, captions) -> list[dict]:
+        """[{caption, tokens, kept}] for the distinct captions longer than the encoder reads (`max_length` tokens):
+        what truncation cuts, so that a run can say so."""
+        cut = []
+        for caption in dict.fromkeys(captions):
+            tokens = self.token_count(caption)
+            if tokens > self.max_length:
+                cut.append({"caption": caption, "tokens": tokens, "kept": self.max_length})
+        return cut
+
     def train(self, mode: bool = True):
         super().train(mode and not self.frozen)
         return self

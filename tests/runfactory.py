@@ -122,6 +122,7 @@ def make_run(
                   "dev_signers": ["signer06"], "test_signers": ["signer07"], "dev_clips": 19, "test_clips": 20,
                   "validation_part": "dev"},
         "effective_batch_size": 4, "world_size": 1, "mixed_precision": "no", "resumed_from": None, "torch_threads": 2,
+        "captions_cut": [],
         "steps_per_epoch": 50, "total_steps": int(steps),
         **({"final_weights": {"denoiser.safetensors": "0" * 64, **({"denoiser_ema.safetensors": "1" * 64} if use_ema
                                                                    else {})}} if status == "finished" else {}),

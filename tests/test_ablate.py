@@ -17,6 +17,7 @@ from papermill.exceptions import PapermillExecutionError
 from runfactory import make_run
 
 from t2s.config import PROJECT_ROOT, ConfigError
+from t2s.rundir import RunDir
 from t2s.study import ablate
 from t2s.study.runs import ANALYSIS_NOTEBOOK, SUBPROCESS_CODE, TRAIN_NOTEBOOK, execute_notebook
 
@@ -108,7 +109,7 @@ def test_finished_runs_are_skipped(tmp_path, fake):
     result = ablate.run_study("s", **study_args(tmp_path, log=lines.append))
     assert fake.runs() == ["text_finetuned-seed0", "no_ema-seed0"]
     assert [r.status for r in result.runs] == ["skipped", "finished", "finished"]
-    assert "[1/3] baseline-seed0: skipped (already finished; force reruns it)" in lines
+    assert "[1/3] baseline-seed0: skipped (already trained and evaluated; force reruns it)" in lines
 
 
 def test_force_moves_the_old_run_aside_and_runs_again(tmp_path, fake):
@@ -132,7 +133,23 @@ def test_an_interrupted_run_is_run_again_in_place(tmp_path, fake):
     assert fake.runs() == ["baseline-seed0"]
     assert (run / "checkpoints" / "epoch_2.pt").is_file()  # left for train() to resume from
     assert not (tmp_path / "executed" / "s" / ".trash").exists()
-    assert any("was interrupted; train() resumes it" in line for line in lines)
+    assert any("was interrupted: resumes from its newest intact checkpoint (1 written but not yet indexed are "
+               "checked first)" in line for line in lines)
+
+
+def test_the_resume_message_names_the_step_and_a_trained_run_is_evaluated_not_skipped(tmp_path, fake):
+    """A run with an indexed checkpoint resumes "from optimizer step N"; a trained run without its evaluation rows is
+    not complete: it is run again (the notebook evaluates it), never skipped as "finished"."""
+    run = make_run(tmp_path / "executed" / "s", "baseline", 0, status="interrupted")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "epoch_2.pt").write_bytes(b"checkpoint")
+    (run / "checkpoints" / "index.json").write_text(json.dumps([{"file": "epoch_2.pt", "step": 20, "epoch": 2}]))
+    trained = make_run(tmp_path / "executed" / "s", "text_finetuned", 0, evaluation=False)
+    lines = []
+    ablate.run_study("s", variants=("baseline", "text_finetuned"), **study_args(tmp_path, log=lines.append))
+    assert "[1/2] baseline-seed0: was interrupted: resumes from optimizer step 20 (checkpoints/epoch_2.pt)" in lines
+    assert "[2/2] text_finetuned-seed0: trained but not evaluated: evaluates it" in lines
+    assert fake.runs() == ["baseline-seed0", "text_finetuned-seed0"] and RunDir(trained).complete  # run again
 
 
 def test_a_failing_run_is_recorded_and_the_others_still_run(tmp_path, monkeypatch):

@@ -45,3 +45,35 @@ def test_an_interrupted_run_exits_non_zero_so_a_batch_script_sees_it(synth_dir, 
     argv = ["run", "--scale", "micro", "--executed-dir", str(tmp_path / "executed"), "-p", f"data_dir={synth_dir}"]
     assert cli.main(argv) == 1
     assert len(calls) == 1 and "interrupted: " in capsys.readouterr().out
+
+
+def test_help_and_a_bad_argument_answer_before_torch_loads_and_leave_no_folder(tmp_path):
+    """The parser, the config and the trackers are checked before torch is imported and before anything is written:
+    `--help`, an unknown key, an unknown variant, an uninstalled tracker."""
+    code = """
+import importlib.util, sys
+from t2s import cli
+real = importlib.util.find_spec
+importlib.util.find_spec = lambda name, *a: None if name == "wandb" else real(name, *a)
+try:
+    cli.main(["--help"])
+except SystemExit:
+    pass
+codes = [cli.main(["run", "--executed-dir", sys.argv[1], "-p", "bogus_key=1"]),
+         cli.main(["run", "--executed-dir", sys.argv[1], "--variant", "nope"]),
+         cli.main(["run", "--executed-dir", sys.argv[1], "-p", "trackers=[tensorboard, wandb]"]),
+         cli.main(["ablate", "--executed-dir", sys.argv[1], "-p", "trackers=[wandb]"])]
+print(codes, "torch" in sys.modules)
+"""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "executed")], capture_output=True, text=True)
+    assert out.stdout.strip().splitlines()[-1] == "[2, 2, 2, 2] False", out.stdout + out.stderr
+    assert "unknown key 'bogus_key'" in out.stderr and "the wandb package is not installed" in out.stderr
+    assert not (tmp_path / "executed").exists()
+
+
+def test_an_empty_prompt_is_refused(capsys, tmp_path):
+    assert cli.main(["generate", str(tmp_path), "thank you", " "]) == 2
+    assert "prompt 2 is empty" in capsys.readouterr().err

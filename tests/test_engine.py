@@ -403,6 +403,17 @@ def test_atomic_writes_leave_the_previous_file_on_a_crash(tmp_path, monkeypatch)
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temporary file left behind
 
 
+def test_a_caption_longer_than_the_text_encoder_reads_is_cut_with_a_warning_and_recorded(baseline_run, tmp_path):
+    long = " ".join(["thank you very much"] * 400)  # ~1,600 words: far beyond max_text_length tokens
+    with pytest.warns(UserWarning, match=r"has \d+ tokens; the text encoder reads the first 77"):
+        t2s.generate(baseline_run.run_dir, ["hello", long], out_dir=tmp_path)
+    index = json.loads((tmp_path / "ema_seed0.json").read_text())
+    assert "tokens" not in index[0] and index[1]["kept"] == 77 and index[1]["tokens"] > 1000
+    with pytest.raises(ValueError, match="prompt 0 is empty"):
+        t2s.generate(baseline_run.run_dir, [""], out_dir=tmp_path)
+    assert json.loads(RunDir(baseline_run.run_dir).metadata.read_text())["captions_cut"] == []
+
+
 def test_generate_writes_gifs_from_a_run(baseline_run, tmp_path):
     from PIL import Image
 

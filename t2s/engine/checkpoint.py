@@ -108,6 +108,43 @@ def list_checkpoints(run: RunDir) -> list[dict]:
     return [e for e in index if (run.checkpoints / e["file"]).exists()]
 
 
+def reconcile_checkpoints(run: RunDir) -> list[str]:
+    """Make checkpoints/index.json list exactly the intact checkpoint files (before a resume): a file written but not
+    yet indexed (a second interrupt between the two writes of `save_checkpoint`) is complete, since it was renamed into
+    place whole, and is indexed with its step, epoch and SHA-256 once it loads; one that does not load is removed, as
+    are a write's leftover temporary files. Returns what it did, in words (empty when the index was right)."""
+    if not run.checkpoints.is_dir():
+        return []
+    index = [e for e in read_json(run.checkpoint_index, []) or [] if (run.checkpoints / e["file"]).exists()]
+    known = {e["file"] for e in index}
+    done = []
+    for path in sorted(run.checkpoints.glob(".*.tmp")):
+        path.unlink(missing_ok=True)
+        done.append(f"removed the unfinished write {path.name}")
+    for path in sorted(run.checkpoints.glob("*.pt")):
+        if path.name in known:
+            continue
+        try:
+            state = load_checkpoint(path)
+        except RuntimeError:
+            path.unlink(missing_ok=True)
+            done.append(f"removed {path.name}, which does not load")
+            continue
+        index.append({"file": path.name, "step": state["step"], "epoch": state["epoch"], "sha256": sha256_file(path)})
+        done.append(f"indexed {path.name} (step {state['step']}), written but not yet indexed when the run stopped")
+    if done:
+        atomic_write_json(run.checkpoint_index, sorted(index, key=lambda e: e["step"]))
+    return done
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def load_checkpoint(path: Path) -> dict:
     """Load with weights_only=True: tensors and plain containers only, never arbitrary pickled objects."""
     try:
@@ -219,14 +256,13 @@ def load_run_weights(run: RunDir) -> Optional[dict]:
 
 def prune_checkpoints(run: RunDir) -> None:
     """Remove the optimizer-state checkpoints (a finished run whose final weights are written): the index first
-    emptied, then the files, then the index and the empty folder."""
+    emptied, then every checkpoint file (indexed or not) and unfinished write, then the index and the empty folder."""
     index = run.checkpoint_index
     if not run.checkpoints.is_dir():
         return
-    entries = read_json(index, []) or []
     atomic_write_json(index, [])
-    for entry in entries:
-        (run.checkpoints / entry["file"]).unlink(missing_ok=True)
+    for path in [*run.checkpoints.glob("*.pt"), *run.checkpoints.glob(".*.tmp")]:
+        path.unlink(missing_ok=True)
     index.unlink(missing_ok=True)
     try:
         run.checkpoints.rmdir()
@@ -300,6 +336,8 @@ def find_resume_point(run: RunDir, cfg: Config) -> Optional[tuple[Path, Optional
             f"resume_from to continue it (e.g. with a larger max_steps; it needs the optimizer-state checkpoints a "
             f"finished run keeps only with keep_optimizer_state: true)"
         )
+    for change in reconcile_checkpoints(run):
+        print(f"{run.checkpoints}: {change}")
     if list_checkpoints(run):
         found = latest_good_checkpoint(run)
         if not found:

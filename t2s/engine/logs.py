@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import math
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Optional
@@ -71,8 +72,15 @@ class LogWindow:
 
 
 def record_start(run: RunDir, meta: dict, resumed_from: Optional[Path], trainer) -> None:
-    """metadata.json at the start of a run: status, times, machine, versions, parameters, split and step plan."""
-    run.update_metadata(
+    """metadata.json at the start of a run: status, times, machine, versions, parameters, split and step plan, and the
+    training captions longer than the text encoder reads (`captions_cut`, with a warning: it reads their start)."""
+    text = trainer.accelerator.unwrap_model(trainer.text)
+    cut = text.cut_captions(r.caption for r in trainer.train_set.records)
+    if cut:
+        warnings.warn(f"{len(cut)} training captions are longer than the text encoder's {text.max_length} tokens "
+                      f"(max_text_length) and are cut (the longest: {max(c['tokens'] for c in cut)} tokens); "
+                      f"metadata.json's captions_cut lists them", stacklevel=2)
+    run.update_metadata(captions_cut=cut,
         status="running", error=None, start_time=meta.get("start_time") or now(), end_time=None,
         resumed_from=str(resumed_from) if resumed_from else None, **machine_facts(trainer.device),
         parameters=trainer.parameter_counts(), split=trainer.split, steps_per_epoch=trainer.steps_per_epoch,

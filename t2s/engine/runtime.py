@@ -9,7 +9,6 @@ Performance section holds the measurements behind both.
 from __future__ import annotations
 
 import datetime as _dt
-import importlib.util
 import os
 import platform
 import random
@@ -26,8 +25,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
-from t2s.config import PROJECT_ROOT, Config, ConfigError
-from t2s.rundir import RunDir
+from t2s.config import PROJECT_ROOT, Config
+from t2s.engine.trackers import accelerate_trackers
 
 RECORDED_PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "numpy", "papermill", "plotly", "pandas", "lpips")
 
@@ -98,46 +97,6 @@ def make_accelerator(cfg: Config, cpu: bool = False) -> Accelerator:
         cpu=use_cpu(cpu),
         log_with=accelerate_trackers(cfg) or None,
     )
-
-
-# the package each of accelerate's trackers needs, and how to install it
-TRACKER_PACKAGES = {"mlflow": ("mlflow", "pip install mlflow-skinny"), "wandb": ("wandb", "pip install wandb"),
-                    "aim": ("aim", "pip install aim")}
-
-
-def accelerate_trackers(cfg: Config) -> list[str]:
-    """The config's trackers that accelerate runs (all but tensorboard, which the run log writes itself), each
-    checked to be installed: a ConfigError names the package otherwise."""
-    names = [t for t in cfg.trackers if t != "tensorboard"]
-    for name in names:
-        module, install = TRACKER_PACKAGES[name]
-        if importlib.util.find_spec(module) is None:
-            raise ConfigError(f"key 'trackers' lists {name!r}, but the {module} package is not installed: {install} "
-                              f"(or remove {name} from trackers)")
-    return names
-
-
-def start_trackers(accelerator: Accelerator, cfg: Config, run: RunDir) -> None:
-    """Start accelerate's trackers (if any) for a run: the experiment is the study folder's name, the run is named
-    after the run directory, and the resolved config is logged as its parameters (MLflow: MLFLOW_TRACKING_URI says
-    where; W&B and Aim: their own settings)."""
-    if not accelerator.log_with:
-        return
-    name = run.root.name
-    accelerator.init_trackers(run.root.parent.name or "t2s", config=_flat(cfg.to_dict()), init_kwargs={
-        "mlflow": {"run_name": name}, "wandb": {"name": name}})
-
-
-def finish_trackers(accelerator: Accelerator) -> None:
-    """End accelerate's trackers (the MLflow run is marked finished). Not `Accelerator.end_training`: it also destroys
-    the process group, which a data-parallel `train()` still needs to wait for its processes."""
-    for tracker in accelerator.trackers:
-        tracker.finish()
-
-
-def _flat(config: dict) -> dict:
-    """Tracker parameters: numbers, strings and booleans as they are; lists and None as their text."""
-    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in config.items()}
 
 
 @contextmanager

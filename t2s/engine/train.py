@@ -26,7 +26,7 @@ import torch
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
-from t2s.config import Config, from_dict
+from t2s.config import Config, check_trackers, from_dict
 from t2s.engine.checkpoint import (
     find_resume_point,
     list_checkpoints,
@@ -37,7 +37,8 @@ from t2s.engine.checkpoint import (
     write_final_weights,
 )
 from t2s.engine.logs import LogWindow, RunLog, check_finite, record_start, summarize
-from t2s.engine.runtime import StopSignals, eval_mode, finish_trackers, now, size_threads, start_trackers, use_cpu
+from t2s.engine.runtime import StopSignals, eval_mode, now, size_threads, use_cpu
+from t2s.engine.trackers import finish_trackers, log_samples, start_trackers
 from t2s.engine.step import Engine
 from t2s.pipeline import TextToSignPipeline
 from t2s.rundir import RunDir, atomic_write_json, read_json, truncate_rows_after
@@ -107,6 +108,7 @@ class Trainer:
             self.samples()
         self.log.progress("trained", e.step, e.total_steps, epoch=e.epoch)
         self.log.close()
+        log_samples(e.accelerator, self.run)
         finish_trackers(e.accelerator)
         return final_val
 
@@ -291,6 +293,7 @@ def train(config: Config, run_dir: Union[str, Path], progress: bool = True,
     """
     if not isinstance(config, Config):
         config = from_dict(dict(config))
+    check_trackers(config)  # before the run directory is made
     state = PartialState(cpu=use_cpu())  # joins the process group of a multi-process launch (a no-op alone)
     # the CPUs this process may use (affinity, cgroup quota, ablate's share), split among a launch's local processes
     size_threads(state.num_processes if state.device.type == "cpu" else 1)

@@ -131,6 +131,7 @@ from t2s.data.video import to_clip
 from t2s.diffusion import build_train_scheduler, held_out_loss
 from t2s.engine.checkpoint import list_checkpoints, load_run_weights
 from t2s.engine.runtime import PeakMemory, run_autocast, size_threads, sync
+from t2s.engine.trackers import publish_evaluation
 from t2s.eval import backtranslate
 from t2s.eval.captions import EvaluationClip, evaluation_clips
 from t2s.eval.compare import back_translation_metrics, caption_dependence, compare_clips, sign_fidelity_by_group
@@ -468,17 +469,24 @@ def _gif_entry(clip: EvaluationClip, index: int, weights: str, readings: Optiona
             "glosses": " ".join(clip.glosses), "reading": None if readings is None else " ".join(readings[index])}
 
 
-def _write_results(run: RunDir, rows: list[dict], gif_entries: list[dict], gif_clips: dict, step: int,
-                   part: str, tensorboard: bool = True) -> None:
+def _write_results(run: RunDir, cfg: Config, rows: list[dict], gif_entries: list[dict], gif_clips: dict, step: int,
+                   part: str) -> None:
     """The rows merged into the run's earlier ones of this part (a weight set not evaluated keeps its row), the GIFs,
-    TensorBoard (the test part, when the run's `trackers` list it)."""
+    and the trackers (`publish`)."""
     old = read_json(run.evaluation_paths(part)[1], []) or []
     all_rows = _merge(old if isinstance(old, list) else [], rows, "weights")
     all_rows.sort(key=lambda r: {"raw": 0, "ema": 1}.get(r.get("weights"), 2))
-    write_rows(run, all_rows, part)
     _write_gifs(run, gif_entries, gif_clips, part)
-    if tensorboard and part == "test":
+    publish(run, cfg, rows, step, part)
+    write_rows(run, all_rows, part)  # last: the rows say the evaluation is complete (`RunDir.complete`)
+
+
+def publish(run: RunDir, cfg: Config, rows: list[dict], step: int, part: str = "test") -> None:
+    """An evaluation's rows to the run's TensorBoard folder (the test part, when `trackers` lists tensorboard) and its
+    numbers, clips and index to the other trackers (`t2s.engine.trackers.publish_evaluation`)."""
+    if "tensorboard" in cfg.trackers and part == "test":
         _log_tensorboard(run, rows, step)
+    publish_evaluation(cfg, run, rows, step, run.evaluation_paths(part)[2], part)
 
 
 def _evaluation(run: RunDir, cfg: Config, dev: torch.device, part: str, n_wanted: int, num_clips: Optional[int],
@@ -540,6 +548,6 @@ def evaluate_run(
             gif_clips.update({RunDir.evaluation_gif_name(w, i): generated[i] for i in range(n)})
     finally:
         bar.close()
-    _write_results(run, rows, gif_entries, gif_clips, checkpoint["step"], part, "tensorboard" in cfg.trackers)
+    _write_results(run, cfg, rows, gif_entries, gif_clips, checkpoint["step"], part)
     bar.write("evaluated")
     return rows

@@ -39,7 +39,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from t2s.config import DEFAULT_VARIANTS, ConfigError
-from t2s.rundir import FAILURES_FILE
+from t2s.rundir import FAILURES_FILE, RunDir
 from t2s.study import export
 from t2s.study.executors import SlurmOptions, check_slurm_available, run_with_submitit
 from t2s.study.export import ReportError, report_command
@@ -52,6 +52,7 @@ from t2s.study.runs import (
     RunPlan,
     normalize_overrides,
     plan_study,
+    resume_point,
     run_planned,
     run_status,
     say,
@@ -233,9 +234,9 @@ def _skip_or_prepare(plans: list, force: bool, failures: "FailureLog", log) -> t
     outcomes, todo = {}, []
     for i, plan in enumerate(plans, 1):
         status = run_status(plan.run_dir)
-        if status == "finished" and not force:
+        if RunDir(plan.run_dir).complete and not force:
             outcomes[plan.name] = RunOutcome(plan.name, plan.variant, plan.seed, "skipped", plan.notebook)
-            log(f"[{i}/{len(plans)}] {plan.name}: skipped (already finished; force reruns it)")
+            log(f"[{i}/{len(plans)}] {plan.name}: skipped (already trained and evaluated; force reruns it)")
             continue
         if force and (plan.run_dir.exists() or plan.notebook.exists()):
             moved = _move_aside(plan)
@@ -243,7 +244,7 @@ def _skip_or_prepare(plans: list, force: bool, failures: "FailureLog", log) -> t
             if moved:
                 log(f"[{i}/{len(plans)}] {plan.name}: previous run moved to {shown_path(moved)}")
         elif status is not None:
-            log(f"[{i}/{len(plans)}] {plan.name}: was {status}; train() resumes it from its latest checkpoint")
+            log(f"[{i}/{len(plans)}] {plan.name}: {resume_point(plan)}")
         todo.append((i, plan))
     return outcomes, todo
 

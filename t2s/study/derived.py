@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 import pandas as pd
+from torch.utils.tensorboard import SummaryWriter
 
 from t2s.config import Config, load_config_file
 from t2s.engine.checkpoint import (
@@ -37,7 +38,8 @@ from t2s.engine.checkpoint import (
 from t2s.engine.logs import ema_summary
 from t2s.engine.runtime import now
 from t2s.engine.train import RunResult, train
-from t2s.eval.evaluate import evaluate_run, write_rows
+from t2s.engine.trackers import publish_derived
+from t2s.eval.evaluate import evaluate_run, publish, write_rows
 from t2s.rundir import CAPTION_SPLITS, RunDir, atomic_write_json, read_json
 
 # Keys that do not change the raw weights' training trajectory (nor the data, the split or the held-out loss).
@@ -127,14 +129,35 @@ def derive_run(config: Config, run: RunDir, provider: RunDir) -> dict:
     atomic_write_json(run.samples_json, samples)
     summary = {**read_json(provider.summary, {}), "val_loss_ema": None, **ema_summary(None, step)}
     atomic_write_json(run.summary, summary)
-    theirs = read_json(provider.metadata, {})
+    theirs = {k: v for k, v in read_json(provider.metadata, {}).items() if k != "tracker_runs"}  # its own runs
     shared = {"from": provider.root.name, "checkpoint": path.name, "step": step,
               "differing_keys": sorted(differing_keys(config.to_dict(), read_json(provider.config, {})))}
     run.update_metadata(**{**theirs, "status": "finished", "error": None, "start_time": now(), "end_time": now(),
                            "resumed_from": None, "weights_from": str(provider.root), "shared_training": shared,
                            "final_weights": digests})
+    _publish_training(config, run, provider)
     run.write_progress("trained", step, step, "step")  # evaluation next, as a trained run
     return summary
+
+
+def _publish_training(config: Config, run: RunDir, provider: RunDir) -> None:
+    """The derived run in TensorBoard (its own folder: the shared training and validation scalars, and a note of where
+    they come from, when `trackers` lists tensorboard) and in the other trackers (`publish_derived`)."""
+    rows = {"train": pd.read_csv(run.training_csv).to_dict("records") if run.training_csv.exists() else [],
+            "val": pd.read_csv(run.validation_csv).to_dict("records") if run.validation_csv.exists() else []}
+    if "tensorboard" in config.trackers:
+        writer = SummaryWriter(str(run.tensorboard))
+        try:
+            writer.add_text("derived_from", f"{run.root.name} shares the training of {provider.root.name}: these are "
+                                            f"that run's scalars (t2s.study.derived)", 0)
+            for row in rows["train"]:
+                writer.add_scalar("train/loss", row["loss"], int(row["step"]))
+                writer.add_scalar("train/lr", row["lr"], int(row["step"]))
+            for row in rows["val"]:
+                writer.add_scalar("val/loss_raw", row["val_loss_raw"], int(row["step"]))
+        finally:
+            writer.close()
+    publish_derived(config, run, provider, rows)
 
 
 def reuse_evaluation(run: RunDir, config: Config, weights: list) -> Optional[list]:
@@ -166,7 +189,12 @@ def train_or_derive(config: Config, run_dir: Union[str, Path], weights_from: Opt
     """Train one variant into `run_dir` (`t2s.engine.train.train`), or, when `weights_from` names a finished run
     whose training this config shares, derive `run_dir` from it (`take_shared`): nothing is trained, and
     metadata.json says so. A run that cannot be shared (unfinished, another training config) trains itself, after
-    saying why."""
+    saying why. A run already trained (a study interrupted before its evaluation) is returned as it is: the study
+    evaluates it next."""
+    run = RunDir(run_dir)
+    if run.status == "finished":
+        print(f"{run.root.name} is trained already (it stopped before its evaluation): evaluating it")
+        return RunResult(run.root, read_json(run.summary, {}), "finished")
     if weights_from is not None:
         shared = take_shared(config, RunDir(run_dir), RunDir(weights_from))
         if shared is not None:
@@ -182,8 +210,10 @@ def evaluate_or_reuse(run_dir: Union[str, Path], **options) -> list[dict]:
     defaults = (all(options.get(k) is None for k in ("num_clips", "num_inference_steps", "guidance_scale"))
                 and options.get("part", "test") == "test" and options.get("weights") in (None, ["raw"]))
     if defaults and run.config.is_file():
-        reused = reuse_evaluation(run, load_config_file(run.config), ["raw"])
+        cfg = load_config_file(run.config)
+        reused = reuse_evaluation(run, cfg, ["raw"])
         if reused is not None:
+            publish(run, cfg, reused, int((run.read_metadata().get("shared_training") or {}).get("step") or 0))
             write_rows(run, reused)
             clips = sum(int(reused[0].get(f"num_clips_{split}") or 0) for split in CAPTION_SPLITS)
             run.write_progress("evaluated", clips, clips, "clip", weights="raw")

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,7 @@ from papermill.exceptions import PapermillExecutionError
 from traitlets import default
 
 from t2s.config import PARAMS_DIR, PROJECT_ROOT, ConfigError, load_config, parse_override
+from t2s.engine.checkpoint import list_checkpoints
 from t2s.engine.runtime import share_cpus_env
 from t2s.rundir import FAILURES_FILE, STUDY_FILE, RunDir, atomic_write_json, read_json
 from t2s.study.derived import find_provider
@@ -158,6 +160,35 @@ def run_status(run_dir: Path) -> Optional[str]:
     return read_json(RunDir(run_dir).metadata, {}).get("status")
 
 
+def resume_point(plan: "RunPlan") -> str:
+    """What running an incomplete run again does, in words: evaluate it (trained), resume it from its newest intact
+    checkpoint, or start it (no checkpoint). Read only: the resume itself checks and indexes the files
+    (`t2s.engine.checkpoint.reconcile_checkpoints`)."""
+    run = RunDir(plan.run_dir)
+    status = run.status
+    if status == "finished":
+        return "trained but not evaluated: evaluates it"
+    indexed = list_checkpoints(run)
+    unindexed = [p for p in run.checkpoints.glob("*.pt") if p.name not in {e["file"] for e in indexed}] \
+        if run.checkpoints.is_dir() else []
+    if unindexed:
+        return (f"was {status or 'started'}: resumes from its newest intact checkpoint ({len(unindexed)} written "
+                f"but not yet indexed are checked first)")
+    if indexed:
+        newest = indexed[-1]
+        return f"was {status or 'started'}: resumes from optimizer step {newest['step']} (checkpoints/{newest['file']})"
+    return f"was {status or 'started'} before its first checkpoint: starts it again from step 0"
+
+
+def mark_interrupted(plan: "RunPlan", why: str) -> None:
+    """metadata.json of a run stopped by a signal says so ("interrupted"), unless the run itself already said it
+    finished or was interrupted."""
+    run = RunDir(plan.run_dir)
+    meta = run.read_metadata()
+    if meta and meta.get("status") in (None, "running"):
+        run.update_metadata(status="interrupted", error=why, end_time=utc_now())
+
+
 def update_study_file(study_dir: Path, study: str, plans: list, scale: str, overrides: dict) -> None:
     """study.json: the variants and seeds asked for (merged with earlier calls), so a report can tell what is missing."""
     path = study_dir / STUDY_FILE
@@ -235,6 +266,13 @@ class NotebookFailed(Exception):
         self.error = error
 
 
+class RunInterrupted(Exception):
+    """The run's notebook was stopped by a signal (Ctrl-C, SIGTERM): an interruption, not a failure."""
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 # ----------------------------------------------------------------------------------------------- executing
 IPC_PATH_MAX = 90  # a Unix socket's path must fit in about 107 bytes; the kernel's adds "-<port>"
 
@@ -299,6 +337,8 @@ def execute_in_subprocess(plan: RunPlan, gpu: Optional[str], jobs_at_once: int =
     process = subprocess.run(command, env=env, capture_output=True, text=True)
     if process.returncode != 0:
         found = error_from_notebook(plan.notebook)
+        if -process.returncode in STOP_SIGNALS or (found and found["ename"] == "KeyboardInterrupt"):
+            raise RunInterrupted(f"papermill stopped by signal {-process.returncode}")
         tail = "\n".join((process.stderr or "").strip().splitlines()[-30:])
         if found:
             raise NotebookFailed(error_record(plan, found["ename"], found["evalue"], found["traceback"],
@@ -339,7 +379,17 @@ def _run_one(plan: RunPlan, gpu: Optional[str], failures: FailureLog, jobs_at_on
             execute_in_process(plan)
         else:
             execute_in_subprocess(plan, gpu, jobs_at_once)
+    except KeyboardInterrupt:  # Ctrl-C in this process: the study stops, the run is interrupted (resumed next time)
+        mark_interrupted(plan, "KeyboardInterrupt: the study was interrupted")
+        raise
+    except RunInterrupted as exc:
+        mark_interrupted(plan, f"interrupted: {exc}")
+        return RunOutcome(plan.name, plan.variant, plan.seed, "interrupted", plan.notebook, time.monotonic() - started)
     except PapermillExecutionError as exc:
+        if exc.ename == "KeyboardInterrupt":
+            mark_interrupted(plan, "KeyboardInterrupt in the notebook")
+            return RunOutcome(plan.name, plan.variant, plan.seed, "interrupted", plan.notebook,
+                              time.monotonic() - started)
         error = error_record(plan, exc.ename, exc.evalue, "\n".join(exc.traceback or []), exc.cell_index, exc.source)
     except NotebookFailed as exc:
         error = exc.error
@@ -371,8 +421,8 @@ def run_planned(plan: RunPlan, index: int, total: int, forced: bool = False, gpu
         if not held:
             log(f"{tag}: skipped: another ablate of this study is running it (lock {shown_path(lock_path(plan))})")
             return RunOutcome(plan.name, plan.variant, plan.seed, "locked", plan.notebook)
-        if run_status(plan.run_dir) == "finished" and not forced:
-            log(f"{tag}: skipped (finished meanwhile by another ablate)")
+        if RunDir(plan.run_dir).complete and not forced:
+            log(f"{tag}: skipped (completed meanwhile by another ablate)")
             return RunOutcome(plan.name, plan.variant, plan.seed, "skipped", plan.notebook)
         on = f" on GPU {gpu}" if gpu is not None else ""
         log(f"{tag}: started{on} at {datetime.now():%H:%M:%S}")

@@ -28,6 +28,7 @@ import numpy as np
 
 from t2s.config import PROJECT_ROOT, Config
 from t2s.data.video import write_gif
+from t2s.rundir import umask
 from t2s.synthsign import glosses
 from t2s.synthsign import signer as synthsign
 
@@ -112,7 +113,7 @@ def generate_synthsign(target: Path, params: dict) -> Path:
     plan = synthsign_plan(params["num_clips"], params["num_signers"], params["prompts"], params["seed"])
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
+        tmp.chmod(0o777 & ~umask())  # mkdtemp makes it private; the cache is an ordinary folder
         keypoints = _render_all(tmp, params, plan)
         np.savez(tmp / "keypoints.npz", ids=np.array([c["id"] for c in plan]), keypoints=keypoints)
         (tmp / "manifest.json").write_text(json.dumps({"params": params, "clips": plan}, indent=1), encoding="utf-8")

@@ -15,7 +15,7 @@ Conventions
 * Metric functions return plain floats. Loaders of pretrained networks return ``(model | None, status)``:
   a metric whose network cannot be loaded is reported as ``None`` with that status, never a stand-in number.
 
-The rooms, in reading order (each imports only those before it; none imports the rest of t2s):
+The rooms, in reading order (each imports only those before it; of the rest of t2s only `t2s.rundir`):
     files           weights files: SHA-256, the download policy (T2S_OFFLINE, a quick network probe), downloads kept
                     only when they match a pinned hash, strict state dicts
     video_features  I3D: architecture, loading (TorchScript or state dict), preprocessing, features

@@ -26,6 +26,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from t2s.rundir import umask
+
 
 def sha256_file(path, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's bytes."""
@@ -115,6 +117,7 @@ def _download(url: str, dest: Path, timeout: float, sha256: str) -> Optional[str
             os.remove(part)
             pinned = f"the pinned {sha256}" if len(sha256) == 64 else f"one starting with the pinned prefix {sha256}"
             return f"the file downloaded from {url} has SHA-256 {got}, not {pinned}; it was deleted"
+        os.chmod(part, 0o666 & ~umask())  # an ordinary file, as the user's umask makes them (the .part was private)
         os.replace(part, dest)
         return None
     except Exception as error:  # network, HTTP or filesystem error: all mean "not available"
