@@ -228,6 +228,7 @@ def cmd_ablate(args) -> int:
             jobs=_jobs(args.jobs, gpus, args.executor), build_report=not args.no_report,
         )
     except KeyboardInterrupt:  # with submitit, run_study has said what keeps running and how to build the report
+        _ignore_further_interrupts(getattr(args, "standalone", False))
         if args.executor == "default":
             print("interrupted: run the same command again to resume (finished runs are skipped, an unfinished one "
                   "resumes from its latest checkpoint)", file=sys.stderr)
@@ -572,11 +573,24 @@ def _add_bench(sub) -> None:
     sp.set_defaults(func=cmd_bench)
 
 
-def main(argv=None) -> int:
+def _ignore_further_interrupts(standalone: bool) -> None:
+    """The process is ending after a Ctrl-C and everything it wrote is consistent: a second Ctrl-C (a terminal sends
+    one to the whole group, users press twice) would only turn the clean exit 130 into a traceback or a death by
+    signal during the interpreter's shutdown. (Not when main is called in a process that goes on, e.g. a test.)"""
+    if standalone:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def main(argv=None, standalone: bool = False) -> int:
+    """The command line; `standalone` when the process ends as main returns (`python -m t2s`)."""
     args = build_parser().parse_args(argv)
+    args.standalone = standalone
     try:
         return args.func(args)
     except KeyboardInterrupt:  # Ctrl-C before or between the command's own handling of it: say so, no traceback
+        _ignore_further_interrupts(standalone)
         print("interrupted: run the same command again to go on (finished work is kept, a run resumes from its "
               "newest checkpoint)", file=sys.stderr)
         return 130
