@@ -272,7 +272,8 @@ def cmd_evaluate(args) -> int:
 
     rows = evaluate_or_reuse(args.run_dir, num_clips=args.num_clips, weights=args.weights, device=args.device,
                         num_inference_steps=args.steps, batch_size=args.batch_size, part=args.part,
-                        guidance_scale=args.guidance)
+                        guidance_scale=args.guidance, fvd_num_generated=args.fvd_clips,
+                        fvd_real_split=args.fvd_real_split)
     identity = {"model_name", "config_name", "weights", "timestamp", "feature_weights_sha256"}
     shown = [c for c in EVALUATION_COLUMNS if c not in identity and not c.endswith("_status")]
     for row in rows:
@@ -512,6 +513,11 @@ def _add_run_commands(sub) -> None:
     sp.add_argument("--part", choices=["test", "dev"], default="test",
                     help="test: the part the report scores (default); dev: the development part, for choosing settings "
                          "(logs/evaluation_metrics_dev.*); the two share no caption and no signer")
+    sp.add_argument("--fvd-clips", type=positive_int, metavar="N",
+                    help="FVD/KVD's generated clips, and at most as many real ones (default: the run's "
+                         "fvd_num_generated; 2048 is StyleGAN-V's protocol; docs/evaluation.md)")
+    sp.add_argument("--fvd-real-split", choices=["train", "held_out"],
+                    help="FVD's real clips: the training split (default, as StyleGAN-V) or the evaluation's own")
     sp.add_argument("--device", type=device_argument, help="cpu, cuda, cuda:1 (default: cuda when available)")
     sp.set_defaults(func=cmd_evaluate)
 

@@ -38,6 +38,7 @@ CHOICES: dict[str, tuple] = {
     "channels_last": ("auto", True, False),
     "dataset": ("synthsign", "folder", "manifest", "phoenix14t", "how2sign"),
     "split_mode": ("signer_disjoint", "random", "official"),
+    "fvd_real_split": ("train", "held_out"),
 }
 
 # Where training scalars may go (`trackers`): the run's own TensorBoard folder, and accelerate's trackers.
@@ -86,7 +87,7 @@ RANGES: dict[str, tuple] = {
     "val_num_timesteps": (1, None, True, True),
     "eval_num_clips": (1, None, True, True),
     "eval_batch_size": (1, None, True, True),
-    "fvd_min_clips": (2, None, True, True),
+    "fvd_num_generated": (2, None, True, True),
     "bt_train_frames": (1, None, True, True),
     "bt_epochs": (1, None, True, True),
 }
@@ -196,13 +197,14 @@ class Config:
     val_num_timesteps: int = 4
     eval_num_clips: int = 8  # an upper bound: evaluation uses at most the validation split's decodable clips
     eval_batch_size: int = 8  # clips sampled together in evaluation; each still comes from its own seed (t2s.pipeline)
-    # FVD is null below this many clips per set (KVD, unbiased, is reported at any n >= 2). The I3D features are
-    # 400-d logits, so a covariance from n clips has rank <= n - 1: below 401 = 400 + 1 clips both covariances are
-    # singular, the Fréchet distance's trace term is fitted on a subspace, and a collapsed generator can score better
-    # than a faithful one. 401 is the least n at which the covariance can be full rank. FVD stays biased by n above
-    # it, so numbers comparable with published FVDs also need the published protocol: StyleGAN-V (Skorokhodov et al.
-    # 2022) fixes 2048 clips of 16 frames; Unterthiner et al. (2018) define FVD on these 400-d logits.
-    fvd_min_clips: int = 401
+    # FVD and KVD to StyleGAN-V's protocol (docs/evaluation.md, "FVD and KVD"): fvd_num_generated clips sampled from
+    # the evaluation captions (the seen and novel clips first, then more of each caption with new seeds), compared with
+    # up to as many real clips of fvd_real_split: "train" (the training split, as StyleGAN-V draws real clips from the
+    # data set; the default) or "held_out" (the evaluation's own real clips, of held-out signers). StyleGAN-V's
+    # fvd2048_16f: 2048 of each. FVD is judged from t2s.eval.metrics.validity.FVD_JUDGED_MIN_CLIPS clips per set (a
+    # simulation's answer) and descriptive, with its n, below; KVD is judged at every n with its standard error.
+    fvd_num_generated: int = 2048
+    fvd_real_split: str = "train"
     # The back-translation recognizer (t2s/backtranslate.py; synthsign only): trained once per data and split on
     # ceil(bt_train_frames / num_frames) clips rendered for it (training-split signers, no held-out caption), for
     # bt_epochs epochs from bt_seed, then cached. Evaluation only: never changes training.
@@ -358,18 +360,22 @@ def _check_range(cfg: Config, source: str) -> None:
 
 # Keys earlier versions had, with the value that meant "off": a config that holds one switched off (an older run's
 # config.json) loads without it; one that switches it on is refused with the reason.
-RETIRED_KEYS = {"hand_pose": False, "hand_pose_pretrain_steps": 0, "hand_pose_lr": None}
-RETIRED_WHY = ("the hand-pose stage was removed: its glove layer painted the gloves over the denoiser's output, so the "
-               "text-following metrics measured a regression head, not the video model (a run trained with it cannot be "
-               "loaded by this version; remove the key from the params file)")
+_HAND_POSE = ("the hand-pose stage was removed: its glove layer painted the gloves over the denoiser's output, so the "
+              "text-following metrics measured a regression head, not the video model (a run trained with it cannot be "
+              "loaded by this version; remove the key from the params file)")
+_FVD_MIN = ("FVD is now computed on fvd_num_generated generated clips and judged from the clip count a simulation "
+            "gives (t2s.eval.metrics.validity, docs/evaluation.md); set fvd_num_generated instead")
+# Keys this version no longer has: {key: (the value a run written before loads with, why)}; another value is refused.
+RETIRED_KEYS = {"hand_pose": (False, _HAND_POSE), "hand_pose_pretrain_steps": (0, _HAND_POSE),
+                "hand_pose_lr": (None, _HAND_POSE), "fvd_min_clips": (401, _FVD_MIN)}
 
 
 def _without_retired(data: dict, source: str) -> dict:
     """`data` without retired keys that hold their "off" value; a retired key switched on is a ConfigError."""
     where = f"{source}: " if source else ""
-    for key, off in RETIRED_KEYS.items():
+    for key, (off, why) in RETIRED_KEYS.items():
         if key in data and data[key] != off:
-            raise ConfigError(f"{where}key '{key}' is no longer supported: {RETIRED_WHY}")
+            raise ConfigError(f"{where}key '{key}' is no longer supported: {why}")
     return {k: v for k, v in data.items() if k not in RETIRED_KEYS}
 
 
@@ -377,7 +383,7 @@ def _check_keys(data: dict, source: str) -> None:
     where = f"{source}: " if source else ""
     for key in data:
         if key in RETIRED_KEYS:
-            raise ConfigError(f"{where}key '{key}' is no longer supported: {RETIRED_WHY}")
+            raise ConfigError(f"{where}key '{key}' is no longer supported: {RETIRED_KEYS[key][1]}")
         if key not in FIELD_TYPES:
             close = difflib.get_close_matches(str(key), list(FIELD_TYPES), n=1, cutoff=0.5)
             hint = f"; did you mean '{close[0]}'?" if close else "; see t2s/config.py for the valid keys"

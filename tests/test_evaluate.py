@@ -33,10 +33,12 @@ from t2s.synthsign.glosses import gloss_sequence
 
 # The column set the issue asks for, written out here so the module's constant cannot drift from it silently.
 EXPECTED_COLUMNS = [
-    "model_name", "config_name", "weights", "fvd", "kvd", "kvd_std", "lpips", "ssim", "psnr", "temporal_consistency",
+    "model_name", "config_name", "weights", "fvd", "fvd_judged", "kvd", "kvd_std", "fvd_num_generated", "fvd_num_real",
+    "fvd_real_set", "lpips", "ssim", "psnr", "temporal_consistency",
     "temporal_consistency_real", "motion_magnitude", "motion_magnitude_real", "dtw_error", "dtw_error_shuffled",
     "dtw_gap", "dtw_gap_low", "dtw_gap_high", "dtw_gap_seen", "dtw_gap_seen_low", "dtw_gap_seen_high", "dtw_gap_unseen",
-    "dtw_gap_unseen_low", "dtw_gap_unseen_high", "hand_detection_rate", "val_loss", "val_loss_other_caption",
+    "dtw_gap_unseen_low", "dtw_gap_unseen_high", "dtw_clips", "hand_detection_rate", "hand_detection_rate_low",
+    "hand_detection_rate_high", "val_loss", "val_loss_other_caption",
     "caption_dependence", "inference_time_ms",
     "inference_memory_gb", "num_parameters_millions", "eval_part", "eval_signers", "num_inference_steps",
     "guidance_scale", "num_clips", "feature_extractor", "feature_weights_sha256",
@@ -179,11 +181,16 @@ def test_missing_metric_weights_give_null_and_a_status_saying_how_to_provide_the
         assert row["feature_extractor"] == "" and row["feature_weights_sha256"] == ""
         assert row["lpips"] == "" and json_row["lpips"] is None
         assert "T2S_LPIPS_BACKBONE" in row["lpips_status"] and "alexnet-owt-7be5be79.pth" in row["lpips_status"]
-        # every clip is scored whether or not a hand was found (a missing hand costs 1 image width per frame)
-        for metric in ("ssim", "psnr", "hand_detection_rate", "dtw_error", "dtw_error_shuffled"):
+        for metric in ("ssim", "psnr", "hand_detection_rate"):
             assert row[f"{metric}_status"] == "ok", metric
             assert math.isfinite(float(row[metric])), metric
-        assert row["dtw_gap"] == "" and "at least 5" in row["dtw_gap_status"]  # 2 clips: no bootstrap interval
+        # the position error needs found hands: with none (an 8-step micro model) it is null and says so
+        for metric in ("dtw_error", "dtw_error_shuffled"):
+            if int(row["dtw_clips"]) == 0:
+                assert row[metric] == "" and "no hand was found" in row[f"{metric}_status"], metric
+            else:
+                assert row[f"{metric}_status"] == "ok" and math.isfinite(float(row[metric])), metric
+        assert row["dtw_gap"] == "" and row["dtw_gap_status"] != "ok"  # 2 clips: no bootstrap interval
         # micro's 2 evaluation clips: 1 seen and 1 novel caption (no floor without 2 captions), no paraphrase
         for score in ("bleu4", "wer", "exact"):
             for split in ("seen", "novel"):
@@ -208,10 +215,9 @@ def test_sign_fidelity_on_synthsign_is_a_finite_number_that_sees_the_caption(mic
     rows = evaluate_run(micro_run, weights=["raw"], progress=False)
     row = rows[0]
     assert row["hand_detection_rate"] > 0.5  # 16x16 micro frames: a glove can be too small to count in a few
-    # Each glove the colour finder misses costs 1 image width in its frame, so the oracle's error is at most the miss
-    # rate (its frame-by-frame path costs that; DTW only finds cheaper ones) plus small offsets (a caption signed by
-    # several signers maps to one of their clips).
-    assert row["dtw_error_status"] == "ok" and 0 <= row["dtw_error"] <= 1 - row["hand_detection_rate"] + 0.05
+    # The position error over the found hands: small offsets only (a caption signed by several signers maps to one of
+    # their clips), whatever the miss rate.
+    assert row["dtw_error_status"] == "ok" and 0 <= row["dtw_error"] <= 0.05 and row["dtw_clips"] == 2
     assert isinstance(row["dtw_error_shuffled"], float) and row["dtw_error_shuffled"] > row["dtw_error"]
     # micro evaluates 2 clips: too few for the gap's bootstrap interval, so the gap is null and says why
     assert row["dtw_gap"] is None and "at least 5" in row["dtw_gap_status"]
@@ -316,8 +322,13 @@ def test_gifs_index_and_tensorboard_scalars_are_written(evaluated):
     assert events.Scalars("eval/raw/val_loss")[-1].step == 8  # the final weights' step, from their metadata
 
 
-def test_with_metric_weights_kvd_and_lpips_are_finite_and_fvd_waits_for_enough_clips(micro_run, weight_files, tmp_path,
-                                                                                    monkeypatch):
+def test_with_metric_weights_fvd_follows_the_protocol_and_rows_carry_its_counts_and_real_set(micro_run, weight_files,
+                                                                                           tmp_path, monkeypatch):
+    """FVD/KVD to StyleGAN-V's protocol at micro size: fvd_num_generated (micro: 4) generated clips, the evaluation's 2
+    and 2 more sampled for it, against as many clips of the training split; the CLI's --fvd-clips and
+    --fvd-real-split override the run's config."""
+    from t2s.cli import main
+
     run_dir = copy_run(micro_run, tmp_path / "baseline-seed0")
     isolate_metric_weights(monkeypatch, tmp_path)
     monkeypatch.setenv("T2S_I3D_WEIGHTS", str(weight_files[0]))  # the user's route: environment variables
@@ -325,23 +336,25 @@ def test_with_metric_weights_kvd_and_lpips_are_finite_and_fvd_waits_for_enough_c
     rows = evaluate_run(run_dir, weights=["raw"], progress=False)
     assert [r["weights"] for r in rows] == ["raw"]
     row = rows[0]
-    assert row["num_clips"] == 2  # micro: below fvd_min_clips (401), so FVD is null and says why
-    assert row["fvd"] is None and "fvd_min_clips = 401" in row["fvd_status"] and "got 2" in row["fvd_status"]
-    for metric in ("kvd", "lpips"):
+    assert row["num_clips"] == 2
+    assert row["fvd_num_generated"] == 4 and row["fvd_num_real"] == 4
+    assert row["fvd_real_set"].startswith("train: 4 of the training split's 20 clips")
+    assert row["fvd_status"] == "ok" and math.isfinite(row["fvd"]) and row["fvd_judged"] is False  # descriptive
+    for metric in ("kvd", "lpips", "kvd_std"):
         assert row[f"{metric}_status"] == "ok"
         assert isinstance(row[metric], float) and math.isfinite(row[metric])
     assert row["lpips"] > 0
-    assert row["kvd_std"] is None and "at least 4 clips" in row["kvd_std_status"]
     assert row["feature_extractor"] == STATE_DICT_OTHER
     assert row["feature_weights_sha256"] == hashlib.sha256(weight_files[0].read_bytes()).hexdigest()
     _, csv_rows = read_evaluation_csv(run_dir)
     assert float(csv_rows[0]["kvd"]) == pytest.approx(row["kvd"])
     assert csv_rows[0]["feature_weights_sha256"] == row["feature_weights_sha256"]
-    # the run's own fvd_min_clips decides: lowered to the two clips there are, FVD is computed
-    config = json.loads((run_dir / "config.json").read_text())
-    (run_dir / "config.json").write_text(json.dumps({**config, "fvd_min_clips": 2}))
-    row = evaluate_run(run_dir, weights=["raw"], progress=False)[0]
-    assert row["fvd_status"] == "ok" and math.isfinite(row["fvd"]) and row["fvd"] > 0
+    assert csv_rows[0]["fvd_real_set"] == row["fvd_real_set"] and int(csv_rows[0]["fvd_num_generated"]) == 4
+    # the command line: 6 generated clips against the evaluation's own real clips (2 of them)
+    assert main(["evaluate", str(run_dir), "--weights", "raw", "--fvd-clips", "6", "--fvd-real-split", "held_out"]) == 0
+    row = json.loads((run_dir / "logs" / "evaluation_metrics.json").read_text())[0]
+    assert row["fvd_num_generated"] == 6 and row["fvd_num_real"] == 2 and row["fvd_real_set"].startswith("held_out")
+    assert row["kvd_std"] is None and "at least 4 clips" in row["kvd_std_status"]
 
 
 def test_a_run_without_ema_yields_only_a_raw_row(micro_run, tmp_path, monkeypatch):
@@ -387,8 +400,9 @@ def test_an_oracle_model_scores_perfectly_so_clips_captions_and_ground_truth_lin
     assert (row["num_clips"], row["num_clips_seen"], row["num_clips_novel"], row["num_clips_paraphrase"]) == (6, 4, 2, 3)
     assert row["ssim"] == pytest.approx(1.0, abs=1e-9) and row["psnr"] == pytest.approx(PSNR_CAP_DB)
     assert row["motion_magnitude"] == row["motion_magnitude_real"]
-    # at 16x16 a few small gloves are missed by the colour finder, each costing 1 image width in its frame
-    assert row["dtw_error"] <= 1 - row["hand_detection_rate"] + 1e-9 < row["dtw_error_shuffled"]
+    # at 16x16 a few small gloves are missed by the colour finder, and a found glove's centre is within a pixel of its
+    # keypoint (1/16 image width); the control is far off
+    assert row["hand_detection_rate"] < 1 and row["dtw_error"] < 1 / 16 < row["dtw_error_shuffled"]
     # one warm-up clip, then every clip in one batched call, each from its seed, with the run's sampling settings
     cfg = json.loads((run_dir / "config.json").read_text())
     warm_up, sampled = calls
@@ -434,8 +448,7 @@ def test_real_clips_against_themselves_score_perfectly(rendered, weight_files):
     real, keypoints = rendered
     lpips_model, lpips_status = load_lpips("alex", weights_dir=weight_files[1])
     assert lpips_model is not None, lpips_status
-    # I3D on the CPU costs seconds per clip: FVD/KVD of real I3D sets are tested in test_metrics; here it is skipped
-    out = compare_clips(real, real, keypoints, CAPTIONS, None, "I3D skipped", lpips_model, lpips_status)
+    out = compare_clips(real, real, keypoints, CAPTIONS, lpips_model, lpips_status)
     assert out["ssim"] == pytest.approx(1.0, abs=1e-9)
     assert out["psnr"] == pytest.approx(PSNR_CAP_DB)
     assert out["lpips"] == pytest.approx(0.0, abs=1e-6)
@@ -444,14 +457,12 @@ def test_real_clips_against_themselves_score_perfectly(rendered, weight_files):
     assert out["temporal_consistency"] == out["temporal_consistency_real"]
     # the control: clips of other captions against this caption's ground truth are far off
     assert out["dtw_error_shuffled"] > 0.02
-    assert out["dtw_gap"] is None and "at least 5 evaluation clips, got 4" in out["dtw_gap_status"]
-    unavailable = ("fvd", "kvd", "kvd_std", "dtw_gap")
-    # back-translation and caption dependence (a held-out loss): evaluate_run's, not compare_clips'
+    assert out["dtw_gap"] is None and "at least 5 evaluation clips with a hand found, got 4" in out["dtw_gap_status"]
+    # back-translation, caption dependence (a held-out loss) and FVD / KVD (set against set): not compare_clips'
     compared = [m for m in STATUS_METRICS if m not in rundir.BT_METRICS and m != "caption_dependence"
-                and m not in ("dtw_gap_seen", "dtw_gap_unseen")]  # per caption group: evaluate_run's
-    assert all(out[f"{m}_status"] == "ok" for m in compared if m not in unavailable)
-    for m in ("fvd", "kvd", "kvd_std"):
-        assert out[m] is None and out[f"{m}_status"] == "I3D skipped"
+                and m not in ("fvd", "kvd", "kvd_std", "dtw_gap_seen", "dtw_gap_unseen")]  # per group: evaluate_run's
+    assert all(out[f"{m}_status"] == "ok" for m in compared if m != "dtw_gap")
+    assert not {"fvd", "kvd", "kvd_std"} & set(out)
 
 
 def test_dtw_error_is_in_image_widths(rendered):
@@ -469,7 +480,8 @@ def test_without_keypoints_sign_fidelity_is_null_with_status(rendered):
     for metric in ("dtw_error", "dtw_error_shuffled", "dtw_gap", "hand_detection_rate"):
         assert out[metric] is None and out[f"{metric}_status"] == NO_KEYPOINTS
     assert out["dtw_gap_low"] is None and out["dtw_gap_high"] is None
-    assert out["fvd"] is None and out["fvd_status"] != "ok"
+    assert out["dtw_clips"] is None and out["hand_detection_rate_low"] is None
+    assert "fvd" not in out  # FVD compares sets: distribution_metrics
     assert out["ssim"] == pytest.approx(1.0, abs=1e-9)
 
 
@@ -530,15 +542,27 @@ def test_identical_clips_for_every_caption_give_a_gap_of_zero(signed):
     assert out["dtw_gap_low"] < 0 < out["dtw_gap_high"]
 
 
-def test_a_clip_without_hands_is_scored_with_the_documented_cost(signed):
+def test_a_clip_without_hands_leaves_the_position_error_and_its_control(signed):
     real, keypoints = signed
     generated = real.clone()
     generated[2] = -1.0  # a black clip: no glove anywhere
     out = compare_clips(generated, real, keypoints, GAP_CAPTIONS)
     assert out["hand_detection_rate"] == pytest.approx(5 / 6)
-    # clips 0, 1, 3, 4, 5 match their ground truth exactly; clip 2 costs 1.0 image width in every frame
-    assert out["dtw_error"] == pytest.approx(1.0 / 6)
-    assert out["dtw_error_status"] == "ok"
+    assert out["hand_detection_rate_low"] < 5 / 6 < out["hand_detection_rate_high"] <= 1.0
+    # clips 0, 1, 3, 4, 5 match their ground truth exactly; clip 2 has no position to measure: it is left out of the
+    # error and of the shuffled control alike (the same as scoring the other five alone)
+    assert out["dtw_error"] == pytest.approx(0.0) and out["dtw_error_status"] == "ok" and out["dtw_clips"] == 5
+    alone = compare_clips(real[[0, 1, 3, 4, 5]], real[[0, 1, 3, 4, 5]], [keypoints[i] for i in (0, 1, 3, 4, 5)],
+                          [GAP_CAPTIONS[i] for i in (0, 1, 3, 4, 5)])
+    assert out["dtw_error_shuffled"] == pytest.approx(alone["dtw_error_shuffled"])
+    assert out["dtw_gap"] == pytest.approx(alone["dtw_gap"])
+
+
+def test_no_hand_anywhere_gives_null_position_errors_with_the_reason():
+    errors = np.full((6, 6), np.nan)
+    out = sign_fidelity(errors, list("abcdef"))
+    assert out["dtw_clips"] == 0 and out["dtw_error"] is None and out["dtw_gap"] is None
+    assert "no hand was found" in out["dtw_error_status"] and "hand_detection_rate" in out["dtw_gap_status"]
 
 
 def test_the_shuffled_control_averages_every_pair_of_different_captions():
@@ -569,18 +593,27 @@ class MeanColourDetector(nn.Module):
         return self.proj(torch.cat([v.mean(dim=(2, 3, 4)), v.std(dim=(2, 3, 4))], dim=1))
 
 
-def test_fvd_is_null_below_fvd_min_clips_with_the_reason_and_kvd_is_reported(signed):
-    real, keypoints = signed
+def test_fvd_is_judged_from_the_simulated_count_and_descriptive_below_with_both_counts(signed):
+    from t2s.eval.compare import distribution_metrics
+    from t2s.eval.metrics.validity import FVD_JUDGED_MIN_CLIPS
+
+    real, _ = signed
     extractor = VideoFeatureExtractor(MeanColourDetector(), "torchscript", "test detector", None, "ab" * 32)
-    generated = real * 0.5  # paler clips: other colour statistics
-    below = compare_clips(generated, real, extractor=extractor, extractor_status="unused", fvd_min_clips=7)
-    assert below["fvd"] is None and "fvd_min_clips = 7" in below["fvd_status"] and "got 6" in below["fvd_status"]
-    assert below["kvd_status"] == "ok" and below["kvd_std_status"] == "ok" and below["kvd_std"] > 0
-    assert below["feature_extractor"] == "test detector" and below["feature_weights_sha256"] == "ab" * 32
-    at = compare_clips(generated, real, extractor=extractor, extractor_status="unused", fvd_min_clips=6)
-    assert at["fvd_status"] == "ok" and at["fvd"] > 0 and at["kvd"] == below["kvd"]
-    same = compare_clips(real, real, extractor=extractor, extractor_status="unused", fvd_min_clips=6)
-    assert abs(same["fvd"]) < 1e-3 * at["fvd"] and same["kvd"] < at["kvd"]  # sqrtm of a singular product: ~1e-5
+    real_features, generated_features = extractor.features(real), extractor.features(real * 0.5)  # paler clips
+    few = distribution_metrics(generated_features, real_features[:5])
+    assert few["fvd_num_generated"] == 6 and few["fvd_num_real"] == 5
+    assert few["fvd_status"] == "ok" and few["fvd"] > 0 and few["fvd_judged"] is False  # descriptive, with its n
+    assert few["kvd_status"] == "ok" and few["kvd_std_status"] == "ok" and few["kvd_std"] > 0
+    same = distribution_metrics(real_features, real_features)
+    assert abs(same["fvd"]) < 1e-3 * few["fvd"] and same["kvd"] < few["kvd"]  # sqrtm of a singular product: ~1e-5
+    assert distribution_metrics(generated_features[:1], real_features)["fvd"] is None  # n < 2: null with the reason
+    # judged from the simulation's count on: 400-d Gaussian features, FVD_JUDGED_MIN_CLIPS per set
+    rng = np.random.default_rng(0)
+    many = torch.from_numpy(rng.standard_normal((FVD_JUDGED_MIN_CLIPS, 400)))
+    judged = distribution_metrics(many, many.flip(0) * 1.1)
+    assert judged["fvd_judged"] is True and judged["fvd_num_real"] == FVD_JUDGED_MIN_CLIPS
+    below = distribution_metrics(many[:-1], many * 1.1)
+    assert below["fvd_judged"] is False
 
 
 def test_weights_status_reports_paths_or_how_to_without_downloading(weight_files, tmp_path, monkeypatch):

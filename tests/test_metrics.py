@@ -25,7 +25,6 @@ from t2s.eval.metrics.hands import (
     dtw_from_cost,
     dtw_joint_error,
     find_hands,
-    hand_cost_matrix,
     hand_detection_rate,
 )
 from t2s.eval.metrics.perceptual import (
@@ -607,39 +606,49 @@ def test_dtw_small_example_by_hand():
     assert dtw([0.0, 5.0], [1.0], euclid) == pytest.approx(2.5)
 
 
-def test_dtw_joint_error_normalises_and_charges_missing_hands():
+def test_dtw_joint_error_normalises_and_measures_position_only_where_hands_are_found():
     gt = np.array([[[10, 10], [50, 10]], [[12, 10], [52, 10]], [[14, 10], [54, 10]]], np.float32)
     assert dtw_joint_error(gt, gt, body_size=64) == 0.0
     assert dtw_joint_error(gt + [0, 8], gt, body_size=64) == pytest.approx(8 / 64)
     pred = gt + [0, 8]
-    pred[1, 0] = np.nan  # left hand missing in frame 1: that frame costs (1.0 + 8/64) / 2 against gt frame 1
-    assert dtw_joint_error(pred, gt, body_size=64, unmatched_cost=1.0) == pytest.approx((8 / 64 * 5 + 1.0) / 6)
+    pred[1, 0] = np.nan  # left hand missed in frame 1: its gt frame 1 aligns with a neighbour (2 px along x), no miss cost
+    left = (8 * 2 + np.hypot(2, 8)) / 3 / 64  # the left hand's path: frames (0,0), (1,0) or (1,2), (2,2)
+    assert dtw_joint_error(pred, gt, body_size=64) == pytest.approx((left + 8 / 64) / 2)
 
 
-def test_a_clip_without_any_hand_scores_the_unmatched_cost_instead_of_being_dropped():
+def test_dtw_position_error_ignores_detection_when_positions_agree():
+    # hands that move along x and hold still over frames 3-7; the prediction is the ground truth shifted 5 px along y
+    # (across the motion, so no warping beats the diagonal), with the hands missed in frames 4-7 or not: the same
+    # error, 5 px, either way (the old rule charged each missed hand 1.0 image width)
+    rng = np.random.default_rng(0)
+    gt = np.zeros((12, 2, 2))
+    gt[..., 0] = np.cumsum(rng.uniform(1, 3, size=(12, 2)), axis=0) + 10
+    gt[..., 1] = [20.0, 40.0]
+    gt[3:8] = gt[3]
+    offset = np.array([0.0, 5.0])
+    found = gt + offset
+    missed = found.copy()
+    missed[4:8] = np.nan
+    both = dtw_joint_error(found, gt, body_size=64)
+    assert both == pytest.approx(5 / 64)
+    assert dtw_joint_error(missed, gt, body_size=64) == pytest.approx(both)
+    # one hand never found: the other hand's error alone
+    one = found.copy()
+    one[:, 1] = np.nan
+    assert dtw_joint_error(one, gt, body_size=64) == pytest.approx(5 / 64)
+    # a farther prediction still scores worse: position is what is measured
+    assert dtw_joint_error(gt + 2 * offset, gt, body_size=64) == pytest.approx(10 / 64)
+
+
+def test_a_clip_without_any_hand_has_no_position_error():
     gt = np.array([[[10, 10], [50, 10]], [[12, 10], [52, 10]], [[14, 10], [54, 10]]], np.float32)
-    assert dtw_joint_error(np.full((3, 2, 2), np.nan), gt, body_size=64) == 1.0
-    assert dtw_joint_error(np.full((5, 2, 2), np.nan), gt, body_size=64, unmatched_cost=0.7) == pytest.approx(0.7)
-    # frames without hands are kept, not skipped: a hand-less tail costs its frames
-    pred = np.concatenate([gt, np.full((2, 2, 2), np.nan, np.float32)])
-    assert dtw_joint_error(pred, gt, body_size=64) == pytest.approx(2 * 1.0 / 5)
-
-
-def test_dtw_joint_error_penalises_frames_sharing_no_hand():
+    assert np.isnan(dtw_joint_error(np.full((3, 2, 2), np.nan), gt, body_size=64))
     left_only = np.array([[[10, 10], [np.nan, np.nan]]])
     right_only = np.array([[[np.nan, np.nan], [10, 10]]])
-    assert dtw_joint_error(left_only, right_only, body_size=10, unmatched_cost=1.0) == 1.0
-    neither = np.full((1, 2, 2), np.nan)
-    assert dtw_joint_error(neither, neither, body_size=10) == 0.0
-
-
-def test_hand_cost_matrix_matches_the_frame_pair_rule():
-    gt = np.array([[[0.0, 0.0], [1.0, 0.0]], [[0.0, 0.5], [np.nan, np.nan]]])
-    pred = np.array([[[0.0, 0.3], [np.nan, np.nan]]])
-    cost = hand_cost_matrix(gt, pred, unmatched_cost=1.0)
-    assert cost.shape == (2, 1)
-    assert cost[0, 0] == pytest.approx((0.3 + 1.0) / 2)  # left 0.3 away, right missing in pred
-    assert cost[1, 0] == pytest.approx(0.2)  # only the left hand is anywhere: 0.2 away
+    assert np.isnan(dtw_joint_error(left_only, right_only, body_size=10))  # no hand found in both
+    # a hand-less tail is left out, not charged
+    pred = np.concatenate([gt, np.full((2, 2, 2), np.nan, np.float32)])
+    assert dtw_joint_error(pred, gt, body_size=64) == 0.0
 
 
 def test_dtw_from_cost_equals_dtw():

@@ -157,7 +157,7 @@ def test_comparison_table_gives_mean_and_interval_per_variant(two_by_two, tmp_pa
     assert list(table.columns) == ["baseline", "text_finetuned"]
     assert table.loc["seeds (n)", "baseline"] == "2"
     val = [load.evaluation_row(r, "ema")["val_loss"] for r in two_by_two.runs_of("baseline")]
-    expected = stats.format_estimate(stats.mean_ci(val))
+    expected = stats.format_estimate(stats.mean_ci(val)) + " (n=2)"  # each cell shows its own n
     assert table.loc["held-out loss, test part (deployed weights) ↓", "baseline"] == expected
     for row in ["final training loss", "minimum training loss", "training time (h) ↓", "throughput (clips/s) ↑",
                 "held-out loss, test part, raw weights ↓", "held-out loss, test part, EMA weights ↓", "LPIPS ↓", "SSIM ↑",
@@ -238,10 +238,65 @@ def test_findings_come_from_the_variant_files_and_are_paired_by_seed(tmp_path):
     assert ema.question == "Is EMA important? (no_ema vs baseline)"
     assert ema.answer.startswith("no_ema is worse than baseline on held-out loss, test part (deployed weights)")
     # EMA vs raw inside the baseline runs: the factory's EMA is 0.01 lower in every seed, so no interval, no verdict
-    assert "Within baseline runs: No verdict: held-out loss, test part (EMA weights − raw weights) is -0.01 in every one of " \
-           "3 seeds" in ema.answer
+    assert "Within baseline runs (its own comparison, not the question's): No verdict: held-out loss, test part (EMA " \
+           "weights − raw weights) is -0.01 in every one of 3 seeds" in ema.answer
+    within = ema.table[ema.table["comparison"] == "EMA − raw weights, baseline runs"]
+    assert list(within["role"])[0] == "within-run" and "primary" not in set(within["role"])
+    assert list(ema.table["role"]).count("primary") == 1
     assert "Lowest mean held-out loss, test part (deployed weights): text_finetuned" in best.answer
-    assert "text_finetuned is better than the runner-up" in best.answer
+    # the best is tested against every other variant, Holm-adjusted over those comparisons: against no_ema the
+    # factory's difference is the same in every seed (no interval), so the ranking is by means only
+    assert "The ranking is by means only: text_finetuned is not clearly better than no_ema (Holm over the 2 " \
+           "comparisons with text_finetuned" in best.answer
+    assert list(best.table["variant"]) == ["text_finetuned", "baseline", "no_ema"]
+    assert list(best.table["seeds (n)"]) == [3, 3, 3]
+    assert best.table.iloc[1]["p (Holm over the 2 comparisons with text_finetuned)"] != "—"
+
+
+def test_the_best_configuration_is_claimed_only_after_holm_over_every_comparison_with_it(tmp_path):
+    study_dir = tmp_path / "executed" / "best"
+    noise = {0: 0.003, 1: -0.002, 2: 0.0005}
+    for variant, shift, scale in (("baseline", 0.0, 0.0), ("text_finetuned", -0.05, 1.0), ("no_ema", 0.04, -1.0)):
+        for seed in (0, 1, 2):
+            make_run(study_dir, variant, seed, loss_shift=shift + scale * noise[seed])
+    best = findings.findings(load.load_study("best", tmp_path / "executed"))[2]
+    assert "text_finetuned is better than each of the other 2 variants (Holm-adjusted p < 0.05 over the 2 " \
+           "comparisons with it)" in best.answer
+    p = [float(v) for v in best.table["p (Holm over the 2 comparisons with text_finetuned)"][1:]]
+    assert max(p) < stats.ALPHA
+
+
+def test_text_following_sentences_read_the_holm_adjusted_p_values(tmp_path):
+    """The sentence is written after Holm's adjustment: it says what the table's verdict says (it used to be built
+    before the adjustment, from NaN p-values, and always read "no clear difference after Holm")."""
+    encoder = findings.findings(_paired_study(tmp_path))[0]
+    rows = encoder.table.set_index("metric")
+    seen = rows.loc[next(m for m in rows.index if m.startswith("back-translation BLEU-4, seen"))]
+    assert seen["verdict"].endswith(f"(Holm-adjusted p < {stats.ALPHA:g})")  # the factory's consistent shift
+    sentence = encoder.answer.split("Text following (exploratory; back-translation BLEU-4, seen")[1].split(" Text ")[0]
+    assert sentence.rstrip(".").endswith(seen["verdict"])
+    assert "no clear difference after Holm" not in sentence
+
+
+def test_a_power_line_says_what_no_clear_difference_cannot_exclude(tmp_path):
+    """Each answer with an interval says the smallest difference its seeds would detect at 80% power; the number is
+    the noncentral-t power of the same test (checked by simulation)."""
+    import numpy as np
+    from scipy import stats as scipy_stats
+
+    encoder = findings.findings(_paired_study(tmp_path))[0]
+    assert "Power: with 3 seeds and the spread observed, a true difference in text-following gap (DTW), unseen " \
+           "captions" in encoder.answer and "“no clear difference” is not “no difference”" in encoder.answer
+    a, b = [1.0, 1.2, 1.1, 1.3, 1.0], [0.9, 1.0, 1.0, 1.25, 0.95]
+    d = stats.paired_difference(a, b)
+    smallest = stats.detectable_difference(d)
+    sd = np.std(np.subtract(a, b), ddof=1)
+    draws = np.random.default_rng(0).normal(smallest, sd, size=(20000, 5))
+    rate = (scipy_stats.ttest_1samp(draws, 0, axis=1).pvalue < stats.ALPHA).mean()
+    assert rate == pytest.approx(stats.POWER, abs=0.015)
+    two = stats.paired_difference([1.0, 1.2], [0.9, 1.0])  # two seeds: df = 1, a wide detectable difference
+    assert stats.detectable_difference(two) > 5 * abs(two.diff)
+    assert math.isnan(stats.detectable_difference(stats.paired_difference([1.0], [0.9])))
 
 
 def test_other_metrics_are_exploratory_holm_adjusted_or_descriptive(tmp_path):
@@ -549,10 +604,26 @@ def test_following_checks_each_run_against_the_thresholds(tmp_path):
     row = table.iloc[0]
     checks = [c.name for c in following.CHECKS]
     assert (row["run"], row["weights"]) == ("baseline-seed0", "ema")
-    assert row[checks[0]].startswith("NOT met: BLEU-4 40.0 [1.0, 50.0]; floor 2.0, ceiling 70.0")
-    assert row[checks[1]] == "met: gap 0.100 [0.050, 0.150] = 33% of 0.300"
+    # BLEU-4 40.0 is above half the ceiling (35), but its interval [1.0, 50.0] reaches below it: undecided, not met
+    assert row[checks[0]].startswith("undecided: BLEU-4 40.0 [1.0, 50.0]; floor 2.0, ceiling 70.0; n = ")
+    assert row[checks[0]].endswith("clips (the interval straddles the threshold)")
+    assert row[checks[1]].startswith("undecided: gap 0.100 [0.050, 0.150] = 33% of 0.300; n = ")  # 0.05 < 25% of 0.3
     assert row[checks[2]] == "not measured: hand_detection_rate"
     assert row[following.DEPENDENCE] == "4.00% of the held-out loss (0.1200 with its caption, 0.1250 with another clip's)"
+    # read from the interval, not the point estimate, with the clip count
+    verdict = following.check_verdict
+    dtw, detection = following.CHECKS[1], following.CHECKS[2]
+    base = {"dtw_gap": 0.1, "dtw_error_shuffled": 0.3, "dtw_clips": 20}
+    assert verdict({**base, "dtw_gap_low": 0.08, "dtw_gap_high": 0.12}, dtw).startswith("met: ")
+    assert verdict({**base, "dtw_gap_low": 0.08, "dtw_gap_high": 0.12}, dtw).endswith("; n = 20 clips")
+    assert verdict({**base, "dtw_gap_low": 0.01, "dtw_gap_high": 0.07}, dtw).startswith("NOT met: ")
+    assert verdict({**base, "dtw_gap": 0.02, "dtw_gap_low": -0.01, "dtw_gap_high": 0.05}, dtw).startswith("NOT met: ")
+    rate = {"hand_detection_rate": 0.85, "num_clips": 20}
+    assert verdict({**rate, "hand_detection_rate_low": 0.81, "hand_detection_rate_high": 0.9}, detection).startswith("met")
+    assert verdict({**rate, "hand_detection_rate_low": 0.7, "hand_detection_rate_high": 0.9}, detection).startswith(
+        "undecided")
+    assert verdict({**rate, "hand_detection_rate": 0.7, "hand_detection_rate_low": 0.6, "hand_detection_rate_high": 0.79},
+                   detection).startswith("NOT met")
 
 
 def test_back_translation_figure_marks_floor_and_ceiling(two_by_two):

@@ -34,8 +34,8 @@ from t2s.rundir import RunDir, atomic_write_bytes, atomic_write_json, read_json
 RESUMABLE_CHANGES = {
     "max_steps", "num_epochs", "resume_from", "log_every", "sample_every", "save_every", "keep_checkpoints",
     "num_workers", "sample_prompts", "description", "eval_num_clips", "val_max_clips", "compare_to", "question",
-    "primary_metric", "eval_batch_size", "fvd_min_clips", "bt_train_frames", "bt_epochs", "bt_seed", "trackers",
-    "keep_optimizer_state",
+    "primary_metric", "eval_batch_size", "fvd_num_generated", "fvd_real_split", "bt_train_frames", "bt_epochs",
+    "bt_seed", "trackers", "keep_optimizer_state",
 }
 
 

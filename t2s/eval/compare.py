@@ -1,14 +1,15 @@
 """Comparing generated clips with real ones: every metric of one weight set's evaluation row, with its status.
 
-`compare_clips` (distribution metrics on I3D features, LPIPS / SSIM / PSNR, temporal statistics, sign fidelity from
-the hands found in the clips) and `back_translation_metrics` (per caption split and the pooled "unseen" group) return
+`distribution_metrics` (FVD and KVD between the I3D features of a generated and a real set), `compare_clips` (LPIPS /
+SSIM / PSNR, temporal statistics, sign fidelity from the hands found in the clips, clip by clip) and
+`back_translation_metrics` (per caption split and the pooled "unseen" group) return
 the metric columns of `t2s.eval.evaluate`'s rows; what each metric means, and when it is null, is in `t2s.eval.evaluate`'s
 module docstring. The math of each metric is `t2s.eval.metrics`'s; the recognizer is `t2s.eval.backtranslate`'s.
 
 Public: `compare_clips`, `back_translation_metrics`, `hand_tracks`, `dtw_matrix`, `sign_fidelity`,
-`distribution_metrics`, `sign_fidelity_by_group`, `DTW_*`,
+`distribution_metrics`, `distribution_unavailable`, `detection_interval`, `sign_fidelity_by_group`, `DTW_*`,
 `NO_KEYPOINTS`, `OK`; the column names are `t2s.rundir`'s. Imports `t2s.eval.metrics`, `t2s.eval.backtranslate`,
-`t2s.synthsign.signer` (the glove colours), `t2s.data.video` and `t2s.config`.
+`t2s.synthsign.signer` (the glove colours) and `t2s.data.video`.
 """
 from __future__ import annotations
 
@@ -18,14 +19,13 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from t2s.config import Config
 from t2s.data.video import to_frames
 from t2s.eval import backtranslate
 from t2s.eval.metrics.distances import feature_statistics, frechet_distance, kernel_distance, kernel_distance_std
 from t2s.eval.metrics.hands import dtw_joint_error, find_hands, hand_detection_rate
 from t2s.eval.metrics.perceptual import compute_lpips, psnr, ssim
 from t2s.eval.metrics.temporal import motion_magnitude, temporal_consistency
-from t2s.eval.metrics.video_features import VideoFeatureExtractor
+from t2s.eval.metrics.validity import FVD_JUDGED_MIN_CLIPS
 from t2s.rundir import BT_COLUMNS, BT_GROUPS, BT_SCORES, DTW_GROUP_COLUMNS, DTW_GROUPS, STATUS_METRICS
 from t2s.synthsign import signer as synthsign
 
@@ -36,6 +36,8 @@ DTW_INTERVAL = 0.95
 # few below 5 for the 2.5% tails of a 95% percentile interval -- at n = 2 every usable resample gives the same gap,
 # a zero-width interval that would read as certainty.
 DTW_GAP_MIN_CLIPS = 5
+DTW_METRICS = ("dtw_error", "dtw_error_shuffled", "dtw_gap", "dtw_gap_low", "dtw_gap_high")
+DTW_STATUS_METRICS = ("dtw_error", "dtw_error_shuffled", "dtw_gap")
 NO_KEYPOINTS = "no ground-truth keypoints (synthsign only)"
 OK = "ok"
 
@@ -73,30 +75,43 @@ def sign_fidelity(errors: np.ndarray, captions: Sequence[str], resamples: int = 
                   seed: int = DTW_BOOTSTRAP_SEED, level: float = DTW_INTERVAL) -> dict:
     """dtw_error, dtw_error_shuffled, dtw_gap and its bootstrap interval from E = `dtw_matrix(...)` (see `t2s.eval.evaluate`'s
     module docstring), with a status for each; captions[i] is the caption of ground truth i (and of generated clip i).
-    dtw_gap is null below `DTW_GAP_MIN_CLIPS` clips; resamples that hold a single caption (no control pair) are
-    skipped."""
-    n = len(errors)
+    A clip in which no hand is found has a row of NaN and is left out of every mean (`dtw_clips` counts the clips
+    scored). dtw_gap is null below `DTW_GAP_MIN_CLIPS` scored clips; resamples that hold a single caption (no control
+    pair) or no scored clip are skipped."""
+    errors = np.asarray(errors, dtype=np.float64)
+    scored = np.flatnonzero(np.isfinite(errors).any(axis=1))
+    errors = errors[np.ix_(scored, scored)]
+    captions = [captions[i] for i in scored]
+    n = len(scored)
+    out: dict = {"dtw_clips": n}
+    if n == 0:
+        reason = "no hand was found in any generated clip (see hand_detection_rate)"
+        out.update({m: None for m in DTW_METRICS}, **{f"{m}_status": reason for m in DTW_STATUS_METRICS})
+        return out
     index = {caption: k for k, caption in enumerate(dict.fromkeys(captions))}
     codes = np.array([index[c] for c in captions])
-    out = {"dtw_error": float(np.mean(np.diag(errors))), "dtw_error_status": OK}
-    other = codes[:, None] != codes[None, :]
+    out.update(dtw_error=float(np.nanmean(np.diag(errors))), dtw_error_status=OK)
+    other = (codes[:, None] != codes[None, :]) & np.isfinite(errors)
     if not other.any():
-        reason = "needs at least 2 evaluation clips with different captions"
+        reason = "needs at least 2 scored evaluation clips with different captions"
         out.update(dtw_error_shuffled=None, dtw_error_shuffled_status=reason, dtw_gap=None, dtw_gap_low=None,
                    dtw_gap_high=None, dtw_gap_status=reason)
         return out
     out["dtw_error_shuffled"], out["dtw_error_shuffled_status"] = float(errors[other].mean()), OK
     if n < DTW_GAP_MIN_CLIPS:
-        reason = f"dtw_gap and its bootstrap interval need at least {DTW_GAP_MIN_CLIPS} evaluation clips, got {n}"
+        reason = (f"dtw_gap and its bootstrap interval need at least {DTW_GAP_MIN_CLIPS} evaluation clips with a hand "
+                  f"found, got {n}")
         out.update(dtw_gap=None, dtw_gap_low=None, dtw_gap_high=None, dtw_gap_status=reason)
         return out
     out["dtw_gap"], out["dtw_gap_status"] = out["dtw_error_shuffled"] - out["dtw_error"], OK
     rng, gaps = np.random.default_rng(seed), []
     for _ in range(resamples):
         b = rng.integers(0, n, size=n)
-        sub, pairs = errors[np.ix_(b, b)], codes[b][:, None] != codes[b][None, :]
-        if pairs.any():  # a resample of one caption only has no control pairs: it is left out
-            gaps.append(sub[pairs].mean() - np.diag(sub).mean())
+        sub = errors[np.ix_(b, b)]
+        pairs = (codes[b][:, None] != codes[b][None, :]) & np.isfinite(sub)
+        matched = np.diag(sub)
+        if pairs.any() and np.isfinite(matched).any():  # a resample of one caption only has no control pairs
+            gaps.append(sub[pairs].mean() - np.nanmean(matched))
     tail = 100 * (1 - level) / 2
     out["dtw_gap_low"], out["dtw_gap_high"] = (float(v) for v in np.percentile(gaps, [tail, 100 - tail]))
     return out
@@ -127,31 +142,41 @@ def sign_fidelity_by_group(generated: torch.Tensor, keypoints: Optional[Sequence
     return out
 
 
-def distribution_metrics(generated_features: torch.Tensor, real_features: torch.Tensor, fvd_min_clips: int) -> dict:
-    """fvd, kvd, kvd_std (with statuses) between I3D features (n, D) of the generated and the real clips."""
-    n = min(len(generated_features), len(real_features))
-    out: dict = {}
-    if n < fvd_min_clips:
-        out["fvd"], out["fvd_status"] = None, (
-            f"FVD needs at least fvd_min_clips = {fvd_min_clips} clips per set, got {n}: below the I3D feature dimension "
-            f"+ 1 (401) the covariances are singular and FVD is biased (see kvd instead; raise eval_num_clips and the "
-            f"held-out split, or lower fvd_min_clips knowingly)")
-    else:
-        try:
-            mu_g, sigma_g = feature_statistics(generated_features)
-            mu_r, sigma_r = feature_statistics(real_features)
-            out["fvd"], out["fvd_status"] = frechet_distance(mu_g, sigma_g, mu_r, sigma_r), OK
-        except ValueError as exc:
-            out["fvd"], out["fvd_status"] = None, f"FVD could not be computed: {exc}"
+DISTRIBUTION_METRICS = ("fvd", "kvd", "kvd_std")
+
+
+def distribution_metrics(generated_features: torch.Tensor, real_features: torch.Tensor) -> dict:
+    """FVD and KVD between I3D features of the generated (n, D) and the real clips (m, D): fvd, kvd, kvd_std with
+    their statuses, fvd_judged (n and m at least `validity.FVD_JUDGED_MIN_CLIPS`: below, FVD is descriptive with its
+    n), and the two counts. KVD's estimator is unbiased: it is judged at every n, with kvd_std."""
+    n_gen, n_real = len(generated_features), len(real_features)
+    n = min(n_gen, n_real)
+    out: dict = {"fvd_num_generated": n_gen, "fvd_num_real": n_real, "fvd_judged": None}
     if n < 2:
-        out["kvd"], out["kvd_status"] = None, f"KVD needs at least 2 clips per set, got {n}"
-    else:
-        out["kvd"], out["kvd_status"] = kernel_distance(generated_features, real_features), OK
+        reason = f"FVD and KVD need at least 2 clips per set, got {n_gen} generated and {n_real} real"
+        return {**out, **{m: None for m in DISTRIBUTION_METRICS}, **{f"{m}_status": reason for m in DISTRIBUTION_METRICS}}
+    try:
+        mu_g, sigma_g = feature_statistics(generated_features)
+        mu_r, sigma_r = feature_statistics(real_features)
+        out["fvd"], out["fvd_status"] = frechet_distance(mu_g, sigma_g, mu_r, sigma_r), OK
+        out["fvd_judged"] = n >= FVD_JUDGED_MIN_CLIPS
+    except ValueError as exc:
+        out["fvd"], out["fvd_status"] = None, f"FVD could not be computed: {exc}"
+    out["kvd"], out["kvd_status"] = kernel_distance(generated_features, real_features), OK
     if n < 4:
         out["kvd_std"], out["kvd_std_status"] = None, f"the KVD interval needs at least 4 clips per set, got {n}"
     else:
         out["kvd_std"], out["kvd_std_status"] = kernel_distance_std(generated_features, real_features), OK
+    for m in DISTRIBUTION_METRICS:
+        if out[m] is not None and not math.isfinite(out[m]):
+            out[m], out[f"{m}_status"] = None, f"{m} is not a finite number"
     return out
+
+
+def distribution_unavailable(reason: str) -> dict:
+    """`distribution_metrics`' columns when there is nothing to compute them on (no I3D), each status the reason."""
+    return {"fvd_num_generated": None, "fvd_num_real": None, "fvd_judged": None,
+            **{m: None for m in DISTRIBUTION_METRICS}, **{f"{m}_status": reason for m in DISTRIBUTION_METRICS}}
 
 
 def compare_clips(
@@ -159,51 +184,31 @@ def compare_clips(
     real: torch.Tensor,
     keypoints: Optional[Sequence[np.ndarray]] = None,
     captions: Optional[Sequence[str]] = None,
-    extractor: Optional[VideoFeatureExtractor] = None,
-    extractor_status: str = "no I3D model given",
     lpips_model=None,
     lpips_status: str = "no LPIPS model given",
-    real_features: Optional[torch.Tensor] = None,
-    fvd_min_clips: int = Config.fvd_min_clips,
 ) -> dict:
-    """Every metric of `generated` clips against `real` clips of the same captions, with a status per metric.
+    """The paired metrics of `generated` clips against `real` clips of the same captions, with a status per metric:
+    LPIPS / SSIM / PSNR, the temporal statistics, and sign fidelity from the hands found in the clips (FVD and KVD
+    compare two sets, not pairs: `distribution_metrics`).
 
     generated, real: (B, 3, F, H, W) in [-1, 1], clip i of one is compared with clip i of the other.
     keypoints: ground-truth hand tracks [(F, 2, 2)] of the real clips' captions (synthsign), or None.
     captions: the caption of each clip (which pairs form the dtw_error_shuffled control); default: all distinct.
-    extractor: a loaded I3D (`metrics.load_i3d`), or None with the reason in extractor_status; likewise lpips_model.
-    real_features: the real clips' I3D features if already computed (saves a pass over the real clips).
-    Returns {metric: float | None, f"{metric}_status": "ok" | reason, feature_extractor, feature_weights_sha256}.
+    lpips_model: a loaded LPIPS (`metrics.load_lpips`), or None with the reason in lpips_status.
+    Returns {metric: float | None, f"{metric}_status": "ok" | reason}.
     """
     generated, real = generated.detach().float().cpu(), real.detach().float().cpu()
     if generated.shape != real.shape:
         raise ValueError(f"generated {tuple(generated.shape)} and real {tuple(real.shape)} clips differ in shape")
-    out: dict = {"feature_extractor": None, "feature_weights_sha256": None}
-    if extractor is not None:
-        out["feature_extractor"], out["feature_weights_sha256"] = extractor.name, extractor.sha256
-    found = _distribution_part(generated, real, extractor, extractor_status, real_features, fvd_min_clips)
-    found += _paired_part(generated, real, lpips_model, lpips_status)
+    out: dict = {}
+    found = _paired_part(generated, real, lpips_model, lpips_status)
     found += _sign_part(generated, keypoints, captions)
     for metric, value, status in found:
         ok = value is not None and math.isfinite(value)
-        out[metric] = float(value) if ok else None
+        out[metric] = (value if isinstance(value, int) else float(value)) if ok else None
         if metric in STATUS_METRICS:
             out[f"{metric}_status"] = status if ok or status != OK else f"{metric} is not a finite number"
     return out
-
-
-def _distribution_part(generated: torch.Tensor, real: torch.Tensor, extractor, extractor_status: str,
-                       real_features: Optional[torch.Tensor], fvd_min_clips: int) -> list[tuple]:
-    """compare_clips' [(metric, value, status)] of FVD and KVD."""
-    n = len(generated)
-    if extractor is None:
-        return [(m, None, extractor_status) for m in ("fvd", "kvd", "kvd_std")]
-    if n < 2:
-        return [(m, None, f"distribution metrics need at least 2 clips per set, got {n}") for m in ("fvd", "kvd", "kvd_std")]
-    features = extractor.features(generated)
-    reference = real_features if real_features is not None else extractor.features(real)
-    found = distribution_metrics(features, reference, fvd_min_clips)
-    return [(m, found[m], found[f"{m}_status"]) for m in ("fvd", "kvd", "kvd_std")]
 
 
 def _paired_part(generated: torch.Tensor, real: torch.Tensor, lpips_model, lpips_status: str) -> list[tuple]:
@@ -229,8 +234,7 @@ def _sign_part(generated: torch.Tensor, keypoints: Optional[Sequence[np.ndarray]
     """compare_clips' [(metric, value, status)] of sign fidelity (null without ground-truth keypoints)."""
     n = len(generated)
     if keypoints is None:
-        return [(m, None, NO_KEYPOINTS) for m in ("dtw_error", "dtw_error_shuffled", "dtw_gap", "dtw_gap_low",
-                                                  "dtw_gap_high", "hand_detection_rate")]
+        return [(m, None, NO_KEYPOINTS) for m in (*DTW_METRICS, "dtw_clips", *DETECTION_METRICS)]
     if len(keypoints) != n:
         raise ValueError(f"{len(keypoints)} keypoint tracks for {n} clips")
     captions = list(captions) if captions is not None else [str(i) for i in range(n)]
@@ -239,9 +243,29 @@ def _sign_part(generated: torch.Tensor, keypoints: Optional[Sequence[np.ndarray]
     tracks, found = hand_tracks(generated)
     body_size = float(generated.shape[-1])  # the image size: errors are in image widths
     fidelity = sign_fidelity(dtw_matrix(tracks, keypoints, body_size), captions)
-    return [("hand_detection_rate", hand_detection_rate(found), OK),
-            *((m, fidelity[m], fidelity[f"{m}_status"]) for m in ("dtw_error", "dtw_error_shuffled", "dtw_gap")),
+    detection = detection_interval(found)
+    return [*((m, detection[m], OK) for m in DETECTION_METRICS), ("dtw_clips", fidelity["dtw_clips"], OK),
+            *((m, fidelity[m], fidelity[f"{m}_status"]) for m in DTW_STATUS_METRICS),
             *((m, fidelity[m], OK) for m in ("dtw_gap_low", "dtw_gap_high"))]
+
+
+DETECTION_METRICS = ("hand_detection_rate", "hand_detection_rate_low", "hand_detection_rate_high")
+
+
+def detection_interval(found: np.ndarray, resamples: int = DTW_BOOTSTRAP_RESAMPLES, seed: int = DTW_BOOTSTRAP_SEED,
+                       level: float = DTW_INTERVAL) -> dict:
+    """hand_detection_rate of found (clips, F, hands) and its percentile bootstrap interval over clips (seeded as the
+    DTW gap's; null below `DTW_GAP_MIN_CLIPS` clips)."""
+    per_clip = np.asarray(found, dtype=bool).reshape(len(found), -1).mean(axis=1)
+    out = {"hand_detection_rate": hand_detection_rate(found), "hand_detection_rate_low": None,
+           "hand_detection_rate_high": None}
+    if len(per_clip) >= DTW_GAP_MIN_CLIPS:
+        rng = np.random.default_rng(seed)
+        means = per_clip[rng.integers(0, len(per_clip), size=(resamples, len(per_clip)))].mean(axis=1)
+        tail = 100 * (1 - level) / 2
+        out["hand_detection_rate_low"], out["hand_detection_rate_high"] = (
+            float(v) for v in np.percentile(means, [tail, 100 - tail]))
+    return out
 
 
 # --------------------------------------------------------------------------------------------- back-translation

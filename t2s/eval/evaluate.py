@@ -30,9 +30,14 @@ What is evaluated
 * Distribution metrics on I3D features of the generated and the real clips (`metrics.load_i3d`: StyleGAN-V's
   TorchScript I3D or an I3D state dict; the row records `feature_extractor` and the weights file's
   `feature_weights_sha256`):
-  - `fvd`: Fréchet Video Distance, null below `cfg.fvd_min_clips` clips (default 401 = the 400-d features + 1: with
-    fewer clips each covariance is singular and the estimate biased; see config.py). Comparable only between rows with
-    the same `num_clips` and `feature_extractor`.
+  - `fvd`: Fréchet Video Distance to StyleGAN-V's protocol (fvd2048_16f at the reference scale):
+    `cfg.fvd_num_generated` generated clips (the seen and novel clips first, then more of the same captions from seeds
+    `FVD_SEED_BASE` + j, sampled and featurised batch by batch) against up to as many real clips of
+    `cfg.fvd_real_split` ("train": the training split, drawn with seed `FVD_REAL_SEED`; "held_out": the evaluation's
+    own real clips). The row records `fvd_num_generated`, `fvd_num_real` and `fvd_real_set`. `fvd_judged` is true from
+    `metrics.validity.FVD_JUDGED_MIN_CLIPS` clips per set (a simulation: below it a collapsed generator is not ranked
+    below a faithful one in 95% of draws); below, FVD is descriptive. Comparable only between rows with the same counts,
+    real set and `feature_extractor`.
   - `kvd`: kernel video distance (Unterthiner et al. 2018): unbiased polynomial-kernel MMD^2 on the same features
     (`metrics.kernel_distance`), usable at small n (>= 2), expectation 0 when the two distributions are equal.
     `kvd_std`: its standard error from 100 seeded subsets of min(n // 2, 1000) clips (delete-d jackknife,
@@ -47,11 +52,11 @@ What is evaluated
 * Sign fidelity (synthsign only: a dataset with ground-truth keypoints): hands are found in every generated frame
   by colour (`metrics.find_hands` with `synthsign.HAND_COLORS`), and E[j, i] = `metrics.dtw_joint_error` of generated
   clip j's hands against the ground-truth track of evaluation clip i's caption, with coordinates divided by the image
-  size (1.0 = one image width). Every clip is scored, found hands or not: a hand missing from a generated frame (or
-  present where the ground truth has none) is charged 1.0 image width in place of its distance (a frame pair costs
-  the mean over its hands), so a clip in which no hand is found scores exactly 1.0 -- every variant is scored on the
-  same clips (`hand_detection_rate`, the fraction of (frame, hand) slots with a hand found, says how often hands were
-  missed). If no hand is found in any clip, every pair costs 1.0 and dtw_gap is 0 with a zero-width interval.
+  size (1.0 = one image width): per hand, dynamic time warping over the frames where the hand is found in the generated
+  clip and present in the ground truth (the mean joint error of SLP papers), averaged over hands. Detection is its own
+  number: `hand_detection_rate` (the fraction of (frame, hand) slots with a hand found, with a bootstrap interval over
+  clips `_low` / `_high`). A clip in which no hand is found has no position error: it leaves the DTW means and their
+  controls (`dtw_clips` counts the clips scored).
   - `dtw_error`: mean of E[i, i] (each clip against its own caption).
   - `dtw_error_shuffled` (the control): mean of E[j, i] over ALL pairs j != i whose captions differ -- the same
     generated clips and ground truths, re-paired; no extra sampling.
@@ -134,7 +139,14 @@ from t2s.engine.runtime import PeakMemory, run_autocast, size_threads, sync
 from t2s.engine.trackers import publish_evaluation
 from t2s.eval import backtranslate
 from t2s.eval.captions import EvaluationClip, evaluation_clips
-from t2s.eval.compare import back_translation_metrics, caption_dependence, compare_clips, sign_fidelity_by_group
+from t2s.eval.compare import (
+    back_translation_metrics,
+    caption_dependence,
+    compare_clips,
+    distribution_metrics,
+    distribution_unavailable,
+    sign_fidelity_by_group,
+)
 from t2s.eval.metrics.perceptual import load_lpips
 from t2s.eval.metrics.video_features import VideoFeatureExtractor, load_i3d
 from t2s.model import count_parameters
@@ -223,10 +235,10 @@ def _recognizer(cfg: Config, train_set, val_set):
     return recognizer, {}
 
 
-def _check_run(run_dir: Union[str, Path], part: str = "test", guidance_scale: Optional[float] = None
-               ) -> tuple[RunDir, Config, dict]:
-    """(run, config with the guidance scale asked for, its weights' {file, step}: the final weights or the latest
-    checkpoint) of a run directory, or a FileNotFoundError saying what is missing (a ValueError for a bad part)."""
+def _check_run(run_dir: Union[str, Path], part: str = "test", **settings) -> tuple[RunDir, Config, dict]:
+    """(run, its config with the evaluation settings asked for (`settings`: config keys, None = the run's), its
+    weights' {file, step}: the final weights or the latest checkpoint) of a run directory, or a FileNotFoundError
+    saying what is missing (a ValueError for a bad part or setting)."""
     if part not in PARTS:
         raise ValueError(f"part must be one of {', '.join(PARTS)}, not {part!r}")
     run = RunDir(run_dir)
@@ -236,8 +248,9 @@ def _check_run(run_dir: Union[str, Path], part: str = "test", guidance_scale: Op
         raise FileNotFoundError(f"cannot evaluate {run.root}: it is not a run directory (no config.json); "
                                 f"train a run into it first")
     cfg = load_config_file(run.config)
-    if guidance_scale is not None:
-        cfg = cfg.replace(guidance_scale=guidance_scale)
+    asked = {k: v for k, v in settings.items() if v is not None}
+    if asked:
+        cfg = cfg.replace(**asked)  # checked like a config file's keys (ranges, choices)
     if not run.weights_raw.is_file() and not list_checkpoints(run):
         raise FileNotFoundError(f"cannot evaluate {run.root}: it has no final weights ({run.weights.name}/) and "
                                 f"{run.checkpoints} holds no checkpoint (the run has not saved one yet, or "
@@ -331,7 +344,8 @@ class _References:
     extractor_status: str
     lpips_model: object
     lpips_status: str
-    real_features: Optional[torch.Tensor]  # I3D features of the whole-set real clips
+    real_features: Optional[torch.Tensor]  # I3D features of FVD's real set (`_fvd_real`)
+    real_set: Optional[str]  # which real clips those are, in words (the rows' fvd_real_set)
     recognizer: Optional[backtranslate.Recognizer]
     real_readings: Optional[list[list[str]]]  # the recognizer's reading of every real clip
     bt_unavailable: dict  # {split or "*": why back-translation cannot score it}
@@ -341,8 +355,7 @@ def _references(cfg: Config, train_set: ClipDataset, val_set: ClipDataset, evalu
                 device: torch.device, i3d_weights, lpips_weights) -> _References:
     """Load the metric models and the recognizer, and compute the real clips' features and readings."""
     extractor, extractor_status, lpips_model, lpips_status = _load_metric_models(device, i3d_weights, lpips_weights)
-    whole = evaluation.whole
-    real_features = extractor.features(evaluation.real[whole]) if extractor is not None and len(whole) >= 2 else None
+    real_features, real_set = _fvd_real(cfg, train_set, evaluation, extractor) if extractor is not None else (None, None)
     recognizer, bt_unavailable = _recognizer(cfg, train_set, val_set)
     if recognizer is not None:
         real_readings = recognizer.read(evaluation.real)
@@ -351,8 +364,31 @@ def _references(cfg: Config, train_set: ClipDataset, val_set: ClipDataset, evalu
                                if split not in splits})
     else:
         real_readings = None
-    return _References(extractor, extractor_status, lpips_model, lpips_status, real_features, recognizer,
+    return _References(extractor, extractor_status, lpips_model, lpips_status, real_features, real_set, recognizer,
                        real_readings, bt_unavailable)
+
+
+FVD_REAL_SEED = 0  # the draw of FVD's real clips from the training split: the same clips for every run of a data set
+FVD_SEED_BASE = 1_000_000  # the seed of FVD's generated clip j beyond the evaluation's own clips: FVD_SEED_BASE + j
+
+
+def _fvd_real(cfg: Config, train_set: ClipDataset, evaluation: "_EvaluationSet", extractor: VideoFeatureExtractor,
+              batch: int = 16) -> tuple[torch.Tensor, str]:
+    """FVD's real set (`cfg.fvd_real_split`): up to `fvd_num_generated` clips of the training split, drawn with a
+    fixed seed (StyleGAN-V draws its real clips from the data set), or the evaluation's own real clips ("held_out");
+    (their I3D features, what they are in words)."""
+    wanted = cfg.fvd_num_generated
+    if cfg.fvd_real_split == "train":
+        chosen = np.random.default_rng(FVD_REAL_SEED).permutation(len(train_set))[:wanted]
+        features = [extractor.features(torch.stack([train_set[int(i)][0] for i in chosen[k:k + batch]]))
+                    for k in range(0, len(chosen), batch)]
+        words = (f"train: {len(chosen)} of the training split's {len(train_set)} clips "
+                 f"({len(train_set.signers)} signers), drawn with seed {FVD_REAL_SEED}")
+    else:
+        chosen = evaluation.whole[:wanted]
+        features = [extractor.features(evaluation.real[chosen])] if chosen else []
+        words = f"held_out: the evaluation's {len(chosen)} real clips of seen and novel captions (held-out signers)"
+    return (torch.cat(features) if features else torch.zeros(0, 400)), words
 
 
 @dataclass
@@ -417,6 +453,34 @@ def _sample(pipe: TextToSignPipeline, ev: _Evaluation, bar: _Progress) -> tuple[
     return generated.float().cpu(), seconds, peak.peak_gb
 
 
+def _fvd_plan(ev: "_Evaluation") -> tuple[list[str], list[int]]:
+    """The captions and seeds of FVD's generated clips beyond the evaluation's own: clip j (j >= the n seen and novel
+    clips) signs seen-or-novel caption j mod n from seed `FVD_SEED_BASE` + j; none without an I3D."""
+    whole, wanted = ev.clips.whole, ev.cfg.fvd_num_generated
+    if ev.references.extractor is None or not whole:
+        return [], []
+    extra = range(len(whole), wanted)
+    return [ev.clips.captions[whole[j % len(whole)]] for j in extra], [FVD_SEED_BASE + j for j in extra]
+
+
+def _distribution(ev: "_Evaluation", pipe: TextToSignPipeline, generated: torch.Tensor, bar: "_Progress") -> dict:
+    """FVD and KVD of this weight set (`compare.distribution_metrics`): `fvd_num_generated` generated clips (the
+    evaluation's seen and novel clips first, then `_fvd_plan`'s, sampled and featurised batch by batch) against the
+    real set."""
+    refs = ev.references
+    if refs.extractor is None:
+        return distribution_unavailable(refs.extractor_status)
+    own = ev.clips.whole[:ev.cfg.fvd_num_generated]
+    features = [refs.extractor.features(generated[own])]
+    captions, seeds = _fvd_plan(ev)
+    for k in range(0, len(captions), ev.batch):
+        more = pipe(captions[k:k + ev.batch], seeds=seeds[k:k + ev.batch], num_inference_steps=ev.steps,
+                    batch_size=ev.batch, guidance_scale=ev.cfg.guidance_scale, eta=ev.cfg.eta, callback=bar.update)
+        features.append(refs.extractor.features(more.float().cpu()))
+    return {**distribution_metrics(torch.cat(features), refs.real_features), "fvd_real_set": refs.real_set,
+            "feature_extractor": refs.extractor.name, "feature_weights_sha256": refs.extractor.sha256}
+
+
 def _evaluate_weights(ev: _Evaluation, weights: str, bar: _Progress
                       ) -> tuple[dict, torch.Tensor, Optional[list[list[str]]]]:
     """Sample the evaluation clips with one weight set and score them: (its row, the generated clips (n, 3, F, H, W),
@@ -431,10 +495,9 @@ def _evaluate_weights(ev: _Evaluation, weights: str, bar: _Progress
         "model_name": ev.run.root.name,
         "config_name": ev.cfg.variant,
         "weights": weights,
-        **compare_clips(
-            generated[whole], clips.real[whole], clips.keypoints, clips.control_keys, refs.extractor,
-            refs.extractor_status, refs.lpips_model, refs.lpips_status, refs.real_features, ev.cfg.fvd_min_clips,
-        ),
+        **_distribution(ev, pipe, generated, bar),
+        **compare_clips(generated[whole], clips.real[whole], clips.keypoints, clips.control_keys, refs.lpips_model,
+                        refs.lpips_status),
         **sign_fidelity_by_group(generated, clips.all_keypoints, clips.gloss_keys, splits),
         **back_translation_metrics(readings, refs.real_readings, clips.references, splits, refs.bt_unavailable),
         **_held_out(ev, denoiser, text),
@@ -513,6 +576,8 @@ def evaluate_run(
     batch_size: Optional[int] = None,
     part: str = "test",
     guidance_scale: Optional[float] = None,
+    fvd_num_generated: Optional[int] = None,
+    fvd_real_split: Optional[str] = None,
 ) -> list[dict]:
     """Evaluate a run's final weights or latest checkpoint (see the module docstring); returns the rows, one per weight set.
 
@@ -524,8 +589,11 @@ def evaluate_run(
     part: "test" (what the report reads: logs/evaluation_metrics.*, evaluation/) or "dev", the development part for
     choosing settings (logs/evaluation_metrics_dev.*, evaluation_dev/); they share no caption and no signer.
     guidance_scale: classifier-free guidance (default cfg.guidance_scale).
+    fvd_num_generated / fvd_real_split: FVD's generated clips and where its real clips come from (default: the run's
+    config; docs/evaluation.md, "FVD").
     """
-    run, cfg, checkpoint = _check_run(run_dir, part, guidance_scale)
+    run, cfg, checkpoint = _check_run(run_dir, part, guidance_scale=guidance_scale,
+                                      fvd_num_generated=fvd_num_generated, fvd_real_split=fvd_real_split)
     size_threads()  # the CPUs this process may use (affinity, cgroup quota, ablate's share)
     if run.status not in (None, "finished"):
         warnings.warn(f"{run.root} has status {run.status!r}: evaluating its latest checkpoint ({checkpoint['file']})")
@@ -539,7 +607,7 @@ def evaluate_run(
     gif_entries = [_gif_entry(clips.clips[i], i, "real", references.real_readings) for i in range(n)]
     gif_clips = {RunDir.evaluation_gif_name("real", i): clips.real[i] for i in range(n)}
     rows = []
-    bar = _Progress(run, n * len(weight_sets), progress)
+    bar = _Progress(run, (n + len(_fvd_plan(ev)[0])) * len(weight_sets), progress)
     try:
         for w in weight_sets:
             row, generated, readings = _evaluate_weights(ev, w, bar)

@@ -210,7 +210,7 @@ def metric_bars_figure(study: Study) -> Optional[go.Figure]:
             fig.add_trace(go.Bar(x=[row["variant"]], y=[row["mean"]], name=row["variant"], legendgroup=row["variant"],
                                  showlegend=i == 0, marker_color=colors[row["variant"]],
                                  error_y=dict(type="data", array=[half], visible=half is not None),
-                                 hovertext=f"{row['display']} (n={row['n']})", hoverinfo="text"),
+                                 hovertext=str(row['display']), hoverinfo="text"),
                           row=i // cols + 1, col=i % cols + 1)
     return figure_layout(fig, "Metrics per variant: mean over seeds, error bars = 95% interval (none where n=1)",
                    height=260 * rows + 80, barmode="group")

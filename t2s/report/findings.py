@@ -32,13 +32,16 @@ from t2s.report.load import BASELINE, PRIMARY, Metric, Study, available_metrics,
 from t2s.report.stats import (
     ALPHA,
     CONFIDENCE,
+    POWER,
     Difference,
     describe_difference,
+    detectable_difference,
     format_estimate,
     holm,
     mean_ci,
     seed_difference,
 )
+from t2s.eval.metrics.validity import FVD_JUDGED_MIN_CLIPS
 from t2s.report.tables import frame_html
 from t2s.rundir import finite_number
 
@@ -98,6 +101,14 @@ def metric_role(metric: Metric, study: Study) -> tuple[str, str]:
             return "exploratory", ""
         return "descriptive", ("compared pixel by pixel with the real clip of a signer the model never saw "
                                "(signer-disjoint split): it measures appearance mismatch more than signing")
+    if metric.key == "fvd":
+        rows = [evaluation_row(r) for r in study.finished_runs]
+        counts = sorted({(r.get("fvd_num_generated"), r.get("fvd_num_real")) for r in rows
+                         if finite_number(r.get("fvd")) is not None and r.get("fvd_judged") is not True}, key=str)
+        if counts:
+            shown = ", ".join(f"{g} generated vs {n} real" for g, n in counts)
+            return "descriptive", (f"FVD over {shown} clips: below {FVD_JUDGED_MIN_CLIPS} per set it does not rank a "
+                                   f"collapsed generator below a faithful one reliably (docs/evaluation.md)")
     if metric.role == "descriptive" or metric.better is None:
         return "descriptive", metric.why or "neither direction is better"
     return "exploratory", ""
@@ -128,7 +139,7 @@ def _side(d: Difference, metric: Metric) -> str:
 class _Row:
     comparison: str
     metric: Metric
-    role: str  # primary, exploratory, descriptive
+    role: str  # primary, within-run (EMA − raw inside runs: its own comparison), exploratory, descriptive
     d: Difference
     why: str = ""
     p_holm: float = math.nan
@@ -143,7 +154,7 @@ class _Row:
             return f"no spread over {d.n_a} seeds: no interval, no verdict"
         if not d.has_interval:
             return "one seed: no evidence either way"
-        if self.role == "primary":
+        if self.role in ("primary", "within-run"):
             return f"{_side(d, self.metric)} (interval excludes zero)" if d.significant else "no clear difference"
         if self.p_holm < ALPHA:
             return f"{_side(d, self.metric)} (Holm-adjusted p < {ALPHA:g})"
@@ -159,7 +170,7 @@ class _Row:
             f"{CONFIDENCE:.0%} interval": (f"[{d.low:+.4g}, {d.high:+.4g}]" if d.has_interval else
                                            "—" if not finite else "none (no spread)" if not d.spread else "none (one seed)"),
             "test": (f"{d.method}, {d.sizes}" + (f"; {d.note}" if d.note else "")) if finite else "—",
-            "p (Holm within the question)" : f"{p:.3g}" if math.isfinite(p) and self.role != "descriptive" else "—",
+            "p (Holm within the question)": f"{p:.3g}" if math.isfinite(p) and self.role != "descriptive" else "—",
             "verdict": self.verdict(),
         }
 
@@ -234,6 +245,18 @@ def _resolve_primary(key: str, metrics: list) -> Optional[Metric]:
     return next((m for m in metrics if m.key == key), None)
 
 
+def power_sentence(d: Difference, metric: Metric) -> str:
+    """"With n seeds and the observed spread, a difference smaller than X would be missed more often than not" (at
+    `POWER`): what "no clear difference" can and cannot mean. Empty without an interval."""
+    smallest = detectable_difference(d)
+    if not math.isfinite(smallest):
+        return ""
+    seeds = f"{d.n_a} seeds" if d.method == "paired" else f"{d.n_a} and {d.n_b} seeds"
+    return (f" Power: with {seeds} and the spread observed, a true difference in {metric.label} smaller than "
+            f"±{smallest:.3g} would be detected less than {POWER:.0%} of the time ({d.method} t-test at "
+            f"α = {ALPHA:g}), so “no clear difference” is not “no difference”.")
+
+
 def _question_finding(study: Study, q: Question, metrics: list) -> Finding:
     title = f"{q.text} ({q.variant} vs {q.reference})"
     absent = [v for v in (q.variant, q.reference) if v not in study.variants_with_results]
@@ -247,19 +270,24 @@ def _question_finding(study: Study, q: Question, metrics: list) -> Finding:
     comparison = f"{q.variant} − {q.reference}"
     rows = _rows(study, comparison, lambda m: seed_difference(_by_seed(study, q.variant, m.key),
                                                                _by_seed(study, q.reference, m.key)), primary, metrics)
-    answer = _sentence(rows[0], q.variant, q.reference) + _text_following(rows, q.variant, q.reference)
     configs = {v: (study.runs_of(v)[0].config if study.runs_of(v) else {}) for v in (q.variant, q.reference)}
+    within = ""
     if configs[q.variant].get("use_ema") != configs[q.reference].get("use_ema"):
-        answer, rows = _with_ema_within(study, q, primary, metrics, answer, rows)
-    family = _adjust(rows)
+        within, rows = _with_ema_within(study, q, primary, metrics, rows)
+    family = _adjust(rows)  # before any sentence reads a Holm-adjusted p-value
+    answer = (_sentence(rows[0], q.variant, q.reference) + power_sentence(rows[0].d, primary)
+              + _text_following(rows, q.variant, q.reference) + within)
     return Finding(title, answer, pd.DataFrame([r.record() for r in rows]), primary.label, family)
 
 
-def _with_ema_within(study: Study, q: Question, primary: Metric, metrics: list, answer: str, rows: list):
-    """The EMA question also compares EMA with raw weights inside each run that keeps an EMA (paired by run)."""
+def _with_ema_within(study: Study, q: Question, primary: Metric, metrics: list, rows: list) -> tuple[str, list]:
+    """The EMA question also compares EMA with raw weights inside each run that keeps an EMA (paired by run): its own
+    comparison (role "within-run": it does not decide the question), its other metrics in the question's Holm family.
+    Returns (its sentences, the rows with its rows added)."""
     within_primary = primary if primary.source == "evaluation" else _resolve_primary(PRIMARY, metrics)
     if within_primary is not None:  # within a run both weight sets are measured, so neither is "the deployed" one
         within_primary = dataclasses.replace(within_primary, label=within_primary.label.replace(" (deployed weights)", ""))
+    answer = ""
     for variant in (q.reference, q.variant):
         runs = [r for r in study.runs_of(variant) if r.deployed_weights == "ema"]
         if not runs or within_primary is None:
@@ -269,12 +297,17 @@ def _with_ema_within(study: Study, q: Question, primary: Metric, metrics: list, 
         new = _rows(study, comparison, lambda m: _within(runs, m), within_primary, within)
         new = [r for r in new if math.isfinite(r.d.diff)]
         if new and new[0].metric.key == within_primary.key:
-            answer += f" Within {variant} runs: " + _sentence(new[0], "EMA weights", "raw weights")
-        rows += new
+            new[0].role = "within-run"
+            answer += (f" Within {variant} runs (its own comparison, not the question's): "
+                       + _sentence(new[0], "EMA weights", "raw weights"))
+        rows = rows + new
     return answer, rows
 
 
 def _best_finding(study: Study, metrics: list) -> Finding:
+    """The variant with the lowest mean primary metric, tested against every other variant with Holm's adjustment
+    over those k − 1 comparisons (choosing the best by its mean and then testing it against the runner-up alone would
+    not correct for the choice): a win is claimed only where every adjusted p is below ALPHA."""
     question = "Which configuration is best?"
     primary = _resolve_primary(PRIMARY, metrics)
     if primary is None:
@@ -283,19 +316,32 @@ def _best_finding(study: Study, metrics: list) -> Finding:
     ranked = sorted((v for v in means if means[v].n), key=lambda v: means[v].mean)
     if not ranked:
         return Finding(question, "Cannot answer: no finished run has a validation loss.", pd.DataFrame())
-    table = pd.DataFrame([{"rank": i + 1, "variant": v, primary.title: format_estimate(means[v]),
-                           "seeds": means[v].n} for i, v in enumerate(ranked)])
+    best = ranked[0]
+    diffs = {v: seed_difference(_by_seed(study, best, primary.key), _by_seed(study, v, primary.key))
+             for v in ranked[1:]}
+    adjusted = dict(zip(diffs, holm([d.p for d in diffs.values()])))
+    records = []
+    for i, v in enumerate(ranked):
+        d = diffs.get(v)
+        records.append({
+            "rank": i + 1, "variant": v, primary.title: format_estimate(means[v]), "seeds (n)": means[v].n,
+            f"{best} − this": describe_difference(d) if d is not None else "—",
+            f"p (Holm over the {len(diffs)} comparisons with {best})":
+                f"{adjusted[v]:.3g}" if d is not None and math.isfinite(adjusted[v]) else "—"})
+    table = pd.DataFrame(records)
     if len(ranked) == 1:
-        return Finding(question, f"Only {ranked[0]} has finished runs: nothing to rank.", table, primary.label)
-    best, runner_up = ranked[:2]
-    d = seed_difference(_by_seed(study, best, primary.key), _by_seed(study, runner_up, primary.key))
-    row = _Row(f"{best} − {runner_up}", primary, "primary", d)
-    lead = f"Lowest mean {primary.label}: {best} ({format_estimate(means[best])}), then {runner_up}. "
-    if d.has_interval and d.significant:
-        answer = lead + f"{best} is better than the runner-up: {describe_difference(d)}; the interval excludes zero."
+        return Finding(question, f"Only {best} has finished runs: nothing to rank.", table, primary.label)
+    lead = f"Lowest mean {primary.label}: {best} ({format_estimate(means[best])}), then {ranked[1]}. "
+    wins = [v for v in diffs if diffs[v].has_interval and adjusted[v] < ALPHA and diffs[v].diff < 0]
+    if len(wins) == len(diffs):
+        answer = lead + (f"{best} is better than each of the other {len(diffs)} variants (Holm-adjusted p < {ALPHA:g} "
+                         f"over the {len(diffs)} comparisons with it).")
     else:
-        answer = lead + "Not a clear win: " + _sentence(row, best, runner_up)
-    return Finding(question, answer, table, primary.label)
+        undecided = [v for v in diffs if v not in wins]
+        answer = lead + (f"The ranking is by means only: {best} is not clearly better than {', '.join(undecided)} "
+                         f"(Holm over the {len(diffs)} comparisons with {best}; see the table).")
+        answer += next((power_sentence(diffs[v], primary) for v in undecided if power_sentence(diffs[v], primary)), "")
+    return Finding(question, answer, table, primary.label, [f"{best} − {v}: {primary.label}" for v in diffs])
 
 
 def findings(study: Study) -> list:

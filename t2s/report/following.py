@@ -20,48 +20,67 @@ from t2s.rundir import finite_number
 
 @dataclass(frozen=True)
 class Check:
+    """A threshold on an estimate with an interval: "met" when the whole interval clears it, "NOT met" when the whole
+    interval misses it, "undecided" when the interval straddles it (or there is no interval)."""
     name: str
-    needs: tuple  # evaluation columns
-    passes: Callable[[dict], bool]
+    needs: tuple  # evaluation columns: the estimate first, then its interval's low and high, then the bounds
+    met: Callable[[dict], bool]  # the interval's low end clears the threshold
+    missed: Callable[[dict], bool]  # the interval's high end misses it
     shows: Callable[[dict], str]
+    clips: str  # the evaluation column that counts the clips behind the estimate
+
+
+def _bt(v: dict, end: str) -> float:
+    return v[f"bt_bleu4_seen{end}"]
 
 
 CHECKS = (
-    Check("back-translation on seen captions ≥ ½ of the ceiling, interval above the floor",
-          ("bt_bleu4_seen", "bt_bleu4_seen_ceiling", "bt_bleu4_seen_floor", "bt_bleu4_seen_low"),
-          lambda v: v["bt_bleu4_seen"] >= 0.5 * v["bt_bleu4_seen_ceiling"] and v["bt_bleu4_seen_low"] > v["bt_bleu4_seen_floor"],
+    Check("back-translation on seen captions ≥ ½ of the ceiling, above the floor",
+          ("bt_bleu4_seen", "bt_bleu4_seen_low", "bt_bleu4_seen_high", "bt_bleu4_seen_ceiling", "bt_bleu4_seen_floor"),
+          lambda v: _bt(v, "_low") >= 0.5 * _bt(v, "_ceiling") and _bt(v, "_low") > _bt(v, "_floor"),
+          lambda v: _bt(v, "_high") < 0.5 * _bt(v, "_ceiling") or _bt(v, "_high") <= _bt(v, "_floor"),
           lambda v: f"BLEU-4 {v['bt_bleu4_seen']:.1f} [{v['bt_bleu4_seen_low']:.1f}, {v['bt_bleu4_seen_high']:.1f}]; "
-                    f"floor {v['bt_bleu4_seen_floor']:.1f}, ceiling {v['bt_bleu4_seen_ceiling']:.1f}"),
-    Check("DTW gap ≥ 25% of the shuffled error, interval above 0",
-          ("dtw_gap", "dtw_gap_low", "dtw_error_shuffled"),
-          lambda v: v["dtw_gap"] >= 0.25 * v["dtw_error_shuffled"] and v["dtw_gap_low"] > 0,
+                    f"floor {v['bt_bleu4_seen_floor']:.1f}, ceiling {v['bt_bleu4_seen_ceiling']:.1f}",
+          "num_clips_seen"),
+    Check("DTW gap ≥ 25% of the shuffled error, above 0",
+          ("dtw_gap", "dtw_gap_low", "dtw_gap_high", "dtw_error_shuffled"),
+          lambda v: v["dtw_gap_low"] >= 0.25 * v["dtw_error_shuffled"] and v["dtw_gap_low"] > 0,
+          lambda v: v["dtw_gap_high"] < 0.25 * v["dtw_error_shuffled"] or v["dtw_gap_high"] <= 0,
           lambda v: f"gap {v['dtw_gap']:.3f} [{v['dtw_gap_low']:.3f}, {v['dtw_gap_high']:.3f}] = "
-                    f"{100 * v['dtw_gap'] / v['dtw_error_shuffled']:.0f}% of {v['dtw_error_shuffled']:.3f}"),
-    Check("hand detection ≥ 80%", ("hand_detection_rate",),
-          lambda v: v["hand_detection_rate"] >= 0.8, lambda v: f"{100 * v['hand_detection_rate']:.0f}%"),
+                    f"{100 * v['dtw_gap'] / v['dtw_error_shuffled']:.0f}% of {v['dtw_error_shuffled']:.3f}",
+          "dtw_clips"),
+    Check("hand detection ≥ 80%", ("hand_detection_rate", "hand_detection_rate_low", "hand_detection_rate_high"),
+          lambda v: v["hand_detection_rate_low"] >= 0.8, lambda v: v["hand_detection_rate_high"] < 0.8,
+          lambda v: f"{100 * v['hand_detection_rate']:.0f}% [{100 * v['hand_detection_rate_low']:.0f}, "
+                    f"{100 * v['hand_detection_rate_high']:.0f}]",
+          "num_clips"),
 )
 
 
-def _values(row: dict, check: Check) -> Optional[dict]:
-    keys = set(check.needs) | {"bt_bleu4_seen_high", "dtw_gap_high"}
-    values = {k: finite_number(row.get(k)) for k in keys}
-    return None if any(values[k] is None for k in check.needs) else values
+def check_verdict(row: dict, check: Check) -> str:
+    """'met: <numbers>, n = <clips> clips', 'NOT met: …', 'undecided: … (the interval straddles the threshold)', or
+    'not measured: <missing columns>'."""
+    values = {k: finite_number(row.get(k)) for k in check.needs}
+    missing = [k for k in check.needs if values[k] is None]
+    if missing:
+        return "not measured: " + ", ".join(missing)
+    clips = finite_number(row.get(check.clips))
+    count = f"; n = {int(clips)} clips" if clips is not None else ""
+    if check.met(values):
+        return f"met: {check.shows(values)}{count}"
+    if check.missed(values):
+        return f"NOT met: {check.shows(values)}{count}"
+    return f"undecided: {check.shows(values)}{count} (the interval straddles the threshold)"
 
 
 def following_table(study: Study) -> pd.DataFrame:
-    """One row per finished run (deployed weights): each check's numbers and 'met' / 'NOT met' / why it is unknown."""
+    """One row per finished run (deployed weights): each check's verdict from its interval (`check_verdict`)."""
     rows = []
     for run in study.finished_runs:
         row = evaluation_row(run)
         record = {"run": run.name, "weights": run.deployed_weights}
         for check in CHECKS:
-            values = _values(row, check) if row else None
-            if values is None:
-                missing = [k for k in check.needs if finite_number(row.get(k)) is None] if row else ["(no evaluation row)"]
-                record[check.name] = "not measured: " + ", ".join(missing)
-            else:
-                verdict = "met" if check.passes(values) else "NOT met"
-                record[check.name] = f"{verdict}: {check.shows(values)}"
+            record[check.name] = check_verdict(row, check) if row else "not measured: (no evaluation row)"
         record[DEPENDENCE] = _dependence(row)
         rows.append(record)
     return pd.DataFrame(rows, columns=["run", "weights"] + [c.name for c in CHECKS] + [DEPENDENCE])

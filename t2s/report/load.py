@@ -101,6 +101,7 @@ EVALUATION_METRICS = (  # the columns of t2s.eval.evaluate's logs/evaluation_met
 )
 # Columns of evaluation_metrics.csv that are not metrics, or repeat one summary.json already gives.
 EVALUATION_NON_METRICS = {"model_name", "config_name", "weights", "timestamp", "num_clips", "num_parameters_millions",
+                          "fvd_judged", "fvd_num_generated", "fvd_num_real", "fvd_real_set", "dtw_clips",
                           "feature_extractor", "feature_weights_sha256", "bt_recognizer", "eval_part", "eval_signers",
                           "num_inference_steps", "guidance_scale"}
 # Columns that qualify another one (an interval's bounds, a spread): shown beside it, never compared on their own.

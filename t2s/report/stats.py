@@ -17,7 +17,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import integrate, optimize, stats
 
 CONFIDENCE = 0.95
 ALPHA = 1 - CONFIDENCE
@@ -174,6 +174,40 @@ def holm(pvalues: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * p[i]))
         adjusted[i] = running
     return adjusted.tolist()
+
+
+POWER = 0.8
+
+
+def detectable_difference(d: Difference, power: float = POWER, alpha: float = ALPHA,
+                          confidence: float = CONFIDENCE) -> float:
+    """The smallest true difference the same test (t, two-sided, `alpha`) would detect with probability `power`, given
+    this comparison's standard error and degrees of freedom: solves P(|T| > t_crit) = power for T ~ noncentral t(df,
+    delta / se). The standard error is read from the interval (half-width / t quantile); df = n - 1 for a paired
+    comparison, Welch-Satterthwaite's lower bound min(n_a, n_b) - 1 for an unpaired one. NaN without an interval."""
+    if not d.has_interval:
+        return math.nan
+    df = d.n_a - 1 if d.method == "paired" else min(d.n_a, d.n_b) - 1
+    if df < 1:
+        return math.nan
+    se = (d.high - d.low) / 2 / stats.t.ppf(0.5 + confidence / 2, df)
+    crit = stats.t.ppf(1 - alpha / 2, df)
+
+    def shortfall(delta: float) -> float:
+        # T = (Z + nc) / sqrt(V / df), V ~ chi2(df): P(|T| > crit) = E_V[Φ(nc - crit s) + Φ(-nc - crit s)], s = sqrt(V /
+        # df); integrated over V (scipy's nct loses precision at df = 1, the two-seed case)
+        nc = delta / se
+
+        def density(v: float) -> float:
+            s = math.sqrt(v / df)
+            return (stats.norm.cdf(nc - crit * s) + stats.norm.cdf(-nc - crit * s)) * stats.chi2.pdf(v, df)
+
+        return integrate.quad(density, 0, np.inf, limit=200)[0] - power
+
+    high = se * (crit + 10)
+    while shortfall(high) < 0:
+        high *= 2
+    return float(optimize.brentq(shortfall, 0.0, high))
 
 
 def format_estimate(estimate: Estimate, digits: int = 4) -> str:

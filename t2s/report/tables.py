@@ -38,14 +38,21 @@ def metric_estimates(study: Study) -> pd.DataFrame:
             rows.append({
                 "variant": variant, "metric": metric.key, "label": metric.label, "better": metric.better or "",
                 "mean": estimate.mean, "ci_low": estimate.low, "ci_high": estimate.high, "n": estimate.n,
-                "display": format_estimate(estimate),
+                "display": cell_text(estimate),
             })
     columns = ["variant", "metric", "label", "better", "mean", "ci_low", "ci_high", "n", "display"]
     return pd.DataFrame(rows, columns=columns)
 
 
+def cell_text(estimate) -> str:
+    """`format_estimate` with the cell's own n (a metric can be missing in some seeds: its n is then smaller than the
+    'seeds (n)' row's)."""
+    text = format_estimate(estimate)
+    return text if estimate.n <= 1 or not estimate.spread else f"{text} (n={estimate.n})"
+
+
 def comparison_table(study: Study) -> Optional[pd.DataFrame]:
-    """Metrics as rows, variants as columns, each cell 'mean ± 95% CI half-width' over seeds; None if no runs."""
+    """Metrics as rows, variants as columns, each cell 'mean ± 95% CI half-width (n=seeds)'; None if no runs."""
     estimates = metric_estimates(study)
     if estimates.empty:
         return None
@@ -79,7 +86,8 @@ def write_comparison_table(study: Study, reports_dir: Union[str, Path] = "report
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"csv": folder / f"{COMPARISON_TABLE}.csv", "md": folder / f"{COMPARISON_TABLE}.md"}
     metric_estimates(study).to_csv(paths["csv"], index=False)
-    note = (f"Mean ± half-width of the {CONFIDENCE:.0%} Student-t interval over seeds; n=1 gives no interval. "
+    note = (f"Mean ± half-width of the {CONFIDENCE:.0%} Student-t interval over the n seeds with a value; n=1 gives "
+            "no interval. "
             "↓ lower is better, ↑ higher is better.\n\n")
     paths["md"].write_text(f"# Study {study.name}: comparison\n\n{note}{markdown_table(table)}", encoding="utf-8")
     return paths

@@ -45,8 +45,8 @@ from t2s.rundir import CAPTION_SPLITS, RunDir, atomic_write_json, read_json
 # Keys that do not change the raw weights' training trajectory (nor the data, the split or the held-out loss).
 EMA_KEYS = {"use_ema", "ema_decay", "ema_update_every", "ema_warmup"}
 QUESTION_KEYS = {"variant", "description", "compare_to", "question", "primary_metric"}
-EVALUATION_KEYS = {"guidance_scale", "num_inference_steps", "eta", "eval_num_clips", "eval_batch_size", "fvd_min_clips",
-                   "bt_train_frames", "bt_epochs", "bt_seed", "resume_from"}
+EVALUATION_KEYS = {"guidance_scale", "num_inference_steps", "eta", "eval_num_clips", "eval_batch_size",
+                   "fvd_num_generated", "fvd_real_split", "bt_train_frames", "bt_epochs", "bt_seed", "resume_from"}
 LOGGING_KEYS = {"trackers"}  # where the scalars go, not what they are
 STORAGE_KEYS = {"keep_optimizer_state"}  # what a finished run keeps on disk
 TRAINING_NEUTRAL = EMA_KEYS | QUESTION_KEYS | EVALUATION_KEYS | LOGGING_KEYS | STORAGE_KEYS
@@ -207,7 +207,8 @@ def evaluate_or_reuse(run_dir: Union[str, Path], **options) -> list[dict]:
     part, its own settings, raw weights), the provider's raw row and clips (`reuse_evaluation`), which would be
     recomputed bit for bit."""
     run = RunDir(run_dir)
-    defaults = (all(options.get(k) is None for k in ("num_clips", "num_inference_steps", "guidance_scale"))
+    defaults = (all(options.get(k) is None for k in ("num_clips", "num_inference_steps", "guidance_scale",
+                                                     "fvd_num_generated", "fvd_real_split"))
                 and options.get("part", "test") == "test" and options.get("weights") in (None, ["raw"]))
     if defaults and run.config.is_file():
         cfg = load_config_file(run.config)

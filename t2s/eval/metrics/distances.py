@@ -82,8 +82,8 @@ def compute_fvd(fake: torch.Tensor, real: torch.Tensor, model, batch_size: int =
     Features are I3D Kinetics-400 logits (``i3d_features``), statistics are fitted per set and compared with
     ``frechet_distance``. Caution: the estimator is biased upwards for small sets and its covariance is
     rank-deficient whenever a set has fewer clips than 401; values are comparable only between evaluations
-    with the same number of clips (StyleGAN-V reports FVD over 2048 clips). The evaluation applies the minimum
-    ``fvd_min_clips`` before calling this; the function itself computes whatever it is given.
+    with the same number of clips (StyleGAN-V reports FVD over 2048 clips). The evaluation marks an FVD judged or
+    descriptive by its n (``t2s.eval.metrics.validity``); the function itself computes whatever it is given.
     """
     mu_f, sigma_f = feature_statistics(i3d_features(fake, model, batch_size))
     mu_r, sigma_r = feature_statistics(i3d_features(real, model, batch_size))

@@ -2,7 +2,8 @@
 warping of hand tracks (DTW mean joint error).
 
 Rules: frames are ``(F, H, W, 3)`` uint8 RGB; a keypoint track is ``(F, n_hands, 2)`` pixel coordinates (x = column,
-y = row) with NaN where a hand is missing; a missing hand is charged a cost, never dropped. Numpy and scipy only;
+y = row) with NaN where a hand is missing; the joint error is measured on the frames where a hand is found and the
+detection rate says how often that is. Numpy and scipy only;
 imports nothing from t2s.
 """
 from __future__ import annotations
@@ -99,36 +100,27 @@ def _path_length(acc: np.ndarray) -> int:
     return length
 
 
-def hand_cost_matrix(gt: np.ndarray, pred: np.ndarray, unmatched_cost: float = 1.0) -> np.ndarray:
-    """Cost of aligning each frame of `gt` (F1, H, 2) with each frame of `pred` (F2, H, 2) -> (F1, F2).
-
-    Per hand slot: the Euclidean distance when the hand is in both frames, ``unmatched_cost`` when it is in only
-    one (a missing or extra hand), nothing when it is in neither; the frame pair's cost is the mean over the slots
-    counted, and 0 when no hand is in either frame.
-    """
-    present_g = np.isfinite(gt).all(-1)[:, None, :]  # (F1, 1, H)
-    present_p = np.isfinite(pred).all(-1)[None, :, :]  # (1, F2, H)
-    both, one = present_g & present_p, present_g ^ present_p
-    with np.errstate(invalid="ignore"):
-        distance = np.linalg.norm(gt[:, None] - pred[None], axis=-1)  # (F1, F2, H), NaN where a hand is missing
-    slot = np.where(both, distance, np.where(one, unmatched_cost, 0.0))
-    counted = (both | one).sum(-1)
-    return np.where(counted > 0, slot.sum(-1) / np.maximum(counted, 1), 0.0)
-
-
-def dtw_joint_error(pred_kp, gt_kp, body_size: float, unmatched_cost: float = 1.0) -> float:
-    """DTW mean joint error between predicted and ground-truth hand tracks, in units of ``body_size``.
+def dtw_joint_error(pred_kp, gt_kp, body_size: float) -> float:
+    """DTW mean joint error between predicted and ground-truth hand tracks over the frames where the hand is found,
+    in units of ``body_size``; NaN when no hand is found in both tracks.
 
     pred_kp, gt_kp: (F, n_hands, 2) pixel coordinates, NaN where a hand is missing (``find_hands``).
-    Keypoints are divided by ``body_size`` (e.g. the image size). Every frame is kept; the cost of aligning two
-    frames is `hand_cost_matrix`'s: the mean over hands of their distance, where a hand found in one frame and not in
-    the other costs ``unmatched_cost`` body sizes (1.0 = one image width: more than any misplacement inside the
-    image but its diagonal). So a clip in which no hand is found scores exactly ``unmatched_cost`` against a
-    ground truth that shows both hands, instead of being left out. The result is ``dtw(gt, pred)``, the mean cost
-    per aligned frame pair.
+    Keypoints are divided by ``body_size`` (e.g. the image size). Each hand is scored on its own: its track in the
+    frames where it was found in the prediction is aligned by ``dtw`` (path-normalised, Euclidean distance) with its
+    track in the frames where the ground truth shows it, and the result is the mean over the hands found in both.
+    A missed frame is left out, never charged: the error measures where the found hands are (the mean joint error of
+    SLP papers), and how often they are found is `hand_detection_rate`'s to say.
     """
     if body_size <= 0:
         raise ValueError(f"body_size must be positive, got {body_size}")
     pred = np.asarray(pred_kp, np.float64) / body_size
     gt = np.asarray(gt_kp, np.float64) / body_size
-    return dtw_from_cost(hand_cost_matrix(gt, pred, unmatched_cost))
+    if pred.ndim != 3 or gt.ndim != 3 or pred.shape[1:] != gt.shape[1:]:
+        raise ValueError(f"expected tracks (F, n_hands, 2) with the same hands, got {pred.shape} and {gt.shape}")
+    errors = []
+    for h in range(pred.shape[1]):
+        p, g = pred[:, h], gt[:, h]
+        p, g = p[np.isfinite(p).all(-1)], g[np.isfinite(g).all(-1)]
+        if len(p) and len(g):
+            errors.append(dtw_from_cost(np.linalg.norm(g[:, None] - p[None], axis=-1)))
+    return float(np.mean(errors)) if errors else float("nan")
