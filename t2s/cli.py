@@ -301,6 +301,25 @@ def cmd_bench(args) -> int:
         atomic_write_bytes(Path(args.out) / "startup.md", startup_markdown(result).encode("utf-8"))
         print(startup_markdown(result))
         return 0
+    if args.profile:
+        from t2s.bench.profile import study_profile
+        from t2s.bench.profile import to_markdown as profile_markdown
+        from t2s.bench.report import refresh_sections
+        from t2s.rundir import atomic_write_bytes, atomic_write_json
+        from t2s.study.runs import EXECUTED_DIR
+
+        folder = Path(args.profile) if Path(args.profile).is_dir() else EXECUTED_DIR / args.profile
+        try:
+            result = study_profile(folder, args.label)
+        except FileNotFoundError as exc:
+            raise SystemExit(f"bench --profile: {exc}")
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(Path(args.out) / f"profile-{args.label}.json", result)
+        text = profile_markdown(result)
+        atomic_write_bytes(Path(args.out) / f"profile-{args.label}.md", text.encode("utf-8"))
+        refresh_sections(Path(args.out))
+        print(text)
+        return 0
     from t2s.bench.contention import measure_contention
     from t2s.bench.contention import to_markdown as contention_markdown
     from t2s.bench.report import to_markdown
@@ -538,6 +557,15 @@ def _add_train(sub) -> None:
     sp.set_defaults(func=cmd_train)
 
 
+def _label(text: str) -> str:
+    """A label for file names: letters, digits, '-' and '_'."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", text):
+        raise argparse.ArgumentTypeError(f"{text!r}: use letters, digits, '-' and '_' (e.g. native, avx2-fp32)")
+    return text
+
+
 def _add_bench(sub) -> None:
     sp = sub.add_parser("bench", help="benchmark the training step, sampling, FLOP utilization, and diffusers' UNet3D")
     sp.add_argument("--quick", action="store_true", help="smoke test: tiny only, few steps, 5 s race, no variants")
@@ -573,6 +601,12 @@ def _add_bench(sub) -> None:
     sp.add_argument("--startup", action="store_true",
                     help="only time how fast the command line answers (--help, a bad key's error, import t2s); writes "
                          "startup.json and startup.md to --out")
+    sp.add_argument("--profile", metavar="STUDY",
+                    help="only profile a study that ran (a name under executed/ or a folder): wall time by phase per "
+                         "run and for the study, from its notebooks and logs/phases.json; writes profile-<label>.* to "
+                         "--out and its section of bench.md")
+    sp.add_argument("--label", default="native", type=_label,
+                    help="what the profiled study ran on, e.g. native or avx2-fp32 (default native)")
     sp.add_argument("--contention", action="store_true",
                     help="only measure one tiny training alone against two at once (shared and unshared cores); "
                          "writes contention.json and contention.md to --out")

@@ -7,6 +7,7 @@
 <run_dir>/logs/training_metrics.csv   one row per optimizer step
 <run_dir>/logs/validation_metrics.csv one row per validation (step 0, every epoch, the end)
 <run_dir>/logs/gpu_memory.csv         memory at every log point (CPU: process RSS)
+<run_dir>/logs/phases.json            wall seconds by phase: setup, steps, validation, sampling, evaluation's parts
 <run_dir>/tensorboard/                the same scalars and sample frames
 <run_dir>/checkpoints/epoch_N.pt      resumable checkpoints (step_S.pt when a run stops mid-epoch); a finished run
                                       prunes them unless keep_optimizer_state: true
@@ -22,6 +23,7 @@
 <run_dir>.ipynb                       the executed training notebook, beside the folder
 executed/<study>/study.json           the variants and seeds asked for, and the jobs
 executed/<study>/failures.json        run name -> the failing cell's error
+executed/<study>/phases.json          the last ablate's wall seconds: runs, report, total (and its jobs)
 ```
 """
 from __future__ import annotations
@@ -149,6 +151,7 @@ def read_json(path: Path, default: Any = None) -> Any:
 
 STUDY_FILE = "study.json"
 FAILURES_FILE = "failures.json"
+STUDY_PHASES_FILE = "phases.json"  # executed/<study>/phases.json: the last ablate's wall seconds (runs, report)
 COMPARISON_TABLE = "comparison_table"  # reports/<study>/comparison_table.csv (long, numeric) and .md (as shown)
 # progress.json: every key is always there (None where it does not apply). phase: validating, training, sampling,
 # trained (training done, evaluation next), evaluating, evaluated; done of total units ("step" while training,
@@ -184,6 +187,7 @@ class RunDir:
         self.checkpoint_index = self.checkpoints / "index.json"  # [{file, step, epoch, sha256}], oldest first
         self.samples_json = self.samples / "samples.json"
         self.progress = self.root / "progress.json"
+        self.phases = self.logs / "phases.json"  # {phase: wall seconds} (t2s.engine.phases)
         self.notebook = self.root.with_suffix(".ipynb")
 
     def sample_gif(self, step: int, index: int) -> Path:

@@ -154,6 +154,11 @@ def make_run(
             rows.append({c: row.get(c) for c in EVALUATION_COLUMNS})
         pd.DataFrame(rows).to_csv(logs / "evaluation_metrics.csv", index=False)
         _write_json(logs / "evaluation_metrics.json", rows)
+        # wall seconds by phase (t2s.engine.phases), made up: training's, then the evaluation's
+        _write_json(logs / "phases.json", {
+            "setup": 5.0, "steps": 60.0 + seed, "validation": 4.0, "sampling": 1.0, "checkpoints": 0.5,
+            "eval_setup": 3.0, "fvd": 0.0, "recognizer": 2.0, "eval_sampling": 20.0, "metrics": 1.0,
+            "held_out_loss": 1.5, "eval_writing": 0.5})
         # evaluation clips as t2s.eval.evaluate writes them: the real clip and each weight set's clip, with readings
         index = []
         for i, (prompt, split) in enumerate(zip(prompts, ("seen", "novel"))):

@@ -296,7 +296,8 @@ def test_quick_run_on_micro_writes_json_and_markdown(synth_dir, tmp_path):
 def test_contention_slowdowns_are_pair_wall_over_single_wall(monkeypatch):
     from t2s.bench import contention
 
-    clock = iter([0.0, 10.0, 100.0, 121.0, 200.0, 270.0])  # alone 10 s, shared pair 21 s, unshared pair 70 s
+    # alone 10 s, shared pair 21 s, each started on its own 23 s, spinning pair 70 s
+    clock = iter([0.0, 10.0, 100.0, 121.0, 150.0, 173.0, 200.0, 270.0])
     monkeypatch.setattr(contention.time, "perf_counter", lambda: next(clock))
     started = []
 
@@ -313,13 +314,16 @@ def test_contention_slowdowns_are_pair_wall_over_single_wall(monkeypatch):
     monkeypatch.setattr(runtime, "usable_cpus", lambda: 2)  # the shared pair's env: runtime.share_cpus_env(2)
     monkeypatch.delenv(runtime.THREADS_ENV_VAR, raising=False)
     result = contention.measure_contention("micro", steps=5, warmup=1)
-    assert [e["T2S_THREADS"] for e in started] == ["", "1", "1", "2", "2"]
-    assert [e["OMP_WAIT_POLICY"] for e in started[1:3]] == ["PASSIVE", "PASSIVE"]
+    # alone and each-on-its-own: the user's environment without T2S_THREADS or OMP_WAIT_POLICY (None removes them)
+    assert [e["T2S_THREADS"] for e in started] == [None, "1", "1", None, None, "2", "2"]
+    assert [e["OMP_WAIT_POLICY"] for e in started] == [None, "PASSIVE", "PASSIVE", None, None, "ACTIVE", "ACTIVE"]
     assert result["shared"]["slowdown"] == pytest.approx(2.1) and result["unshared"]["slowdown"] == pytest.approx(7.0)
+    assert result["own"]["slowdown"] == pytest.approx(2.3)
     assert result["shared"]["step_slowdown"] == pytest.approx(9.0 / 8.0)
     text = contention.to_markdown(result)
-    assert "| two at once, shared (T2S_THREADS, passive wait) | 1, 1 | 21.0 | 2.10x |" in text
-    assert "within 2.4x of one alone: met (2.10x)" in text
+    assert "| two at once, shared as ablate starts them (T2S_THREADS, passive wait) | 1, 1 | 21.0 | 2.10x |" in text
+    assert "Goal: two runs started by ablate within 2.4x of one alone: met (2.10x)" in text
+    assert "Goal: two runs each started on its own within 2.4x of one alone: met (2.30x)" in text
 
 
 def test_a_contention_worker_trains_engine_steps():

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from t2s.eval import evaluate
-from t2s.eval.compare import compare_clips
+from t2s.eval.compare import compare_clips, distribution_unavailable
 from t2s.eval.metrics import files, perceptual, video_features, weights
 from t2s.eval.metrics.files import PROBE_TIMEOUT_S, sha256_file
 from t2s.eval.metrics.perceptual import LPIPS_BACKBONE_SHA256, load_lpips
@@ -170,7 +170,7 @@ def test_an_offline_evaluation_records_null_with_the_reason(tmp_path, monkeypatc
     extractor, i3d_status, lpips_model, lpips_status = evaluate._load_metric_models("cpu", None, None)
     assert extractor is None and lpips_model is None
     clips = torch.rand(2, 3, 4, 16, 16) * 2 - 1
-    row = compare_clips(clips, clips, None, None, extractor, i3d_status, lpips_model, lpips_status)
+    row = {**distribution_unavailable(i3d_status), **compare_clips(clips, clips, None, None, lpips_model, lpips_status)}
     assert row["fvd"] is None and row["kvd"] is None and row["lpips"] is None
     assert row["fvd_status"] == i3d_status and "downloads are off (T2S_OFFLINE=1)" in row["fvd_status"]
     assert row["lpips_status"] == lpips_status and "downloads are off (T2S_OFFLINE=1)" in row["lpips_status"]

@@ -158,9 +158,29 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines + _goals(result["goals"]))
 
 
+SECTIONS_MARK = "<!-- sections: written by bench --profile / --study-estimate and speed-changes.md; kept by bench -->"
+# bench.md's sections after the step benchmark, each its own file in reports/bench, in this order
+SECTION_FILES = ("speed-changes.md", "profile-native.md", "profile-avx2-fp32.md", "study-estimate-native.md",
+                 "study-estimate-avx2-fp32.md")
+
+
+def refresh_sections(out_dir: Path) -> Path:
+    """bench.md: its step benchmark (the text before SECTIONS_MARK), then every section file of `out_dir` there is
+    (SECTION_FILES first, then any other profile-* / study-estimate-* file)."""
+    out_dir = Path(out_dir)
+    md_path = out_dir / "bench.md"
+    head = md_path.read_text(encoding="utf-8").split(SECTIONS_MARK)[0].rstrip() if md_path.is_file() else "# t2s benchmark"
+    names = list(SECTION_FILES) + sorted(p.name for p in out_dir.glob("*.md") if p.name not in SECTION_FILES
+                                         and p.name.startswith(("profile-", "study-estimate-")))
+    sections = [(out_dir / n).read_text(encoding="utf-8").strip() for n in names if (out_dir / n).is_file()]
+    atomic_write_bytes(md_path, "\n\n".join([head, SECTIONS_MARK, *sections]).encode("utf-8") + b"\n")
+    return md_path
+
+
 def write_outputs(result: dict, out_dir: Path) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
     json_path, md_path = out_dir / "bench.json", out_dir / "bench.md"
     atomic_write_bytes(json_path, json.dumps(result, indent=2, default=str).encode("utf-8"))
     atomic_write_bytes(md_path, to_markdown(result).encode("utf-8"))
+    refresh_sections(out_dir)
     return json_path, md_path

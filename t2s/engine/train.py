@@ -37,6 +37,7 @@ from t2s.engine.checkpoint import (
     write_final_weights,
 )
 from t2s.engine.logs import LogWindow, RunLog, check_finite, record_start, summarize
+from t2s.engine.phases import add_phase_time, phase_timer
 from t2s.engine.runtime import StopSignals, eval_mode, now, size_threads, use_cpu
 from t2s.engine.trackers import finish_trackers, log_samples, start_trackers
 from t2s.engine.step import Engine
@@ -63,6 +64,7 @@ class Trainer:
         self.signals = StopSignals(lambda name: print(
             f"\n{name} received: finishing optimizer step {e.step + 1}, then writing a checkpoint."))
         self.oom_events: list[dict] = []
+        self.step_seconds = 0.0  # wall time in optimizer steps since the last flush into logs/phases.json
 
     # ------------------------------------------------------------------ the loop
     def fit(self, stop_after: Optional[int] = None) -> dict:
@@ -121,7 +123,9 @@ class Trainer:
         stopped, out_of_memory = False, None
         for _ in range(e.steps_per_epoch - e.micro // cfg.gradient_accumulation_steps):
             try:
+                begin = time.perf_counter()
                 self.window.add(e.train_step(batches))
+                self.step_seconds += time.perf_counter() - begin
             except torch.OutOfMemoryError as exc:
                 out_of_memory = exc
                 break
@@ -142,7 +146,8 @@ class Trainer:
         return stopped, out_of_memory
 
     def flush_logs(self, bar) -> None:
-        """Read the window's losses (one host-device sync per log window), check them, write the rows.
+        """Read the window's losses (one host-device sync per log window), check them, write the rows (and the steps'
+        wall time into logs/phases.json).
 
         Several processes: the logged loss is the mean over ranks (one all-reduce per log window, on every rank);
         the gradient norm is already global (taken after the all-reduce); the main process writes."""
@@ -160,6 +165,8 @@ class Trainer:
                           rate=len(pending) / seconds if seconds > 0 else None, epoch=e.epoch)
         if e.is_main:
             bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{pending[-1]['lr']:.2e}", clips_s=f"{clips_per_s or 0:.1f}")
+            add_phase_time(self.run, "steps", self.step_seconds)
+            self.step_seconds = 0.0
 
     # ------------------------------------------------------------------ the rare paths
     def agree_to_stop(self, log_point: bool) -> bool:
@@ -211,7 +218,7 @@ class Trainer:
         e = self.engine
         if not e.is_main:
             return {}
-        with self.log.phase("validating", e.step, e.total_steps):
+        with self.log.phase("validating", e.step, e.total_steps), phase_timer(self.run, "validation"):
             raw = e.held_out_loss()
             ema = None
             if e.ema:
@@ -232,7 +239,7 @@ class Trainer:
         devices = [e.device] if e.device.type == "cuda" else []
         with eval_mode(e.model, text), torch.random.fork_rng(devices=devices), \
                 e.ema.swapped() if e.ema else nullcontext(), \
-                self.log.phase("sampling", e.step, e.total_steps):
+                self.log.phase("sampling", e.step, e.total_steps), phase_timer(self.run, "sampling"):
             pipe = TextToSignPipeline.from_config(e.model, text, cfg)
             clips = pipe(cfg.sample_prompts, seeds=range(len(cfg.sample_prompts)), batch_size=cfg.eval_batch_size)
         return self.log.samples(e.step, cfg.sample_prompts, clips, "ema" if e.ema else "raw")
@@ -243,7 +250,8 @@ class Trainer:
         e = self.engine
         if not e.is_main:
             return None
-        return save_checkpoint(self.run, name, e.state_dict(), e.cfg.keep_checkpoints)
+        with phase_timer(self.run, "checkpoints"):
+            return save_checkpoint(self.run, name, e.state_dict(), e.cfg.keep_checkpoints)
 
     def checkpoint_if_new(self) -> None:
         """A checkpoint for the current step unless one exists: epoch_N.pt at an epoch's end, else step_S.pt."""
@@ -274,7 +282,8 @@ class Trainer:
         e = self.engine
         if not e.is_main:
             return
-        digests = write_final_weights(self.run, e.state_dict())
+        with phase_timer(self.run, "checkpoints"):
+            digests = write_final_weights(self.run, e.state_dict())
         self.run.update_metadata(status="finished", end_time=now(), final_weights=digests)
         if not e.cfg.keep_optimizer_state:
             prune_checkpoints(self.run)
@@ -294,6 +303,7 @@ def train(config: Config, run_dir: Union[str, Path], progress: bool = True,
     if not isinstance(config, Config):
         config = from_dict(dict(config))
     check_trackers(config)  # before the run directory is made
+    started = time.perf_counter()
     state = PartialState(cpu=use_cpu())  # joins the process group of a multi-process launch (a no-op alone)
     # the CPUs this process may use (affinity, cgroup quota, ablate's share), split among a launch's local processes
     size_threads(state.num_processes if state.device.type == "cpu" else 1)
@@ -313,6 +323,8 @@ def train(config: Config, run_dir: Union[str, Path], progress: bool = True,
     elif main:  # a fresh start (perhaps after a crash before the first checkpoint): no rows from an earlier attempt
         for csv_path in (run.training_csv, run.validation_csv, run.memory_csv):
             csv_path.unlink(missing_ok=True)
+    if main:  # data (rendered or read from the cache), the models and the text encoder, a checkpoint to resume
+        add_phase_time(run, "setup", time.perf_counter() - started)
     try:
         final_val = trainer.fit(stop_after=stop_after)
     except BaseException as exc:

@@ -120,6 +120,7 @@ import io
 import math
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -135,6 +136,7 @@ from t2s.data.splits import PARTS, build_datasets, caption_key, evaluation_parts
 from t2s.data.video import to_clip
 from t2s.diffusion import build_train_scheduler, held_out_loss
 from t2s.engine.checkpoint import list_checkpoints, load_run_weights
+from t2s.engine.phases import phase_timer
 from t2s.engine.runtime import PeakMemory, run_autocast, size_threads, sync
 from t2s.engine.trackers import publish_evaluation
 from t2s.eval import backtranslate
@@ -352,18 +354,21 @@ class _References:
 
 
 def _references(cfg: Config, train_set: ClipDataset, val_set: ClipDataset, evaluation: _EvaluationSet,
-                device: torch.device, i3d_weights, lpips_weights) -> _References:
-    """Load the metric models and the recognizer, and compute the real clips' features and readings."""
-    extractor, extractor_status, lpips_model, lpips_status = _load_metric_models(device, i3d_weights, lpips_weights)
-    real_features, real_set = _fvd_real(cfg, train_set, evaluation, extractor) if extractor is not None else (None, None)
-    recognizer, bt_unavailable = _recognizer(cfg, train_set, val_set)
+                device: torch.device, i3d_weights, lpips_weights, phase=lambda name: nullcontext()) -> _References:
+    """Load the metric models and the recognizer, and compute the real clips' features and readings (`phase(name)`
+    times the parts: t2s.engine.phases)."""
+    with phase("eval_setup"):
+        extractor, extractor_status, lpips_model, lpips_status = _load_metric_models(device, i3d_weights, lpips_weights)
+    with phase("fvd"):
+        real_features, real_set = (_fvd_real(cfg, train_set, evaluation, extractor) if extractor is not None
+                                   else (None, None))
+    with phase("recognizer"):
+        recognizer, bt_unavailable = _recognizer(cfg, train_set, val_set)
+        real_readings = recognizer.read(evaluation.real) if recognizer is not None else None
     if recognizer is not None:
-        real_readings = recognizer.read(evaluation.real)
         splits = evaluation.splits
         bt_unavailable.update({split: f"no {split} evaluation clips ({why})" for split, why in evaluation.short.items()
                                if split not in splits})
-    else:
-        real_readings = None
     return _References(extractor, extractor_status, lpips_model, lpips_status, real_features, real_set, recognizer,
                        real_readings, bt_unavailable)
 
@@ -406,6 +411,10 @@ class _Evaluation:
     clips: _EvaluationSet
     references: _References
     autocast: Callable
+
+    def phase(self, name: str):
+        """Time a part of this evaluation into the run's logs/phases.json (`_phase_of`)."""
+        return _phase_of(self.run, self.part)(name)
 
 
 class _Progress:
@@ -485,22 +494,31 @@ def _evaluate_weights(ev: _Evaluation, weights: str, bar: _Progress
                       ) -> tuple[dict, torch.Tensor, Optional[list[list[str]]]]:
     """Sample the evaluation clips with one weight set and score them: (its row, the generated clips (n, 3, F, H, W),
     the recognizer's readings of them or None)."""
-    _, denoiser, text = load_run_models(ev.run.root, weights, str(ev.device))
-    bar.set_weights(weights)
-    pipe = TextToSignPipeline.from_config(denoiser, text, ev.cfg)
-    generated, seconds, peak_gb = _sample(pipe, ev, bar)
+    with ev.phase("eval_sampling"):
+        _, denoiser, text = load_run_models(ev.run.root, weights, str(ev.device))
+        bar.set_weights(weights)
+        pipe = TextToSignPipeline.from_config(denoiser, text, ev.cfg)
+        generated, seconds, peak_gb = _sample(pipe, ev, bar)
     refs, clips, whole, splits = ev.references, ev.clips, ev.clips.whole, ev.clips.splits
-    readings = refs.recognizer.read(generated) if refs.recognizer is not None else None
+    with ev.phase("fvd"):  # the extra clips' sampling and the I3D features
+        distribution = _distribution(ev, pipe, generated, bar)
+    with ev.phase("metrics"):
+        readings = refs.recognizer.read(generated) if refs.recognizer is not None else None
+        metrics = {
+            **compare_clips(generated[whole], clips.real[whole], clips.keypoints, clips.control_keys, refs.lpips_model,
+                            refs.lpips_status),
+            **sign_fidelity_by_group(generated, clips.all_keypoints, clips.gloss_keys, splits),
+            **back_translation_metrics(readings, refs.real_readings, clips.references, splits, refs.bt_unavailable),
+        }
+    with ev.phase("held_out_loss"):
+        held_out = _held_out(ev, denoiser, text)
     row = {
         "model_name": ev.run.root.name,
         "config_name": ev.cfg.variant,
         "weights": weights,
-        **_distribution(ev, pipe, generated, bar),
-        **compare_clips(generated[whole], clips.real[whole], clips.keypoints, clips.control_keys, refs.lpips_model,
-                        refs.lpips_status),
-        **sign_fidelity_by_group(generated, clips.all_keypoints, clips.gloss_keys, splits),
-        **back_translation_metrics(readings, refs.real_readings, clips.references, splits, refs.bt_unavailable),
-        **_held_out(ev, denoiser, text),
+        **distribution,
+        **metrics,
+        **held_out,
         "inference_time_ms": 1000.0 * seconds / len(clips.clips),  # per clip
         "inference_memory_gb": peak_gb,
         "num_parameters_millions": count_parameters(denoiser) / 1e6,
@@ -552,12 +570,19 @@ def publish(run: RunDir, cfg: Config, rows: list[dict], step: int, part: str = "
     publish_evaluation(cfg, run, rows, step, run.evaluation_paths(part)[2], part)
 
 
+def _phase_of(run: RunDir, part: str):
+    """phase_timer for this evaluation's parts; the development part's phases are named with a _dev suffix."""
+    return lambda name: phase_timer(run, name if part == "test" else f"{name}_dev")
+
+
 def _evaluation(run: RunDir, cfg: Config, dev: torch.device, part: str, n_wanted: int, num_clips: Optional[int],
                 steps: int, batch: int, i3d_weights, lpips_weights) -> _Evaluation:
     """What every weight set of one evaluation shares: the part's clips and validation clips, the references."""
-    train_set, val_set, _ = build_datasets(cfg)
-    clips = _evaluation_set(cfg, train_set, val_set, n_wanted, num_clips, part)
-    references = _references(cfg, train_set, val_set, clips, dev, i3d_weights, lpips_weights)
+    phase = _phase_of(run, part)
+    with phase("eval_setup"):
+        train_set, val_set, _ = build_datasets(cfg)
+        clips = _evaluation_set(cfg, train_set, val_set, n_wanted, num_clips, part)
+    references = _references(cfg, train_set, val_set, clips, dev, i3d_weights, lpips_weights, phase)
     held_out = val_set.subset(part_indices(cfg, train_set, val_set, part))
     return _Evaluation(run, cfg, dev, steps, batch, held_out, part,
                        evaluation_parts(cfg, train_set, val_set).describe(part), clips, references,
@@ -616,6 +641,7 @@ def evaluate_run(
             gif_clips.update({RunDir.evaluation_gif_name(w, i): generated[i] for i in range(n)})
     finally:
         bar.close()
-    _write_results(run, cfg, rows, gif_entries, gif_clips, checkpoint["step"], part)
+    with ev.phase("eval_writing"):
+        _write_results(run, cfg, rows, gif_entries, gif_clips, checkpoint["step"], part)
     bar.write("evaluated")
     return rows

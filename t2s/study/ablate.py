@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import queue
 import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,7 +40,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from t2s.config import DEFAULT_VARIANTS, ConfigError
-from t2s.rundir import FAILURES_FILE, RunDir
+from t2s.rundir import FAILURES_FILE, STUDY_PHASES_FILE, RunDir, atomic_write_json
 from t2s.study import export
 from t2s.study.executors import SlurmOptions, check_slurm_available, run_with_submitit
 from t2s.study.export import ReportError, report_command
@@ -130,15 +131,21 @@ def run_study(
     log(f"study {study}: {len(plans)} runs ({len(variants)} variants × {len(seeds)} seeds), scale {scale}, "
         f"{_where(executor, gpus, jobs)}")
 
+    started = time.perf_counter()
     outcomes, todo = _skip_or_prepare(plans, force, FailureLog(study_dir), log)
     with StudyProgress(study, len(plans), len(plans) - len(todo), log, show=progress,
                        poll_s=5.0 if executor == "slurm" else None) as live:
         outcomes.update(_run_todo(todo, plans, force, live, executor, gpus, jobs, slurm, submitit_folder, poll_seconds,
                                   report_command(study, executed_dir, reports_dir)))
     result = StudyResult(study, study_dir, [outcomes[p.name] for p in plans])
+    ran = time.perf_counter() - started
     _summarize(result, log)
     if build_report:
         _report(result, executed_dir, reports_dir, log)
+    atomic_write_json(study_dir / STUDY_PHASES_FILE, {  # the bench's study profile reads it (t2s.bench.profile)
+        "runs": round(ran, 3), "report": round(time.perf_counter() - started - ran, 3) if build_report else None,
+        "wall": round(time.perf_counter() - started, 3), "runs_done_here": len(todo), "jobs": jobs,
+        "executor": executor, "finished": datetime.now().isoformat(timespec="seconds")})
     return result
 
 
