@@ -472,6 +472,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
+    if _HINTS.get(key) in (str, Optional[str]) and value is not None and not isinstance(value, str):
+        value = raw.strip()  # a text key: "-p mixed_precision=no" means "no", not YAML's false
     return key, value
 
 

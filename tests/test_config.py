@@ -213,3 +213,14 @@ def test_out_of_range_command_line_values_stop_with_one_line_before_any_work(arg
         cli.main(argv)
     err = capsys.readouterr().err
     assert stop.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_a_text_key_on_the_command_line_keeps_its_text():
+    """`-p mixed_precision=no` (the README's fp32 switch) means the string "no", not YAML 1.1's false; a bool key still
+    reads yes/no as booleans."""
+    from t2s.config import parse_override
+
+    assert parse_override("mixed_precision=no") == ("mixed_precision", "no")
+    assert load_config("baseline", "tiny", dict([parse_override("mixed_precision=no")])).mixed_precision == "no"
+    assert parse_override("use_ema=no") == ("use_ema", False)
+    assert parse_override("seed=3") == ("seed", 3)
