@@ -320,6 +320,22 @@ def cmd_bench(args) -> int:
         refresh_sections(Path(args.out))
         print(text)
         return 0
+    if args.study_estimate:
+        from t2s.bench.estimate import estimate_study
+        from t2s.bench.estimate import to_markdown as estimate_markdown
+        from t2s.bench.report import refresh_sections
+        from t2s.rundir import atomic_write_bytes, atomic_write_json
+
+        overrides = list(args.param or [])
+        result = estimate_study(overrides, steps=args.steps or 8)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / f"study-estimate-{args.label}.json", result)
+        text = estimate_markdown(result, args.label)
+        atomic_write_bytes(out / f"study-estimate-{args.label}.md", text.encode("utf-8"))
+        refresh_sections(out)
+        print(text)
+        return 0
     from t2s.bench.contention import measure_contention
     from t2s.bench.contention import to_markdown as contention_markdown
     from t2s.bench.report import to_markdown
@@ -605,8 +621,13 @@ def _add_bench(sub) -> None:
                     help="only profile a study that ran (a name under executed/ or a folder): wall time by phase per "
                          "run and for the study, from its notebooks and logs/phases.json; writes profile-<label>.* to "
                          "--out and its section of bench.md")
+    sp.add_argument("--study-estimate", action="store_true",
+                    help="only estimate the quickstart's wall time here from a timed slice (its runs' workers at once: "
+                         "setup, --steps steps (default 8), a held-out loss, an evaluation batch), extrapolated as "
+                         "t2s/bench/estimate.py says; -p applies to it (e.g. -p mixed_precision=no); writes "
+                         "study-estimate-<label>.* to --out and its section of bench.md")
     sp.add_argument("--label", default="native", type=_label,
-                    help="what the profiled study ran on, e.g. native or avx2-fp32 (default native)")
+                    help="what the profiled study or the estimate ran on, e.g. native or avx2-fp32 (default native)")
     sp.add_argument("--contention", action="store_true",
                     help="only measure one tiny training alone against two at once (shared and unshared cores); "
                          "writes contention.json and contention.md to --out")

@@ -85,6 +85,7 @@ RANGES: dict[str, tuple] = {
     "synthsign_num_signers": (2, None, True, True),
     "val_max_clips": (1, None, True, True),
     "val_num_timesteps": (1, None, True, True),
+    "validate_every": (1, None, True, True),
     "eval_num_clips": (1, None, True, True),
     "eval_batch_size": (1, None, True, True),
     "fvd_num_generated": (2, None, True, True),
@@ -195,6 +196,7 @@ class Config:
     # --- validation and evaluation ---
     val_max_clips: int = 16
     val_num_timesteps: int = 4
+    validate_every: int = 1  # epochs between the training's validations (step 0 and the last step always validate)
     eval_num_clips: int = 8  # an upper bound: evaluation uses at most the validation split's decodable clips
     eval_batch_size: int = 8  # clips sampled together in evaluation; each still comes from its own seed (t2s.pipeline)
     # FVD and KVD to StyleGAN-V's protocol (docs/evaluation.md, "FVD and KVD"): fvd_num_generated clips sampled from

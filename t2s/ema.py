@@ -140,6 +140,12 @@ class EMA:
         torch._foreach_lerp_(self.shadow, current, 1.0 - self.last_decay)
         return True
 
+    @torch.no_grad()
+    def matches(self) -> bool:
+        """Whether the EMA weights equal the current weights exactly (before the first update, or a warm-up's first
+        update at decay 0): evaluating both would give the same numbers twice."""
+        return all(torch.equal(s, p.detach().float()) for s, p in zip(self.shadow, self.params))
+
     @property
     def text_shadow(self) -> list[torch.Tensor]:
         """The shadows of the text encoder's trainable parameters (empty when it is not averaged)."""

@@ -489,6 +489,25 @@ def test_training_does_not_depend_on_when_samples_are_drawn(synth_dir, tmp_path)
     assert all(torch.equal(a["text_encoder"][k], b["text_encoder"][k]) for k in a["text_encoder"])
 
 
+def test_validating_less_often_changes_no_weight_and_keeps_step_zero_and_the_end(synth_dir, tmp_path):
+    """validate_every: the training's validation rows at step 0, every validate_every-th epoch and the last step; the
+    weights and losses are those of a run that validates every epoch (validation draws from its own generator). At
+    step 0 the EMA equals the weights, so its loss is the raw one, not computed twice."""
+    cfg = micro(synth_dir, max_steps=25, num_epochs=3)  # 10 steps an epoch: epochs end at 10, 20; the run at 25
+    every = t2s.train(cfg, tmp_path / "every", progress=False)
+    fewer = t2s.train(cfg.replace(validate_every=2), tmp_path / "fewer", progress=False)
+    rows = {name: read_csv(RunDir(r.run_dir).validation_csv) for name, r in (("every", every), ("fewer", fewer))}
+    assert [int(r["step"]) for r in rows["every"]] == [0, 10, 20, 25]
+    assert [int(r["step"]) for r in rows["fewer"]] == [0, 20, 25]
+    assert rows["fewer"][0]["val_loss_ema"] == rows["fewer"][0]["val_loss_raw"]
+    losses = {name: [(r["val_loss_raw"], r["val_loss_ema"]) for r in found if r["step"] != "10"]
+              for name, found in rows.items()}
+    assert losses["every"] == losses["fewer"]
+    a, b = weights(every.run_dir), weights(fewer.run_dir)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
+
+
 # ----------------------------------------------------------------------------------------- reliability
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(synth_dir, tmp_path):
     cfg = micro(synth_dir, max_steps=12, save_every=1, keep_checkpoints=3)

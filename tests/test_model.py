@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from t2s.config import load_config
 from t2s.model import SPECIAL_TOKEN_DISTANCE, TextLayout, VideoUNet, alignment_distance, coordinate_channels
@@ -177,3 +178,22 @@ def test_the_motion_weighted_loss_is_the_plain_loss_at_zero_strength_and_on_stat
         clean[:, :, 1:, 2:4, 2:4] = 1.0  # a moving patch
         weighted = diffusion_loss(unet, scheduler, clean, noise, t, context, None, 10.0)
         assert weighted != pytest.approx(diffusion_loss(unet, scheduler, clean, noise, t, context, None).item())
+
+
+def test_the_temporal_conv_as_a_conv2d_is_the_conv3d():
+    """`model.temporal_conv` runs a (3, 1, 1) Conv3d's weights as a (3, 1) Conv2d (faster on the CPU): the same
+    outputs and gradients as the Conv3d, for a strided view (the ResBlock's layout) and a channels-last one."""
+    from t2s.model import temporal_conv
+
+    torch.manual_seed(0)
+    conv = nn.Conv3d(6, 6, (3, 1, 1), padding=(1, 0, 0))
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(2 * 5, 6, 4, 3).to(memory_format=layout).requires_grad_()
+        t = x.unflatten(0, (-1, 5)).transpose(1, 2)  # (b, c, f, h, w) as ResBlock.forward views it
+        ours = temporal_conv(conv, t)
+        grads = torch.autograd.grad(ours.square().sum(), [x, conv.weight, conv.bias])
+        reference = conv(t)
+        expected = torch.autograd.grad(reference.square().sum(), [x, conv.weight, conv.bias])
+        torch.testing.assert_close(ours, reference)
+        for a, b in zip(grads, expected):
+            torch.testing.assert_close(a, b)

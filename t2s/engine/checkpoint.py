@@ -33,7 +33,8 @@ from t2s.rundir import RunDir, atomic_write_bytes, atomic_write_json, read_json
 # Keys that may differ between a checkpoint's config and the config that resumes it (they do not change the math).
 RESUMABLE_CHANGES = {
     "max_steps", "num_epochs", "resume_from", "log_every", "sample_every", "save_every", "keep_checkpoints",
-    "num_workers", "sample_prompts", "description", "eval_num_clips", "val_max_clips", "compare_to", "question",
+    "num_workers", "sample_prompts", "validate_every", "description", "eval_num_clips", "val_max_clips", "compare_to",
+    "question",
     "primary_metric", "eval_batch_size", "fvd_num_generated", "fvd_real_split", "bt_train_frames", "bt_epochs",
     "bt_seed", "trackers", "keep_optimizer_state",
 }

@@ -91,7 +91,8 @@ class Trainer:
                         continue
                     if e.micro >= epoch_length:  # a whole epoch done
                         e.epoch, e.micro = e.epoch + 1, 0
-                        self.validate()
+                        if e.epoch % e.cfg.validate_every == 0:
+                            self.validate()
                         if e.epoch % e.cfg.save_every == 0:
                             self.checkpoint(f"epoch_{e.epoch}.pt")
                     if stopped or e.step >= e.total_steps:
@@ -221,7 +222,9 @@ class Trainer:
         with self.log.phase("validating", e.step, e.total_steps), phase_timer(self.run, "validation"):
             raw = e.held_out_loss()
             ema = None
-            if e.ema:
+            if e.ema and e.ema.matches():
+                ema = raw  # the EMA still equals the weights (step 0): the same loss, not computed twice
+            elif e.ema:
                 with e.ema.swapped():
                     ema = e.held_out_loss()
         return self.log.validation_row(e.epoch, e.step, raw, ema)

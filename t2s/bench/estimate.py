@@ -1,0 +1,162 @@
+"""How long would the quickstart take here? `python -m t2s bench --study-estimate [--label avx2-fp32] [-p KEY=VALUE]`.
+
+Times a short, representative slice and extrapolates, instead of running the study:
+* the plan is the quickstart's (`python -m t2s ablate --study quickstart`): the default variants × seeds 0 1 at the
+  tiny scale, with `ablate`'s sharing (a run whose training another does is derived from it) and `ablate`'s jobs
+  (one run per usable CPU, each with its share of them and passive OpenMP waiting);
+* `jobs` worker processes start at once, as ablate's runs do, each with the study's settings (`overrides` on top of
+  the tiny scale; e.g. mixed_precision=no for fp32), and time: building the engine (data from the synthsign cache,
+  rendered first if absent; models; text encoder), `steps` optimizer steps after two warm-up steps, one held-out loss
+  (the training's validation, raw weights), one batch of evaluation sampling (`eval_batch_size` clips,
+  `num_inference_steps` DDIM steps with guidance);
+* a trained run = setup + total_steps x step + validations x 2 (raw and EMA) x held-out loss + its evaluation
+  (weight sets x the evaluation clips' batches x batch time, and weight sets x 2 (own and other captions) held-out
+  losses) + `FIXED_RUN_S` (kernel start, imports, the recognizer from its cache, metrics, writing: the profile's
+  measured remainder); a derived run costs `DERIVED_RUN_S`; the study = the trained runs in rounds of `jobs`, the
+  derived runs shared out over the jobs, then `REPORT_S` for the report.
+The constants come from the quickstart's phase profile (`bench --profile`, reports/bench/profile-*.md): what a slice
+cannot time. The estimate is printed with its parts and written to reports/bench/study-estimate-<label>.* and bench.md.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+
+from t2s.config import DEFAULT_VARIANTS, load_config, parse_override
+
+SEEDS = (0, 1)
+SCALE = "tiny"
+FIXED_RUN_S = 12.0  # per trained run, outside the timed parts: kernel start and imports, the recognizer from its cache,
+# metrics, writing the evaluation (quickstart profile, 2026-12-07: 10-14 s per run)
+DERIVED_RUN_S = 11.0  # a derived run: its notebook reuses the provider's training and raw evaluation (profile: 11 s)
+REPORT_S = 20.0  # the analysis notebook and the HTML export (profile: 17-20 s)
+
+
+def worker(overrides: list, steps: int) -> dict:
+    """Time one slice (see the module docstring) of the baseline at the tiny scale with `overrides` (KEY=VALUE)."""
+    import torch
+
+    from t2s.bench.step import endless_batches
+    from t2s.engine.runtime import size_threads
+    from t2s.engine.step import Engine
+    from t2s.pipeline import TextToSignPipeline
+
+    threads = size_threads()
+    cfg = load_config("baseline", SCALE, dict(parse_override(o) for o in overrides))
+    start = time.perf_counter()
+    engine = Engine(cfg, cpu=True)
+    setup = time.perf_counter() - start
+    batches = endless_batches(engine)
+    for _ in range(2):
+        engine.train_step(batches)
+    start = time.perf_counter()
+    for _ in range(steps):
+        engine.train_step(batches)
+    step = (time.perf_counter() - start) / steps
+    start = time.perf_counter()
+    engine.held_out_loss()
+    validation = time.perf_counter() - start
+    pipe = TextToSignPipeline.from_config(engine.model, engine.accelerator.unwrap_model(engine.text), cfg)
+    prompts = ["hello my name is anna"] * cfg.eval_batch_size
+    with torch.no_grad():
+        pipe(prompts[:1], seeds=[0], num_inference_steps=1, guidance_scale=cfg.guidance_scale)  # warm-up
+        start = time.perf_counter()
+        pipe(prompts, seeds=range(len(prompts)), num_inference_steps=cfg.num_inference_steps,
+             batch_size=cfg.eval_batch_size, guidance_scale=cfg.guidance_scale, eta=cfg.eta)
+        batch = time.perf_counter() - start
+    return {"setup_s": setup, "step_s": step, "validation_s": validation, "eval_batch_s": batch, "threads": threads,
+            "total_steps": engine.total_steps, "steps_per_epoch": engine.steps_per_epoch,
+            "eval_num_clips": cfg.eval_num_clips, "eval_batch_size": cfg.eval_batch_size,
+            "use_ema": cfg.use_ema, "mixed_precision": cfg.mixed_precision,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+WORKER_CODE = ("import json, sys; from t2s.bench.estimate import worker; "
+               "print(json.dumps(worker(json.loads(sys.argv[1]), int(sys.argv[2]))))")
+
+
+def _plan(overrides: list) -> tuple[int, int]:
+    """(trained runs, derived runs) of the quickstart's plan with these overrides."""
+    from t2s.study.derived import find_provider
+
+    configs = [load_config(v, SCALE, {**dict(parse_override(o) for o in overrides), "seed": s})
+               for v in DEFAULT_VARIANTS for s in SEEDS]
+    providers = [c.to_dict() for c in configs]
+    derived = sum(find_provider(c, providers) is not None for c in configs)
+    return len(configs) - derived, derived
+
+
+def estimate_study(overrides: list, steps: int = 8, jobs: int = 0) -> dict:
+    """The quickstart's estimated wall time on this machine (module docstring), with the slice's measurements."""
+    from t2s.engine.runtime import share_cpus_env, usable_cpus
+
+    jobs = jobs or usable_cpus()
+    env = {**os.environ, **share_cpus_env(jobs)}
+    started = time.perf_counter()
+    processes = [subprocess.Popen([sys.executable, "-c", WORKER_CODE, json.dumps(list(overrides)), str(steps)],
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(jobs)]
+    workers = []
+    for process in processes:
+        out, err = process.communicate()
+        if process.returncode != 0:
+            raise RuntimeError(f"study-estimate worker failed ({process.returncode}): {err.strip()[-2000:]}")
+        workers.append(json.loads(out.strip().splitlines()[-1]))
+    slice_s = time.perf_counter() - started
+    w = {k: max(x[k] for x in workers) for k in ("setup_s", "step_s", "validation_s", "eval_batch_s")}  # the slower
+    first = workers[0]
+    trained, derived = _plan(overrides)
+    weight_sets = 2 if first["use_ema"] else 1
+    validations = 1 + math.ceil(first["total_steps"] / first["steps_per_epoch"])  # step 0 and every epoch's end
+    parts = {
+        "setup": w["setup_s"],
+        "steps": first["total_steps"] * w["step_s"],
+        "validation": validations * weight_sets * w["validation_s"],
+        "evaluation sampling": weight_sets * math.ceil(first["eval_num_clips"] / first["eval_batch_size"])
+        * w["eval_batch_s"],
+        "evaluation held-out loss": weight_sets * 2 * w["validation_s"],
+        "fixed (profile)": FIXED_RUN_S,
+    }
+    per_run = sum(parts.values())
+    rounds = math.ceil(trained / jobs)
+    study = rounds * per_run + math.ceil(derived / jobs) * DERIVED_RUN_S + REPORT_S
+    return {"overrides": list(overrides), "jobs": jobs, "slice_steps": steps, "slice_wall_s": slice_s,
+            "workers": workers, "per_trained_run": parts, "per_trained_run_s": per_run, "trained_runs": trained,
+            "derived_runs": derived, "rounds": rounds, "validations_per_run": validations,
+            "study_s": study, "cpu": _cpu_name(), "measured": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "environment": {k: os.environ.get(k) for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}}
+
+
+def _cpu_name() -> str:
+    from t2s.bench.profile import _cpu_name as name
+
+    return name() or platform.machine()
+
+
+def to_markdown(result: dict, label: str) -> str:
+    first = result["workers"][0]
+    env = ", ".join(f"{k}={v}" for k, v in result["environment"].items() if v) or "none"
+    lines = [f"## Quickstart estimate: {label}", "",
+             f"- `python -m t2s bench --study-estimate --label {label}"
+             + "".join(f" -p {o}" for o in result["overrides"]) + f"`, {result['measured']}; CPU: {result['cpu']}; "
+             f"kernels {first['cpu_capability']} (emulation: {env}); mixed precision {first['mixed_precision']}",
+             f"- slice: {result['jobs']} workers at once ({first['threads']} thread(s) each, as ablate runs them), "
+             f"{result['slice_steps']} steps after 2 warm-up, one held-out loss, one evaluation batch: "
+             f"{result['slice_wall_s']:.0f} s; per worker (slower of the two): step "
+             f"{max(x['step_s'] for x in result['workers']) * 1000:.0f} ms, held-out loss "
+             f"{max(x['validation_s'] for x in result['workers']):.1f} s, evaluation batch of {first['eval_batch_size']} "
+             f"{max(x['eval_batch_s'] for x in result['workers']):.1f} s, setup "
+             f"{max(x['setup_s'] for x in result['workers']):.1f} s",
+             "", "| part of a trained run | seconds |", "|---|---:|"]
+    lines += [f"| {k} | {v:.0f} |" for k, v in result["per_trained_run"].items()]
+    lines += [f"| **a trained run** | **{result['per_trained_run_s']:.0f}** |", "",
+              f"Study: {result['trained_runs']} trained runs in {result['rounds']} rounds of {result['jobs']} "
+              f"+ {result['derived_runs']} derived runs ({DERIVED_RUN_S:.0f} s each, shared out) + the report "
+              f"({REPORT_S:.0f} s) = **{result['study_s'] / 60:.1f} min** (install excluded; the synthsign data and "
+              f"the recognizer from their caches: a fresh clone renders and trains them once, see the profile).", ""]
+    return "\n".join(lines)
