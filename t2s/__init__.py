@@ -13,12 +13,6 @@ above are loaded on first use, so `import t2s` does not import torch.
 from __future__ import annotations
 
 import importlib
-import os
-
-# OpenMP threads that sleep while they wait instead of spinning, set before torch loads its OpenMP runtime: two kit
-# processes started on their own (two shells, a notebook kernel beside a study) then share the cores instead of
-# stealing them from each other (python -m t2s bench --contention, "each started on its own"). A user's setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 

@@ -331,3 +331,52 @@ def test_a_contention_worker_trains_engine_steps():
 
     out = contention.worker("micro", steps=2, warmup=1)
     assert out["steps"] == 2 and out["seconds"] > 0 and out["torch_threads"] == out["threads"] >= 1
+
+
+def test_the_study_profile_puts_each_runs_phases_and_the_study_wall_time_in_bench_md(tmp_path):
+    """bench --profile reads a study that ran: each run's logs/phases.json, its notebook's cell times, the study's
+    phases.json; it writes profile-<label>.* and the profile's section of bench.md, keeping the step benchmark."""
+    import json
+
+    from runfactory import make_run
+
+    from t2s.cli import main
+
+    study = tmp_path / "executed" / "s"
+    for variant in ("baseline", "text_finetuned"):
+        make_run(study, variant, 0)
+    (study / "phases.json").write_text(json.dumps({"runs": 600.0, "report": 15.0, "wall": 615.0, "jobs": 2}))
+    out = tmp_path / "bench"
+    out.mkdir()
+    (out / "bench.md").write_text("# t2s benchmark\n\nthe step tables\n")
+    assert main(["bench", "--profile", str(study), "--label", "avx2-fp32", "--out", str(out)]) == 0
+    result = json.loads((out / "profile-avx2-fp32.json").read_text())
+    assert [r["run"] for r in result["runs"]] == ["baseline-seed0", "text_finetuned-seed0"]
+    assert result["runs"][0]["steps"] == 60.0 and result["sum_over_runs"]["steps"] == 120.0  # the factory's phases
+    md = (out / "bench.md").read_text()
+    assert md.startswith("# t2s benchmark\n\nthe step tables") and "## Quickstart phase profile: avx2-fp32" in md
+    assert "| steps | 60.0 | 60.0 | 120.0 |" in md and "total **10.2 min**" in md
+    assert main(["bench", "--profile", str(study), "--label", "avx2-fp32", "--out", str(out)]) == 0
+    assert (out / "bench.md").read_text().count("## Quickstart phase profile: avx2-fp32") == 1  # replaced, not added
+    with pytest.raises(SystemExit, match="holds no run directory"):
+        main(["bench", "--profile", str(tmp_path), "--out", str(out)])
+
+
+def test_the_study_estimate_extrapolates_a_timed_slice_as_it_says():
+    """The estimate's arithmetic: a trained run = setup + steps x step + validations x weight sets x held-out loss +
+    its evaluation + the fixed part; the study = rounds of jobs + derived runs + the report (micro, one worker)."""
+    import math
+
+    from t2s.bench import estimate
+
+    result = estimate.estimate_study([], steps=1, jobs=1, scale="micro")
+    w, parts = result["workers"][0], result["per_trained_run"]
+    assert parts["steps"] == pytest.approx(w["total_steps"] * w["step_s"])
+    assert parts["validation"] == pytest.approx((1 + (result["validations_per_run"] - 1) * 2) * w["validation_s"])
+    assert estimate.validation_points(300, 45, 4) == 3  # the quickstart: step 0, epoch 4 (180), the last step
+    assert estimate.validation_points(25, 10, 1) == 4 and estimate.validation_points(20, 10, 1) == 3
+    assert parts["evaluation sampling"] == pytest.approx(2 * math.ceil(w["eval_num_clips"] / w["eval_batch_size"])
+                                                         * w["eval_batch_s"])
+    assert (result["trained_runs"], result["derived_runs"], result["rounds"]) == (4, 2, 4)  # no_ema is derived
+    assert result["study_s"] == pytest.approx(4 * sum(parts.values()) + 2 * estimate.DERIVED_RUN_S + estimate.REPORT_S)
+    assert "Quickstart estimate: x" in estimate.to_markdown(result, "x")

@@ -55,4 +55,39 @@ def test_size_threads_sets_torchs_thread_count(monkeypatch):
     try:
         assert runtime.size_threads() == 1 and torch.get_num_threads() == 1
     finally:
+        runtime.release_threads()
         torch.set_num_threads(before)
+
+
+def test_kit_processes_computing_at_once_share_the_cpus_and_rebalance_when_one_ends(monkeypatch, tmp_path):
+    """Two kit processes started on their own: each registers while it computes and takes its share of the usable
+    CPUs; when the other ends (or dies: its entry is stale), the share grows back at the next rebalance. A share
+    given by T2S_THREADS (ablate's jobs) is kept."""
+    import subprocess
+    import sys
+
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(runtime, "RUNNING_DIR", tmp_path / "computing")
+    monkeypatch.setattr(runtime, "usable_cpus", lambda: 4)
+    monkeypatch.delenv(runtime.THREADS_ENV_VAR, raising=False)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert runtime.size_threads() == 4 and runtime.kit_processes() == 1  # alone
+        (tmp_path / "computing" / str(other.pid)).touch()  # another kit process starts computing
+        monkeypatch.setattr(runtime, "REBALANCE_S", 0.0)
+        assert runtime.rebalance_threads() == 2 and torch.get_num_threads() == 2
+        (tmp_path / "computing" / "999999999").touch()  # a process that died without leaving: not counted, removed
+        assert runtime.kit_processes() == 2 and not (tmp_path / "computing" / "999999999").exists()
+        other.kill()
+        other.wait()
+        assert runtime.rebalance_threads() == 4  # the other ended: the CPUs are this one's again
+        monkeypatch.setenv(runtime.THREADS_ENV_VAR, "1")
+        assert runtime.rebalance_threads() == 1  # ablate's share wins
+    finally:
+        other.kill()
+        runtime.release_threads()
+        torch.set_num_threads(before)
+    assert not (tmp_path / "computing" / str(os.getpid())).exists()  # released: it no longer counts
+    assert runtime.rebalance_threads() == torch.get_num_threads()  # outside computing: nothing changes

@@ -9,8 +9,8 @@ the tiny scale by default) for a fixed number of steps in worker processes (`WOR
   `OMP_WAIT_POLICY=PASSIVE`, as `ablate --jobs 2` starts them;
 * each started on its own: two workers started at once with the user's environment as it is (no `T2S_THREADS`, no
   OpenMP setting): what two `python -m t2s run` in two shells, or a notebook kernel beside a study, get from the
-  kit's defaults (`t2s/__init__.py`: OpenMP threads that sleep while they wait, set when t2s is imported, before
-  torch);
+  kit's defaults (`t2s.engine.runtime.size_threads`: each kit process that computes registers and takes its share
+  of the CPUs among those computing, re-checked every 2 s);
 * together, spinning: two workers started at once, each on every usable CPU with OpenMP's spinning waits
   (OMP_WAIT_POLICY=ACTIVE, the default of OpenMP without the kit's): the case the kit's default avoids.
 
@@ -30,7 +30,7 @@ import torch
 
 from t2s.bench.step import endless_batches
 from t2s.config import load_config
-from t2s.engine.runtime import THREADS_ENV_VAR, share_cpus_env, size_threads, usable_cpus
+from t2s.engine.runtime import THREADS_ENV_VAR, rebalance_threads, share_cpus_env, size_threads, usable_cpus
 from t2s.engine.step import Engine
 
 CONTENTION_GOAL = 2.4  # a pair of runs on shared cores may take at most this many times one run alone
@@ -43,9 +43,11 @@ def worker(scale: str, steps: int, warmup: int) -> dict:
     batches = endless_batches(engine)
     for _ in range(warmup):
         engine.train_step(batches)
+        rebalance_threads()  # as the trainer does after every step
     start = time.perf_counter()
     for _ in range(steps):
         engine.train_step(batches)
+        rebalance_threads()
     return {"seconds": time.perf_counter() - start, "steps": steps, "threads": threads,
             "torch_threads": torch.get_num_threads()}
 
@@ -81,8 +83,8 @@ CASES = ("shared", "own", "unshared")
 
 def measure_contention(scale: str = "tiny", steps: int = 20, warmup: int = 3, unshared: bool = True) -> dict:
     """The cases of the module docstring; slowdowns are pair wall time / single wall time. The workers inherit this
-    process's environment less `T2S_THREADS` and `OMP_WAIT_POLICY` (which importing t2s sets here), so that "alone"
-    and "each started on its own" see what a user's fresh shell gives the kit."""
+    process's environment less `T2S_THREADS` and `OMP_WAIT_POLICY`, so that "alone" and "each started on its own" see
+    what a user's fresh shell gives the kit."""
     cpus = usable_cpus()
     base_env = {THREADS_ENV_VAR: None, "OMP_WAIT_POLICY": None}  # None: removed from the worker's environment
     start = time.perf_counter()

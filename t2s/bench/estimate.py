@@ -9,7 +9,8 @@ Times a short, representative slice and extrapolates, instead of running the stu
   rendered first if absent; models; text encoder), `steps` optimizer steps after two warm-up steps, one held-out loss
   (the training's validation, raw weights), one batch of evaluation sampling (`eval_batch_size` clips,
   `num_inference_steps` DDIM steps with guidance);
-* a trained run = setup + total_steps x step + validations x 2 (raw and EMA) x held-out loss + its evaluation
+* a trained run = setup + total_steps x step + the validations' held-out losses (step 0 once, then raw and EMA at
+  every `validation_points`) + its evaluation
   (weight sets x the evaluation clips' batches x batch time, and weight sets x 2 (own and other captions) held-out
   losses) + `FIXED_RUN_S` (kernel start, imports, the recognizer from its cache, metrics, writing: the profile's
   measured remainder); a derived run costs `DERIVED_RUN_S`; the study = the trained runs in rounds of `jobs`, the
@@ -31,14 +32,15 @@ from t2s.config import DEFAULT_VARIANTS, load_config, parse_override
 
 SEEDS = (0, 1)
 SCALE = "tiny"
-FIXED_RUN_S = 12.0  # per trained run, outside the timed parts: kernel start and imports, the recognizer from its cache,
-# metrics, writing the evaluation (quickstart profile, 2026-12-07: 10-14 s per run)
-DERIVED_RUN_S = 11.0  # a derived run: its notebook reuses the provider's training and raw evaluation (profile: 11 s)
-REPORT_S = 20.0  # the analysis notebook and the HTML export (profile: 17-20 s)
+FIXED_RUN_S = 28.0  # per trained run, outside the timed parts (the quickstart's profile, avx2-fp32, 2026-12-07):
+# papermill and the kernel starting 9 s, imports 1 s, the training cell's own work 6 s, the samples 4 s, checkpoints
+# 1-7 s, the evaluation's setup, metrics and writing 5 s
+DERIVED_RUN_S = 20.0  # a derived run, papermill included: its notebook reuses the provider's training and raw evaluation
+REPORT_S = 15.0  # the analysis notebook and the HTML export (profile: 12-17 s)
 
 
-def worker(overrides: list, steps: int) -> dict:
-    """Time one slice (see the module docstring) of the baseline at the tiny scale with `overrides` (KEY=VALUE)."""
+def worker(overrides: list, steps: int, scale: str = SCALE) -> dict:
+    """Time one slice (see the module docstring) of the baseline at `scale` with `overrides` (KEY=VALUE)."""
     import torch
 
     from t2s.bench.step import endless_batches
@@ -47,7 +49,7 @@ def worker(overrides: list, steps: int) -> dict:
     from t2s.pipeline import TextToSignPipeline
 
     threads = size_threads()
-    cfg = load_config("baseline", SCALE, dict(parse_override(o) for o in overrides))
+    cfg = load_config("baseline", scale, dict(parse_override(o) for o in overrides))
     start = time.perf_counter()
     engine = Engine(cfg, cpu=True)
     setup = time.perf_counter() - start
@@ -72,33 +74,40 @@ def worker(overrides: list, steps: int) -> dict:
     return {"setup_s": setup, "step_s": step, "validation_s": validation, "eval_batch_s": batch, "threads": threads,
             "total_steps": engine.total_steps, "steps_per_epoch": engine.steps_per_epoch,
             "eval_num_clips": cfg.eval_num_clips, "eval_batch_size": cfg.eval_batch_size,
-            "use_ema": cfg.use_ema, "mixed_precision": cfg.mixed_precision,
+            "use_ema": cfg.use_ema, "mixed_precision": cfg.mixed_precision, "validate_every": cfg.validate_every,
             "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
+def validation_points(total_steps: int, steps_per_epoch: int, validate_every: int) -> int:
+    """The training's validations: step 0, the end of every validate_every-th whole epoch, and the last step."""
+    epochs = [e * steps_per_epoch for e in range(1, total_steps // steps_per_epoch + 1) if e % validate_every == 0]
+    return 1 + len(epochs) + (total_steps not in epochs)
+
+
 WORKER_CODE = ("import json, sys; from t2s.bench.estimate import worker; "
-               "print(json.dumps(worker(json.loads(sys.argv[1]), int(sys.argv[2]))))")
+               "print(json.dumps(worker(json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3])))")
 
 
-def _plan(overrides: list) -> tuple[int, int]:
+def _plan(overrides: list, scale: str = SCALE) -> tuple[int, int]:
     """(trained runs, derived runs) of the quickstart's plan with these overrides."""
     from t2s.study.derived import find_provider
 
-    configs = [load_config(v, SCALE, {**dict(parse_override(o) for o in overrides), "seed": s})
+    configs = [load_config(v, scale, {**dict(parse_override(o) for o in overrides), "seed": s})
                for v in DEFAULT_VARIANTS for s in SEEDS]
     providers = [c.to_dict() for c in configs]
     derived = sum(find_provider(c, providers) is not None for c in configs)
     return len(configs) - derived, derived
 
 
-def estimate_study(overrides: list, steps: int = 8, jobs: int = 0) -> dict:
-    """The quickstart's estimated wall time on this machine (module docstring), with the slice's measurements."""
+def estimate_study(overrides: list, steps: int = 8, jobs: int = 0, scale: str = SCALE) -> dict:
+    """The quickstart's estimated wall time on this machine (module docstring), with the slice's measurements
+    (`scale`: the quickstart's tiny; the tests use micro)."""
     from t2s.engine.runtime import share_cpus_env, usable_cpus
 
     jobs = jobs or usable_cpus()
     env = {**os.environ, **share_cpus_env(jobs)}
     started = time.perf_counter()
-    processes = [subprocess.Popen([sys.executable, "-c", WORKER_CODE, json.dumps(list(overrides)), str(steps)],
+    processes = [subprocess.Popen([sys.executable, "-c", WORKER_CODE, json.dumps(list(overrides)), str(steps), scale],
                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for _ in range(jobs)]
     workers = []
@@ -110,13 +119,13 @@ def estimate_study(overrides: list, steps: int = 8, jobs: int = 0) -> dict:
     slice_s = time.perf_counter() - started
     w = {k: max(x[k] for x in workers) for k in ("setup_s", "step_s", "validation_s", "eval_batch_s")}  # the slower
     first = workers[0]
-    trained, derived = _plan(overrides)
+    trained, derived = _plan(overrides, scale)
     weight_sets = 2 if first["use_ema"] else 1
-    validations = 1 + math.ceil(first["total_steps"] / first["steps_per_epoch"])  # step 0 and every epoch's end
+    validations = validation_points(first["total_steps"], first["steps_per_epoch"], first["validate_every"])
     parts = {
         "setup": w["setup_s"],
         "steps": first["total_steps"] * w["step_s"],
-        "validation": validations * weight_sets * w["validation_s"],
+        "validation": (1 + (validations - 1) * weight_sets) * w["validation_s"],  # step 0: the EMA is the weights
         "evaluation sampling": weight_sets * math.ceil(first["eval_num_clips"] / first["eval_batch_size"])
         * w["eval_batch_s"],
         "evaluation held-out loss": weight_sets * 2 * w["validation_s"],

@@ -9,14 +9,18 @@ Performance section holds the measurements behind both.
 from __future__ import annotations
 
 import datetime as _dt
+import getpass
 import os
 import platform
 import random
 import signal
 import subprocess
+import tempfile
 import threading
+import time
 from contextlib import contextmanager, nullcontext
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
@@ -170,13 +174,83 @@ def share_cpus_env(jobs_at_once: int) -> dict:
     return {THREADS_ENV_VAR: str(thread_count(jobs_at_once)), "OMP_WAIT_POLICY": "PASSIVE"}
 
 
+# Kit processes computing on this machine (training or evaluating) register in RUNNING_DIR for as long as they
+# compute; each sizes its torch threads to its share of the usable CPUs among them and re-checks the share every
+# REBALANCE_S seconds while it trains or samples: two runs started in two shells, or a notebook kernel beside a study,
+# then split the cores instead of each taking all of them and stealing the other's (OpenMP threads that spin while
+# they wait on a core another process holds): python -m t2s bench --contention, "each started on its own". A share
+# given explicitly (T2S_THREADS: ablate's jobs; a multi-process launch) is kept, and counted by the others.
+RUNNING_DIR = Path(tempfile.gettempdir()) / f"t2s-computing-{getpass.getuser()}"
+REBALANCE_S = 2.0
+_computing = {"depth": 0, "path": None, "jobs": 1, "checked": 0.0}
+
+
+def kit_processes() -> int:
+    """The kit processes computing on this machine now (this one included when it computes); stale entries (a
+    process that died without leaving) are removed."""
+    count = 0
+    try:
+        entries = list(RUNNING_DIR.iterdir())
+    except OSError:
+        return max(1, _computing["depth"] > 0)
+    for entry in entries:
+        try:
+            alive = psutil.pid_exists(int(entry.name))
+        except ValueError:
+            continue
+        if alive:
+            count += 1
+        else:
+            entry.unlink(missing_ok=True)
+    return max(1, count)
+
+
+def _share(jobs_at_once: int) -> int:
+    if os.environ.get(THREADS_ENV_VAR, "").strip() or jobs_at_once > 1:
+        return thread_count(jobs_at_once)
+    return max(1, usable_cpus() // kit_processes())
+
+
 def size_threads(jobs_at_once: int = 1) -> int:
-    """Set torch's intra-op threads to `thread_count(jobs_at_once)` (the process's usable CPUs, or its share); returns
-    it. torch's own default counts the machine's cores, not the ones this process may use."""
-    n = thread_count(jobs_at_once)
+    """This process computes from now until `release_threads()`: register it (RUNNING_DIR) and set torch's intra-op
+    threads to its share of the usable CPUs (affinity, cgroup quota): `T2S_THREADS` when set (ablate's jobs), the
+    launch's share for `jobs_at_once` local processes, else the usable CPUs divided among the kit processes computing
+    now. torch's own default counts the machine's cores, not the ones this process may use. Returns the threads."""
+    if _computing["depth"] == 0:
+        try:
+            RUNNING_DIR.mkdir(parents=True, exist_ok=True)
+            path = RUNNING_DIR / str(os.getpid())
+            path.touch()
+            _computing["path"] = path
+        except OSError:  # no temporary folder to share: size by this process alone
+            _computing["path"] = None
+    _computing["depth"] += 1
+    _computing["jobs"] = jobs_at_once
+    _computing["checked"] = time.monotonic()
+    n = _share(jobs_at_once)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
+
+
+def rebalance_threads() -> int:
+    """While computing: every REBALANCE_S seconds, the threads resized to this process's share now (other kit
+    processes started or ended). Cheap between checks; a no-op outside `size_threads` ... `release_threads`."""
+    if _computing["depth"] == 0 or time.monotonic() - _computing["checked"] < REBALANCE_S:
+        return torch.get_num_threads()
+    _computing["checked"] = time.monotonic()
+    n = _share(_computing["jobs"])
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+def release_threads() -> None:
+    """This process no longer computes (the matching `size_threads`): it leaves the register."""
+    _computing["depth"] = max(0, _computing["depth"] - 1)
+    if _computing["depth"] == 0 and _computing["path"] is not None:
+        _computing["path"].unlink(missing_ok=True)
+        _computing["path"] = None
 
 
 @contextmanager

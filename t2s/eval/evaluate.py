@@ -137,7 +137,7 @@ from t2s.data.video import to_clip
 from t2s.diffusion import build_train_scheduler, held_out_loss
 from t2s.engine.checkpoint import list_checkpoints, load_run_weights
 from t2s.engine.phases import phase_timer
-from t2s.engine.runtime import PeakMemory, run_autocast, size_threads, sync
+from t2s.engine.runtime import PeakMemory, rebalance_threads, release_threads, run_autocast, size_threads, sync
 from t2s.engine.trackers import publish_evaluation
 from t2s.eval import backtranslate
 from t2s.eval.captions import EvaluationClip, evaluation_clips
@@ -441,6 +441,7 @@ class _Progress:
         self.done += clips
         self.bar.update(clips)
         self.write("evaluating")
+        rebalance_threads()  # other kit processes started or ended here: this one's share of the CPUs
 
     def close(self) -> None:
         self.bar.close()
@@ -619,7 +620,17 @@ def evaluate_run(
     """
     run, cfg, checkpoint = _check_run(run_dir, part, guidance_scale=guidance_scale,
                                       fvd_num_generated=fvd_num_generated, fvd_real_split=fvd_real_split)
-    size_threads()  # the CPUs this process may use (affinity, cgroup quota, ablate's share)
+    size_threads()  # the CPUs this process may use (affinity, cgroup quota, ablate's share, other kit processes)
+    try:
+        return _evaluate(run, cfg, checkpoint, part, num_clips, weights, device, progress, i3d_weights, lpips_weights,
+                         num_inference_steps, batch_size)
+    finally:
+        release_threads()
+
+
+def _evaluate(run: RunDir, cfg: Config, checkpoint: dict, part: str, num_clips, weights, device, progress: bool,
+              i3d_weights, lpips_weights, num_inference_steps, batch_size) -> list[dict]:
+    """`evaluate_run` once the process has its threads."""
     if run.status not in (None, "finished"):
         warnings.warn(f"{run.root} has status {run.status!r}: evaluating its latest checkpoint ({checkpoint['file']})")
     weight_sets, n_wanted, batch = _check_arguments(run, cfg, num_clips, weights, batch_size)
