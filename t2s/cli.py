@@ -287,6 +287,47 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _bench_profile(args) -> int:
+    """bench --profile: a study's wall time by phase (t2s.bench.profile) into profile-<label>.* and bench.md."""
+    from t2s.bench.profile import study_profile
+    from t2s.bench.profile import to_markdown as profile_markdown
+    from t2s.bench.report import refresh_sections
+    from t2s.rundir import atomic_write_bytes, atomic_write_json
+    from t2s.study.runs import EXECUTED_DIR
+
+    folder = Path(args.profile) if Path(args.profile).is_dir() else EXECUTED_DIR / args.profile
+    try:
+        result = study_profile(folder, args.label)
+    except FileNotFoundError as exc:
+        raise SystemExit(f"bench --profile: {exc}")
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    atomic_write_json(Path(args.out) / f"profile-{args.label}.json", result)
+    text = profile_markdown(result)
+    atomic_write_bytes(Path(args.out) / f"profile-{args.label}.md", text.encode("utf-8"))
+    refresh_sections(Path(args.out))
+    print(text)
+    return 0
+
+
+def _bench_estimate(args) -> int:
+    """bench --study-estimate: the quickstart's wall time here from a timed slice (t2s.bench.estimate)."""
+    from t2s.bench.estimate import estimate_study
+    from t2s.bench.estimate import to_markdown as estimate_markdown
+    from t2s.bench.report import refresh_sections
+    from t2s.rundir import atomic_write_bytes, atomic_write_json
+
+    overrides = list(args.param or [])
+    result = estimate_study(overrides, steps=args.steps or 8)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / f"study-estimate-{args.label}.json", result)
+    text = estimate_markdown(result, args.label)
+    atomic_write_bytes(out / f"study-estimate-{args.label}.md", text.encode("utf-8"))
+    refresh_sections(out)
+    print(text)
+    return 0
+
+
 def cmd_bench(args) -> int:
     """The benchmark (`t2s.bench`): its step, sampling, FLOP utilization and diffusers' UNet3D, or --contention."""
     check_device(args.device)
@@ -302,40 +343,9 @@ def cmd_bench(args) -> int:
         print(startup_markdown(result))
         return 0
     if args.profile:
-        from t2s.bench.profile import study_profile
-        from t2s.bench.profile import to_markdown as profile_markdown
-        from t2s.bench.report import refresh_sections
-        from t2s.rundir import atomic_write_bytes, atomic_write_json
-        from t2s.study.runs import EXECUTED_DIR
-
-        folder = Path(args.profile) if Path(args.profile).is_dir() else EXECUTED_DIR / args.profile
-        try:
-            result = study_profile(folder, args.label)
-        except FileNotFoundError as exc:
-            raise SystemExit(f"bench --profile: {exc}")
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        atomic_write_json(Path(args.out) / f"profile-{args.label}.json", result)
-        text = profile_markdown(result)
-        atomic_write_bytes(Path(args.out) / f"profile-{args.label}.md", text.encode("utf-8"))
-        refresh_sections(Path(args.out))
-        print(text)
-        return 0
+        return _bench_profile(args)
     if args.study_estimate:
-        from t2s.bench.estimate import estimate_study
-        from t2s.bench.estimate import to_markdown as estimate_markdown
-        from t2s.bench.report import refresh_sections
-        from t2s.rundir import atomic_write_bytes, atomic_write_json
-
-        overrides = list(args.param or [])
-        result = estimate_study(overrides, steps=args.steps or 8)
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / f"study-estimate-{args.label}.json", result)
-        text = estimate_markdown(result, args.label)
-        atomic_write_bytes(out / f"study-estimate-{args.label}.md", text.encode("utf-8"))
-        refresh_sections(out)
-        print(text)
-        return 0
+        return _bench_estimate(args)
     from t2s.bench.contention import measure_contention
     from t2s.bench.contention import to_markdown as contention_markdown
     from t2s.bench.report import to_markdown

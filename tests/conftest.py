@@ -10,16 +10,23 @@ files, with made-up weights). Helper: `read_csv` (a CSV file's rows as dicts;
 from __future__ import annotations
 
 import csv
+import os
+import tempfile
 import urllib.request
 import warnings
 from pathlib import Path
 
-import pytest
-import torch
-import torchvision
-from torch import nn
+# The suite's kit processes (this one and the runs it starts) share the CPUs among themselves only, not with kit
+# processes elsewhere on the machine (t2s.engine.runtime.RUNNING_DIR): set before t2s is imported, inherited by every
+# subprocess.
+os.environ["T2S_COMPUTING_DIR"] = tempfile.mkdtemp(prefix="t2s-computing-tests-")
 
-from t2s.engine.runtime import torch_threads
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+from torch import nn  # noqa: E402
+
+from t2s.engine.runtime import torch_threads  # noqa: E402
 
 
 def read_csv(path: Path) -> list[dict]:

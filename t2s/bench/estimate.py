@@ -23,12 +23,19 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
 
+import torch
+
+from t2s.bench.step import endless_batches
+from t2s.bench.timing import cpu_model
 from t2s.config import DEFAULT_VARIANTS, load_config, parse_override
+from t2s.engine.runtime import release_threads, share_cpus_env, size_threads, usable_cpus
+from t2s.engine.step import Engine
+from t2s.pipeline import TextToSignPipeline
+from t2s.study.derived import find_provider
 
 SEEDS = (0, 1)
 SCALE = "tiny"
@@ -41,14 +48,14 @@ REPORT_S = 15.0  # the analysis notebook and the HTML export (profile: 12-17 s)
 
 def worker(overrides: list, steps: int, scale: str = SCALE) -> dict:
     """Time one slice (see the module docstring) of the baseline at `scale` with `overrides` (KEY=VALUE)."""
-    import torch
-
-    from t2s.bench.step import endless_batches
-    from t2s.engine.runtime import size_threads
-    from t2s.engine.step import Engine
-    from t2s.pipeline import TextToSignPipeline
-
     threads = size_threads()
+    try:
+        return _slice(overrides, steps, scale, threads)
+    finally:
+        release_threads()
+
+
+def _slice(overrides: list, steps: int, scale: str, threads: int) -> dict:
     cfg = load_config("baseline", scale, dict(parse_override(o) for o in overrides))
     start = time.perf_counter()
     engine = Engine(cfg, cpu=True)
@@ -90,8 +97,6 @@ WORKER_CODE = ("import json, sys; from t2s.bench.estimate import worker; "
 
 def _plan(overrides: list, scale: str = SCALE) -> tuple[int, int]:
     """(trained runs, derived runs) of the quickstart's plan with these overrides."""
-    from t2s.study.derived import find_provider
-
     configs = [load_config(v, scale, {**dict(parse_override(o) for o in overrides), "seed": s})
                for v in DEFAULT_VARIANTS for s in SEEDS]
     providers = [c.to_dict() for c in configs]
@@ -102,8 +107,6 @@ def _plan(overrides: list, scale: str = SCALE) -> tuple[int, int]:
 def estimate_study(overrides: list, steps: int = 8, jobs: int = 0, scale: str = SCALE) -> dict:
     """The quickstart's estimated wall time on this machine (module docstring), with the slice's measurements
     (`scale`: the quickstart's tiny; the tests use micro)."""
-    from t2s.engine.runtime import share_cpus_env, usable_cpus
-
     jobs = jobs or usable_cpus()
     env = {**os.environ, **share_cpus_env(jobs)}
     started = time.perf_counter()
@@ -137,14 +140,8 @@ def estimate_study(overrides: list, steps: int = 8, jobs: int = 0, scale: str = 
     return {"overrides": list(overrides), "jobs": jobs, "slice_steps": steps, "slice_wall_s": slice_s,
             "workers": workers, "per_trained_run": parts, "per_trained_run_s": per_run, "trained_runs": trained,
             "derived_runs": derived, "rounds": rounds, "validations_per_run": validations,
-            "study_s": study, "cpu": _cpu_name(), "measured": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "study_s": study, "cpu": cpu_model(), "measured": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "environment": {k: os.environ.get(k) for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}}
-
-
-def _cpu_name() -> str:
-    from t2s.bench.profile import _cpu_name as name
-
-    return name() or platform.machine()
 
 
 def to_markdown(result: dict, label: str) -> str:

@@ -19,6 +19,7 @@ import platform
 from pathlib import Path
 from typing import Optional, Union
 
+from t2s.bench.timing import cpu_model
 from t2s.rundir import STUDY_PHASES_FILE, RunDir, read_json
 
 TRAINING_PHASES = ("setup", "steps", "validation", "sampling", "checkpoints")
@@ -76,19 +77,9 @@ def study_profile(study_dir: Union[str, Path], label: str) -> dict:
         raise FileNotFoundError(f"{study_dir} holds no run directory (a folder with config.json): run the study first")
     totals = {c: round(sum(r.get(c) or 0.0 for r in runs), 1) for c in COLUMNS}
     return {"label": label, "study": str(study_dir), "machine": platform.processor() or platform.machine(),
-            "cpu": _cpu_name(), "runs": runs, "sum_over_runs": totals,
+            "cpu": cpu_model(), "runs": runs, "sum_over_runs": totals,
             "study_wall": read_json(study_dir / STUDY_PHASES_FILE, None),
             "measured": _dt.datetime.now().isoformat(timespec="seconds")}
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _minutes(seconds) -> str:

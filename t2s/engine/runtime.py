@@ -180,7 +180,7 @@ def share_cpus_env(jobs_at_once: int) -> dict:
 # then split the cores instead of each taking all of them and stealing the other's (OpenMP threads that spin while
 # they wait on a core another process holds): python -m t2s bench --contention, "each started on its own". A share
 # given explicitly (T2S_THREADS: ablate's jobs; a multi-process launch) is kept, and counted by the others.
-RUNNING_DIR = Path(tempfile.gettempdir()) / f"t2s-computing-{getpass.getuser()}"
+RUNNING_DIR = Path(os.environ.get("T2S_COMPUTING_DIR") or Path(tempfile.gettempdir()) / f"t2s-computing-{getpass.getuser()}")
 REBALANCE_S = 2.0
 _computing = {"depth": 0, "path": None, "jobs": 1, "checked": 0.0}
 

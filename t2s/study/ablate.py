@@ -131,22 +131,26 @@ def run_study(
     log(f"study {study}: {len(plans)} runs ({len(variants)} variants × {len(seeds)} seeds), scale {scale}, "
         f"{_where(executor, gpus, jobs)}")
 
-    started = time.perf_counter()
-    outcomes, todo = _skip_or_prepare(plans, force, FailureLog(study_dir), log)
+    started, (outcomes, todo) = time.perf_counter(), _skip_or_prepare(plans, force, FailureLog(study_dir), log)
     with StudyProgress(study, len(plans), len(plans) - len(todo), log, show=progress,
                        poll_s=5.0 if executor == "slurm" else None) as live:
         outcomes.update(_run_todo(todo, plans, force, live, executor, gpus, jobs, slurm, submitit_folder, poll_seconds,
                                   report_command(study, executed_dir, reports_dir)))
-    result = StudyResult(study, study_dir, [outcomes[p.name] for p in plans])
-    ran = time.perf_counter() - started
+    result, ran = StudyResult(study, study_dir, [outcomes[p.name] for p in plans]), time.perf_counter() - started
     _summarize(result, log)
     if build_report:
         _report(result, executed_dir, reports_dir, log)
-    atomic_write_json(study_dir / STUDY_PHASES_FILE, {  # the bench's study profile reads it (t2s.bench.profile)
-        "runs": round(ran, 3), "report": round(time.perf_counter() - started - ran, 3) if build_report else None,
-        "wall": round(time.perf_counter() - started, 3), "runs_done_here": len(todo), "jobs": jobs,
-        "executor": executor, "finished": datetime.now().isoformat(timespec="seconds")})
+    _record_times(study_dir, started, ran, build_report, len(todo), jobs, executor)
     return result
+
+
+def _record_times(study_dir: Path, started: float, ran: float, reported: bool, runs: int, jobs: int,
+                  executor: str) -> None:
+    """executed/<study>/phases.json: this ablate's wall seconds (the bench's study profile reads it)."""
+    atomic_write_json(study_dir / STUDY_PHASES_FILE, {
+        "runs": round(ran, 3), "report": round(time.perf_counter() - started - ran, 3) if reported else None,
+        "wall": round(time.perf_counter() - started, 3), "runs_done_here": runs, "jobs": jobs, "executor": executor,
+        "finished": datetime.now().isoformat(timespec="seconds")})
 
 
 def _run_todo(todo: list, plans: list, force: bool, live: StudyProgress, executor: str, gpus: list, jobs: int,
