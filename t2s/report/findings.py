@@ -356,7 +356,7 @@ REFERENCE_SCALE = "full"  # the reference setup (params/scales/full.yaml): a fin
 _BOOKKEEPING = {"variant", "scale", "description", "compare_to", "question", "primary_metric", "seed", "resume_from",
                 "save_every", "keep_checkpoints", "keep_optimizer_state", "log_every", "trackers", "sample_every",
                 "sample_prompts", "num_workers", "data_dir", "manifest", "eval_batch_size", "channels_last",
-                "mixed_precision", "gradient_checkpointing"}
+                "mixed_precision", "gradient_checkpointing", "validate_every"}
 _PREDICTION = {"sample": "x0-prediction", "v_prediction": "v-prediction", "epsilon": "ε-prediction"}
 
 
