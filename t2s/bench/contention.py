@@ -30,14 +30,7 @@ import torch
 
 from t2s.bench.step import endless_batches
 from t2s.config import load_config
-from t2s.engine.runtime import (
-    THREADS_ENV_VAR,
-    rebalance_threads,
-    release_threads,
-    share_cpus_env,
-    size_threads,
-    usable_cpus,
-)
+from t2s.engine.runtime import THREADS_ENV_VAR, computing, rebalance_threads, share_cpus_env, usable_cpus
 from t2s.engine.step import Engine
 
 CONTENTION_GOAL = 2.4  # a pair of runs on shared cores may take at most this many times one run alone
@@ -45,11 +38,8 @@ CONTENTION_GOAL = 2.4  # a pair of runs on shared cores may take at most this ma
 
 def worker(scale: str, steps: int, warmup: int) -> dict:
     """Train `warmup` + `steps` engine steps of the baseline at `scale` on the CPU; the measured steps' seconds."""
-    threads = size_threads()
-    try:
+    with computing() as threads:
         return _timed_steps(scale, steps, warmup, threads)
-    finally:
-        release_threads()
 
 
 def _timed_steps(scale: str, steps: int, warmup: int, threads: int) -> dict:

@@ -32,7 +32,7 @@ import torch
 from t2s.bench.step import endless_batches
 from t2s.bench.timing import cpu_model
 from t2s.config import DEFAULT_VARIANTS, load_config, parse_override
-from t2s.engine.runtime import release_threads, share_cpus_env, size_threads, usable_cpus
+from t2s.engine.runtime import computing, share_cpus_env, usable_cpus
 from t2s.engine.step import Engine
 from t2s.pipeline import TextToSignPipeline
 from t2s.study.derived import find_provider
@@ -48,11 +48,8 @@ REPORT_S = 15.0  # the analysis notebook and the HTML export (profile: 12-17 s)
 
 def worker(overrides: list, steps: int, scale: str = SCALE) -> dict:
     """Time one slice (see the module docstring) of the baseline at `scale` with `overrides` (KEY=VALUE)."""
-    threads = size_threads()
-    try:
+    with computing() as threads:
         return _slice(overrides, steps, scale, threads)
-    finally:
-        release_threads()
 
 
 def _slice(overrides: list, steps: int, scale: str, threads: int) -> dict:

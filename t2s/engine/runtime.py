@@ -245,6 +245,16 @@ def rebalance_threads() -> int:
     return n
 
 
+@contextmanager
+def computing(jobs_at_once: int = 1) -> Iterator[int]:
+    """`size_threads` for the block (its value is the threads), `release_threads` after it."""
+    threads = size_threads(jobs_at_once)
+    try:
+        yield threads
+    finally:
+        release_threads()
+
+
 def release_threads() -> None:
     """This process no longer computes (the matching `size_threads`): it leaves the register."""
     _computing["depth"] = max(0, _computing["depth"] - 1)

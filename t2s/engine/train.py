@@ -38,7 +38,7 @@ from t2s.engine.checkpoint import (
 )
 from t2s.engine.logs import LogWindow, RunLog, check_finite, record_start, summarize
 from t2s.engine.phases import add_phase_time, phase_timer
-from t2s.engine.runtime import StopSignals, eval_mode, now, rebalance_threads, release_threads, size_threads, use_cpu
+from t2s.engine.runtime import StopSignals, computing, eval_mode, now, rebalance_threads, use_cpu
 from t2s.engine.trackers import finish_trackers, log_samples, start_trackers
 from t2s.engine.step import Engine
 from t2s.pipeline import TextToSignPipeline
@@ -311,11 +311,8 @@ def train(config: Config, run_dir: Union[str, Path], progress: bool = True,
     state = PartialState(cpu=use_cpu())  # joins the process group of a multi-process launch (a no-op alone)
     # the CPUs this process may use (affinity, cgroup quota, ablate's share), split among a launch's local processes
     # or the kit processes computing here (released when training ends)
-    size_threads(state.num_processes if state.device.type == "cpu" else 1)
-    try:
+    with computing(state.num_processes if state.device.type == "cpu" else 1):
         return _train(config, run_dir, progress, stop_after, state, started)
-    finally:
-        release_threads()
 
 
 def _train(config: Config, run_dir: Union[str, Path], progress: bool, stop_after: Optional[int], state: PartialState,

@@ -137,7 +137,7 @@ from t2s.data.video import to_clip
 from t2s.diffusion import build_train_scheduler, held_out_loss
 from t2s.engine.checkpoint import list_checkpoints, load_run_weights
 from t2s.engine.phases import phase_timer
-from t2s.engine.runtime import PeakMemory, rebalance_threads, release_threads, run_autocast, size_threads, sync
+from t2s.engine.runtime import PeakMemory, computing, rebalance_threads, run_autocast, sync
 from t2s.engine.trackers import publish_evaluation
 from t2s.eval import backtranslate
 from t2s.eval.captions import EvaluationClip, evaluation_clips
@@ -620,12 +620,9 @@ def evaluate_run(
     """
     run, cfg, checkpoint = _check_run(run_dir, part, guidance_scale=guidance_scale,
                                       fvd_num_generated=fvd_num_generated, fvd_real_split=fvd_real_split)
-    size_threads()  # the CPUs this process may use (affinity, cgroup quota, ablate's share, other kit processes)
-    try:
+    with computing():  # the CPUs this process may use (affinity, cgroup quota, ablate's share, other kit processes)
         return _evaluate(run, cfg, checkpoint, part, num_clips, weights, device, progress, i3d_weights, lpips_weights,
                          num_inference_steps, batch_size)
-    finally:
-        release_threads()
 
 
 def _evaluate(run: RunDir, cfg: Config, checkpoint: dict, part: str, num_clips, weights, device, progress: bool,
