@@ -350,9 +350,13 @@ def test_with_metric_weights_fvd_follows_the_protocol_and_rows_carry_its_counts_
     assert float(csv_rows[0]["kvd"]) == pytest.approx(row["kvd"])
     assert csv_rows[0]["feature_weights_sha256"] == row["feature_weights_sha256"]
     assert csv_rows[0]["fvd_real_set"] == row["fvd_real_set"] and int(csv_rows[0]["fvd_num_generated"]) == 4
-    # the command line: 6 generated clips against the evaluation's own real clips (2 of them)
-    assert main(["evaluate", str(run_dir), "--weights", "raw", "--fvd-clips", "6", "--fvd-real-split", "held_out"]) == 0
+    # the command line: 6 generated clips against 6 of the training split's
+    assert main(["evaluate", str(run_dir), "--weights", "raw", "--fvd-clips", "6"]) == 0
     row = json.loads((run_dir / "logs" / "evaluation_metrics.json").read_text())[0]
+    assert row["fvd_num_generated"] == 6 and row["fvd_num_real"] == 6
+    assert row["fvd_real_set"].startswith("train: 6 of the training split's 20 clips")
+    # or against the evaluation's own real clips (2 of them)
+    row = evaluate_run(run_dir, weights=["raw"], progress=False, fvd_num_generated=6, fvd_real_split="held_out")[0]
     assert row["fvd_num_generated"] == 6 and row["fvd_num_real"] == 2 and row["fvd_real_set"].startswith("held_out")
     assert row["kvd_std"] is None and "at least 4 clips" in row["kvd_std_status"]
 
