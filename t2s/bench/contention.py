@@ -20,15 +20,13 @@ shared machine: a description of this hardware at that moment, never asserted in
 """
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
 import time
 
 import torch
 
 from t2s.bench.step import endless_batches
+from t2s.bench.timing import start_worker, worker_result
 from t2s.config import load_config
 from t2s.engine.runtime import THREADS_ENV_VAR, computing, rebalance_threads, share_cpus_env, usable_cpus
 from t2s.engine.step import Engine
@@ -63,16 +61,11 @@ WORKER_CODE = ("import json, sys; from t2s.bench.contention import worker; "
 
 def _start(scale: str, steps: int, warmup: int, env: dict) -> subprocess.Popen:
     """A worker with this environment changed by `env` (a None value removes the variable)."""
-    command = [sys.executable, "-c", WORKER_CODE, scale, str(steps), str(warmup)]
-    environment = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
-    return subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return start_worker(WORKER_CODE, [scale, steps, warmup], env)
 
 
 def _finish(process: subprocess.Popen) -> dict:
-    out, err = process.communicate()
-    if process.returncode != 0:
-        raise RuntimeError(f"contention worker failed ({process.returncode}): {err.strip()[-2000:]}")
-    return json.loads(out.strip().splitlines()[-1])
+    return worker_result(process, "contention")
 
 
 def _together(scale: str, steps: int, warmup: int, env: dict) -> dict:

@@ -23,19 +23,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 import time
 
 import torch
 
 from t2s.bench.step import endless_batches
-from t2s.bench.timing import cpu_model
+from t2s.bench.timing import cpu_model, start_worker, worker_result
 from t2s.config import DEFAULT_VARIANTS, load_config, parse_override
 from t2s.engine.runtime import computing, share_cpus_env, usable_cpus
 from t2s.engine.step import Engine
 from t2s.pipeline import TextToSignPipeline
-from t2s.study.derived import find_provider
+from t2s.study.runs import EXECUTED_DIR, plan_study
 
 SEEDS = (0, 1)
 SCALE = "tiny"
@@ -93,29 +91,21 @@ WORKER_CODE = ("import json, sys; from t2s.bench.estimate import worker; "
 
 
 def _plan(overrides: list, scale: str = SCALE) -> tuple[int, int]:
-    """(trained runs, derived runs) of the quickstart's plan with these overrides."""
-    configs = [load_config(v, scale, {**dict(parse_override(o) for o in overrides), "seed": s})
-               for v in DEFAULT_VARIANTS for s in SEEDS]
-    providers = [c.to_dict() for c in configs]
-    derived = sum(find_provider(c, providers) is not None for c in configs)
-    return len(configs) - derived, derived
+    """(trained runs, derived runs) of the quickstart's plan (`ablate`'s own `plan_study`) with these overrides."""
+    plans = plan_study("quickstart", DEFAULT_VARIANTS, SEEDS, scale, dict(parse_override(o) for o in overrides),
+                       EXECUTED_DIR)
+    derived = sum(bool(p.parameters["weights_from"]) for p in plans)
+    return len(plans) - derived, derived
 
 
 def estimate_study(overrides: list, steps: int = 8, jobs: int = 0, scale: str = SCALE) -> dict:
     """The quickstart's estimated wall time on this machine (module docstring), with the slice's measurements
     (`scale`: the quickstart's tiny; the tests use micro)."""
     jobs = jobs or usable_cpus()
-    env = {**os.environ, **share_cpus_env(jobs)}
     started = time.perf_counter()
-    processes = [subprocess.Popen([sys.executable, "-c", WORKER_CODE, json.dumps(list(overrides)), str(steps), scale],
-                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    processes = [start_worker(WORKER_CODE, [json.dumps(list(overrides)), steps, scale], share_cpus_env(jobs))
                  for _ in range(jobs)]
-    workers = []
-    for process in processes:
-        out, err = process.communicate()
-        if process.returncode != 0:
-            raise RuntimeError(f"study-estimate worker failed ({process.returncode}): {err.strip()[-2000:]}")
-        workers.append(json.loads(out.strip().splitlines()[-1]))
+    workers = [worker_result(p, "study-estimate") for p in processes]
     slice_s = time.perf_counter() - started
     w = {k: max(x[k] for x in workers) for k in ("setup_s", "step_s", "validation_s", "eval_batch_s")}  # the slower
     first = workers[0]

@@ -6,9 +6,11 @@ On CUDA every phase boundary synchronizes (`make_sync`; in the benchmark only, n
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -43,6 +45,22 @@ def runnable_now() -> Optional[int]:
         return int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
     except (OSError, IndexError, ValueError):
         return None
+
+
+def start_worker(code: str, args: list, env: dict) -> "subprocess.Popen":
+    """`python -c code *args` with this environment changed by `env` (a None value removes the variable); the worker
+    prints its result as JSON on its last line (`worker_result`)."""
+    environment = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], env=environment, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def worker_result(process: "subprocess.Popen", what: str) -> dict:
+    """The JSON on a finished worker's last line, or a RuntimeError with the end of its error output."""
+    out, err = process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"{what} worker failed ({process.returncode}): {err.strip()[-2000:]}")
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def cpu_model() -> str:
