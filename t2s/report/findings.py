@@ -340,7 +340,7 @@ def _best_finding(study: Study, metrics: list) -> Finding:
         undecided = [v for v in diffs if v not in wins]
         answer = lead + (f"The ranking is by means only: {best} is not clearly better than {', '.join(undecided)} "
                          f"(Holm over the {len(diffs)} comparisons with {best}; see the table).")
-        answer += next((power_sentence(diffs[v], primary) for v in undecided if power_sentence(diffs[v], primary)), "")
+        answer += next(filter(None, (power_sentence(diffs[v], primary) for v in undecided)), "")
     return Finding(question, answer, table, primary.label, [f"{best} − {v}: {primary.label}" for v in diffs])
 
 
