@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -204,6 +205,15 @@ def test_gpus_get_one_papermill_process_each(tmp_path, monkeypatch):
     assert {gpu for gpu, _ in seen} == {"0", "1"}
     command = seen[0][1]  # python -c <execute_notebook(notebook, output, parameters)>: papermill as in this process
     assert command[1:4] == ["-c", SUBPROCESS_CODE, str(TRAIN_NOTEBOOK)]
+
+
+def test_a_runs_papermill_process_does_not_load_the_model_libraries():
+    """The papermill subprocess of each run imports what SUBPROCESS_CODE imports and nothing of torch, diffusers or
+    transformers (only its kernel needs them: loading them there too cost each run about 6 s of CPU)."""
+    imports = SUBPROCESS_CODE.split(";")[1].strip()  # "from t2s.study.kernel import execute_notebook"
+    probe = f"import sys; {imports}; print(sorted({{'torch', 'diffusers', 'transformers'}} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert imports.startswith("from t2s.") and out.strip() == "[]"
 
 
 def test_jobs_train_runs_at_once_on_the_cpus_and_shared_runs_wait_for_their_provider(tmp_path, monkeypatch):

@@ -10,11 +10,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -25,22 +23,19 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 import nbformat
-import papermill
-from jupyter_client import AsyncKernelManager
 from papermill.exceptions import PapermillExecutionError
-from traitlets import default
 
 from t2s.config import PARAMS_DIR, PROJECT_ROOT, ConfigError, load_config, parse_override
 from t2s.engine.checkpoint import list_checkpoints
 from t2s.engine.runtime import share_cpus_env
 from t2s.rundir import FAILURES_FILE, STUDY_FILE, RunDir, atomic_write_json, read_json
 from t2s.study.derived import find_provider
+from t2s.study.kernel import KERNEL, SUBPROCESS_CODE, IpcKernelManager, execute_notebook  # noqa: F401 (re-exported)
 
 TRAIN_NOTEBOOK = PROJECT_ROOT / "notebooks" / "train.ipynb"
 ANALYSIS_NOTEBOOK = PROJECT_ROOT / "notebooks" / "analysis.ipynb"
 EXECUTED_DIR = PROJECT_ROOT / "executed"
 REPORTS_DIR = PROJECT_ROOT / "reports"
-KERNEL = "python3"
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -274,48 +269,6 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 # ----------------------------------------------------------------------------------------------- executing
-IPC_PATH_MAX = 90  # a Unix socket's path must fit in about 107 bytes; the kernel's adds "-<port>"
-
-
-class IpcKernelManager(AsyncKernelManager):
-    """The notebook kernel reached over IPC (Unix sockets in a private temporary folder) instead of TCP on localhost:
-    no other user of the machine can connect to it, and ipykernel does not warn on every start that it "is running
-    over TCP without encryption". Where there are no Unix sockets (Windows), or the temporary folder's path is too
-    long for one, it is jupyter_client's usual TCP kernel (and the warning comes back)."""
-
-    ipc_folder: Optional[str] = None
-
-    @default("transport")
-    def _t2s_transport(self) -> str:
-        if os.name != "posix" or len(os.path.join(tempfile.gettempdir(), "t2s-kernel-xxxxxxxx", "k")) > IPC_PATH_MAX:
-            return "tcp"
-        return "ipc"
-
-    @default("ip")
-    def _t2s_ip(self) -> str:
-        if self.transport != "ipc":
-            return super()._ip_default()
-        self.ipc_folder = tempfile.mkdtemp(prefix="t2s-kernel-")  # an absolute path: the kernel's cwd differs
-        return os.path.join(self.ipc_folder, "k")
-
-    async def _async_cleanup_resources(self, restart: bool = False) -> None:
-        await super()._async_cleanup_resources(restart=restart)
-        if not restart and self.ipc_folder:
-            shutil.rmtree(self.ipc_folder, ignore_errors=True)
-
-
-def execute_notebook(notebook: Union[str, Path], output: Union[str, Path], parameters: dict) -> None:
-    """Execute a notebook with papermill as every t2s notebook runs: kernel python3 on IPC (`IpcKernelManager`),
-    working directory the project root, no progress bar. Raises PapermillExecutionError on a failing cell."""
-    papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name=KERNEL,
-                               progress_bar=False, cwd=str(PROJECT_ROOT), kernel_manager_class=IpcKernelManager)
-
-
-# A papermill subprocess runs the same execute_notebook; its arguments: the notebook, the output, the parameters (JSON).
-SUBPROCESS_CODE = ("import json, sys; from t2s.study.runs import execute_notebook; "
-                   "execute_notebook(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]))")
-
-
 def pythonpath_with_project() -> str:
     """PYTHONPATH with the folder that holds the t2s package first, so a fresh python process imports it."""
     rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(PROJECT_ROOT)]
