@@ -373,7 +373,8 @@ def test_the_study_estimate_extrapolates_a_timed_slice_as_it_says():
     w, parts = result["workers"][0], result["per_trained_run"]
     assert parts["steps"] == pytest.approx(w["total_steps"] * w["step_s"])
     assert parts["validation"] == pytest.approx((1 + (result["validations_per_run"] - 1) * 2) * w["validation_s"])
-    assert estimate.validation_points(300, 45, 4) == 3  # the quickstart: step 0, epoch 4 (180), the last step
+    assert estimate.validation_points(300, 45, 4) == 3  # step 0, epoch 4 (180), the last step
+    assert estimate.validation_points(300, 45, 7) == 2  # the quickstart: step 0 and the last step (epoch 7 ends past it)
     assert estimate.validation_points(25, 10, 1) == 4 and estimate.validation_points(20, 10, 1) == 3
     assert parts["evaluation sampling"] == pytest.approx(2 * math.ceil(w["eval_num_clips"] / w["eval_batch_size"])
                                                          * w["eval_batch_s"])
