@@ -35,8 +35,9 @@ import math
 import os
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 TRAINING_COLUMNS = [
     "epoch", "step", "loss", "lr", "grad_norm", "ema_decay", "step_time_s", "clips_per_s", "peak_memory_gb", "timestamp",
@@ -98,6 +99,19 @@ def umask() -> int:
 def file_mode() -> int:
     """The mode the user's umask gives an ordinary new file (0o644 under the common umask 022)."""
     return 0o666 & ~umask()
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` (made, with its folder, when absent) until the block ends: other
+    processes and threads asking for it wait. fcntl.flock: the OS releases it when the holder dies."""
+    import fcntl  # POSIX only: imported here so that the rest of this module loads anywhere
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:

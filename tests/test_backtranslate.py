@@ -133,6 +133,27 @@ def test_the_recognizer_is_cached_by_the_hash_of_its_inputs_and_loads_weights_on
     assert replaced.info["source"] == "trained" and bt.load_recognizer(files[0]).info["key"] == key
 
 
+def test_a_recognizer_being_trained_elsewhere_is_waited_for_and_loaded_not_trained_again(tmp_path):
+    import threading
+
+    from t2s.rundir import exclusive_lock
+
+    settings = bt.RecognizerSettings(train_frames=400, epochs=2)
+    key = bt.recognizer_key(SIZE, FRAMES, TRAIN_SIGNERS, [], settings)
+    path = tmp_path / f"recognizer-{key[:16]}.pt"
+    got = []
+    with exclusive_lock(path.with_suffix(".lock")):  # another process is training it
+        waiting = threading.Thread(target=lambda: got.append(bt.load_or_train(SIZE, FRAMES, TRAIN_SIGNERS, [],
+                                                                                tmp_path, settings)))
+        waiting.start()
+        waiting.join(timeout=1.0)
+        assert waiting.is_alive() and not got  # it waits for the lock instead of training a second copy
+        trained = bt.train_recognizer(SIZE, FRAMES, TRAIN_SIGNERS, [], settings)
+        bt.save_recognizer(trained, path)
+    waiting.join()
+    assert got[0].info["source"] == "cache" and got[0].info["key"] == key
+
+
 def test_frame_features_are_the_hand_finders_centres_and_glove_crops():
     frames, keypoints = ss.render_clip("hello my name is anna", 2, FRAMES, SIZE, seed=4)
     features = bt.frame_features(frames)

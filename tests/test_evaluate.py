@@ -663,7 +663,7 @@ def test_back_translation_without_a_recognizer_is_null_with_the_reason(folder_ru
 
     cfg = folder_run_config
     train_set, val_set, _ = build_datasets(cfg)
-    recognizer, unavailable = evaluate._recognizer(cfg, train_set, val_set)
+    recognizer, unavailable = evaluate.backtranslate.recognizer_for(cfg, train_set, val_set)
     assert recognizer is None and "needs dataset synthsign, not 'folder'" in unavailable["*"]
     out = back_translation_metrics(None, None, [["a"], ["b"]], ["seen", "novel"], unavailable)
     assert all(out[c] is None for c in rundir.BT_COLUMNS)

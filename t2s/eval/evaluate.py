@@ -132,7 +132,7 @@ from tqdm.auto import tqdm
 
 from t2s.config import Config, load_config_file
 from t2s.data.datasets import ClipDataset
-from t2s.data.splits import PARTS, build_datasets, caption_key, evaluation_parts, part_indices
+from t2s.data.splits import PARTS, build_datasets, evaluation_parts, part_indices
 from t2s.data.video import to_clip
 from t2s.diffusion import build_train_scheduler, held_out_loss
 from t2s.engine.checkpoint import list_checkpoints, load_run_weights
@@ -154,8 +154,6 @@ from t2s.eval.metrics.video_features import VideoFeatureExtractor, load_i3d
 from t2s.model import count_parameters
 from t2s.pipeline import TextToSignPipeline, load_run_models, write_gif
 from t2s.rundir import CAPTION_SPLITS, EVALUATION_COLUMNS, RunDir, atomic_write_bytes, atomic_write_json, read_json
-from t2s.synthsign import signer as synthsign
-from t2s.synthsign.dataset import recognizer_dir
 
 
 # --------------------------------------------------------------------------------------------- files
@@ -219,22 +217,6 @@ def _load_metric_models(device, i3d_weights, lpips_weights):
     except ImportError as exc:
         lpips_model, lpips_status = None, f"the lpips package is not installed ({exc}): pip install lpips"
     return extractor, extractor_status, lpips_model, lpips_status
-
-
-def _recognizer(cfg: Config, train_set, val_set):
-    """(the back-translation recognizer of this data and split, {}) or (None, {"*": why there is none})."""
-    if cfg.dataset != "synthsign" or not train_set.has_keypoints:
-        return None, {"*": f"back-translation reads synthsign glosses: needs dataset synthsign, not {cfg.dataset!r}"}
-    settings = backtranslate.RecognizerSettings(train_frames=cfg.bt_train_frames, epochs=cfg.bt_epochs,
-                                                seed=cfg.bt_seed)
-    signers = [synthsign.signer_index(s) for s in train_set.signers]
-    held_out = {caption_key(r.caption, True) for r in val_set.records}  # never trained on a held-out caption
-    try:
-        recognizer = backtranslate.load_or_train(cfg.image_size, cfg.num_frames, signers, held_out,
-                                                 recognizer_dir(cfg), settings)
-    except Exception as exc:  # a failure here must not cost the other metrics: null with the reason
-        return None, {"*": f"the back-translation recognizer could not be trained: {type(exc).__name__}: {exc}"}
-    return recognizer, {}
 
 
 def _check_run(run_dir: Union[str, Path], part: str = "test", **settings) -> tuple[RunDir, Config, dict]:
@@ -363,7 +345,7 @@ def _references(cfg: Config, train_set: ClipDataset, val_set: ClipDataset, evalu
         real_features, real_set = (_fvd_real(cfg, train_set, evaluation, extractor) if extractor is not None
                                    else (None, None))
     with phase("recognizer"):
-        recognizer, bt_unavailable = _recognizer(cfg, train_set, val_set)
+        recognizer, bt_unavailable = backtranslate.recognizer_for(cfg, train_set, val_set)
         real_readings = recognizer.read(evaluation.real) if recognizer is not None else None
     if recognizer is not None:
         splits = evaluation.splits

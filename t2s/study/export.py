@@ -18,12 +18,12 @@ from nbconvert import HTMLExporter
 from nbconvert.preprocessors import TagRemovePreprocessor
 from papermill.exceptions import PapermillExecutionError
 
+from t2s.study.kernel import execute_notebook
 from t2s.study.runs import (
     ANALYSIS_NOTEBOOK,
     EXECUTED_DIR,
     REPORTS_DIR,
     check_study_name,
-    execute_notebook,
     notebook_path,
     say,
     shown_path,
