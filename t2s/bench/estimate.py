@@ -37,10 +37,10 @@ from t2s.study.runs import EXECUTED_DIR, plan_study
 
 SEEDS = (0, 1)
 SCALE = "tiny"
-FIXED_RUN_S = 28.0  # per trained run, outside the timed parts (the quickstart's profile, avx2-fp32, 2026-12-07):
-# papermill and the kernel starting 9 s, imports 1 s, the training cell's own work 6 s, the samples 4 s, checkpoints
-# 1-7 s, the evaluation's setup, metrics and writing 5 s
-DERIVED_RUN_S = 20.0  # a derived run, papermill included: its notebook reuses the provider's training and raw evaluation
+FIXED_RUN_S = 27.0  # per trained run, outside the timed parts (the quickstart's profile, avx2-fp32, efb446f):
+# papermill and the kernel starting 3 s, imports 1-2 s, the training cell's own work 6-8 s, the samples 4 s,
+# checkpoints 1-7 s, the evaluation's setup, metrics and writing 5 s
+DERIVED_RUN_S = 12.0  # a derived run, papermill included: its notebook reuses the provider's training and raw evaluation
 REPORT_S = 15.0  # the analysis notebook and the HTML export (profile: 12-17 s)
 
 
@@ -151,5 +151,6 @@ def to_markdown(result: dict, label: str) -> str:
               f"Study: {result['trained_runs']} trained runs in {result['rounds']} rounds of {result['jobs']} "
               f"+ {result['derived_runs']} derived runs ({DERIVED_RUN_S:.0f} s each, shared out) + the report "
               f"({REPORT_S:.0f} s) = **{result['study_s'] / 60:.1f} min** (install excluded; the synthsign data and "
-              f"the recognizer from their caches: a fresh clone renders and trains them once, see the profile).", ""]
+              f"the recognizer from their caches: a fresh clone renders the data in each first run and trains the "
+              f"recognizer once, in ablate beside the first runs: about half its 35 s on 2 cores).", ""]
     return "\n".join(lines)
