@@ -248,7 +248,7 @@ def test_jobs_train_runs_at_once_on_the_cpus_and_shared_runs_wait_for_their_prov
         prepared.append(stop.is_set())
 
     monkeypatch.setattr(subprocess, "run", fake_run)
-    monkeypatch.setattr(backtranslate, "prepare_for", prepare_for)
+    monkeypatch.setattr(backtranslate, "prepare_for", prepare_for)  # the module the thread imports
     started = time.monotonic()
     result = ablate.run_study("c", seeds=(0, 1), jobs=2, **study_args(tmp_path))
     assert result.ok and peak[0] == 2

@@ -29,6 +29,7 @@ The study's rooms (`t2s.study`), each importing only those before it:
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import queue
 import shutil
 import threading
@@ -44,7 +45,6 @@ import torch
 from t2s.config import DEFAULT_VARIANTS, PROJECT_ROOT, ConfigError
 from t2s.rundir import FAILURES_FILE, STUDY_PHASES_FILE, RunDir, atomic_write_json
 from t2s.engine.runtime import computing, torch_threads
-from t2s.eval import backtranslate
 from t2s.study import export
 from t2s.study.executors import SlurmOptions, check_slurm_available, run_with_submitit
 from t2s.study.export import ReportError, report_command
@@ -334,6 +334,10 @@ def _recognizers_beside(plans: list, say: Callable[[str], None]) -> threading.Th
     stop = threading.Event()
 
     def prepare() -> None:
+        # imported here, in this thread: the recognizer's libraries (scipy, sacrebleu, jiwer) stay out of the main
+        # thread's imports, where a Ctrl-C inside one of their extension modules' start-up code was swallowed or
+        # turned the clean exit 130 into a death by SIGINT (tests/test_interrupts.py)
+        backtranslate = importlib.import_module("t2s.eval.backtranslate")
         with computing(), torch_threads(1):  # one thread: the runs have the CPUs' shares (T2S_THREADS)
             for cfg in configs.values():
                 try:
