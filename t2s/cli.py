@@ -10,7 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -129,6 +132,22 @@ def _overrides(args, without: tuple = ()) -> list[str]:
     return over
 
 
+@contextmanager
+def interrupts_after_imports():
+    """A Ctrl-C (SIGINT) during the block is delivered when the block ends, as the KeyboardInterrupt every command
+    handles. For a command's start-up imports (torch, scipy, transformers): a Ctrl-C that landed inside an extension
+    module's initialization was swallowed there (the study ran on) or left CPython's "unhandled interrupt" mark, so that
+    the clean exit 130 became a death by SIGINT (tests/test_interrupts.py). Main thread, POSIX only; else a no-op."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)  # a pending Ctrl-C is raised here
+
+
 def cmd_run(args) -> int:
     """One variant, one seed, trained in this process into executed/<study>/<variant>-seed<k>/ and evaluated, so the
     run directory is the one the training notebook leaves (--no-eval: trained only)."""
@@ -141,10 +160,11 @@ def cmd_run(args) -> int:
     check_trackers(cfg)  # checked, like the config, before anything loads or is written
     run_dir = Path(args.executed_dir) / args.study / cfg.run_name
 
-    from t2s.engine.train import train
-    from t2s.eval.evaluate import evaluate_run
-    from t2s.rundir import RunDir
-    from t2s.study.ablate import run_study
+    with interrupts_after_imports():
+        from t2s.engine.train import train
+        from t2s.eval.evaluate import evaluate_run
+        from t2s.rundir import RunDir
+        from t2s.study.ablate import run_study
 
     if args.notebook:
         result = run_study(args.study, variants=[args.variant], seeds=[cfg.seed], scale=args.scale,
@@ -216,7 +236,8 @@ def cmd_ablate(args) -> int:
     for variant in args.variants:  # every config checked before anything loads or is written
         check_trackers(load_config(variant, args.scale, _overrides(args)))
 
-    from t2s.study.ablate import run_study
+    with interrupts_after_imports():
+        from t2s.study.ablate import run_study
 
     slurm = slurm_options(args)
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
@@ -393,9 +414,10 @@ def cmd_train(args) -> int:
     check_trackers(cfg)
     run_dir = Path(args.run_dir) if args.run_dir else EXECUTED / args.study / cfg.run_name
 
-    import torch
+    with interrupts_after_imports():
+        import torch
 
-    from t2s.engine.train import train
+        from t2s.engine.train import train
 
     try:
         result = train(cfg, run_dir, progress=not args.no_progress)
@@ -649,8 +671,6 @@ def _ignore_further_interrupts(standalone: bool) -> None:
     one to the whole group, users press twice) would only turn the clean exit 130 into a traceback or a death by
     signal during the interpreter's shutdown. (Not when main is called in a process that goes on, e.g. a test.)"""
     if standalone:
-        import signal
-
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
