@@ -204,6 +204,19 @@ class RunDir:
         self.phases = self.logs / "phases.json"  # {phase: wall seconds} (t2s.engine.phases)
         self.notebook = self.root.with_suffix(".ipynb")
 
+    def remove_unfinished_writes(self) -> list[str]:
+        """Remove the temporary files that writes of a process killed mid-write left in the run folder, logs/ and
+        evaluation/ (an atomic write is `.<name>.<random>.tmp` beside its file until it is renamed into place; the
+        checkpoints' own are `reconcile_checkpoints`'). Called by the run's owner before it writes again (a resume,
+        an evaluation). Returns the names removed."""
+        removed = []
+        for folder in (self.root, self.logs, self.evaluation):
+            for path in sorted(folder.glob(".*.tmp")) if folder.is_dir() else []:
+                if path.is_file():
+                    path.unlink(missing_ok=True)
+                    removed.append(path.name)
+        return removed
+
     def sample_gif(self, step: int, index: int) -> Path:
         """samples/step<S>_<i>.gif: the training sample of prompt i at optimizer step S."""
         return self.samples / f"step{step:06d}_{index}.gif"

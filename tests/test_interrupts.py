@@ -76,8 +76,12 @@ def test_a_second_interrupt_between_a_checkpoint_and_its_index_loses_nothing(tmp
     assert run.status == "interrupted"
     assert (run.checkpoints / "epoch_2.pt").is_file()  # written, not indexed
     assert [e["step"] for e in checkpoint.list_checkpoints(run)] == [10]
+    killed_mid_write = [run.root / ".progress.json.k1ll3d.tmp", run.logs / ".training_metrics.csv.k1ll3d.tmp"]
+    for path in killed_mid_write:  # what a process killed inside an atomic write leaves
+        path.write_text("half")
     resumed = train(cfg, run.root, progress=False)
     assert resumed.status == "finished" and not run.checkpoints.exists()
+    assert not any(path.exists() for path in killed_mid_write)
     a, b = final_tensors(straight.run_dir), final_tensors(run.root)
     assert all(torch.equal(a[f][k], b[f][k]) for f in a for k in a[f])
     meta = run.read_metadata()

@@ -339,6 +339,8 @@ def find_resume_point(run: RunDir, cfg: Config) -> Optional[tuple[Path, Optional
         )
     for change in reconcile_checkpoints(run):
         print(f"{run.checkpoints}: {change}")
+    for name in run.remove_unfinished_writes():
+        print(f"{run.root}: removed the unfinished write {name}")
     if list_checkpoints(run):
         found = latest_good_checkpoint(run)
         if not found:

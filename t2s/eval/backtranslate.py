@@ -59,7 +59,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import jiwer
 import numpy as np
@@ -69,7 +69,7 @@ from scipy import ndimage
 from torch import nn
 from torch.nn import functional as F
 
-from t2s.data.splits import build_datasets, caption_key
+from t2s.data.splits import caption_key
 from t2s.data.video import to_frames
 from t2s.eval.metrics.hands import HAND_COLOR_TOLERANCE, find_hands
 from t2s.rundir import atomic_write_bytes, exclusive_lock
@@ -351,7 +351,7 @@ def load_or_train(image_size: int, num_frames: int, signers: Sequence[int], excl
     is replaced. `stop`: as `train_recognizer`'s."""
     key = recognizer_key(image_size, num_frames, signers, exclude, settings)
     path = Path(cache_dir) / f"recognizer-{key[:16]}.pt"
-    # one process trains it; another asking meanwhile (the other run of a study, ablate's `prepare_for`) waits for it
+    # one process trains it; another asking meanwhile (the other first run of a study) waits for it and loads it
     with exclusive_lock(path.with_suffix(".lock")):
         if path.is_file():
             try:
@@ -381,15 +381,6 @@ def recognizer_for(cfg, train_set, val_set, stop=None):
     except Exception as exc:  # a failure here must not cost the other metrics: null with the reason
         return None, {"*": f"the back-translation recognizer could not be trained: {type(exc).__name__}: {exc}"}
     return recognizer, {}
-
-
-def prepare_for(cfg, stop=None) -> Optional[str]:
-    """Train and cache the recognizer that evaluations of `cfg` read with, unless it is cached (ablate does this beside
-    a study's first runs, so that they find it instead of each training it). Returns why there is none, or None.
-    `stop`: as `train_recognizer`'s (then the reason says it was stopped)."""
-    train_set, val_set, _ = build_datasets(cfg)
-    recognizer, unavailable = recognizer_for(cfg, train_set, val_set, stop)
-    return None if recognizer is not None else unavailable["*"]
 
 
 # --------------------------------------------------------------------------------------------- scores

@@ -614,6 +614,8 @@ def _evaluate(run: RunDir, cfg: Config, checkpoint: dict, part: str, num_clips, 
         warnings.warn(f"{run.root} has status {run.status!r}: evaluating its latest checkpoint ({checkpoint['file']})")
     weight_sets, n_wanted, batch = _check_arguments(run, cfg, num_clips, weights, batch_size)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if run.status != "running":  # not while a training writes there: of a process killed mid-write
+        run.remove_unfinished_writes()
     run.write_progress("evaluating", 0, 0, "clip")  # 0 of 0: the data and metric models load first
     ev = _evaluation(run, cfg, dev, part, n_wanted, num_clips, num_inference_steps or cfg.num_inference_steps, batch,
                      i3d_weights, lpips_weights)
