@@ -18,6 +18,7 @@ from papermill.exceptions import PapermillExecutionError
 from runfactory import make_run
 
 from t2s.config import PROJECT_ROOT, ConfigError
+from t2s.eval import backtranslate
 from t2s.rundir import RunDir
 from t2s.study import ablate
 from t2s.study.kernel import SUBPROCESS_CODE, execute_notebook
@@ -239,9 +240,21 @@ def test_jobs_train_runs_at_once_on_the_cpus_and_shared_runs_wait_for_their_prov
             events.append(("end", name, None, None))
         return subprocess.CompletedProcess(command, 0, "", "")
 
+    prepared = []
+
+    def prepare_for(cfg, stop):  # the recognizer trained beside the runs: here it waits until the study stops it
+        prepared.append((cfg.run_name, threading.current_thread().name))
+        stop.wait(timeout=30)
+        prepared.append(stop.is_set())
+
     monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.setattr(backtranslate, "prepare_for", prepare_for)  # the module the thread imports
+    started = time.monotonic()
     result = ablate.run_study("c", seeds=(0, 1), jobs=2, **study_args(tmp_path))
     assert result.ok and peak[0] == 2
+    # one recognizer for the four trained runs (they share data, split and settings), in a thread of this process,
+    # stopped and joined when the study ends
+    assert prepared == [("baseline-seed0", "t2s-recognizers"), True] and time.monotonic() - started < 20
     starts = [e for e in events if e[0] == "start"]
     assert {(threads, wait) for _, _, threads, wait in starts} == {("2", "PASSIVE")}  # 4 CPUs / 2 at once
     first_no_ema = next(i for i, e in enumerate(events) if e[:2] == ("start", "no_ema-seed0"))

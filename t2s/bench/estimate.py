@@ -152,5 +152,5 @@ def to_markdown(result: dict, label: str) -> str:
               f"+ {result['derived_runs']} derived runs ({DERIVED_RUN_S:.0f} s each, shared out) + the report "
               f"({REPORT_S:.0f} s) = **{result['study_s'] / 60:.1f} min** (install excluded; the synthsign data and "
               f"the recognizer from their caches: a fresh clone renders the data in each first run and trains the "
-              f"recognizer once, in the first run to reach it, while the other waits: about 35 s more).", ""]
+              f"recognizer once, in ablate beside the first runs: about half its 35 s on 2 cores).", ""]
     return "\n".join(lines)

@@ -59,7 +59,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import jiwer
 import numpy as np
@@ -69,7 +69,7 @@ from scipy import ndimage
 from torch import nn
 from torch.nn import functional as F
 
-from t2s.data.splits import caption_key
+from t2s.data.splits import build_datasets, caption_key
 from t2s.data.video import to_frames
 from t2s.eval.metrics.hands import HAND_COLOR_TOLERANCE, find_hands
 from t2s.rundir import atomic_write_bytes, exclusive_lock
@@ -289,8 +289,9 @@ def training_clips(image_size: int, num_frames: int, signers: Sequence[int], exc
 
 
 def train_recognizer(image_size: int, num_frames: int, signers: Sequence[int], exclude=(),
-                     settings: RecognizerSettings = RecognizerSettings()) -> Recognizer:
-    """Render the training clips and train a recognizer on them (deterministic given settings.seed)."""
+                     settings: RecognizerSettings = RecognizerSettings(), stop=None) -> Recognizer:
+    """Render the training clips and train a recognizer on them (deterministic given settings.seed). `stop`: a
+    threading.Event; once set, training ends at the next epoch with InterruptedError (nothing is returned)."""
     t0 = time.perf_counter()
     features, labels, starts, _ = training_clips(image_size, num_frames, signers, exclude, settings)
     features, labels, starts = torch.from_numpy(features), torch.from_numpy(labels), torch.from_numpy(starts)
@@ -305,6 +306,8 @@ def train_recognizer(image_size: int, num_frames: int, signers: Sequence[int], e
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, settings.learning_rate, total_steps=steps)
         jitter = 0.5 / image_size  # half a pixel, in image widths
         for _ in range(settings.epochs):
+            if stop is not None and stop.is_set():
+                raise InterruptedError("the recognizer's training was stopped")
             order = torch.randperm(n, generator=generator)
             for i in range(0, n, settings.batch_size):
                 batch = order[i : i + settings.batch_size]
@@ -343,12 +346,12 @@ def load_recognizer(path: Path) -> Recognizer:
 
 
 def load_or_train(image_size: int, num_frames: int, signers: Sequence[int], exclude, cache_dir: Path,
-                  settings: RecognizerSettings = RecognizerSettings()) -> Recognizer:
+                  settings: RecognizerSettings = RecognizerSettings(), stop=None) -> Recognizer:
     """The cached recognizer of these inputs, or a newly trained one (then cached). A cache file that does not load
-    is replaced."""
+    is replaced. `stop`: as `train_recognizer`'s."""
     key = recognizer_key(image_size, num_frames, signers, exclude, settings)
     path = Path(cache_dir) / f"recognizer-{key[:16]}.pt"
-    # one process trains it; another asking meanwhile (the other first run of a study) waits for it and loads it
+    # one process trains it; another asking meanwhile (the other run of a study, ablate's `prepare_for`) waits for it
     with exclusive_lock(path.with_suffix(".lock")):
         if path.is_file():
             try:
@@ -357,13 +360,13 @@ def load_or_train(image_size: int, num_frames: int, signers: Sequence[int], excl
                     return recognizer
             except Exception:  # a truncated or foreign file: train again and overwrite it
                 pass
-        recognizer = train_recognizer(image_size, num_frames, signers, exclude, settings)
+        recognizer = train_recognizer(image_size, num_frames, signers, exclude, settings, stop)
         save_recognizer(recognizer, path)
     recognizer.info["path"] = str(path)
     return recognizer
 
 
-def recognizer_for(cfg, train_set, val_set):
+def recognizer_for(cfg, train_set, val_set, stop=None):
     """(the recognizer an evaluation of `cfg` reads with: cached, or trained and cached, {}) or (None, {"*": why
     there is none}). Its training clips are rendered from the training split's signers, never with a caption of the
     validation split."""
@@ -373,10 +376,20 @@ def recognizer_for(cfg, train_set, val_set):
     signers = [synthsign.signer_index(s) for s in train_set.signers]
     held_out = {caption_key(r.caption, True) for r in val_set.records}  # never trained on a held-out caption
     try:
-        recognizer = load_or_train(cfg.image_size, cfg.num_frames, signers, held_out, recognizer_dir(cfg), settings)
+        recognizer = load_or_train(cfg.image_size, cfg.num_frames, signers, held_out, recognizer_dir(cfg), settings,
+                                   stop)
     except Exception as exc:  # a failure here must not cost the other metrics: null with the reason
         return None, {"*": f"the back-translation recognizer could not be trained: {type(exc).__name__}: {exc}"}
     return recognizer, {}
+
+
+def prepare_for(cfg, stop=None) -> Optional[str]:
+    """Train and cache the recognizer that evaluations of `cfg` read with, unless it is cached (ablate does this beside
+    a study's first runs, so that they find it instead of each training it). Returns why there is none, or None.
+    `stop`: as `train_recognizer`'s (then the reason says it was stopped)."""
+    train_set, val_set, _ = build_datasets(cfg)
+    recognizer, unavailable = recognizer_for(cfg, train_set, val_set, stop)
+    return None if recognizer is not None else unavailable["*"]
 
 
 # --------------------------------------------------------------------------------------------- scores

@@ -43,7 +43,8 @@ class Metric:
 
 ONE_BATCH = "the loss of a single mini-batch: too noisy to decide anything"
 COST = ("a cost measured on a shared machine: a description of this hardware, not of the method (runs that ran at "
-        "once shared the CPUs)")
+        "once shared the CPUs, and with ablate's jobs the first ones also shared them with the back-translation "
+        "recognizer's training)")
 NO_DIRECTION = "neither direction is better"
 CONTROL = "the control of the DTW gap, not a quality"
 DIAGNOSTIC = ("whether the denoiser uses the text at all, not what it signs: back-translation and the DTW gap judge "

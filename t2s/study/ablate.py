@@ -28,8 +28,11 @@ The study's rooms (`t2s.study`), each importing only those before it:
 """
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import queue
 import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,8 +42,9 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from t2s.config import DEFAULT_VARIANTS, ConfigError
+from t2s.config import DEFAULT_VARIANTS, PROJECT_ROOT, ConfigError
 from t2s.rundir import FAILURES_FILE, STUDY_PHASES_FILE, RunDir, atomic_write_json
+from t2s.engine.runtime import computing, torch_threads
 from t2s.study import export
 from t2s.study.executors import SlurmOptions, check_slurm_available, run_with_submitit
 from t2s.study.export import ReportError, report_command
@@ -267,7 +271,14 @@ def _run_here(todo: list, total: int, forced: set, gpus: list, live: StudyProgre
     slots = list(gpus) or [None] * max(1, jobs)
     first = [item for item in todo if not item[1].parameters.get("weights_from")]
     later = [item for item in todo if item[1].parameters.get("weights_from")]
-    return _run_waves((first, later), slots, total, forced, gpus, live)
+    beside = _recognizers_beside([plan for _, plan in first], live.say) if not gpus and len(first) > 1 < jobs else None
+    try:
+        outcomes = _run_waves((first, later), slots, total, forced, gpus, live)
+    finally:
+        if beside is not None:  # done long before the runs evaluate; stopped within a second on an interrupt
+            beside.stop.set()
+            beside.join()
+    return outcomes
 
 
 def _run_waves(waves: tuple, slots: list, total: int, forced: set, gpus: list, live: StudyProgress) -> dict:
@@ -301,6 +312,45 @@ def _run_waves(waves: tuple, slots: list, total: int, forced: set, gpus: list, l
         with ThreadPoolExecutor(max_workers=at_once) as pool:
             outcomes.update({o.name: o for o in pool.map(lambda item: on_free_slot(*item), wave)})
     return outcomes
+
+
+def _recognizers_beside(plans: list, say: Callable[[str], None]) -> threading.Thread:
+    """Train the back-translation recognizers that these runs' evaluations read with in a thread of this process,
+    beside the runs' training (one torch thread; this process counts among those computing: `runtime.computing`), so that
+    the runs find them cached instead of each training the same one at the same moment (the quickstart's two first
+    runs did: 36 s each). A run that gets there first waits for it (`backtranslate.load_or_train` locks it). Nothing
+    depends on this: a recognizer it could not make is made, or its absence explained, by the run's evaluation."""
+    configs = {}
+    for plan in plans:  # one per data set, split and recognizer setting (the runs of a study usually share one)
+        cfg = plan.config
+        if cfg is None or cfg.dataset != "synthsign":
+            continue
+        if cfg.data_dir and not Path(cfg.data_dir).is_absolute():  # the notebooks run in the project root
+            cfg = dataclasses.replace(cfg, data_dir=str(PROJECT_ROOT / cfg.data_dir))
+        keys = ("data_dir", "synthsign_num_clips", "synthsign_num_signers", "image_size", "num_frames",
+                "sample_prompts", "split_mode", "train_ratio", "split_seed", "bt_train_frames", "bt_epochs", "bt_seed")
+        configs.setdefault(repr([getattr(cfg, k) for k in keys]), cfg)
+
+    stop = threading.Event()
+
+    def prepare() -> None:
+        # imported here, in this thread: the recognizer's libraries (scipy, sacrebleu, jiwer) stay out of the main
+        # thread's imports, where a Ctrl-C inside one of their extension modules' start-up code was swallowed or
+        # turned the clean exit 130 into a death by SIGINT (tests/test_interrupts.py)
+        backtranslate = importlib.import_module("t2s.eval.backtranslate")
+        with computing(), torch_threads(1):  # one thread: the runs have the CPUs' shares (T2S_THREADS)
+            for cfg in configs.values():
+                try:
+                    backtranslate.prepare_for(cfg, stop)
+                except Exception as exc:  # noqa: BLE001 - the runs' own evaluations try again and say why
+                    if not stop.is_set():
+                        say(f"the back-translation recognizer was not prepared beside the runs: "
+                            f"{type(exc).__name__}: {exc}")
+
+    thread = threading.Thread(target=prepare, name="t2s-recognizers", daemon=True)
+    thread.stop = stop
+    thread.start()
+    return thread
 
 
 def _move_aside(plan: RunPlan) -> Optional[Path]:

@@ -17,7 +17,7 @@ import threading
 import time
 import traceback
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -25,7 +25,7 @@ from typing import Callable, Optional, Sequence, Union
 import nbformat
 from papermill.exceptions import PapermillExecutionError
 
-from t2s.config import PARAMS_DIR, PROJECT_ROOT, ConfigError, load_config, parse_override
+from t2s.config import PARAMS_DIR, PROJECT_ROOT, Config, ConfigError, load_config, parse_override
 from t2s.engine.checkpoint import list_checkpoints
 from t2s.engine.runtime import share_cpus_env
 from t2s.rundir import FAILURES_FILE, STUDY_FILE, RunDir, atomic_write_json, exclusive_lock, read_json
@@ -75,6 +75,7 @@ class RunPlan:
     run_dir: Path
     notebook: Path
     parameters: dict  # what papermill injects into train.ipynb
+    config: Optional[Config] = field(default=None, repr=False, compare=False)  # as validated by plan_study
 
 
 @dataclass
@@ -136,7 +137,7 @@ def plan_study(study: str, variants: Sequence[str], seeds: Sequence[int], scale:
                           "executed_dir": notebook_path(executed_dir),
                           "params_dir": notebook_path(params_dir) if params_dir else None, "weights_from": None}
             plans.append(RunPlan(variant, seed, config.run_name, study_dir / config.run_name,
-                                 study_dir / f"{config.run_name}.ipynb", parameters))
+                                 study_dir / f"{config.run_name}.ipynb", parameters, config))
             configs.append(config)
     if not share:
         return plans
