@@ -30,14 +30,10 @@ What is evaluated
 * Distribution metrics on I3D features of the generated and the real clips (`metrics.load_i3d`: StyleGAN-V's
   TorchScript I3D or an I3D state dict; the row records `feature_extractor` and the weights file's
   `feature_weights_sha256`):
-  - `fvd`: Fréchet Video Distance to StyleGAN-V's protocol (fvd2048_16f at the reference scale):
-    `cfg.fvd_num_generated` generated clips (the seen and novel clips first, then more of the same captions from seeds
-    `FVD_SEED_BASE` + j, sampled and featurised batch by batch) against up to as many real clips of
-    `cfg.fvd_real_split` ("train": the training split, drawn with seed `FVD_REAL_SEED`; "held_out": the evaluation's
-    own real clips). The row records `fvd_num_generated`, `fvd_num_real` and `fvd_real_set`. `fvd_judged` is true from
-    `metrics.validity.FVD_JUDGED_MIN_CLIPS` clips per set (a simulation: below it a collapsed generator is not ranked
-    below a faithful one in 95% of draws); below, FVD is descriptive. Comparable only between rows with the same counts,
-    real set and `feature_extractor`.
+  - `fvd`: Fréchet Video Distance to StyleGAN-V's protocol (fvd2048_16f at the reference scale): its real set
+    and its generated clips as `t2s.eval.fvd` says. The row records `fvd_num_generated`, `fvd_num_real` and
+    `fvd_real_set`; `fvd_judged` is true from `metrics.validity.FVD_JUDGED_MIN_CLIPS` clips per set (below, FVD is
+    descriptive). Comparable only between rows with the same counts, real set and `feature_extractor`.
   - `kvd`: kernel video distance (Unterthiner et al. 2018): unbiased polynomial-kernel MMD^2 on the same features
     (`metrics.kernel_distance`), usable at small n (>= 2), expectation 0 when the two distributions are equal.
     `kvd_std`: its standard error from 100 seeded subsets of min(n // 2, 1000) clips (delete-d jackknife,
@@ -110,14 +106,12 @@ into its cache and kept only if its SHA-256 matches the pinned one -- unless `T2
 answers within 3 s (`t2s.eval.metrics.files.download_blocker`): then the metric is null and its status says why.
 
 This room: the orchestration of one run's evaluation (arguments, the evaluation set and its references, sampling each
-weight set, the rows) and its files. The metrics of a row are `t2s.eval.compare`'s, the columns `t2s.rundir`'s.
+weight set, the rows). The metrics of a row are `t2s.eval.compare`'s, FVD's protocol `t2s.eval.fvd`'s, the files
+`t2s.eval.results`', the columns `t2s.rundir`'s.
 """
 from __future__ import annotations
 
-import csv
 import datetime as _dt
-import io
-import math
 import time
 import warnings
 from contextlib import nullcontext
@@ -127,7 +121,6 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from t2s.config import Config, load_config_file
@@ -138,8 +131,7 @@ from t2s.diffusion import build_train_scheduler, held_out_loss
 from t2s.engine.checkpoint import list_checkpoints, load_run_weights
 from t2s.engine.phases import phase_timer
 from t2s.engine.runtime import PeakMemory, computing, rebalance_threads, run_autocast, sync
-from t2s.engine.trackers import publish_evaluation
-from t2s.eval import backtranslate
+from t2s.eval import backtranslate, fvd, results
 from t2s.eval.captions import EvaluationClip, evaluation_clips
 from t2s.eval.compare import (
     back_translation_metrics,
@@ -152,60 +144,8 @@ from t2s.eval.compare import (
 from t2s.eval.metrics.perceptual import load_lpips
 from t2s.eval.metrics.video_features import VideoFeatureExtractor, load_i3d
 from t2s.model import count_parameters
-from t2s.pipeline import TextToSignPipeline, load_run_models, write_gif
-from t2s.rundir import CAPTION_SPLITS, EVALUATION_COLUMNS, RunDir, atomic_write_bytes, atomic_write_json, read_json
-
-
-# --------------------------------------------------------------------------------------------- files
-def _row_value(v):
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return ""
-    return repr(v) if isinstance(v, float) else v
-
-
-def write_rows(run: RunDir, rows: list[dict], part: str = "test") -> None:
-    """logs/evaluation_metrics.csv and .json (the development part's: `_dev`), atomically, with exactly
-    `EVALUATION_COLUMNS`."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=EVALUATION_COLUMNS, extrasaction="raise", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _row_value(row.get(k)) for k in EVALUATION_COLUMNS})
-    csv_path, json_path, _ = run.evaluation_paths(part)
-    atomic_write_bytes(csv_path, buf.getvalue().encode("utf-8"))
-    atomic_write_json(json_path, [{k: row.get(k) for k in EVALUATION_COLUMNS} for row in rows])
-
-
-def _merge(old: list[dict], new: list[dict], key: str) -> list[dict]:
-    """Entries of `old` whose `key` is not among `new`'s, then `new` (a partial re-evaluation keeps the rest)."""
-    replaced = {e.get(key) for e in new}
-    return [e for e in old if isinstance(e, dict) and e.get(key) not in replaced] + new
-
-
-def _write_gifs(run: RunDir, entries: list[dict], clips: dict, part: str = "test") -> None:
-    folder = run.evaluation_paths(part)[2]
-    for entry in entries:
-        write_gif(folder / entry["file"], clips[entry["file"]])
-    index_path = folder / run.evaluation_index.name
-    index = _merge(read_json(index_path, []) or [], entries, "weights")
-    atomic_write_json(index_path, index)
-    keep = {e["file"] for e in index}
-    for stale in folder.glob("*.gif"):
-        if stale.name not in keep:
-            stale.unlink(missing_ok=True)
-
-
-def _log_tensorboard(run: RunDir, rows: list[dict], step: int) -> None:
-    writer = SummaryWriter(str(run.tensorboard))
-    try:
-        for row in rows:
-            for key in EVALUATION_COLUMNS:
-                value = row.get(key)
-                if key.startswith("num_clips") or key.endswith("_status") or isinstance(value, (str, bool)) or value is None:
-                    continue
-                writer.add_scalar(f"eval/{row['weights']}/{key}", float(value), step)
-    finally:
-        writer.close()
+from t2s.pipeline import TextToSignPipeline, load_run_models
+from t2s.rundir import CAPTION_SPLITS, EVALUATION_COLUMNS, RunDir
 
 
 # --------------------------------------------------------------------------------------------- the run
@@ -328,7 +268,7 @@ class _References:
     extractor_status: str
     lpips_model: object
     lpips_status: str
-    real_features: Optional[torch.Tensor]  # I3D features of FVD's real set (`_fvd_real`)
+    real_features: Optional[torch.Tensor]  # I3D features of FVD's real set (`fvd.real_features`)
     real_set: Optional[str]  # which real clips those are, in words (the rows' fvd_real_set)
     recognizer: Optional[backtranslate.Recognizer]
     real_readings: Optional[list[list[str]]]  # the recognizer's reading of every real clip
@@ -342,8 +282,8 @@ def _references(cfg: Config, train_set: ClipDataset, val_set: ClipDataset, evalu
     with phase("eval_setup"):
         extractor, extractor_status, lpips_model, lpips_status = _load_metric_models(device, i3d_weights, lpips_weights)
     with phase("fvd"):
-        real_features, real_set = (_fvd_real(cfg, train_set, evaluation, extractor) if extractor is not None
-                                   else (None, None))
+        real_features, real_set = (fvd.real_features(cfg, train_set, evaluation.whole, evaluation.real, extractor)
+                                   if extractor is not None else (None, None))
     with phase("recognizer"):
         recognizer, bt_unavailable = backtranslate.recognizer_for(cfg, train_set, val_set)
         real_readings = recognizer.read(evaluation.real) if recognizer is not None else None
@@ -353,29 +293,6 @@ def _references(cfg: Config, train_set: ClipDataset, val_set: ClipDataset, evalu
                                if split not in splits})
     return _References(extractor, extractor_status, lpips_model, lpips_status, real_features, real_set, recognizer,
                        real_readings, bt_unavailable)
-
-
-FVD_REAL_SEED = 0  # the draw of FVD's real clips from the training split: the same clips for every run of a data set
-FVD_SEED_BASE = 1_000_000  # the seed of FVD's generated clip j beyond the evaluation's own clips: FVD_SEED_BASE + j
-
-
-def _fvd_real(cfg: Config, train_set: ClipDataset, evaluation: "_EvaluationSet", extractor: VideoFeatureExtractor,
-              batch: int = 16) -> tuple[torch.Tensor, str]:
-    """FVD's real set (`cfg.fvd_real_split`): up to `fvd_num_generated` clips of the training split, drawn with a
-    fixed seed (StyleGAN-V draws its real clips from the data set), or the evaluation's own real clips ("held_out");
-    (their I3D features, what they are in words)."""
-    wanted = cfg.fvd_num_generated
-    if cfg.fvd_real_split == "train":
-        chosen = np.random.default_rng(FVD_REAL_SEED).permutation(len(train_set))[:wanted]
-        features = [extractor.features(torch.stack([train_set[int(i)][0] for i in chosen[k:k + batch]]))
-                    for k in range(0, len(chosen), batch)]
-        words = (f"train: {len(chosen)} of the training split's {len(train_set)} clips "
-                 f"({len(train_set.signers)} signers), drawn with seed {FVD_REAL_SEED}")
-    else:
-        chosen = evaluation.whole[:wanted]
-        features = [extractor.features(evaluation.real[chosen])] if chosen else []
-        words = f"held_out: the evaluation's {len(chosen)} real clips of seen and novel captions (held-out signers)"
-    return (torch.cat(features) if features else torch.zeros(0, 400)), words
 
 
 @dataclass
@@ -445,31 +362,15 @@ def _sample(pipe: TextToSignPipeline, ev: _Evaluation, bar: _Progress) -> tuple[
     return generated.float().cpu(), seconds, peak.peak_gb
 
 
-def _fvd_plan(ev: "_Evaluation") -> tuple[list[str], list[int]]:
-    """The captions and seeds of FVD's generated clips beyond the evaluation's own: clip j (j >= the n seen and novel
-    clips) signs seen-or-novel caption j mod n from seed `FVD_SEED_BASE` + j; none without an I3D."""
-    whole, wanted = ev.clips.whole, ev.cfg.fvd_num_generated
-    if ev.references.extractor is None or not whole:
-        return [], []
-    extra = range(len(whole), wanted)
-    return [ev.clips.captions[whole[j % len(whole)]] for j in extra], [FVD_SEED_BASE + j for j in extra]
-
-
 def _distribution(ev: "_Evaluation", pipe: TextToSignPipeline, generated: torch.Tensor, bar: "_Progress") -> dict:
-    """FVD and KVD of this weight set (`compare.distribution_metrics`): `fvd_num_generated` generated clips (the
-    evaluation's seen and novel clips first, then `_fvd_plan`'s, sampled and featurised batch by batch) against the
-    real set."""
+    """FVD and KVD of this weight set (`compare.distribution_metrics`) on `fvd.generated_features`."""
     refs = ev.references
     if refs.extractor is None:
         return distribution_unavailable(refs.extractor_status)
-    own = ev.clips.whole[:ev.cfg.fvd_num_generated]
-    features = [refs.extractor.features(generated[own])]
-    captions, seeds = _fvd_plan(ev)
-    for k in range(0, len(captions), ev.batch):
-        more = pipe(captions[k:k + ev.batch], seeds=seeds[k:k + ev.batch], num_inference_steps=ev.steps,
-                    batch_size=ev.batch, guidance_scale=ev.cfg.guidance_scale, eta=ev.cfg.eta, callback=bar.update)
-        features.append(refs.extractor.features(more.float().cpu()))
-    return {**distribution_metrics(torch.cat(features), refs.real_features), "fvd_real_set": refs.real_set,
+    features = fvd.generated_features(pipe, refs.extractor, generated, ev.clips.captions, ev.clips.whole,
+                                      ev.cfg.fvd_num_generated, steps=ev.steps, batch=ev.batch,
+                                      guidance_scale=ev.cfg.guidance_scale, eta=ev.cfg.eta, callback=bar.update)
+    return {**distribution_metrics(features, refs.real_features), "fvd_real_set": refs.real_set,
             "feature_extractor": refs.extractor.name, "feature_weights_sha256": refs.extractor.sha256}
 
 
@@ -524,33 +425,6 @@ def _held_out(ev: _Evaluation, denoiser, text) -> dict:
     own = held_out_loss(*args)
     other = held_out_loss(*args, other_captions=True) if n >= 2 else None
     return {"val_loss": own, **caption_dependence(own, other, n)}
-
-
-def _gif_entry(clip: EvaluationClip, index: int, weights: str, readings: Optional[list[list[str]]]) -> dict:
-    """The evaluation/index.json entry of clip `index` as generated by `weights` (or the real clip: "real")."""
-    return {"prompt": clip.caption, "file": RunDir.evaluation_gif_name(weights, index), "weights": weights, "index": index,
-            "split": clip.split, "seed": None if weights == "real" else clip.seed, "signer": clip.signer,
-            "glosses": " ".join(clip.glosses), "reading": None if readings is None else " ".join(readings[index])}
-
-
-def _write_results(run: RunDir, cfg: Config, rows: list[dict], gif_entries: list[dict], gif_clips: dict, step: int,
-                   part: str) -> None:
-    """The rows merged into the run's earlier ones of this part (a weight set not evaluated keeps its row), the GIFs,
-    and the trackers (`publish`)."""
-    old = read_json(run.evaluation_paths(part)[1], []) or []
-    all_rows = _merge(old if isinstance(old, list) else [], rows, "weights")
-    all_rows.sort(key=lambda r: {"raw": 0, "ema": 1}.get(r.get("weights"), 2))
-    _write_gifs(run, gif_entries, gif_clips, part)
-    publish(run, cfg, rows, step, part)
-    write_rows(run, all_rows, part)  # last: the rows say the evaluation is complete (`RunDir.complete`)
-
-
-def publish(run: RunDir, cfg: Config, rows: list[dict], step: int, part: str = "test") -> None:
-    """An evaluation's rows to the run's TensorBoard folder (the test part, when `trackers` lists tensorboard) and its
-    numbers, clips and index to the other trackers (`t2s.engine.trackers.publish_evaluation`)."""
-    if "tensorboard" in cfg.trackers and part == "test":
-        _log_tensorboard(run, rows, step)
-    publish_evaluation(cfg, run, rows, step, run.evaluation_paths(part)[2], part)
 
 
 def _phase_of(run: RunDir, part: str):
@@ -621,19 +495,20 @@ def _evaluate(run: RunDir, cfg: Config, checkpoint: dict, part: str, num_clips, 
                      i3d_weights, lpips_weights)
     clips, references = ev.clips, ev.references
     n = len(clips.clips)
-    gif_entries = [_gif_entry(clips.clips[i], i, "real", references.real_readings) for i in range(n)]
+    gif_entries = [results.gif_entry(clips.clips[i], i, "real", references.real_readings) for i in range(n)]
     gif_clips = {RunDir.evaluation_gif_name("real", i): clips.real[i] for i in range(n)}
     rows = []
-    bar = _Progress(run, (n + len(_fvd_plan(ev)[0])) * len(weight_sets), progress)
+    extra = len(fvd.extra_clips(clips.captions, clips.whole, cfg.fvd_num_generated)[0]) if references.extractor else 0
+    bar = _Progress(run, (n + extra) * len(weight_sets), progress)
     try:
         for w in weight_sets:
             row, generated, readings = _evaluate_weights(ev, w, bar)
             rows.append(row)
-            gif_entries += [_gif_entry(clips.clips[i], i, w, readings) for i in range(n)]
+            gif_entries += [results.gif_entry(clips.clips[i], i, w, readings) for i in range(n)]
             gif_clips.update({RunDir.evaluation_gif_name(w, i): generated[i] for i in range(n)})
     finally:
         bar.close()
     with ev.phase("eval_writing"):
-        _write_results(run, cfg, rows, gif_entries, gif_clips, checkpoint["step"], part)
+        results.write_results(run, cfg, rows, gif_entries, gif_clips, checkpoint["step"], part)
     bar.write("evaluated")
     return rows

@@ -39,7 +39,8 @@ from t2s.engine.logs import ema_summary
 from t2s.engine.runtime import now
 from t2s.engine.train import RunResult, train
 from t2s.engine.trackers import publish_derived
-from t2s.eval.evaluate import evaluate_run, publish, write_rows
+from t2s.eval.evaluate import evaluate_run
+from t2s.eval.results import publish, write_rows
 from t2s.rundir import CAPTION_SPLITS, RunDir, atomic_write_json, read_json
 
 # Keys that do not change the raw weights' training trajectory (nor the data, the split or the held-out loss).
