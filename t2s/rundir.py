@@ -102,16 +102,22 @@ def file_mode() -> int:
 
 
 @contextmanager
-def exclusive_lock(path: Path) -> Iterator[None]:
+def exclusive_lock(path: Path, blocking: bool = True) -> Iterator[bool]:
     """Hold an exclusive lock on the file `path` (made, with its folder, when absent) until the block ends: other
-    processes and threads asking for it wait. fcntl.flock: the OS releases it when the holder dies."""
+    processes and threads asking for it wait, or with `blocking=False` are told at once that they do not hold it.
+    Yields whether this one holds it (always True when blocking). fcntl.flock: the OS releases it when the holder
+    dies."""
     import fcntl  # POSIX only: imported here so that the rest of this module loads anywhere
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes
-        yield
+    with open(path, "a+") as fh:  # the lock is released when the file closes
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
 
 
 def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:

@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 import traceback
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -299,24 +298,10 @@ def lock_path(plan: RunPlan) -> Path:
     return plan.run_dir.parent / ".locks" / f"{plan.name}.lock"
 
 
-@contextmanager
 def run_lock(plan: RunPlan):
-    """An exclusive, non-blocking lock per run (fcntl.flock; released by the OS if the process dies): two ablate
-    calls on the same study never write the same run directory at once. Yields whether the lock was taken."""
-    import fcntl
-
-    path = lock_path(plan)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    """An exclusive, non-blocking lock per run (`rundir.exclusive_lock`; released by the OS if the process dies): two
+    ablate calls on the same study never write the same run directory at once. Yields whether the lock was taken."""
+    return exclusive_lock(lock_path(plan), blocking=False)
 
 
 def _run_one(plan: RunPlan, gpu: Optional[str], failures: FailureLog, jobs_at_once: int = 1) -> RunOutcome:
