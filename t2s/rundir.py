@@ -211,13 +211,13 @@ class RunDir:
         self.notebook = self.root.with_suffix(".ipynb")
 
     def remove_unfinished_writes(self) -> list[str]:
-        """Remove the temporary files that writes of a process killed mid-write left anywhere in the run folder (an
-        atomic write is `.<name>.<random>.tmp` beside its file until it is renamed into place; the checkpoints'
-        own are `reconcile_checkpoints'`). Called by the run's owner before it writes again (a resume, an
-        evaluation). Returns the paths removed, relative to the run folder."""
+        """Remove the temporary files that writes of a process killed mid-write left anywhere in the run folder,
+        checkpoints/ included (an atomic write is `.<name>.<random>.tmp` beside its file until it is renamed into
+        place). Called by the run's owner before it writes again (a resume, an evaluation). Returns the paths
+        removed, relative to the run folder."""
         removed = []
         for path in sorted(self.root.rglob(".*.tmp")) if self.root.is_dir() else []:
-            if path.is_file() and self.checkpoints not in path.parents:
+            if path.is_file():
                 path.unlink(missing_ok=True)
                 removed.append(str(path.relative_to(self.root)))
         return removed

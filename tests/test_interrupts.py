@@ -54,7 +54,7 @@ def leftovers(study: Path) -> list:
     return sorted(found)
 
 
-def test_a_second_interrupt_between_a_checkpoint_and_its_index_loses_nothing(tmp_path, monkeypatch):
+def test_a_second_interrupt_between_a_checkpoint_and_its_index_loses_nothing(tmp_path, monkeypatch, capsys):
     """The second Ctrl-C lands after a checkpoint file is written and before the index names it: the run stops
     "interrupted"; run again, it indexes the complete file, resumes from it, and ends with the uninterrupted run's
     weights and no checkpoint file left over."""
@@ -78,10 +78,13 @@ def test_a_second_interrupt_between_a_checkpoint_and_its_index_loses_nothing(tmp
     assert [e["step"] for e in checkpoint.list_checkpoints(run)] == [10]
     run.weights.mkdir()
     killed_mid_write = [run.root / ".progress.json.k1ll3d.tmp", run.logs / ".training_metrics.csv.k1ll3d.tmp",
-                        run.weights / ".text_encoder.safetensors.k1ll3d.tmp"]
+                        run.weights / ".text_encoder.safetensors.k1ll3d.tmp", run.checkpoints / ".step_25.pt.k1ll3d.tmp"]
     for path in killed_mid_write:  # what a process killed inside an atomic write leaves
         path.write_text("half")
+    capsys.readouterr()
     resumed = train(cfg, run.root, progress=False)
+    said = capsys.readouterr().out
+    assert all(f"removed the unfinished write {p.relative_to(run.root)}" in said for p in killed_mid_write), said
     assert resumed.status == "finished" and not run.checkpoints.exists()
     assert not any(path.exists() for path in killed_mid_write)
     a, b = final_tensors(straight.run_dir), final_tensors(run.root)

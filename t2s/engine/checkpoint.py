@@ -112,16 +112,14 @@ def list_checkpoints(run: RunDir) -> list[dict]:
 def reconcile_checkpoints(run: RunDir) -> list[str]:
     """Make checkpoints/index.json list exactly the intact checkpoint files (before a resume): a file written but not
     yet indexed (a second interrupt between the two writes of `save_checkpoint`) is complete, since it was renamed into
-    place whole, and is indexed with its step, epoch and SHA-256 once it loads; one that does not load is removed, as
-    are a write's leftover temporary files. Returns what it did, in words (empty when the index was right)."""
+    place whole, and is indexed with its step, epoch and SHA-256 once it loads; one that does not load is removed (a
+    write's leftover temporary files are `RunDir.remove_unfinished_writes`'). Returns what it did, in words (empty
+    when the index was right)."""
     if not run.checkpoints.is_dir():
         return []
     index = [e for e in read_json(run.checkpoint_index, []) or [] if (run.checkpoints / e["file"]).exists()]
     known = {e["file"] for e in index}
     done = []
-    for path in sorted(run.checkpoints.glob(".*.tmp")):
-        path.unlink(missing_ok=True)
-        done.append(f"removed the unfinished write {path.name}")
     for path in sorted(run.checkpoints.glob("*.pt")):
         if path.name in known:
             continue
@@ -337,10 +335,10 @@ def find_resume_point(run: RunDir, cfg: Config) -> Optional[tuple[Path, Optional
             f"resume_from to continue it (e.g. with a larger max_steps; it needs the optimizer-state checkpoints a "
             f"finished run keeps only with keep_optimizer_state: true)"
         )
-    for change in reconcile_checkpoints(run):
-        print(f"{run.checkpoints}: {change}")
     for name in run.remove_unfinished_writes():
         print(f"{run.root}: removed the unfinished write {name}")
+    for change in reconcile_checkpoints(run):
+        print(f"{run.checkpoints}: {change}")
     if list_checkpoints(run):
         found = latest_good_checkpoint(run)
         if not found:
