@@ -17,6 +17,7 @@ from t2s.bench.defaults import (
     STEP_VARIANTS,
 )
 from t2s.bench.goals import REFERENCE_SCALE
+from t2s.rundir import atomic_write_bytes, atomic_write_json
 
 
 def add_options(sp) -> None:
@@ -70,43 +71,16 @@ def add_options(sp) -> None:
                          "writes contention.json and contention.md to --out")
 
 
-def _bench_profile(args) -> int:
-    """bench --profile: a study's wall time by phase (t2s.bench.profile) into profile-<label>.* and bench.md."""
-    from t2s.bench.profile import study_profile
-    from t2s.bench.profile import to_markdown as profile_markdown
-    from t2s.bench.report import refresh_sections
-    from t2s.rundir import atomic_write_bytes, atomic_write_json
-    from t2s.study.runs import EXECUTED_DIR
-
-    folder = Path(args.profile) if Path(args.profile).is_dir() else EXECUTED_DIR / args.profile
-    try:
-        result = study_profile(folder, args.label)
-    except FileNotFoundError as exc:
-        raise SystemExit(f"bench --profile: {exc}")
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    atomic_write_json(Path(args.out) / f"profile-{args.label}.json", result)
-    text = profile_markdown(result)
-    atomic_write_bytes(Path(args.out) / f"profile-{args.label}.md", text.encode("utf-8"))
-    refresh_sections(Path(args.out))
-    print(text)
-    return 0
-
-
-def _bench_estimate(args) -> int:
-    """bench --study-estimate: the quickstart's wall time here from a timed slice (t2s.bench.estimate)."""
-    from t2s.bench.estimate import estimate_study
-    from t2s.bench.estimate import to_markdown as estimate_markdown
-    from t2s.bench.report import refresh_sections
-    from t2s.rundir import atomic_write_bytes, atomic_write_json
-
-    overrides = list(args.param or [])
-    result = estimate_study(overrides, steps=args.steps or 8)
-    out = Path(args.out)
+def _write(out: Path, stem: str, result: dict, text: str, sections: bool = False) -> int:
+    """A mode's result as <out>/<stem>.json and its markdown as <stem>.md (`sections`: and its section of bench.md,
+    `report.refresh_sections`), the markdown printed."""
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / f"study-estimate-{args.label}.json", result)
-    text = estimate_markdown(result, args.label)
-    atomic_write_bytes(out / f"study-estimate-{args.label}.md", text.encode("utf-8"))
-    refresh_sections(out)
+    atomic_write_json(out / f"{stem}.json", result)
+    atomic_write_bytes(out / f"{stem}.md", text.encode("utf-8"))
+    if sections:
+        from t2s.bench.report import refresh_sections
+
+        refresh_sections(out)
     print(text)
     return 0
 
@@ -114,36 +88,35 @@ def _bench_estimate(args) -> int:
 def run_bench(args) -> int:
     """What `bench` runs for the parsed `args`: --startup, --profile, --study-estimate, --contention, or the benchmark
     itself (its step, sampling, FLOP utilization and diffusers' UNet3D)."""
+    out = Path(args.out)
     if args.startup:
-        from t2s.bench.startup import measure_startup
-        from t2s.bench.startup import to_markdown as startup_markdown
-        from t2s.rundir import atomic_write_bytes, atomic_write_json
+        from t2s.bench.startup import measure_startup, to_markdown
 
         result = measure_startup()
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        atomic_write_json(Path(args.out) / "startup.json", result)
-        atomic_write_bytes(Path(args.out) / "startup.md", startup_markdown(result).encode("utf-8"))
-        print(startup_markdown(result))
-        return 0
-    if args.profile:
-        return _bench_profile(args)
-    if args.study_estimate:
-        return _bench_estimate(args)
-    from t2s.bench.contention import measure_contention
-    from t2s.bench.contention import to_markdown as contention_markdown
+        return _write(out, "startup", result, to_markdown(result))
+    if args.profile:  # a study's wall time by phase
+        from t2s.bench.profile import study_profile, to_markdown
+        from t2s.study.runs import EXECUTED_DIR
+
+        folder = Path(args.profile) if Path(args.profile).is_dir() else EXECUTED_DIR / args.profile
+        try:
+            result = study_profile(folder, args.label)
+        except FileNotFoundError as exc:
+            raise SystemExit(f"bench --profile: {exc}")
+        return _write(out, f"profile-{args.label}", result, to_markdown(result), sections=True)
+    if args.study_estimate:  # the quickstart's wall time here from a timed slice
+        from t2s.bench.estimate import estimate_study, to_markdown
+
+        result = estimate_study(list(args.param or []), steps=args.steps or 8)
+        return _write(out, f"study-estimate-{args.label}", result, to_markdown(result, args.label), sections=True)
+    if args.contention:
+        from t2s.bench.contention import measure_contention, to_markdown
+
+        result = measure_contention(steps=args.steps or 20, warmup=args.warmup or 3)
+        return _write(out, "contention", result, to_markdown(result))
     from t2s.bench.report import to_markdown
     from t2s.bench.run import run_benchmark
-    from t2s.rundir import atomic_write_bytes, atomic_write_json
 
-    out = Path(args.out)
-    if args.contention:
-        result = measure_contention(steps=args.steps or 20, warmup=args.warmup or 3)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "contention.json", result)
-        text = contention_markdown(result)
-        atomic_write_bytes(out / "contention.md", text.encode("utf-8"))
-        print(text)
-        return 0
     overrides = list(args.param or [])
     if args.data_dir:
         overrides.append(f"data_dir={args.data_dir}")
