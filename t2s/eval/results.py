@@ -77,7 +77,7 @@ def gif_entry(clip: EvaluationClip, index: int, weights: str, readings: Optional
 
 
 def write_results(run: RunDir, cfg: Config, rows: list[dict], gif_entries: list[dict], gif_clips: dict, step: int,
-                   part: str) -> None:
+                  part: str) -> None:
     """The rows merged into the run's earlier ones of this part (a weight set not evaluated keeps its row), the GIFs,
     and the trackers (`publish`)."""
     old = read_json(run.evaluation_paths(part)[1], []) or []
